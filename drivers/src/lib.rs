@@ -1,0 +1,9 @@
+//! Device I/O for fieldlink: no MQTT in here.
+//!
+//! - [`modbus`]: the value codec (every type × word order), the read planner, the
+//!   transport-independent client seam and the Modbus TCP transport.
+//! - [`sim`]: Modbus device simulators (tokio-modbus [`Service`](tokio_modbus::server::Service)s)
+//!   used by the tests and by `fieldlink demo`.
+
+pub mod modbus;
+pub mod sim;

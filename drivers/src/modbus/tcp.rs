@@ -1,0 +1,201 @@
+//! Modbus TCP transport: a tokio-modbus client with a timeout around every call and
+//! reconnection with exponential backoff.
+
+use std::time::Duration;
+
+use tokio::{net::TcpStream, time::Instant};
+use tokio_modbus::{client::Context, prelude::*};
+use tracing::{debug, info};
+
+use super::{
+    client::{exception_name, DriverError, ModbusTransport},
+    ReadData, Table,
+};
+
+/// Exponential backoff between connection attempts.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, doubles on every failure up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+    /// The next delay; doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        d
+    }
+    /// Back to the minimum after a success.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// A Modbus TCP endpoint (one TCP connection, any number of unit ids behind it).
+pub struct TcpTransport {
+    host: String,
+    port: u16,
+    timeout: Duration,
+    ctx: Option<Context>,
+    backoff: Backoff,
+    next_attempt: Option<Instant>,
+    was_connected: bool,
+}
+
+impl TcpTransport {
+    /// A transport for `host:port`; connects lazily on the first request.
+    pub fn new(host: impl Into<String>, port: u16, timeout: Duration) -> Self {
+        TcpTransport {
+            host: host.into(),
+            port,
+            timeout,
+            ctx: None,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+            next_attempt: None,
+            was_connected: false,
+        }
+    }
+
+    /// Override the reconnection backoff (min, max).
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = Backoff::new(min, max);
+        self
+    }
+
+    /// True while a connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.ctx.is_some()
+    }
+
+    fn drop_connection(&mut self, why: &str) {
+        if self.ctx.take().is_some() {
+            debug!(endpoint = %self.endpoint(), reason = why, "Connection dropped.");
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut Context, DriverError> {
+        if self.ctx.is_none() {
+            if let Some(at) = self.next_attempt {
+                if Instant::now() < at {
+                    return Err(DriverError::NotConnected(format!(
+                        "reconnecting to {} in {:?}",
+                        self.endpoint(),
+                        at.saturating_duration_since(Instant::now())
+                    )));
+                }
+            }
+            let attempt = async {
+                let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            let result = tokio::time::timeout(self.timeout, attempt).await;
+            match result {
+                Ok(Ok(stream)) => {
+                    self.backoff.reset();
+                    self.next_attempt = None;
+                    if !self.was_connected {
+                        info!(endpoint = %self.endpoint(), "Connected.");
+                    }
+                    self.was_connected = true;
+                    self.ctx = Some(tokio_modbus::client::tcp::attach(stream));
+                }
+                Ok(Err(e)) => return Err(self.connect_failed(e.to_string())),
+                Err(_) => return Err(self.connect_failed("connect timed out".to_string())),
+            }
+        }
+        self.ctx
+            .as_mut()
+            .ok_or_else(|| DriverError::NotConnected("no connection".into()))
+    }
+
+    fn connect_failed(&mut self, why: String) -> DriverError {
+        let delay = self.backoff.next_delay();
+        self.next_attempt = Some(Instant::now() + delay);
+        if self.was_connected {
+            info!(endpoint = %self.endpoint(), error = %why, retry_in = ?delay, "Connection lost.");
+        } else {
+            debug!(endpoint = %self.endpoint(), error = %why, retry_in = ?delay, "Connect failed.");
+        }
+        self.was_connected = false;
+        DriverError::Io(format!("connect to {}: {why}", self.endpoint()))
+    }
+}
+
+impl ModbusTransport for TcpTransport {
+    async fn read(
+        &mut self,
+        unit: u8,
+        table: Table,
+        addr: u16,
+        count: u16,
+    ) -> Result<ReadData, DriverError> {
+        let timeout = self.timeout;
+        let ctx = self.connect().await?;
+        ctx.set_slave(Slave(unit));
+        let fut = async {
+            match table {
+                Table::Holding => ctx
+                    .read_holding_registers(addr, count)
+                    .await
+                    .map(|r| r.map(ReadData::Registers)),
+                Table::Input => ctx
+                    .read_input_registers(addr, count)
+                    .await
+                    .map(|r| r.map(ReadData::Registers)),
+                Table::Coil => ctx
+                    .read_coils(addr, count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+                Table::Discrete => ctx
+                    .read_discrete_inputs(addr, count)
+                    .await
+                    .map(|r| r.map(ReadData::Bits)),
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Err(_) => {
+                // A late reply would be matched to the next request: start afresh.
+                self.drop_connection("timeout");
+                Err(DriverError::Timeout(timeout))
+            }
+            Ok(Err(e)) => {
+                self.drop_connection("i/o error");
+                Err(DriverError::Io(e.to_string()))
+            }
+            Ok(Ok(Err(code))) => {
+                let code = u8::from(code);
+                Err(DriverError::Exception {
+                    code,
+                    name: exception_name(code),
+                })
+            }
+            Ok(Ok(Ok(data))) => {
+                let got = match &data {
+                    ReadData::Registers(r) => r.len(),
+                    ReadData::Bits(b) => b.len(),
+                };
+                if got < usize::from(count) {
+                    return Err(DriverError::Protocol(format!(
+                        "asked for {count} {table} values, got {got}"
+                    )));
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}

@@ -1,0 +1,309 @@
+//! Modbus device simulators: real tokio-modbus servers whose register maps tests and
+//! `fieldlink demo` can change while they run.
+//!
+//! A [`SimServer`] answers for any number of unit ids ([`SimDevice`]s) on one TCP listener.
+//! Every request is counted and (optionally) logged so tests can assert what the gateway
+//! asked for; a device can be told to stop answering, or that some addresses do not exist
+//! (answered with exception 02, illegal data address).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Instant,
+};
+
+use tokio::net::TcpListener;
+use tokio_modbus::{
+    server::{
+        tcp::{accept_tcp_connection, Server},
+        Service,
+    },
+    ExceptionCode, Request, Response, SlaveRequest,
+};
+
+use crate::modbus::Table;
+
+/// One request as the simulator saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimRequest {
+    /// Unit id addressed.
+    pub unit: u8,
+    /// Modbus function code.
+    pub function: u8,
+    /// Table touched.
+    pub table: Table,
+    /// First address.
+    pub address: u16,
+    /// Quantity read or written.
+    pub count: u16,
+    /// Values written (registers, or bits as 0/1), empty for reads.
+    pub written: Vec<u16>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Tables {
+    holding: HashMap<u16, u16>,
+    input: HashMap<u16, u16>,
+    coils: HashMap<u16, bool>,
+    discrete: HashMap<u16, bool>,
+    holes: BTreeSet<(Table, u16)>,
+}
+
+/// A simulated Modbus device: four tables, holes, a request log, an on/off switch.
+pub struct SimDevice {
+    tables: Mutex<Tables>,
+    log: Mutex<Vec<SimRequest>>,
+    log_enabled: AtomicBool,
+    requests: AtomicU64,
+    responding: AtomicBool,
+}
+
+impl Default for SimDevice {
+    fn default() -> Self {
+        SimDevice {
+            tables: Mutex::default(),
+            log: Mutex::default(),
+            log_enabled: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+            responding: AtomicBool::new(true),
+        }
+    }
+}
+
+const LOG_CAP: usize = 100_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SimDevice {
+    /// A new device with all registers reading 0.
+    pub fn new() -> Arc<Self> {
+        Arc::new(SimDevice::default())
+    }
+
+    /// Set registers of a register table starting at `address`.
+    pub fn set_registers(&self, table: Table, address: u16, values: &[u16]) {
+        let mut t = lock(&self.tables);
+        let map = match table {
+            Table::Input => &mut t.input,
+            _ => &mut t.holding,
+        };
+        for (i, v) in values.iter().enumerate() {
+            map.insert(address.wrapping_add(i as u16), *v);
+        }
+    }
+
+    /// Set one bit of a bit table.
+    pub fn set_bit(&self, table: Table, address: u16, value: bool) {
+        let mut t = lock(&self.tables);
+        match table {
+            Table::Discrete => t.discrete.insert(address, value),
+            _ => t.coils.insert(address, value),
+        };
+    }
+
+    /// Read back registers of a register table.
+    pub fn registers(&self, table: Table, address: u16, count: u16) -> Vec<u16> {
+        let t = lock(&self.tables);
+        let map = match table {
+            Table::Input => &t.input,
+            _ => &t.holding,
+        };
+        (0..count)
+            .map(|i| map.get(&address.wrapping_add(i)).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Mark addresses as non-existent: reads touching them get exception 02.
+    pub fn add_holes(&self, table: Table, addresses: impl IntoIterator<Item = u16>) {
+        lock(&self.tables)
+            .holes
+            .extend(addresses.into_iter().map(|a| (table, a)));
+    }
+
+    /// Stop or resume answering (a stopped device stays silent: the master times out).
+    pub fn set_responding(&self, on: bool) {
+        self.responding.store(on, Ordering::SeqCst);
+    }
+
+    /// Turn the request log on or off (counters always run).
+    pub fn set_logging(&self, on: bool) {
+        self.log_enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Number of requests received (answered or not).
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the request log (at most the last 100 000 requests).
+    pub fn log(&self) -> Vec<SimRequest> {
+        lock(&self.log).clone()
+    }
+
+    /// Empty the request log.
+    pub fn clear_log(&self) {
+        lock(&self.log).clear();
+    }
+
+    fn record(&self, req: SimRequest) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.log_enabled.load(Ordering::Relaxed) {
+            let mut log = lock(&self.log);
+            if log.len() >= LOG_CAP {
+                log.drain(..LOG_CAP / 2);
+            }
+            log.push(req);
+        }
+    }
+
+    /// Handle one request as the device would.
+    pub fn handle(&self, unit: u8, req: &Request<'_>) -> Result<Option<Response>, ExceptionCode> {
+        let (function, table, address, count, written): (u8, Table, u16, u16, Vec<u16>) = match req
+        {
+            Request::ReadCoils(a, n) => (1, Table::Coil, *a, *n, vec![]),
+            Request::ReadDiscreteInputs(a, n) => (2, Table::Discrete, *a, *n, vec![]),
+            Request::ReadHoldingRegisters(a, n) => (3, Table::Holding, *a, *n, vec![]),
+            Request::ReadInputRegisters(a, n) => (4, Table::Input, *a, *n, vec![]),
+            Request::WriteSingleCoil(a, v) => (5, Table::Coil, *a, 1, vec![u16::from(*v)]),
+            Request::WriteSingleRegister(a, v) => (6, Table::Holding, *a, 1, vec![*v]),
+            Request::WriteMultipleCoils(a, v) => (
+                15,
+                Table::Coil,
+                *a,
+                v.len() as u16,
+                v.iter().map(|b| u16::from(*b)).collect(),
+            ),
+            Request::WriteMultipleRegisters(a, v) => {
+                (16, Table::Holding, *a, v.len() as u16, v.to_vec())
+            }
+            _ => return Err(ExceptionCode::IllegalFunction),
+        };
+        self.record(SimRequest {
+            unit,
+            function,
+            table,
+            address,
+            count,
+            written: written.clone(),
+            at: Instant::now(),
+        });
+        if !self.responding.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut t = lock(&self.tables);
+        let end = u32::from(address) + u32::from(count);
+        if count == 0 || end > 65536 {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        if (u32::from(address)..end).any(|a| t.holes.contains(&(table, a as u16))) {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        let addrs = (0..count).map(|i| address.wrapping_add(i));
+        let rsp = match function {
+            1 => Response::ReadCoils(addrs.map(|a| *t.coils.get(&a).unwrap_or(&false)).collect()),
+            2 => Response::ReadDiscreteInputs(
+                addrs
+                    .map(|a| *t.discrete.get(&a).unwrap_or(&false))
+                    .collect(),
+            ),
+            3 => Response::ReadHoldingRegisters(
+                addrs.map(|a| *t.holding.get(&a).unwrap_or(&0)).collect(),
+            ),
+            4 => Response::ReadInputRegisters(
+                addrs.map(|a| *t.input.get(&a).unwrap_or(&0)).collect(),
+            ),
+            5 | 15 => {
+                for (a, v) in addrs.zip(&written) {
+                    t.coils.insert(a, *v != 0);
+                }
+                if function == 5 {
+                    Response::WriteSingleCoil(address, written[0] != 0)
+                } else {
+                    Response::WriteMultipleCoils(address, count)
+                }
+            }
+            _ => {
+                for (a, v) in addrs.zip(&written) {
+                    t.holding.insert(a, *v);
+                }
+                if function == 6 {
+                    Response::WriteSingleRegister(address, written[0])
+                } else {
+                    Response::WriteMultipleRegisters(address, count)
+                }
+            }
+        };
+        Ok(Some(rsp))
+    }
+}
+
+/// A simulated Modbus TCP server: unit id → device. Unknown unit ids get no reply.
+#[derive(Clone, Default)]
+pub struct SimServer {
+    units: Arc<Mutex<HashMap<u8, Arc<SimDevice>>>>,
+}
+
+impl SimServer {
+    /// An empty server.
+    pub fn new() -> Self {
+        SimServer::default()
+    }
+
+    /// Add (or replace) the device answering for `unit`; returns it.
+    pub fn add(&self, unit: u8, device: Arc<SimDevice>) -> Arc<SimDevice> {
+        lock(&self.units).insert(unit, device.clone());
+        device
+    }
+
+    /// The device for `unit`.
+    pub fn device(&self, unit: u8) -> Option<Arc<SimDevice>> {
+        lock(&self.units).get(&unit).cloned()
+    }
+
+    /// Serve Modbus TCP on `listener` until the future is dropped.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        let server = Server::new(listener);
+        let this = self;
+        let on_connected = move |stream, addr| {
+            let svc = this.clone();
+            async move { accept_tcp_connection(stream, addr, |_| Ok(Some(svc.clone()))) }
+        };
+        server.serve(&on_connected, |_err| {}).await
+    }
+
+    /// Bind 127.0.0.1 on a free port, serve in the background, return the port.
+    pub async fn spawn_local(self) -> io::Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(self.serve(listener));
+        Ok(port)
+    }
+}
+
+type Fut = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+impl Service for SimServer {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Fut;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let device = lock(&self.units).get(&req.slave).cloned();
+        let result = match device {
+            Some(d) => d.handle(req.slave, &req.request),
+            None => Ok(None),
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
