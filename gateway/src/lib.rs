@@ -1,1 +1,142 @@
-//! x
+//! fieldlink: polls field devices and maps every reading onto an MQTT topic tree.
+//!
+//! The entry point is [`run`]: `main` and the tests both call it with a validated
+//! [`Model`](model::Model) and a [`Shutdown`](shutdown::Shutdown) signal.
+
+pub mod broker;
+pub mod bus;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod model;
+pub mod mqtt;
+pub mod publish;
+pub mod shutdown;
+pub mod topics;
+pub mod validate;
+
+use std::{sync::Arc, time::Duration};
+
+use fieldlink_drivers::modbus::tcp::TcpTransport;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::info;
+
+pub use health::Stats;
+pub use model::Model;
+pub use shutdown::{Shutdown, ShutdownTrigger};
+
+/// Why the gateway could not run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The embedded broker did not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+}
+
+/// Capacity of the channel from the bus tasks to the MQTT task.
+const OUT_CAPACITY: usize = 8192;
+
+/// Run the gateway until `shutdown` fires: the embedded broker (if enabled), one task per
+/// bus, the MQTT client and the diagnostics publisher. On shutdown the bus tasks finish
+/// their transaction, devices and the gateway are published `offline` (retained) and the
+/// MQTT connection is closed with a DISCONNECT.
+pub async fn run(model: Model, shutdown: Shutdown) -> Result<(), RunError> {
+    run_with_stats(model, shutdown, None).await
+}
+
+/// [`run`], sharing the counters with the caller (benchmarks and tests read them).
+pub async fn run_with_stats(
+    model: Model,
+    mut shutdown: Shutdown,
+    stats: Option<Arc<Stats>>,
+) -> Result<(), RunError> {
+    if let Some(e) = model.mqtt.embedded.clone() {
+        tokio::task::spawn_blocking(move || broker::start(&e))
+            .await
+            .map_err(|e| {
+                broker::BrokerError::Thread(std::io::Error::other(e.to_string()))
+            })??;
+    }
+    let model = Arc::new(model);
+    let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
+    let (tx, rx) = mpsc::channel(OUT_CAPACITY);
+    let mqtt = tokio::spawn(mqtt::run_client(model.clone(), rx, stats.clone()));
+
+    let mut buses = Vec::new();
+    let mut first = 0;
+    for bus in &model.buses {
+        let n = bus.devices.len();
+        match &bus.kind {
+            model::BusKind::ModbusTcp {
+                host,
+                port,
+                timeout,
+            } => {
+                let transport = TcpTransport::new(host.clone(), *port, *timeout);
+                buses.push(tokio::spawn(bus::run_bus(
+                    model.clone(),
+                    bus.clone(),
+                    first,
+                    transport,
+                    tx.clone(),
+                    stats.clone(),
+                    shutdown.clone(),
+                )));
+            }
+        }
+        first += n;
+    }
+    let diag = tokio::spawn(diagnostics(
+        model.clone(),
+        tx.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    info!(
+        gateway = %model.gateway_id,
+        buses = model.buses.len(),
+        devices = model.devices().count(),
+        points = model.devices().map(|d| d.points.len()).sum::<usize>(),
+        "Gateway running."
+    );
+    shutdown.recv().await;
+    info!("Shutting down.");
+    for b in buses {
+        let _ = b.await;
+    }
+    let _ = diag.await;
+    for d in model.devices() {
+        let _ = tx.send(bus::availability(&model.availability_topic(&d.id), false)).await;
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
+    info!("Gateway stopped.");
+    Ok(())
+}
+
+async fn diagnostics(
+    model: Arc<Model>,
+    tx: mpsc::Sender<publish::Outgoing>,
+    stats: Arc<Stats>,
+    mut shutdown: Shutdown,
+) {
+    let topic = model.diagnostics_topic();
+    let mut tick = tokio::time::interval(model.diagnostics_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        let m = publish::Outgoing {
+            topic: topic.clone(),
+            payload: stats.to_json().to_string().into_bytes(),
+            retain: true,
+            qos: 0,
+        };
+        if tx.send(m).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Bus tasks: one task owns each bus (the actor) and serialises all traffic on it.
+//!
+//! The task polls every device on its schedule with the read planner's requests, decodes
+//! the replies, applies each point's publish policy and sends the messages to the MQTT
+//! side. A device that fails `offline_after` polls in a row is published `offline` and
+//! retried with exponential backoff (capped at 60 s) so it costs the bus little; it is
+//! `online` again on the first good reply. A failed read publishes nothing.
+
+use std::{
+    collections::VecDeque,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant, SystemTime},
+};
+
+use fieldlink_drivers::modbus::{
+    codec, DriverError, ModbusTransport, PlanItem, Planner, ReadData, ReadRequest,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    health::{Availability, Stats},
+    model::{Bus, Device, Model},
+    publish::{payload, reading, Outgoing, PointState},
+    shutdown::Shutdown,
+};
+
+/// Longest wait between two polls of an offline device.
+pub const MAX_OFFLINE_BACKOFF: Duration = Duration::from_secs(60);
+
+struct DeviceRun {
+    device: Device,
+    stats_index: usize,
+    planner: Planner,
+    states: Vec<PointState>,
+    bad_points: Vec<bool>,
+    failures: u32,
+    next_due: tokio::time::Instant,
+    availability_topic: String,
+}
+
+/// Run one bus until shutdown.
+pub async fn run_bus<T: ModbusTransport>(
+    model: Arc<Model>,
+    bus: Bus,
+    first_stats_index: usize,
+    mut transport: T,
+    out: mpsc::Sender<Outgoing>,
+    stats: Arc<Stats>,
+    mut shutdown: Shutdown,
+) {
+    let start = tokio::time::Instant::now();
+    let mut devices: Vec<DeviceRun> = bus
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let items = d
+                .points
+                .iter()
+                .map(|p| PlanItem {
+                    table: p.table,
+                    address: p.address,
+                    count: p.count(),
+                })
+                .collect();
+            DeviceRun {
+                planner: Planner::new(items, d.max_gap),
+                states: vec![PointState::default(); d.points.len()],
+                bad_points: vec![false; d.points.len()],
+                failures: 0,
+                next_due: start,
+                availability_topic: model.availability_topic(&d.id),
+                device: d.clone(),
+                stats_index: first_stats_index + i,
+            }
+        })
+        .collect();
+    if devices.is_empty() {
+        return;
+    }
+    info!(bus = %bus.id, endpoint = %transport.endpoint(), devices = devices.len(), "Bus started.");
+    loop {
+        let Some(idx) = (0..devices.len()).min_by_key(|&i| devices[i].next_due) else {
+            return;
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.recv() => break,
+            () = tokio::time::sleep_until(devices[idx].next_due) => {}
+        }
+        let dev = &mut devices[idx];
+        let ok = poll_device(dev, &mut transport, &out, &stats, &bus.id).await;
+        let interval = dev.device.poll_interval;
+        let now = tokio::time::Instant::now();
+        dev.next_due = if ok || dev.failures < dev.device.offline_after {
+            let next = dev.next_due + interval;
+            if next < now { now } else { next }
+        } else {
+            // Offline: exponential backoff from the poll interval, capped.
+            let k = (dev.failures - dev.device.offline_after).min(16);
+            let wait = interval.saturating_mul(1 << k).min(MAX_OFFLINE_BACKOFF.max(interval));
+            now + wait
+        };
+    }
+    debug!(bus = %bus.id, "Bus stopped.");
+}
+
+async fn poll_device<T: ModbusTransport>(
+    dev: &mut DeviceRun,
+    transport: &mut T,
+    out: &mpsc::Sender<Outgoing>,
+    stats: &Stats,
+    bus_id: &str,
+) -> bool {
+    let st = &stats.devices[dev.stats_index];
+    st.polls.fetch_add(1, Relaxed);
+    let started = Instant::now();
+    let now_wall = SystemTime::now();
+    let mut queue: VecDeque<ReadRequest> = dev.planner.plan().iter().cloned().collect();
+    let mut answered = false;
+    let mut last_error: Option<DriverError> = None;
+    let mut messages = Vec::new();
+    while let Some(req) = queue.pop_front() {
+        st.requests.fetch_add(1, Relaxed);
+        match transport.read(dev.device.unit, req.table, req.start, req.count).await {
+            Ok(data) => {
+                answered = true;
+                for &m in &req.members {
+                    let point = &dev.device.points[m];
+                    let off = usize::from(point.address - req.start);
+                    let value = match &data {
+                        ReadData::Bits(bits) => bits
+                            .get(off)
+                            .map(|b| fieldlink_drivers::modbus::Value::Bool(*b))
+                            .ok_or_else(|| "short reply".to_string()),
+                        ReadData::Registers(regs) => regs
+                            .get(off..)
+                            .ok_or_else(|| "short reply".to_string())
+                            .and_then(|r| {
+                                codec::decode(r, point.ty, point.order, point.bit)
+                                    .map_err(|e| e.to_string())
+                            }),
+                    };
+                    match value {
+                        Ok(v) => {
+                            let r = reading(point, &v);
+                            if dev.states[m].should_publish(point, &r, Instant::now()) {
+                                messages.push(Outgoing {
+                                    topic: point.topic.clone(),
+                                    payload: payload(point, &r, now_wall),
+                                    retain: point.retain,
+                                    qos: point.qos,
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            warn!(device = %dev.device.id, topic = %point.topic, error = %e, "Cannot decode value.");
+                        }
+                    }
+                }
+            }
+            Err(e) if e.is_illegal_address() => {
+                answered = true;
+                st.request_errors.fetch_add(1, Relaxed);
+                let replacements = dev.planner.learn_illegal_address(&req);
+                if replacements.is_empty() {
+                    for &m in &req.members {
+                        if !dev.bad_points[m] {
+                            dev.bad_points[m] = true;
+                            let p = &dev.device.points[m];
+                            warn!(device = %dev.device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02).");
+                        }
+                    }
+                } else {
+                    debug!(device = %dev.device.id, start = req.start, count = req.count, split_into = replacements.len(), "Merged read hit illegal address; split it.");
+                    for r in replacements.into_iter().rev() {
+                        queue.push_front(r);
+                    }
+                }
+            }
+            Err(e @ DriverError::Exception { .. }) => {
+                // The device is there but refused this read: those points publish nothing.
+                answered = true;
+                st.request_errors.fetch_add(1, Relaxed);
+                debug!(device = %dev.device.id, start = req.start, error = %e, "Read refused.");
+                last_error = Some(e);
+            }
+            Err(e) => {
+                // Timeout or transport failure: the rest of this cycle would fail too.
+                st.request_errors.fetch_add(1, Relaxed);
+                last_error = Some(e);
+                answered = false;
+                break;
+            }
+        }
+    }
+    if answered {
+        st.last_poll_us
+            .store(started.elapsed().as_micros() as u64, Relaxed);
+        dev.failures = 0;
+        if st.availability() != Availability::Online {
+            info!(device = %dev.device.id, bus = bus_id, "Device online.");
+            st.set_availability(Availability::Online);
+            messages.insert(0, availability(&dev.availability_topic, true));
+        }
+    } else {
+        st.failed_polls.fetch_add(1, Relaxed);
+        dev.failures = dev.failures.saturating_add(1);
+        let err = last_error.map(|e| e.to_string()).unwrap_or_default();
+        debug!(device = %dev.device.id, failures = dev.failures, error = %err, "Poll failed.");
+        if dev.failures >= dev.device.offline_after && st.availability() != Availability::Offline {
+            warn!(device = %dev.device.id, bus = bus_id, failures = dev.failures, error = %err, "Device offline.");
+            st.set_availability(Availability::Offline);
+            messages.push(availability(&dev.availability_topic, false));
+        }
+    }
+    st.published.fetch_add(messages.len() as u64, Relaxed);
+    for m in messages {
+        if out.send(m).await.is_err() {
+            break;
+        }
+    }
+    answered
+}
+
+/// The retained availability message of a device.
+pub fn availability(topic: &str, online: bool) -> Outgoing {
+    Outgoing {
+        topic: topic.to_string(),
+        payload: if online { b"online".to_vec() } else { b"offline".to_vec() },
+        retain: true,
+        qos: 1,
+    }
+}

@@ -1,0 +1,495 @@
+//! Configuration as the user writes it: the gateway file and the mapping files (YAML).
+//!
+//! These structs mirror the files one to one; every `///` comment is the user reference
+//! for that key (see `mappings/REFERENCE.md`). Unknown keys are rejected. They are turned
+//! into the runtime [`Model`](crate::model::Model) by [`crate::validate`], which collects
+//! every error with its file, line, column and field path.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+pub use serde_saphyr::Spanned;
+
+/// A duration written the human way: `500ms`, `1s`, `5m`, `1h 30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{s}` ({e}); write it like `500ms`, `1s`, `5m`"
+                ))
+            })
+    }
+}
+
+/// One value or a list of them (`mappings: casa.yaml` or `mappings: [a.yaml, b.yaml]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// All values.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The gateway file (`--config`, default `/etc/fieldlink/gateway.yaml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// Gateway id (letters, digits, `-`, `_`): names the gateway in topics and client ids.
+    pub id: Spanned<String>,
+    /// Root of the gateway's own topics (status, availability, diagnostics).
+    /// Default: `fieldlink/<id>`.
+    #[serde(default)]
+    pub base_topic: Option<Spanned<String>>,
+    /// Mapping files: a file, a directory (every `*.yaml`/`*.yml` inside) or a glob
+    /// (`conf.d/*.yaml`), or a list of those. Relative paths are resolved against the
+    /// directory of the gateway file.
+    pub mappings: Spanned<OneOrMany<String>>,
+    /// MQTT settings.
+    #[serde(default)]
+    pub mqtt: MqttFile,
+    /// How often `<base>/diagnostics` is published. Default `30s`.
+    #[serde(default)]
+    pub diagnostics_interval: Option<Spanned<HumanDuration>>,
+}
+
+/// `mqtt:` section of the gateway file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttFile {
+    /// The embedded broker (rumqttd), on by default.
+    #[serde(default)]
+    pub embedded: EmbeddedFile,
+    /// MQTT client id the gateway uses towards the broker. Default: `fieldlink-<id>`.
+    #[serde(default)]
+    pub client_id: Option<Spanned<String>>,
+    /// MQTT keepalive of the gateway's connection. Default `15s`.
+    #[serde(default)]
+    pub keepalive: Option<Spanned<HumanDuration>>,
+}
+
+/// `mqtt.embedded:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedFile {
+    /// Run the embedded broker. Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address the embedded broker listens on. Default `127.0.0.1:1883`; use
+    /// `0.0.0.0:1883` to let other machines (Home Assistant) connect.
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    /// Maximum simultaneous client connections. Default 32.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u32>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for EmbeddedFile {
+    fn default() -> Self {
+        EmbeddedFile {
+            enabled: true,
+            listen: None,
+            max_connections: None,
+        }
+    }
+}
+
+/// A mapping file: buses and the devices on them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// Buses: one task owns each (a TCP endpoint, later a serial port).
+    #[serde(default)]
+    pub buses: Vec<BusFile>,
+    /// Devices and their points.
+    #[serde(default)]
+    pub devices: Vec<DeviceFile>,
+}
+
+/// The kind of a bus.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKindName {
+    /// Modbus TCP: `host`, `port`, `timeout`.
+    ModbusTcp,
+}
+
+/// One bus.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusFile {
+    /// Bus id, referenced by `devices[].bus`.
+    pub id: Spanned<String>,
+    /// `modbus_tcp`.
+    pub kind: Spanned<BusKindName>,
+    /// Host name or IP address (modbus_tcp).
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// TCP port (modbus_tcp). Default 502.
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
+    /// Timeout of one request (and of connecting). Default `1s`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// One device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFile {
+    /// Device id: letters, digits, `-`, `_`; used in `<base>/<device>/availability`.
+    pub id: Spanned<String>,
+    /// Id of the bus the device is on.
+    pub bus: Spanned<String>,
+    /// Modbus unit id (slave address), 1–247. Default 1.
+    #[serde(default)]
+    pub unit: Option<Spanned<i64>>,
+    /// Time between the starts of two polls. Default `1s`.
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<HumanDuration>>,
+    /// Consecutive failed polls after which the device is published `offline`. Default 3.
+    #[serde(default)]
+    pub offline_after: Option<Spanned<i64>>,
+    /// Largest gap (registers or bits) the read planner bridges to merge two reads.
+    /// Default 8; 0 merges only contiguous points.
+    #[serde(default)]
+    pub max_gap: Option<Spanned<i64>>,
+    /// The device's points.
+    #[serde(default)]
+    pub points: Vec<PointFile>,
+}
+
+/// Modbus table of a point.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TableName {
+    /// Holding registers (FC03).
+    Holding,
+    /// Input registers (FC04).
+    Input,
+    /// Coils (FC01).
+    Coil,
+    /// Discrete inputs (FC02).
+    Discrete,
+}
+
+/// Value type of a point.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeName {
+    /// One bit.
+    Bool,
+    /// Unsigned 16-bit (1 register).
+    U16,
+    /// Signed 16-bit (1 register).
+    I16,
+    /// Unsigned 32-bit (2 registers).
+    U32,
+    /// Signed 32-bit (2 registers).
+    I32,
+    /// Unsigned 64-bit (4 registers).
+    U64,
+    /// Signed 64-bit (4 registers).
+    I64,
+    /// 32-bit float (2 registers).
+    F32,
+    /// 64-bit float (4 registers).
+    F64,
+    /// Text of `length` bytes.
+    String,
+}
+
+/// Word order.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum OrderName {
+    /// Big-endian (the Modbus default).
+    #[serde(rename = "ABCD")]
+    Abcd,
+    /// Words swapped.
+    #[serde(rename = "CDAB")]
+    Cdab,
+    /// Bytes swapped inside words.
+    #[serde(rename = "BADC")]
+    Badc,
+    /// Little-endian.
+    #[serde(rename = "DCBA")]
+    Dcba,
+}
+
+/// Payload format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadName {
+    /// The bare value: `23.4`.
+    Plain,
+    /// `{"value":23.4,"unit":"°C","ts":"2026-11-22T10:00:00.000Z"}`.
+    Json,
+}
+
+/// When a value is published.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishName {
+    /// Only when the value changed (by more than `deadband`).
+    OnChange,
+    /// After every successful poll.
+    EveryPoll,
+}
+
+/// One point: a value on the device mapped to one MQTT topic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointFile {
+    /// MQTT topic, taken exactly as written (`casa/terreo/temperatura`).
+    pub topic: Spanned<String>,
+    /// `holding`, `input`, `coil` or `discrete`.
+    pub table: Spanned<TableName>,
+    /// Register (or bit) address, 0-based as on the wire.
+    pub address: Spanned<i64>,
+    /// `bool`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`, `f64`, `string`.
+    /// Default `bool` on coils/discretes, `u16` on registers.
+    #[serde(default, rename = "type")]
+    pub ty: Option<Spanned<TypeName>>,
+    /// Length in bytes of a `string`.
+    #[serde(default)]
+    pub length: Option<Spanned<i64>>,
+    /// `ABCD` (default), `CDAB`, `BADC` or `DCBA`.
+    #[serde(default)]
+    pub word_order: Option<Spanned<OrderName>>,
+    /// For `bool` on a register: the bit (0 = least significant … 15).
+    #[serde(default)]
+    pub bit: Option<Spanned<i64>>,
+    /// Multiplier applied to the raw value. Default 1.
+    #[serde(default)]
+    pub scale: Option<Spanned<f64>>,
+    /// Added after scaling. Default 0.
+    #[serde(default)]
+    pub offset: Option<Spanned<f64>>,
+    /// Decimal places of the published value (rounded). Default: as computed.
+    #[serde(default)]
+    pub precision: Option<Spanned<i64>>,
+    /// Unit, shown in JSON payloads and Home Assistant (`°C`, `%`, `kWh`).
+    #[serde(default)]
+    pub unit: Option<Spanned<String>>,
+    /// Publish retained. Default `true`.
+    #[serde(default)]
+    pub retain: Option<Spanned<bool>>,
+    /// MQTT QoS of the value, 0–2. Default 0.
+    #[serde(default)]
+    pub qos: Option<Spanned<i64>>,
+    /// `plain` (default) or `json`.
+    #[serde(default)]
+    pub payload: Option<Spanned<PayloadName>>,
+    /// `on_change` (default) or `every_poll`.
+    #[serde(default)]
+    pub publish: Option<Spanned<PublishName>>,
+    /// With `on_change`: publish only when the value moved by more than this.
+    #[serde(default)]
+    pub deadband: Option<Spanned<f64>>,
+    /// Republish an unchanged value at least this often (`5m`).
+    #[serde(default)]
+    pub heartbeat: Option<Spanned<HumanDuration>>,
+}
+
+/// A parsed file and where it came from.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// The path as shown in messages.
+    pub path: PathBuf,
+    /// The content.
+    pub value: T,
+}
+
+/// A structural problem in a file: YAML syntax, an unknown key, a wrong type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParseProblem {
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// 1-based column (0 when unknown).
+    pub column: u64,
+    /// Field path (`devices[0].points[2].address`), empty at the top.
+    pub path: String,
+    /// The message.
+    pub message: String,
+    /// A hint such as "did you mean `address`?".
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ParseProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Deserialize one YAML document, returning the first structural problem with its
+/// location, path and hint.
+pub fn parse_yaml<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ParseProblem> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|err| {
+        let loc = err.location();
+        let raw = err.without_snippet().to_string();
+        let message = strip_location_prefix(&raw);
+        let path = clean_path(&path);
+        let hint = hint_for(&message);
+        ParseProblem {
+            line: loc.map_or(0, |l| l.line()),
+            column: loc.map_or(0, |l| l.column()),
+            path,
+            message,
+            hint,
+        }
+    })
+}
+
+fn strip_location_prefix(raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or(raw).trim();
+    let s = first.strip_prefix("error: ").unwrap_or(first);
+    if let Some(rest) = s.strip_prefix("line ") {
+        if let Some(idx) = rest.find(": ") {
+            return rest[idx + 2..].to_string();
+        }
+    }
+    s.to_string()
+}
+
+/// Remove the `.value` segments serde-saphyr's `Spanned` adds and the `?` of serde's
+/// "unknown path" marker.
+fn clean_path(p: &str) -> String {
+    let p = p.replace(".value", "");
+    if p == "?" || p == "." {
+        String::new()
+    } else {
+        p
+    }
+}
+
+/// "unknown field `adress`, expected one of `a`, `b`" → did you mean.
+fn hint_for(message: &str) -> Option<String> {
+    let (word, rest) = if let Some(r) = message.strip_prefix("unknown field `") {
+        r.split_once('`')?
+    } else if let Some(r) = message.strip_prefix("unknown variant `") {
+        r.split_once('`')?
+    } else {
+        return None;
+    };
+    let list = rest
+        .split_once("expected one of")
+        .map(|(_, l)| l)
+        .or_else(|| rest.split_once("expected").map(|(_, l)| l))?;
+    let candidates: Vec<String> = list
+        .split(',')
+        .map(|c| c.trim().trim_matches('`').to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    did_you_mean(word, candidates.iter().map(String::as_str))
+        .map(|c| format!("did you mean `{c}`?"))
+        .or_else(|| Some(format!("expected one of: {}", candidates.join(", "))))
+}
+
+/// The closest candidate to `word`, if close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lw = word.to_ascii_lowercase();
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(&lw, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Resolve the `mappings:` entries against the gateway file's directory.
+/// Returns the files (sorted, deduplicated) or the entries that matched nothing.
+pub fn resolve_mappings(base: &Path, entries: &[String]) -> (Vec<PathBuf>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for e in entries {
+        let p = base.join(e);
+        if e.contains(['*', '?', '[']) {
+            let pattern = p.to_string_lossy().to_string();
+            let mut found: Vec<PathBuf> = glob::glob(&pattern)
+                .map(|g| g.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+                .unwrap_or_default();
+            if found.is_empty() {
+                missing.push(format!("`{e}` matches no file"));
+            }
+            found.sort();
+            files.extend(found);
+        } else if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&p)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|d| d.path())
+                        .filter(|p| {
+                            p.is_file()
+                                && p.extension()
+                                    .is_some_and(|x| x == "yaml" || x == "yml")
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if found.is_empty() {
+                missing.push(format!("directory `{e}` holds no .yaml file"));
+            }
+            found.sort();
+            files.extend(found);
+        } else if p.is_file() {
+            files.push(p);
+        } else {
+            missing.push(format!("`{}` does not exist", p.display()));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.canonicalize().unwrap_or_else(|_| f.clone())));
+    (files, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_gets_path_location_and_hint() {
+        let y = "devices:\n  - id: a\n    bus: b\n    points:\n      - topic: x\n        table: holding\n        adress: 3\n";
+        let e = parse_yaml::<MappingFile>(y).unwrap_err();
+        assert_eq!((e.line, e.column), (7, 9));
+        assert_eq!(e.path, "devices[0].points[0].adress");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `address`?"));
+    }
+
+    #[test]
+    fn unknown_variant_gets_hint() {
+        let y = "devices:\n  - id: a\n    bus: b\n    points:\n      - topic: x\n        table: holdng\n        address: 3\n";
+        let e = parse_yaml::<MappingFile>(y).unwrap_err();
+        assert_eq!(e.path, "devices[0].points[0].table");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `holding`?"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Health: counters shared by the tasks and the JSON published on `<base>/diagnostics`.
+
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::model::Model;
+
+/// Availability of a device as last published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Availability {
+    /// Not polled yet.
+    Unknown = 0,
+    /// Answering.
+    Online = 1,
+    /// Failed `offline_after` polls in a row.
+    Offline = 2,
+}
+
+/// Counters of one device.
+#[derive(Debug, Default)]
+pub struct DeviceStats {
+    /// Device id.
+    pub id: String,
+    availability: AtomicU8,
+    /// Poll cycles run.
+    pub polls: AtomicU64,
+    /// Poll cycles with no good reply.
+    pub failed_polls: AtomicU64,
+    /// Modbus requests sent.
+    pub requests: AtomicU64,
+    /// Requests that failed (timeout, exception, i/o).
+    pub request_errors: AtomicU64,
+    /// Duration of the last successful poll cycle, µs.
+    pub last_poll_us: AtomicU64,
+    /// Values published.
+    pub published: AtomicU64,
+}
+
+impl DeviceStats {
+    /// Current availability.
+    pub fn availability(&self) -> Availability {
+        match self.availability.load(Relaxed) {
+            1 => Availability::Online,
+            2 => Availability::Offline,
+            _ => Availability::Unknown,
+        }
+    }
+    /// Record availability.
+    pub fn set_availability(&self, a: Availability) {
+        self.availability.store(a as u8, Relaxed);
+    }
+}
+
+/// Counters of the whole gateway.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    /// Per device, in model order.
+    pub devices: Vec<DeviceStats>,
+    /// MQTT messages handed to the client.
+    pub mqtt_sent: AtomicU64,
+    /// MQTT messages dropped (never for retained state, which is republished).
+    pub mqtt_dropped: AtomicU64,
+    /// Messages waiting for room in the MQTT client.
+    pub mqtt_queue: AtomicU64,
+    /// Connected to the broker.
+    pub mqtt_connected: AtomicBool,
+    /// Connections made.
+    pub mqtt_connects: AtomicU64,
+}
+
+impl Stats {
+    /// Zeroed counters for the model's devices.
+    pub fn new(model: &Model) -> Self {
+        Stats {
+            started: Instant::now(),
+            devices: model
+                .devices()
+                .map(|d| DeviceStats {
+                    id: d.id.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            mqtt_sent: AtomicU64::new(0),
+            mqtt_dropped: AtomicU64::new(0),
+            mqtt_queue: AtomicU64::new(0),
+            mqtt_connected: AtomicBool::new(false),
+            mqtt_connects: AtomicU64::new(0),
+        }
+    }
+
+    /// Uptime.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The diagnostics JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let devices: serde_json::Map<String, serde_json::Value> = self
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.id.clone(),
+                    json!({
+                        "availability": match d.availability() {
+                            Availability::Online => "online",
+                            Availability::Offline => "offline",
+                            Availability::Unknown => "unknown",
+                        },
+                        "polls": d.polls.load(Relaxed),
+                        "failed_polls": d.failed_polls.load(Relaxed),
+                        "requests": d.requests.load(Relaxed),
+                        "request_errors": d.request_errors.load(Relaxed),
+                        "last_poll_ms": d.last_poll_us.load(Relaxed) as f64 / 1000.0,
+                        "published": d.published.load(Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "uptime_s": self.uptime().as_secs(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "mqtt": {
+                "connected": self.mqtt_connected.load(Relaxed),
+                "connects": self.mqtt_connects.load(Relaxed),
+                "sent": self.mqtt_sent.load(Relaxed),
+                "dropped": self.mqtt_dropped.load(Relaxed),
+                "queue_depth": self.mqtt_queue.load(Relaxed),
+            },
+            "devices": devices,
+        })
+    }
+}

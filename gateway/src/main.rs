@@ -1,0 +1,243 @@
+//! The `fieldlink` command line: run, check, demo, watch.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fieldlink::{
+    shutdown,
+    validate::{self, Severity},
+};
+use fieldlink_drivers::modbus::Planner;
+use tracing::error;
+
+/// Exit code for a configuration error (EX_CONFIG from sysexits.h).
+const EX_CONFIG: u8 = 78;
+
+/// fieldlink: a gateway from Modbus/UART/GPIO field devices to MQTT.
+#[derive(Parser)]
+#[command(name = "fieldlink", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The gateway file.
+        #[arg(long, short, default_value = "/etc/fieldlink/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration, print every problem and a summary (exit 78 on error).
+    Check {
+        /// The gateway file.
+        #[arg(long, short, default_value = "/etc/fieldlink/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Run the example house against simulated devices and the embedded broker.
+    Demo {
+        /// Where the embedded broker listens.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+    /// Subscribe and print `topic payload` lines.
+    Watch {
+        /// Topic filter.
+        #[arg(default_value = "#")]
+        filter: String,
+        /// Broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => {
+            let checked = match validate::load(&config) {
+                Ok(c) => c,
+                Err(diags) => return report(&diags),
+            };
+            for w in &checked.warnings {
+                eprintln!("{w}");
+            }
+            exit(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let (trigger, shutdown) = shutdown::channel();
+                    tokio::spawn(signals(trigger));
+                    fieldlink::run(checked.model, shutdown).await?;
+                    Ok(())
+                })
+            }))
+        }
+        Command::Demo { listen } => exit(runtime().and_then(|rt| {
+            rt.block_on(async {
+                let (trigger, shutdown) = shutdown::channel();
+                tokio::spawn(signals(trigger));
+                eprintln!(
+                    "fieldlink demo: simulated house on the embedded broker at {listen}.\n\
+                     Watch it with:  cargo run --release -p fieldlink -- watch --port {}   (Ctrl-C stops)",
+                    listen.port()
+                );
+                fieldlink::demo::run(listen, shutdown).await?;
+                Ok(())
+            })
+        })),
+        Command::Watch {
+            filter,
+            host,
+            port,
+            count,
+        } => exit(runtime().and_then(|rt| rt.block_on(watch(filter, host, port, count)))),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "Stopped.");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn signals(trigger: shutdown::ShutdownTrigger) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    trigger.trigger();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    trigger.trigger();
+}
+
+fn report(diags: &[validate::Diagnostic]) -> ExitCode {
+    for d in diags {
+        eprintln!("{d}");
+    }
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    eprintln!("{errors} error(s); the configuration was not loaded.");
+    ExitCode::from(EX_CONFIG)
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    let checked = match validate::load(config) {
+        Ok(c) => c,
+        Err(diags) => return report(&diags),
+    };
+    for w in &checked.warnings {
+        println!("{w}");
+    }
+    let m = &checked.model;
+    let devices = m.devices().count();
+    let points: usize = m.devices().map(|d| d.points.len()).sum();
+    let mut requests = 0usize;
+    let mut per_second = 0f64;
+    for d in m.devices() {
+        let items = d
+            .points
+            .iter()
+            .map(|p| fieldlink_drivers::modbus::PlanItem {
+                table: p.table,
+                address: p.address,
+                count: p.count(),
+            })
+            .collect();
+        let n = Planner::new(items, d.max_gap).plan().len();
+        requests += n;
+        per_second += n as f64 / d.poll_interval.as_secs_f64();
+    }
+    println!(
+        "OK: {} file(s), {} bus(es), {devices} device(s), {points} point(s), {requests} Modbus request(s) per poll cycle ({per_second:.1} requests/s).",
+        checked.files.len(),
+        m.buses.len(),
+    );
+    ExitCode::SUCCESS
+}
+
+async fn watch(filter: String, host: String, port: u16, count: Option<u64>) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let id = format!("fieldlink-watch-{}", std::process::id());
+    let mut o = MqttOptions::new(id, host.clone(), port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    let mut seen = 0u64;
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                client
+                    .subscribe(filter.clone(), QoS::AtMostOnce)
+                    .await
+                    .context("subscribe")?;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{} {}", p.topic, String::from_utf8_lossy(&p.payload))
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return Ok(()); // stdout closed (e.g. piped into `head`)
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    return Ok(());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    eprintln!("cannot reach the broker at {host}:{port}: {e}; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

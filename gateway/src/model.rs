@@ -1,0 +1,176 @@
+//! The validated, immutable runtime model built from the configuration by
+//! [`crate::validate`]. Nothing in here can be invalid.
+
+use std::{net::SocketAddr, time::Duration};
+
+pub use fieldlink_drivers::modbus::{Table, ValueType, WordOrder};
+
+/// Everything the gateway runs.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Root of the gateway's own topics, e.g. `fieldlink/casa`.
+    pub base_topic: String,
+    /// MQTT settings.
+    pub mqtt: MqttModel,
+    /// How often diagnostics are published.
+    pub diagnostics_interval: Duration,
+    /// Buses, each with its devices.
+    pub buses: Vec<Bus>,
+}
+
+impl Model {
+    /// All devices of all buses.
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.buses.iter().flat_map(|b| b.devices.iter())
+    }
+
+    /// `<base>/status`.
+    pub fn status_topic(&self) -> String {
+        format!("{}/status", self.base_topic)
+    }
+
+    /// `<base>/diagnostics`.
+    pub fn diagnostics_topic(&self) -> String {
+        format!("{}/diagnostics", self.base_topic)
+    }
+
+    /// `<base>/<device>/availability`.
+    pub fn availability_topic(&self, device: &str) -> String {
+        format!("{}/{}/availability", self.base_topic, device)
+    }
+}
+
+/// MQTT settings.
+#[derive(Clone, Debug)]
+pub struct MqttModel {
+    /// The embedded broker, when enabled.
+    pub embedded: Option<EmbeddedBroker>,
+    /// Where the gateway's MQTT client connects (the embedded broker's address).
+    pub host: String,
+    /// Port of `host`.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+    /// Keepalive.
+    pub keepalive: Duration,
+}
+
+/// The embedded broker.
+#[derive(Clone, Debug)]
+pub struct EmbeddedBroker {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Maximum client connections.
+    pub max_connections: usize,
+}
+
+/// A bus: one task owns it.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    /// Bus id.
+    pub id: String,
+    /// Kind and transport settings.
+    pub kind: BusKind,
+    /// Devices on the bus.
+    pub devices: Vec<Device>,
+}
+
+/// Transport of a bus.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BusKind {
+    /// Modbus TCP endpoint.
+    ModbusTcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Request and connect timeout.
+        timeout: Duration,
+    },
+}
+
+/// A device on a bus.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// Device id.
+    pub id: String,
+    /// Modbus unit id.
+    pub unit: u8,
+    /// Poll period.
+    pub poll_interval: Duration,
+    /// Consecutive failed polls that make it offline.
+    pub offline_after: u32,
+    /// Largest gap the planner bridges.
+    pub max_gap: u16,
+    /// Points.
+    pub points: Vec<Point>,
+}
+
+/// Payload format of a point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Bare value.
+    Plain,
+    /// JSON object with value, unit and timestamp.
+    Json,
+}
+
+/// When a point is published.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PublishMode {
+    /// On change beyond the deadband (0 = any change).
+    OnChange {
+        /// Minimum change.
+        deadband: f64,
+    },
+    /// After every successful poll.
+    EveryPoll,
+}
+
+/// A point: one value, one topic.
+#[derive(Clone, Debug)]
+pub struct Point {
+    /// Topic.
+    pub topic: String,
+    /// Table.
+    pub table: Table,
+    /// First register/bit.
+    pub address: u16,
+    /// Value type.
+    pub ty: ValueType,
+    /// Word order.
+    pub order: WordOrder,
+    /// Bit inside the register, for `bool` on a register table.
+    pub bit: Option<u8>,
+    /// Multiplier.
+    pub scale: f64,
+    /// Added after scaling.
+    pub offset: f64,
+    /// Decimal places.
+    pub precision: Option<u8>,
+    /// Unit.
+    pub unit: Option<String>,
+    /// Retained.
+    pub retain: bool,
+    /// QoS 0–2.
+    pub qos: u8,
+    /// Payload format.
+    pub payload: Payload,
+    /// Publish policy.
+    pub publish: PublishMode,
+    /// Republish an unchanged value at least this often.
+    pub heartbeat: Option<Duration>,
+}
+
+impl Point {
+    /// Registers (or bits) the point occupies.
+    pub fn count(&self) -> u16 {
+        if self.table.is_bits() {
+            1
+        } else {
+            self.ty.registers()
+        }
+    }
+}

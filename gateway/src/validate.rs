@@ -1,0 +1,946 @@
+//! Validation: configuration files → [`Model`], collecting every problem.
+//!
+//! Each problem is a [`Diagnostic`] printed as `file:line:col: field.path: message; hint`.
+//! Structural problems (YAML syntax, unknown keys, wrong value types) stop the file they
+//! are in at the first one; every semantic problem in every file is reported.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    config::{
+        did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile,
+        GatewayFile, MappingFile, OrderName, PayloadName, PointFile, PublishName, Spanned,
+        TableName, TypeName,
+    },
+    model::{
+        Bus, BusKind, Device, EmbeddedBroker, Model, MqttModel, Payload, Point, PublishMode,
+        Table, ValueType, WordOrder,
+    },
+    topics::{check_topic, is_id},
+};
+
+/// How serious a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The configuration cannot run.
+    Error,
+    /// Runs, but probably not as meant.
+    Warning,
+}
+
+/// One problem found in the configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, 0 when unknown.
+    pub line: u64,
+    /// 1-based column, 0 when unknown.
+    pub column: u64,
+    /// Field path, e.g. `devices[0].points[3].address`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "; {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A valid model plus the warnings found on the way.
+#[derive(Debug)]
+pub struct Checked {
+    /// The model.
+    pub model: Model,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+    /// Files read.
+    pub files: Vec<PathBuf>,
+}
+
+/// Load and validate the gateway file at `path` and every mapping file it names.
+pub fn load(path: &Path) -> Result<Checked, Vec<Diagnostic>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: format!("cannot read the gateway file: {e}"),
+                hint: Some("pass the right file with --config".into()),
+            }])
+        }
+    };
+    check_sources(path, &text, |entries, diags| {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (files, missing) = resolve_mappings(base, entries);
+        for m in missing {
+            diags.push((format!("mapping file {m}"), None));
+        }
+        files
+            .into_iter()
+            .filter_map(|f| match std::fs::read_to_string(&f) {
+                Ok(t) => Some((f, t)),
+                Err(e) => {
+                    diags.push((format!("cannot read `{}`: {e}", f.display()), None));
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+/// Problems found while resolving mapping files: (message, hint).
+pub type ResolveProblems = Vec<(String, Option<String>)>;
+
+/// Validate a gateway file's text; `resolve` turns its `mappings:` entries into
+/// `(path, text)` pairs (from disk, or from memory for `fieldlink demo`).
+pub fn check_sources(
+    gateway_path: &Path,
+    gateway_text: &str,
+    resolve: impl FnOnce(&[String], &mut ResolveProblems) -> Vec<(PathBuf, String)>,
+) -> Result<Checked, Vec<Diagnostic>> {
+    let mut v = Validator::default();
+    let gw_file = gateway_path.to_path_buf();
+    let gw: GatewayFile = match parse_yaml(gateway_text) {
+        Ok(g) => g,
+        Err(p) => {
+            v.push(Severity::Error, &gw_file, (p.line, p.column), p.path, p.message, p.hint);
+            return Err(v.diags);
+        }
+    };
+    let mut problems = Vec::new();
+    let sources = resolve(&gw.mappings.value.to_vec(), &mut problems);
+    for (msg, hint) in problems {
+        v.error(&gw_file, at(&gw.mappings), "mappings", msg, hint);
+    }
+    let mut files = vec![gw_file.clone()];
+    let mut mappings = Vec::new();
+    for (path, text) in sources {
+        files.push(path.clone());
+        match parse_yaml::<MappingFile>(&text) {
+            Ok(m) => mappings.push((path, m)),
+            Err(p) => v.push(Severity::Error, &path, (p.line, p.column), p.path, p.message, p.hint),
+        }
+    }
+    let header = v.gateway(&gw_file, &gw);
+    let buses = v.mappings(&mappings, header.as_ref().map(|h| h.base_topic.as_str()));
+    if v.diags.iter().any(|d| d.severity == Severity::Error) {
+        v.diags.sort_by_key(|d| d.severity == Severity::Warning);
+        return Err(v.diags);
+    }
+    let Some(h) = header else {
+        return Err(v.diags);
+    };
+    Ok(Checked {
+        model: Model {
+            gateway_id: h.id,
+            base_topic: h.base_topic,
+            mqtt: h.mqtt,
+            diagnostics_interval: h.diagnostics_interval,
+            buses,
+        },
+        warnings: v.diags,
+        files,
+    })
+}
+
+fn at<T>(s: &Spanned<T>) -> (u64, u64) {
+    (s.referenced.line(), s.referenced.column())
+}
+
+struct Header {
+    id: String,
+    base_topic: String,
+    mqtt: MqttModel,
+    diagnostics_interval: Duration,
+}
+
+#[derive(Default)]
+struct Validator {
+    diags: Vec<Diagnostic>,
+}
+
+impl Validator {
+    fn push(
+        &mut self,
+        severity: Severity,
+        file: &Path,
+        (line, column): (u64, u64),
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.diags.push(Diagnostic {
+            severity,
+            file: file.to_path_buf(),
+            line,
+            column,
+            path: path.into(),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn error(
+        &mut self,
+        file: &Path,
+        loc: (u64, u64),
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.push(Severity::Error, file, loc, path, msg, hint);
+    }
+
+    fn warn(&mut self, file: &Path, loc: (u64, u64), path: impl Into<String>, msg: impl Into<String>) {
+        self.push(Severity::Warning, file, loc, path, msg, None);
+    }
+
+    /// An integer field within `lo..=hi`.
+    fn int_in(
+        &mut self,
+        file: &Path,
+        field: Option<&Spanned<i64>>,
+        path: &str,
+        what: &str,
+        (lo, hi): (i64, i64),
+        default: i64,
+    ) -> i64 {
+        match field {
+            None => default,
+            Some(s) if (lo..=hi).contains(&s.value) => s.value,
+            Some(s) => {
+                self.error(
+                    file,
+                    at(s),
+                    path,
+                    format!("{what} {} is outside {lo}–{hi}", s.value),
+                    Some(format!("use a value from {lo} to {hi}")),
+                );
+                default
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        file: &Path,
+        field: Option<&Spanned<crate::config::HumanDuration>>,
+        path: &str,
+        default: Duration,
+    ) -> Duration {
+        match field {
+            None => default,
+            Some(s) if s.value.0.is_zero() => {
+                self.error(
+                    file,
+                    at(s),
+                    path,
+                    "must be greater than zero",
+                    Some(format!("e.g. `{}`", humantime::format_duration(default))),
+                );
+                default
+            }
+            Some(s) => s.value.0,
+        }
+    }
+
+    fn gateway(&mut self, file: &Path, gw: &GatewayFile) -> Option<Header> {
+        let id = gw.id.value.clone();
+        if !is_id(&id) {
+            self.error(
+                file,
+                at(&gw.id),
+                "id",
+                format!("gateway id `{id}` may only use letters, digits, `-` and `_`"),
+                Some("it becomes a topic level and part of the MQTT client id".into()),
+            );
+        }
+        let base_topic = match &gw.base_topic {
+            Some(b) => {
+                match check_topic(&b.value) {
+                    Err(e) => self.error(file, at(b), "base_topic", e, None),
+                    Ok(Some(w)) => self.warn(file, at(b), "base_topic", w),
+                    Ok(None) => {}
+                }
+                b.value.clone()
+            }
+            None => format!("fieldlink/{id}"),
+        };
+        let e = &gw.mqtt.embedded;
+        if !e.enabled {
+            self.error(
+                file,
+                (0, 0),
+                "mqtt.embedded.enabled",
+                "no MQTT destination: the embedded broker is disabled",
+                Some("set `mqtt.embedded.enabled: true` (upstream brokers are not supported yet)".into()),
+            );
+        }
+        let listen = match &e.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
+            Some(l) => match l.value.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.error(
+                        file,
+                        at(l),
+                        "mqtt.embedded.listen",
+                        format!("`{}` is not an IP address with a port", l.value),
+                        Some("write it like `127.0.0.1:1883` or `0.0.0.0:1883`".into()),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 1883))
+                }
+            },
+        };
+        let max_connections = match &e.max_connections {
+            None => 32,
+            Some(m) if (1..=10_000).contains(&m.value) => m.value as usize,
+            Some(m) => {
+                self.error(
+                    file,
+                    at(m),
+                    "mqtt.embedded.max_connections",
+                    format!("max_connections {} is outside 1–10000", m.value),
+                    None,
+                );
+                32
+            }
+        };
+        let client_id = match &gw.mqtt.client_id {
+            Some(c) if c.value.is_empty() || c.value.len() > 256 => {
+                self.error(file, at(c), "mqtt.client_id", "client id must be 1–256 bytes", None);
+                String::new()
+            }
+            Some(c) => c.value.clone(),
+            None => format!("fieldlink-{id}"),
+        };
+        let keepalive = self.positive_duration(
+            file,
+            gw.mqtt.keepalive.as_ref(),
+            "mqtt.keepalive",
+            Duration::from_secs(15),
+        );
+        if keepalive < Duration::from_secs(1) {
+            if let Some(k) = &gw.mqtt.keepalive {
+                self.error(file, at(k), "mqtt.keepalive", "keepalive must be at least 1s", None);
+            }
+        }
+        let diagnostics_interval = self.positive_duration(
+            file,
+            gw.diagnostics_interval.as_ref(),
+            "diagnostics_interval",
+            Duration::from_secs(30),
+        );
+        let host = if listen.ip().is_unspecified() {
+            if listen.is_ipv4() {
+                "127.0.0.1".to_string()
+            } else {
+                "::1".to_string()
+            }
+        } else {
+            listen.ip().to_string()
+        };
+        Some(Header {
+            id,
+            base_topic,
+            mqtt: MqttModel {
+                embedded: e.enabled.then_some(EmbeddedBroker {
+                    listen,
+                    max_connections,
+                }),
+                host,
+                port: listen.port(),
+                client_id,
+                keepalive,
+            },
+            diagnostics_interval,
+        })
+    }
+
+    fn mappings(&mut self, files: &[(PathBuf, MappingFile)], base: Option<&str>) -> Vec<Bus> {
+        // Buses first: devices may refer to a bus of any file.
+        let mut buses: Vec<Bus> = Vec::new();
+        let mut bus_where: HashMap<String, (PathBuf, (u64, u64))> = HashMap::new();
+        for (file, m) in files {
+            for (i, b) in m.buses.iter().enumerate() {
+                let path = format!("buses[{i}]");
+                if let Some(bus) = self.bus(file, &path, b) {
+                    if let Some((f0, l0)) = bus_where.get(&bus.id) {
+                        self.error(
+                            file,
+                            at(&b.id),
+                            format!("{path}.id"),
+                            format!(
+                                "bus id `{}` is already used at {}:{}:{}",
+                                bus.id,
+                                f0.display(),
+                                l0.0,
+                                l0.1
+                            ),
+                            Some("give every bus its own id".into()),
+                        );
+                        continue;
+                    }
+                    bus_where.insert(bus.id.clone(), (file.clone(), at(&b.id)));
+                    buses.push(bus);
+                }
+            }
+        }
+        let bus_ids: Vec<String> = buses.iter().map(|b| b.id.clone()).collect();
+        let mut device_where: HashMap<String, (PathBuf, (u64, u64))> = HashMap::new();
+        let mut unit_where: HashMap<(String, u8), String> = HashMap::new();
+        let mut topic_where: BTreeMap<String, (PathBuf, (u64, u64))> = BTreeMap::new();
+        let mut device_ids = Vec::new();
+        for (file, m) in files {
+            for (i, d) in m.devices.iter().enumerate() {
+                device_ids.push(d.id.value.clone());
+                let path = format!("devices[{i}]");
+                let Some((bus_id, dev)) = self.device(file, &path, d, &bus_ids, &mut topic_where)
+                else {
+                    continue;
+                };
+                if let Some((f0, l0)) = device_where.get(&dev.id) {
+                    self.error(
+                        file,
+                        at(&d.id),
+                        format!("{path}.id"),
+                        format!(
+                            "device id `{}` is already used at {}:{}:{}",
+                            dev.id,
+                            f0.display(),
+                            l0.0,
+                            l0.1
+                        ),
+                        Some("device ids name availability topics and must be unique".into()),
+                    );
+                    continue;
+                }
+                device_where.insert(dev.id.clone(), (file.clone(), at(&d.id)));
+                if let Some(other) = unit_where.insert((bus_id.clone(), dev.unit), dev.id.clone()) {
+                    let loc = d.unit.as_ref().map_or(at(&d.id), at);
+                    self.error(
+                        file,
+                        loc,
+                        format!("{path}.unit"),
+                        format!(
+                            "unit id {} is already used by device `{other}` on bus `{bus_id}`",
+                            dev.unit
+                        ),
+                        Some("each device on a bus needs its own unit id".into()),
+                    );
+                }
+                if let Some(bus) = buses.iter_mut().find(|b| b.id == bus_id) {
+                    bus.devices.push(dev);
+                }
+            }
+        }
+        // Point topics must not collide with the gateway's own topics or command topics.
+        if let Some(base) = base {
+            let mut reserved = vec![format!("{base}/status"), format!("{base}/diagnostics")];
+            reserved.extend(device_ids.iter().map(|d| format!("{base}/{d}/availability")));
+            for r in reserved {
+                if let Some((f, l)) = topic_where.get(&r) {
+                    let (f, l) = (f.clone(), *l);
+                    self.error(
+                        &f,
+                        l,
+                        "topic",
+                        format!("topic `{r}` is one of the gateway's own topics"),
+                        Some("choose another topic or change `base_topic`".into()),
+                    );
+                }
+            }
+        }
+        let topics: Vec<(String, PathBuf, (u64, u64))> = topic_where
+            .iter()
+            .map(|(t, (f, l))| (t.clone(), f.clone(), *l))
+            .collect();
+        for (t, f, l) in &topics {
+            for suffix in ["/set", "/set/result"] {
+                if let Some(parent) = t.strip_suffix(suffix) {
+                    if topic_where.contains_key(parent) {
+                        self.error(
+                            f,
+                            *l,
+                            "topic",
+                            format!("topic `{t}` is the command topic of point `{parent}`"),
+                            Some(format!("`{suffix}` below a point topic is reserved for commands")),
+                        );
+                    }
+                }
+            }
+        }
+        for bus in &buses {
+            if bus.devices.is_empty() {
+                let (f, l) = &bus_where[&bus.id];
+                let (f, l) = (f.clone(), *l);
+                self.warn(&f, l, "", format!("bus `{}` has no devices", bus.id));
+            }
+        }
+        buses
+    }
+
+    fn bus(&mut self, file: &Path, path: &str, b: &BusFile) -> Option<Bus> {
+        let id = b.id.value.clone();
+        if !is_id(&id) {
+            self.error(
+                file,
+                at(&b.id),
+                format!("{path}.id"),
+                format!("bus id `{id}` may only use letters, digits, `-` and `_`"),
+                None,
+            );
+        }
+        match b.kind.value {
+            BusKindName::ModbusTcp => {
+                let host = match &b.host {
+                    Some(h) if !h.value.trim().is_empty() => h.value.trim().to_string(),
+                    Some(h) => {
+                        self.error(file, at(h), format!("{path}.host"), "host is empty", None);
+                        return None;
+                    }
+                    None => {
+                        self.error(
+                            file,
+                            at(&b.kind),
+                            path.to_string(),
+                            "a modbus_tcp bus needs `host`",
+                            Some("add `host: 192.168.1.20` (the device or Modbus gateway)".into()),
+                        );
+                        return None;
+                    }
+                };
+                let port = match &b.port {
+                    Some(p) if p.value == 0 => {
+                        self.error(
+                            file,
+                            at(p),
+                            format!("{path}.port"),
+                            "port 0 is not a valid TCP port",
+                            Some("Modbus TCP uses 502".into()),
+                        );
+                        502
+                    }
+                    Some(p) => p.value,
+                    None => 502,
+                };
+                let timeout = self.positive_duration(
+                    file,
+                    b.timeout.as_ref(),
+                    &format!("{path}.timeout"),
+                    Duration::from_secs(1),
+                );
+                Some(Bus {
+                    id,
+                    kind: BusKind::ModbusTcp {
+                        host,
+                        port,
+                        timeout,
+                    },
+                    devices: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn device(
+        &mut self,
+        file: &Path,
+        path: &str,
+        d: &DeviceFile,
+        bus_ids: &[String],
+        topics: &mut BTreeMap<String, (PathBuf, (u64, u64))>,
+    ) -> Option<(String, Device)> {
+        let id = d.id.value.clone();
+        if !is_id(&id) {
+            self.error(
+                file,
+                at(&d.id),
+                format!("{path}.id"),
+                format!("device id `{id}` may only use letters, digits, `-` and `_`"),
+                Some("it becomes a topic level of `<base>/<device>/availability`".into()),
+            );
+        }
+        let bus_ok = bus_ids.contains(&d.bus.value);
+        if !bus_ok {
+            let hint = match did_you_mean(&d.bus.value, bus_ids.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None if bus_ids.is_empty() => "no bus is defined; add one under `buses:`".into(),
+                None => format!("defined buses: {}", bus_ids.join(", ")),
+            };
+            self.error(
+                file,
+                at(&d.bus),
+                format!("{path}.bus"),
+                format!("unknown bus `{}`", d.bus.value),
+                Some(hint),
+            );
+        }
+        let unit = self.int_in(file, d.unit.as_ref(), &format!("{path}.unit"), "unit id", (1, 247), 1);
+        let poll_interval = self.positive_duration(
+            file,
+            d.poll_interval.as_ref(),
+            &format!("{path}.poll_interval"),
+            Duration::from_secs(1),
+        );
+        let offline_after = self.int_in(
+            file,
+            d.offline_after.as_ref(),
+            &format!("{path}.offline_after"),
+            "offline_after",
+            (1, 1000),
+            3,
+        );
+        let max_gap = self.int_in(file, d.max_gap.as_ref(), &format!("{path}.max_gap"), "max_gap", (0, 124), 8);
+        let mut points = Vec::new();
+        for (i, p) in d.points.iter().enumerate() {
+            let ppath = format!("{path}.points[{i}]");
+            if let Some(pt) = self.point(file, &ppath, p) {
+                if let Some((f0, l0)) = topics.get(&pt.topic) {
+                    self.error(
+                        file,
+                        at(&p.topic),
+                        format!("{ppath}.topic"),
+                        format!(
+                            "duplicate topic `{}` (first used at {}:{}:{})",
+                            pt.topic,
+                            f0.display(),
+                            l0.0,
+                            l0.1
+                        ),
+                        Some("every point needs its own topic".into()),
+                    );
+                    continue;
+                }
+                topics.insert(pt.topic.clone(), (file.to_path_buf(), at(&p.topic)));
+                points.push((i, pt));
+            }
+        }
+        if d.points.is_empty() {
+            self.warn(file, at(&d.id), format!("{path}.points"), format!("device `{id}` has no points"));
+        }
+        // Overlapping registers with different interpretations: a warning.
+        for a in 0..points.len() {
+            for b in a + 1..points.len() {
+                let (ia, pa) = &points[a];
+                let (ib, pb) = &points[b];
+                if pa.table != pb.table {
+                    continue;
+                }
+                let (sa, ea) = (u32::from(pa.address), u32::from(pa.address) + u32::from(pa.count()));
+                let (sb, eb) = (u32::from(pb.address), u32::from(pb.address) + u32::from(pb.count()));
+                let overlap = sa < eb && sb < ea;
+                let same = pa.ty == pb.ty && pa.order == pb.order && pa.address == pb.address;
+                let both_bits = pa.bit.is_some() && pb.bit.is_some();
+                if overlap && !same && !both_bits {
+                    self.warn(
+                        file,
+                        at(&d.points[*ib].address),
+                        format!("{path}.points[{ib}].address"),
+                        format!(
+                            "points `{}` ({} at {} {}) and `{}` ({} at {} {}) read overlapping registers differently",
+                            pa.topic, pa.ty, pa.table, pa.address, pb.topic, pb.ty, pb.table, pb.address
+                        ),
+                    );
+                    let _ = ia;
+                }
+            }
+        }
+        if !bus_ok {
+            return None;
+        }
+        Some((
+            d.bus.value.clone(),
+            Device {
+                id,
+                unit: unit as u8,
+                poll_interval,
+                offline_after: offline_after as u32,
+                max_gap: max_gap as u16,
+                points: points.into_iter().map(|(_, p)| p).collect(),
+            },
+        ))
+    }
+
+    fn point(&mut self, file: &Path, path: &str, p: &PointFile) -> Option<Point> {
+        let errors_before = self.error_count();
+        let topic = p.topic.value.clone();
+        match check_topic(&topic) {
+            Err(e) => self.error(file, at(&p.topic), format!("{path}.topic"), e, None),
+            Ok(Some(w)) => self.warn(file, at(&p.topic), format!("{path}.topic"), w),
+            Ok(None) => {}
+        }
+        let table = match p.table.value {
+            TableName::Holding => Table::Holding,
+            TableName::Input => Table::Input,
+            TableName::Coil => Table::Coil,
+            TableName::Discrete => Table::Discrete,
+        };
+        let type_name = p.ty.as_ref().map(|t| t.value).unwrap_or(if table.is_bits() {
+            TypeName::Bool
+        } else {
+            TypeName::U16
+        });
+        let type_loc = p.ty.as_ref().map_or(at(&p.table), at);
+        let ty = match type_name {
+            TypeName::Bool => ValueType::Bool,
+            TypeName::U16 => ValueType::U16,
+            TypeName::I16 => ValueType::I16,
+            TypeName::U32 => ValueType::U32,
+            TypeName::I32 => ValueType::I32,
+            TypeName::U64 => ValueType::U64,
+            TypeName::I64 => ValueType::I64,
+            TypeName::F32 => ValueType::F32,
+            TypeName::F64 => ValueType::F64,
+            TypeName::String => match &p.length {
+                Some(l) if (1..=250).contains(&l.value) => ValueType::String {
+                    len: l.value as u16,
+                },
+                Some(l) => {
+                    self.error(
+                        file,
+                        at(l),
+                        format!("{path}.length"),
+                        format!("string length {} is outside 1–250 bytes", l.value),
+                        Some("one read carries at most 125 registers (250 bytes)".into()),
+                    );
+                    ValueType::String { len: 2 }
+                }
+                None => {
+                    self.error(
+                        file,
+                        type_loc,
+                        format!("{path}.type"),
+                        "a `string` point needs `length` (bytes)",
+                        Some("add `length: 16`".into()),
+                    );
+                    ValueType::String { len: 2 }
+                }
+            },
+        };
+        if let (Some(l), false) = (&p.length, matches!(ty, ValueType::String { .. })) {
+            self.error(
+                file,
+                at(l),
+                format!("{path}.length"),
+                format!("`length` only applies to `string` points, this one is `{ty}`"),
+                Some("remove `length` or set `type: string`".into()),
+            );
+        }
+        if table.is_bits() && ty != ValueType::Bool {
+            self.error(
+                file,
+                type_loc,
+                format!("{path}.type"),
+                format!("type `{ty}` is not allowed on a {table}: {table}s hold single bits"),
+                Some("use `type: bool`, or `table: holding`/`input` for register values".into()),
+            );
+        }
+        let bit = match &p.bit {
+            None => None,
+            Some(b) if table.is_bits() => {
+                self.error(
+                    file,
+                    at(b),
+                    format!("{path}.bit"),
+                    format!("`bit` selects a bit inside a register; a {table} is already one bit"),
+                    Some("remove `bit`".into()),
+                );
+                None
+            }
+            Some(b) if ty != ValueType::Bool => {
+                self.error(
+                    file,
+                    at(b),
+                    format!("{path}.bit"),
+                    format!("`bit` needs `type: bool`, this point is `{ty}`"),
+                    Some("set `type: bool` to read one bit of the register".into()),
+                );
+                None
+            }
+            Some(b) if (0..=15).contains(&b.value) => Some(b.value as u8),
+            Some(b) => {
+                self.error(
+                    file,
+                    at(b),
+                    format!("{path}.bit"),
+                    format!("bit index {} is outside 0–15", b.value),
+                    Some("bit 0 is the least significant bit of the register".into()),
+                );
+                None
+            }
+        };
+        let count = if table.is_bits() { 1 } else { i64::from(ty.registers()) };
+        let address = if (0..=65535).contains(&p.address.value) {
+            if p.address.value + count - 1 > 65535 {
+                self.error(
+                    file,
+                    at(&p.address),
+                    format!("{path}.address"),
+                    format!(
+                        "address {} + {count} registers of `{ty}` goes beyond 65535",
+                        p.address.value
+                    ),
+                    Some(format!("the last usable start address for `{ty}` is {}", 65536 - count)),
+                );
+            }
+            p.address.value as u16
+        } else {
+            self.error(
+                file,
+                at(&p.address),
+                format!("{path}.address"),
+                format!("address {} is outside 0–65535", p.address.value),
+                Some("Modbus addresses are 0-based on the wire: register 40001 is `address: 0` of `table: holding`".into()),
+            );
+            0
+        };
+        let order = match p.word_order.as_ref().map(|o| o.value) {
+            None | Some(OrderName::Abcd) => WordOrder::Abcd,
+            Some(OrderName::Cdab) => WordOrder::Cdab,
+            Some(OrderName::Badc) => WordOrder::Badc,
+            Some(OrderName::Dcba) => WordOrder::Dcba,
+        };
+        let numeric = ty.is_numeric();
+        for (name, f) in [("scale", &p.scale), ("offset", &p.offset)] {
+            if let Some(s) = f {
+                if !numeric {
+                    self.error(
+                        file,
+                        at(s),
+                        format!("{path}.{name}"),
+                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
+                        None,
+                    );
+                } else if !s.value.is_finite() {
+                    self.error(file, at(s), format!("{path}.{name}"), format!("`{name}` must be a finite number"), None);
+                }
+            }
+        }
+        if let Some(s) = &p.scale {
+            if s.value == 0.0 {
+                self.error(
+                    file,
+                    at(s),
+                    format!("{path}.scale"),
+                    "scale 0 would publish 0 for every reading",
+                    Some("use e.g. `scale: 0.1` for tenths".into()),
+                );
+            }
+        }
+        let precision = self
+            .int_in(file, p.precision.as_ref(), &format!("{path}.precision"), "precision", (0, 12), -1);
+        let qos = self.int_in(file, p.qos.as_ref(), &format!("{path}.qos"), "qos", (0, 2), 0);
+        let publish = match p.publish.as_ref().map(|s| s.value) {
+            Some(PublishName::EveryPoll) => {
+                if let Some(db) = &p.deadband {
+                    self.error(
+                        file,
+                        at(db),
+                        format!("{path}.deadband"),
+                        "`deadband` only applies to `publish: on_change`",
+                        Some("remove `deadband` or use `publish: on_change`".into()),
+                    );
+                }
+                PublishMode::EveryPoll
+            }
+            _ => {
+                let deadband = match &p.deadband {
+                    None => 0.0,
+                    Some(db) if db.value.is_finite() && db.value >= 0.0 => {
+                        if !numeric {
+                            self.error(
+                                file,
+                                at(db),
+                                format!("{path}.deadband"),
+                                format!("`deadband` only applies to numeric types, this point is `{ty}`"),
+                                None,
+                            );
+                        }
+                        db.value
+                    }
+                    Some(db) => {
+                        self.error(
+                            file,
+                            at(db),
+                            format!("{path}.deadband"),
+                            format!("deadband {} must be zero or positive", db.value),
+                            None,
+                        );
+                        0.0
+                    }
+                };
+                PublishMode::OnChange { deadband }
+            }
+        };
+        let heartbeat = match &p.heartbeat {
+            Some(h) if h.value.0.is_zero() => {
+                self.error(
+                    file,
+                    at(h),
+                    format!("{path}.heartbeat"),
+                    "heartbeat must be greater than zero",
+                    Some("remove it to publish only on change".into()),
+                );
+                None
+            }
+            Some(h) => Some(h.value.0),
+            None => None,
+        };
+        if self.error_count() > errors_before {
+            return None;
+        }
+        Some(Point {
+            topic,
+            table,
+            address,
+            ty,
+            order,
+            bit,
+            scale: p.scale.as_ref().map_or(1.0, |s| s.value),
+            offset: p.offset.as_ref().map_or(0.0, |s| s.value),
+            precision: u8::try_from(precision).ok(),
+            unit: p.unit.as_ref().map(|u| u.value.clone()),
+            retain: p.retain.as_ref().is_none_or(|r| r.value),
+            qos: qos as u8,
+            payload: match p.payload.as_ref().map(|s| s.value) {
+                Some(PayloadName::Json) => Payload::Json,
+                _ => Payload::Plain,
+            },
+            publish,
+            heartbeat,
+        })
+    }
+
+    fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.severity == Severity::Error).count()
+    }
+}
