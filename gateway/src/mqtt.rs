@@ -13,7 +13,7 @@ use std::{
 };
 
 use rumqttc::{
-    AsyncClient, ClientError, ConnectionError, Event, LastWill, MqttOptions, Packet,
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet,
     QoS,
 };
 use tokio::sync::mpsc;
@@ -138,11 +138,59 @@ fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
     Duration::from_millis(*seed % max_ms.max(1))
 }
 
+enum Link {
+    Connected,
+    Lost(String),
+    Closed,
+}
+
+/// Drive rumqttc's event loop in its own task: `EventLoop::poll` is not cancel-safe while
+/// connecting, so it must never sit in a `select!` next to other branches. Reconnects use
+/// exponential backoff with jitter (rumqttc has none).
+fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut seed = u64::from(std::process::id()) | 1;
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    if tx.send(Link::Connected).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    let _ = tx.send(Link::Closed);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if matches!(e, ConnectionError::ConnectionRefused(_)) {
+                        warn!(error = %e, "MQTT broker refused the connection.");
+                    }
+                    if tx.send(Link::Lost(e.to_string())).is_err() {
+                        return;
+                    }
+                    let wait = backoff + jitter(&mut seed, backoff.as_millis() as u64 / 2 + 1);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    });
+}
+
 /// Run the MQTT client until `rx` is closed (every producer stopped); then publish
 /// `offline` on the status topic and disconnect cleanly.
 pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<Stats>) {
-    let (client, mut eventloop) = AsyncClient::new(options(&model), CLIENT_CAPACITY);
+    let (client, eventloop) = AsyncClient::new(options(&model), CLIENT_CAPACITY);
+    let (link_tx, mut link) = mpsc::unbounded_channel();
+    spawn_eventloop(eventloop, link_tx);
     let status_topic = model.status_topic();
+    let broker = format!("{}:{}", model.mqtt.host, model.mqtt.port);
     let mut conn = Conn {
         client,
         connected: false,
@@ -150,50 +198,30 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, sta
         pending: VecDeque::new(),
         stats,
     };
-    let mut backoff = Duration::from_millis(100);
-    let mut seed = u64::from(std::process::id()) | 1;
     let mut ever_connected = false;
     let flush_tick = Duration::from_millis(2);
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            ev = link.recv() => match ev {
+                Some(Link::Connected) => {
                     if ever_connected {
-                        info!(broker = %format!("{}:{}", model.mqtt.host, model.mqtt.port), "MQTT reconnected.");
+                        info!(broker = %broker, "MQTT reconnected.");
                     } else {
-                        info!(broker = %format!("{}:{}", model.mqtt.host, model.mqtt.port), "MQTT connected.");
+                        info!(broker = %broker, "MQTT connected.");
                     }
                     ever_connected = true;
-                    backoff = Duration::from_millis(100);
                     conn.on_connack(&status_topic);
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Link::Lost(e)) => {
                     if conn.connected {
-                        warn!(error = %e, "MQTT connection lost.");
+                        warn!(broker = %broker, error = %e, "MQTT connection lost.");
                     } else {
-                        debug!(error = %e, "MQTT connect failed.");
+                        debug!(broker = %broker, error = %e, "MQTT connect failed.");
                     }
                     conn.connected = false;
                     conn.stats.mqtt_connected.store(false, Relaxed);
-                    let wait = backoff + jitter(&mut seed, backoff.as_millis() as u64 / 2 + 1);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    if matches!(e, ConnectionError::ConnectionRefused(_)) {
-                        warn!(error = %e, "MQTT broker refused the connection.");
-                    }
-                    // Keep consuming messages while waiting so producers never block.
-                    let sleep = tokio::time::sleep(wait);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            () = &mut sleep => break,
-                            m = rx.recv() => match m {
-                                Some(m) => conn.send(m),
-                                None => return,
-                            },
-                        }
-                    }
                 }
+                Some(Link::Closed) | None => return,
             },
             m = rx.recv() => match m {
                 Some(m) => conn.send(m),
@@ -205,23 +233,21 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, sta
     // Clean shutdown: flush, publish offline, disconnect.
     if conn.connected {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        let offline = Outgoing {
+        conn.send(Outgoing {
             topic: status_topic.clone(),
             payload: b"offline".to_vec(),
             retain: true,
             qos: 1,
-        };
-        conn.send(offline);
-        let mut disconnect_sent = false;
-        while tokio::time::Instant::now() < deadline {
+        });
+        while !conn.pending.is_empty() && tokio::time::Instant::now() < deadline {
             conn.flush();
-            if conn.pending.is_empty() && !disconnect_sent {
-                disconnect_sent = conn.client.try_disconnect().is_ok();
-            }
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => break,
+            tokio::time::sleep(flush_tick).await;
+        }
+        let _ = conn.client.try_disconnect();
+        loop {
+            match tokio::time::timeout_at(deadline, link.recv()).await {
+                Ok(Some(Link::Closed)) | Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
             }
         }
         info!("MQTT disconnected.");
