@@ -1,1 +1,287 @@
-//! x
+//! Shared helpers for fieldlink's end-to-end tests: free loopback ports, a gateway under
+//! test (the real `fieldlink::run_with_stats`), an MQTT observer (a separate rumqttc
+//! client, like a user's `mosquitto_sub`), and a TCP proxy that can cut the gateway's
+//! MQTT connection the way a network fault does.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use fieldlink::{model::Model, shutdown, Stats};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+    task::JoinHandle,
+};
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Build a model from a mapping file's text, with the embedded broker on a free port.
+/// `gateway_extra` is appended to the generated gateway file.
+pub fn model(mapping: &str, gateway_extra: &str) -> Model {
+    let port = free_port();
+    let gateway = format!(
+        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n  keepalive: 5s\ndiagnostics_interval: 1h\n{gateway_extra}"
+    );
+    match fieldlink::validate::check_sources(Path::new("gateway.yaml"), &gateway, |_, _| {
+        vec![(PathBuf::from("mapping.yaml"), mapping.to_string())]
+    }) {
+        Ok(c) => c.model,
+        Err(d) => panic!(
+            "test mapping is invalid:\n{}",
+            d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        ),
+    }
+}
+
+/// The gateway under test.
+pub struct Gateway {
+    trigger: shutdown::ShutdownTrigger,
+    handle: JoinHandle<Result<(), fieldlink::RunError>>,
+    /// Its model.
+    pub model: Model,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Gateway {
+    /// Start `run` in the background and wait until the embedded broker accepts clients.
+    pub async fn start(model: Model) -> Gateway {
+        let (trigger, sd) = shutdown::channel();
+        let stats = Arc::new(Stats::new(&model));
+        let handle = tokio::spawn(fieldlink::run_with_stats(
+            model.clone(),
+            sd,
+            Some(stats.clone()),
+        ));
+        let port = model.mqtt.port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "embedded broker did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Gateway {
+            trigger,
+            handle,
+            model,
+            stats,
+        }
+    }
+
+    /// The embedded broker's port.
+    pub fn broker_port(&self) -> u16 {
+        self.model
+            .mqtt
+            .embedded
+            .as_ref()
+            .map_or(self.model.mqtt.port, |e| e.listen.port())
+    }
+
+    /// Trigger shutdown and wait for `run` to return.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        let r = tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("gateway stops within 10 s")
+            .expect("gateway task did not panic");
+        r.expect("gateway run returned Ok");
+    }
+}
+
+/// One message as a subscriber saw it.
+#[derive(Clone, Debug)]
+pub struct Msg {
+    /// Topic.
+    pub topic: String,
+    /// Payload as text.
+    pub payload: String,
+    /// The RETAIN flag as delivered.
+    pub retain: bool,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A separate MQTT client that records everything it receives.
+pub struct Observer {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Every message so far (also the ones consumed by `next`).
+    pub seen: Arc<Mutex<Vec<Msg>>>,
+    _client: AsyncClient,
+}
+
+impl Observer {
+    /// Connect to 127.0.0.1:`port` and subscribe to `filter` at `qos`, waiting for SUBACK.
+    pub async fn connect(port: u16, filter: &str, qos: QoS) -> Observer {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "observer-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let c2 = client.clone();
+        let filter = filter.to_string();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c2.subscribe(filter.clone(), qos).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let m = Msg {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).to_string(),
+                            retain: p.retain,
+                            at: Instant::now(),
+                        };
+                        seen2.lock().expect("lock").push(m.clone());
+                        if tx.send(m).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .expect("observer subscribed within 10 s");
+        Observer {
+            rx,
+            seen,
+            _client: client,
+        }
+    }
+
+    /// The next message on `topic` within `timeout` (other topics are skipped).
+    pub async fn next_on(&mut self, topic: &str, timeout: Duration) -> Option<Msg> {
+        self.next_matching(|m| m.topic == topic, timeout).await
+    }
+
+    /// The next message matching `pred` within `timeout`.
+    pub async fn next_matching(
+        &mut self,
+        mut pred: impl FnMut(&Msg) -> bool,
+        timeout: Duration,
+    ) -> Option<Msg> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) if pred(&m) => return Some(m),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Wait until `topic` carries `payload` (retained or live).
+    pub async fn wait_payload(&mut self, topic: &str, payload: &str, timeout: Duration) -> bool {
+        self.next_matching(|m| m.topic == topic && m.payload == payload, timeout)
+            .await
+            .is_some()
+    }
+
+    /// Everything received during `d`.
+    pub async fn collect(&mut self, d: Duration) -> Vec<Msg> {
+        let deadline = tokio::time::Instant::now() + d;
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Latest payload per topic of everything received during `d`.
+    pub async fn snapshot(&mut self, d: Duration) -> HashMap<String, Msg> {
+        self.collect(d)
+            .await
+            .into_iter()
+            .map(|m| (m.topic.clone(), m))
+            .collect()
+    }
+}
+
+/// A TCP proxy in front of the broker: `cut()` drops every open connection without an
+/// MQTT DISCONNECT (as a network fault would); `set_accepting(false)` refuses new ones.
+pub struct Proxy {
+    /// Port the proxy listens on.
+    pub port: u16,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accepting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    /// Start a proxy to 127.0.0.1:`target`.
+    pub async fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accepting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (c2, a2) = (conns.clone(), accepting.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !a2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c2.lock().expect("lock").push(h);
+            }
+        });
+        Proxy {
+            port,
+            conns,
+            accepting,
+        }
+    }
+
+    /// Drop every open connection (both sides see the socket close, no DISCONNECT).
+    pub fn cut(&self) {
+        for h in self.conns.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Accept (true) or immediately close (false) new connections.
+    pub fn set_accepting(&self, on: bool) {
+        self.accepting
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}

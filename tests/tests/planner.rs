@@ -1,0 +1,108 @@
+//! The read planner seen from the device: the fewest requests per cycle, and a merged
+//! read that hits exception 02 is split once and never retried.
+
+use std::time::Duration;
+
+use fieldlink_drivers::{
+    modbus::Table,
+    sim::{SimDevice, SimServer},
+};
+use fieldlink_tests::{model, Gateway, Observer};
+use rumqttc::QoS;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_points_in_three_areas_cost_three_reads_per_cycle() {
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    let port = server.spawn_local().await.expect("sim");
+    let mut points = String::new();
+    // Area 1: 15 u16 at 0..15 with a 2-register gap in the middle (bridged, max_gap 8).
+    for i in 0..15u16 {
+        let a = if i < 8 { i } else { i + 2 };
+        points += &format!("      - {{ topic: a1/{i}, table: holding, address: {a} }}\n");
+    }
+    // Area 2: 15 f32 at 200.. (30 registers).
+    for i in 0..15u16 {
+        points += &format!(
+            "      - {{ topic: a2/{i}, table: holding, address: {}, type: f32 }}\n",
+            200 + 2 * i
+        );
+    }
+    // Area 3: 10 input registers.
+    for i in 0..10u16 {
+        points += &format!("      - {{ topic: a3/{i}, table: input, address: {} }}\n", 50 + i);
+    }
+    let mapping = format!(
+        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 100ms\n    points:\n{points}"
+    );
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "fieldlink/#", QoS::AtMostOnce).await;
+    assert!(obs.wait_payload("fieldlink/t/d/availability", "online", Duration::from_secs(10)).await);
+    dev.clear_log();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = dev.log();
+    gw.stop().await;
+
+    let mut reads: Vec<(u8, u16, u16)> = log.iter().map(|r| (r.function, r.address, r.count)).collect();
+    reads.sort_unstable();
+    reads.dedup();
+    assert_eq!(
+        reads,
+        vec![(3, 0, 17), (3, 200, 30), (4, 50, 10)],
+        "exactly three distinct reads"
+    );
+    // Group requests into cycles (a cycle's requests are back to back, cycles 100 ms apart).
+    let mut cycles: Vec<usize> = Vec::new();
+    let mut last = None;
+    for r in &log {
+        match last {
+            Some(t) if r.at.duration_since(t) < Duration::from_millis(40) => {
+                if let Some(c) = cycles.last_mut() {
+                    *c += 1;
+                }
+            }
+            _ => cycles.push(1),
+        }
+        last = Some(r.at);
+    }
+    // The first and last cycle may be cut by the observation window.
+    let inner = &cycles[1..cycles.len().saturating_sub(1)];
+    assert!(inner.len() >= 8, "about 15 cycles observed, got {}", cycles.len());
+    assert!(inner.iter().all(|&c| c == 3), "3 requests per cycle, got {cycles:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_02_splits_the_merged_read_once() {
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    dev.set_registers(Table::Holding, 10, &[111]);
+    dev.set_registers(Table::Holding, 14, &[222]);
+    dev.add_holes(Table::Holding, [12]);
+    let port = server.spawn_local().await.expect("sim");
+    let mapping = format!(
+        r#"
+buses:
+  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}
+devices:
+  - id: d
+    bus: b
+    poll_interval: 100ms
+    points:
+      - {{ topic: h/a, table: holding, address: 10 }}
+      - {{ topic: h/b, table: holding, address: 14 }}
+"#
+    );
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "h/#", QoS::AtMostOnce).await;
+    let snap = obs.snapshot(Duration::from_millis(1500)).await;
+    let log = dev.log();
+    gw.stop().await;
+    assert_eq!(snap.get("h/a").map(|m| m.payload.as_str()), Some("111"));
+    assert_eq!(snap.get("h/b").map(|m| m.payload.as_str()), Some("222"));
+    let merged = log.iter().filter(|r| r.address == 10 && r.count == 5).count();
+    assert_eq!(merged, 1, "the failing merged read (10, 5) is sent exactly once");
+    let singles_a = log.iter().filter(|r| r.address == 10 && r.count == 1).count();
+    let singles_b = log.iter().filter(|r| r.address == 14 && r.count == 1).count();
+    assert!(singles_a >= 10 && singles_b >= 10, "then read separately every cycle");
+    assert!(log.iter().all(|r| !(r.address <= 12 && 12 < r.address + r.count) || r.count == 5));
+}
