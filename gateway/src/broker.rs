@@ -26,7 +26,9 @@ pub enum BrokerError {
         addr: SocketAddr,
     },
     /// Any other bind error.
-    #[error("the embedded MQTT broker cannot listen on {addr}: {source}; check `mqtt.embedded.listen`")]
+    #[error(
+        "the embedded MQTT broker cannot listen on {addr}: {source}; check `mqtt.embedded.listen`"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -95,11 +95,17 @@ pub async fn run_bus<T: ModbusTransport>(
         let now = tokio::time::Instant::now();
         dev.next_due = if ok || dev.failures < dev.device.offline_after {
             let next = dev.next_due + interval;
-            if next < now { now } else { next }
+            if next < now {
+                now
+            } else {
+                next
+            }
         } else {
             // Offline: exponential backoff from the poll interval, capped.
             let k = (dev.failures - dev.device.offline_after).min(16);
-            let wait = interval.saturating_mul(1 << k).min(MAX_OFFLINE_BACKOFF.max(interval));
+            let wait = interval
+                .saturating_mul(1 << k)
+                .min(MAX_OFFLINE_BACKOFF.max(interval));
             now + wait
         };
     }
@@ -123,7 +129,10 @@ async fn poll_device<T: ModbusTransport>(
     let mut messages = Vec::new();
     while let Some(req) = queue.pop_front() {
         st.requests.fetch_add(1, Relaxed);
-        match transport.read(dev.device.unit, req.table, req.start, req.count).await {
+        match transport
+            .read(dev.device.unit, req.table, req.start, req.count)
+            .await
+        {
             Ok(data) => {
                 answered = true;
                 for &m in &req.members {
@@ -228,7 +237,11 @@ async fn poll_device<T: ModbusTransport>(
 pub fn availability(topic: &str, online: bool) -> Outgoing {
     Outgoing {
         topic: topic.to_string(),
-        payload: if online { b"online".to_vec() } else { b"offline".to_vec() },
+        payload: if online {
+            b"online".to_vec()
+        } else {
+            b"offline".to_vec()
+        },
         retain: true,
         qos: 1,
     }

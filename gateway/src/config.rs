@@ -23,9 +23,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| {
+            .map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "invalid duration `{s}` ({e}); write it like `500ms`, `1s`, `5m`"
+                    "invalid duration `{s}`: write it like `500ms`, `1s`, `5m`, `1h 30m`"
                 ))
             })
     }
@@ -360,7 +360,7 @@ pub fn parse_yaml<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ParsePr
         let raw = err.without_snippet().to_string();
         let message = strip_location_prefix(&raw);
         let path = clean_path(&path);
-        let hint = hint_for(&message);
+        let (message, hint) = humanize(&message);
         ParseProblem {
             line: loc.map_or(0, |l| l.line()),
             column: loc.map_or(0, |l| l.column()),
@@ -373,10 +373,16 @@ pub fn parse_yaml<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ParsePr
 
 fn strip_location_prefix(raw: &str) -> String {
     let first = raw.lines().next().unwrap_or(raw).trim();
-    let s = first.strip_prefix("error: ").unwrap_or(first);
+    let mut s = first.strip_prefix("error: ").unwrap_or(first);
     if let Some(rest) = s.strip_prefix("line ") {
         if let Some(idx) = rest.find(": ") {
-            return rest[idx + 2..].to_string();
+            s = &rest[idx + 2..];
+        }
+    }
+    // The location is printed in front already: drop " at line L, column C".
+    if let Some(idx) = s.rfind(" at line ") {
+        if s[idx..].contains(", column ") {
+            s = &s[..idx];
         }
     }
     s.to_string()
@@ -386,6 +392,7 @@ fn strip_location_prefix(raw: &str) -> String {
 /// "unknown path" marker.
 fn clean_path(p: &str) -> String {
     let p = p.replace(".value", "");
+    let p = p.strip_suffix(".?").unwrap_or(&p).to_string();
     if p == "?" || p == "." {
         String::new()
     } else {
@@ -393,27 +400,49 @@ fn clean_path(p: &str) -> String {
     }
 }
 
-/// "unknown field `adress`, expected one of `a`, `b`" → did you mean.
-fn hint_for(message: &str) -> Option<String> {
-    let (word, rest) = if let Some(r) = message.strip_prefix("unknown field `") {
-        r.split_once('`')?
+/// Turn serde's messages into ours: "unknown field `adress`, expected one of a, b" becomes
+/// "unknown key `adress`" with a did-you-mean (or the list of valid keys) as the hint.
+fn humanize(message: &str) -> (String, Option<String>) {
+    if message.starts_with("duplicate mapping key") {
+        let key = message
+            .trim_start_matches("duplicate mapping key")
+            .trim_start_matches(':')
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim();
+        return (
+            format!("duplicate key `{key}`"),
+            Some("each key may appear once per item; remove one of them".into()),
+        );
+    }
+    let (kind, rest) = if let Some(r) = message.strip_prefix("unknown field `") {
+        ("key", r)
     } else if let Some(r) = message.strip_prefix("unknown variant `") {
-        r.split_once('`')?
+        ("value", r)
     } else {
-        return None;
+        return (message.to_string(), None);
+    };
+    let Some((word, rest)) = rest.split_once('`') else {
+        return (message.to_string(), None);
     };
     let list = rest
         .split_once("expected one of")
         .map(|(_, l)| l)
-        .or_else(|| rest.split_once("expected").map(|(_, l)| l))?;
+        .or_else(|| rest.split_once("expected").map(|(_, l)| l))
+        .unwrap_or("");
     let candidates: Vec<String> = list
         .split(',')
         .map(|c| c.trim().trim_matches('`').to_string())
         .filter(|c| !c.is_empty())
         .collect();
-    did_you_mean(word, candidates.iter().map(String::as_str))
-        .map(|c| format!("did you mean `{c}`?"))
-        .or_else(|| Some(format!("expected one of: {}", candidates.join(", "))))
+    let hint = match did_you_mean(word, candidates.iter().map(String::as_str)) {
+        Some(c) => Some(format!("did you mean `{c}`?")),
+        None if candidates.is_empty() => None,
+        None if kind == "key" => Some(format!("valid keys here: {}", candidates.join(", "))),
+        None => Some(format!("expected one of: {}", candidates.join(", "))),
+    };
+    (format!("unknown {kind} `{word}`"), hint)
 }
 
 /// The closest candidate to `word`, if close enough to be a likely typo.
@@ -449,9 +478,7 @@ pub fn resolve_mappings(base: &Path, entries: &[String]) -> (Vec<PathBuf>, Vec<S
                     rd.filter_map(Result::ok)
                         .map(|d| d.path())
                         .filter(|p| {
-                            p.is_file()
-                                && p.extension()
-                                    .is_some_and(|x| x == "yaml" || x == "yml")
+                            p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
                         })
                         .collect()
                 })

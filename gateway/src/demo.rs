@@ -51,7 +51,12 @@ pub fn model(listen: SocketAddr) -> Result<Model, DemoError> {
     })
     .map(|c| c.model)
     .map_err(|d: Vec<Diagnostic>| {
-        DemoError::Mapping(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        DemoError::Mapping(
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     })
 }
 
@@ -129,7 +134,11 @@ fn animate(dev: &Arc<SimDevice>, points: &[Point], t: f64) {
                 (Table::Coil | Table::Discrete, _) => dev.set_bit(p.table, p.address, on),
                 (table, Some(bit)) => {
                     let cur = dev.registers(table, p.address, 1)[0];
-                    let v = if on { cur | 1 << bit } else { cur & !(1 << bit) };
+                    let v = if on {
+                        cur | 1 << bit
+                    } else {
+                        cur & !(1 << bit)
+                    };
                     dev.set_registers(table, p.address, &[v]);
                 }
                 (table, None) => dev.set_registers(table, p.address, &[u16::from(on)]),

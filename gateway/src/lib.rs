@@ -54,9 +54,7 @@ pub async fn run_with_stats(
     if let Some(e) = model.mqtt.embedded.clone() {
         tokio::task::spawn_blocking(move || broker::start(&e))
             .await
-            .map_err(|e| {
-                broker::BrokerError::Thread(std::io::Error::other(e.to_string()))
-            })??;
+            .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
     }
     let model = Arc::new(model);
     let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
@@ -107,7 +105,9 @@ pub async fn run_with_stats(
     }
     let _ = diag.await;
     for d in model.devices() {
-        let _ = tx.send(bus::availability(&model.availability_topic(&d.id), false)).await;
+        let _ = tx
+            .send(bus::availability(&model.availability_topic(&d.id), false))
+            .await;
     }
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;

@@ -13,8 +13,7 @@ use std::{
 };
 
 use rumqttc::{
-    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet,
-    QoS,
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -81,7 +80,9 @@ impl Conn {
             }
             self.pending.pop_front();
         }
-        self.stats.mqtt_queue.store(self.pending.len() as u64, Relaxed);
+        self.stats
+            .mqtt_queue
+            .store(self.pending.len() as u64, Relaxed);
     }
 
     fn send(&mut self, m: Outgoing) {
@@ -102,7 +103,9 @@ impl Conn {
             self.pending.pop_front();
             self.stats.mqtt_dropped.fetch_add(1, Relaxed);
         }
-        self.stats.mqtt_queue.store(self.pending.len() as u64, Relaxed);
+        self.stats
+            .mqtt_queue
+            .store(self.pending.len() as u64, Relaxed);
     }
 
     fn on_connack(&mut self, status_topic: &str) {

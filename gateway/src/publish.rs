@@ -46,7 +46,8 @@ impl Reading {
             Reading::Number(f, s) => serde_json::from_str::<serde_json::Number>(s)
                 .map(serde_json::Value::Number)
                 .unwrap_or_else(|_| {
-                    serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number)
+                    serde_json::Number::from_f64(*f)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number)
                 }),
             Reading::Bool(b) => serde_json::Value::Bool(*b),
             Reading::Text(s) => serde_json::Value::String(s.clone()),
@@ -77,7 +78,10 @@ pub fn reading(point: &Point, value: &Value) -> Reading {
                     Value::U64(u) => return Reading::Number(*u as f64, u.to_string()),
                     Value::Float(f) if point.ty == ValueType::F32 => {
                         let g = *f as f32;
-                        return Reading::Number(f64::from(g), fmt_float(f64::from(g), g.to_string()));
+                        return Reading::Number(
+                            f64::from(g),
+                            fmt_float(f64::from(g), g.to_string()),
+                        );
                     }
                     _ => {}
                 }
@@ -93,11 +97,12 @@ pub fn reading(point: &Point, value: &Value) -> Reading {
                     format!("{v:.d$}")
                 }
             };
-            let text = if text.starts_with("-0") && text.trim_start_matches(['-', '0', '.']).is_empty() {
-                text[1..].to_string()
-            } else {
-                text
-            };
+            let text =
+                if text.starts_with("-0") && text.trim_start_matches(['-', '0', '.']).is_empty() {
+                    text[1..].to_string()
+                } else {
+                    text
+                };
             let v = text.parse().unwrap_or(v);
             Reading::Number(v, text)
         }
@@ -109,7 +114,11 @@ fn fmt_float(v: f64, shortest: String) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "inf".into() } else { "-inf".into() }
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         shortest
     }
@@ -164,7 +173,9 @@ impl PointState {
 
     /// Time since the last publish.
     pub fn age(&self, now: Instant) -> Option<Duration> {
-        self.last.as_ref().map(|(_, at)| now.saturating_duration_since(*at))
+        self.last
+            .as_ref()
+            .map(|(_, at)| now.saturating_duration_since(*at))
     }
 }
 
@@ -217,7 +228,10 @@ mod tests {
         p.precision = Some(2);
         assert_eq!(reading(&p, &Value::Int(234)).text(), "23.40");
         let p = point(ValueType::F32);
-        assert_eq!(reading(&p, &Value::Float(f64::from(230.1f32))).text(), "230.1");
+        assert_eq!(
+            reading(&p, &Value::Float(f64::from(230.1f32))).text(),
+            "230.1"
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub fn check_topic(topic: &str) -> Result<Option<String>, String> {
     };
     if let Some(i) = inner.iter().position(|l| l.is_empty()) {
         if i + 1 == inner.len() {
-            return Err(format!("topic `{topic}` ends with `/` (an empty last level)"));
+            return Err(format!(
+                "topic `{topic}` ends with `/` (an empty last level)"
+            ));
         }
         return Err(format!(
             "topic `{topic}` has an empty level (`//`) in the middle"
@@ -52,8 +54,7 @@ pub fn check_topic(topic: &str) -> Result<Option<String>, String> {
 /// True when `s` is usable as one topic level and an id (`[A-Za-z0-9_-]+`).
 pub fn is_id(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 

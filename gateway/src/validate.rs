@@ -14,13 +14,12 @@ use std::{
 
 use crate::{
     config::{
-        did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile,
-        GatewayFile, MappingFile, OrderName, PayloadName, PointFile, PublishName, Spanned,
-        TableName, TypeName,
+        did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile, GatewayFile,
+        MappingFile, OrderName, PayloadName, PointFile, PublishName, Spanned, TableName, TypeName,
     },
     model::{
-        Bus, BusKind, Device, EmbeddedBroker, Model, MqttModel, Payload, Point, PublishMode,
-        Table, ValueType, WordOrder,
+        Bus, BusKind, Device, EmbeddedBroker, Model, MqttModel, Payload, Point, PublishMode, Table,
+        ValueType, WordOrder,
     },
     topics::{check_topic, is_id},
 };
@@ -131,7 +130,14 @@ pub fn check_sources(
     let gw: GatewayFile = match parse_yaml(gateway_text) {
         Ok(g) => g,
         Err(p) => {
-            v.push(Severity::Error, &gw_file, (p.line, p.column), p.path, p.message, p.hint);
+            v.push(
+                Severity::Error,
+                &gw_file,
+                (p.line, p.column),
+                p.path,
+                p.message,
+                p.hint,
+            );
             return Err(v.diags);
         }
     };
@@ -146,13 +152,31 @@ pub fn check_sources(
         files.push(path.clone());
         match parse_yaml::<MappingFile>(&text) {
             Ok(m) => mappings.push((path, m)),
-            Err(p) => v.push(Severity::Error, &path, (p.line, p.column), p.path, p.message, p.hint),
+            Err(p) => v.push(
+                Severity::Error,
+                &path,
+                (p.line, p.column),
+                p.path,
+                p.message,
+                p.hint,
+            ),
         }
     }
     let header = v.gateway(&gw_file, &gw);
+    v.parse_failed = files.len() - 1 != mappings.len();
     let buses = v.mappings(&mappings, header.as_ref().map(|h| h.base_topic.as_str()));
+    // Report in file order, then by position.
+    v.diags.sort_by_key(|d| {
+        (
+            files
+                .iter()
+                .position(|f| *f == d.file)
+                .unwrap_or(usize::MAX),
+            d.line,
+            d.column,
+        )
+    });
     if v.diags.iter().any(|d| d.severity == Severity::Error) {
-        v.diags.sort_by_key(|d| d.severity == Severity::Warning);
         return Err(v.diags);
     }
     let Some(h) = header else {
@@ -171,6 +195,15 @@ pub fn check_sources(
     })
 }
 
+fn noun(t: Table) -> &'static str {
+    match t {
+        Table::Holding => "holding register",
+        Table::Input => "input register",
+        Table::Coil => "coil",
+        Table::Discrete => "discrete input",
+    }
+}
+
 fn at<T>(s: &Spanned<T>) -> (u64, u64) {
     (s.referenced.line(), s.referenced.column())
 }
@@ -185,6 +218,10 @@ struct Header {
 #[derive(Default)]
 struct Validator {
     diags: Vec<Diagnostic>,
+    /// A mapping file did not parse: references into it cannot be checked.
+    parse_failed: bool,
+    /// A device named a bus that does not exist.
+    unknown_bus: bool,
 }
 
 impl Validator {
@@ -219,7 +256,13 @@ impl Validator {
         self.push(Severity::Error, file, loc, path, msg, hint);
     }
 
-    fn warn(&mut self, file: &Path, loc: (u64, u64), path: impl Into<String>, msg: impl Into<String>) {
+    fn warn(
+        &mut self,
+        file: &Path,
+        loc: (u64, u64),
+        path: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
         self.push(Severity::Warning, file, loc, path, msg, None);
     }
 
@@ -301,7 +344,10 @@ impl Validator {
                 (0, 0),
                 "mqtt.embedded.enabled",
                 "no MQTT destination: the embedded broker is disabled",
-                Some("set `mqtt.embedded.enabled: true` (upstream brokers are not supported yet)".into()),
+                Some(
+                    "set `mqtt.embedded.enabled: true` (upstream brokers are not supported yet)"
+                        .into(),
+                ),
             );
         }
         let listen = match &e.listen {
@@ -336,7 +382,13 @@ impl Validator {
         };
         let client_id = match &gw.mqtt.client_id {
             Some(c) if c.value.is_empty() || c.value.len() > 256 => {
-                self.error(file, at(c), "mqtt.client_id", "client id must be 1–256 bytes", None);
+                self.error(
+                    file,
+                    at(c),
+                    "mqtt.client_id",
+                    "client id must be 1–256 bytes",
+                    None,
+                );
                 String::new()
             }
             Some(c) => c.value.clone(),
@@ -350,7 +402,13 @@ impl Validator {
         );
         if keepalive < Duration::from_secs(1) {
             if let Some(k) = &gw.mqtt.keepalive {
-                self.error(file, at(k), "mqtt.keepalive", "keepalive must be at least 1s", None);
+                self.error(
+                    file,
+                    at(k),
+                    "mqtt.keepalive",
+                    "keepalive must be at least 1s",
+                    None,
+                );
             }
         }
         let diagnostics_interval = self.positive_duration(
@@ -417,7 +475,7 @@ impl Validator {
         let bus_ids: Vec<String> = buses.iter().map(|b| b.id.clone()).collect();
         let mut device_where: HashMap<String, (PathBuf, (u64, u64))> = HashMap::new();
         let mut unit_where: HashMap<(String, u8), String> = HashMap::new();
-        let mut topic_where: BTreeMap<String, (PathBuf, (u64, u64))> = BTreeMap::new();
+        let mut topic_where: BTreeMap<String, (PathBuf, (u64, u64), String)> = BTreeMap::new();
         let mut device_ids = Vec::new();
         for (file, m) in files {
             for (i, d) in m.devices.iter().enumerate() {
@@ -444,14 +502,24 @@ impl Validator {
                     continue;
                 }
                 device_where.insert(dev.id.clone(), (file.clone(), at(&d.id)));
-                if let Some(other) = unit_where.insert((bus_id.clone(), dev.unit), dev.id.clone()) {
+                let unit_valid = d.unit.as_ref().is_none_or(|u| (1..=247).contains(&u.value));
+                let first = unit_where
+                    .entry((bus_id.clone(), dev.unit))
+                    .or_insert_with(|| dev.id.clone())
+                    .clone();
+                if unit_valid && first != dev.id {
                     let loc = d.unit.as_ref().map_or(at(&d.id), at);
+                    let default = if d.unit.is_none() {
+                        " (the default)"
+                    } else {
+                        ""
+                    };
                     self.error(
                         file,
                         loc,
                         format!("{path}.unit"),
                         format!(
-                            "unit id {} is already used by device `{other}` on bus `{bus_id}`",
+                            "unit id {}{default} is already used by device `{first}` on bus `{bus_id}`",
                             dev.unit
                         ),
                         Some("each device on a bus needs its own unit id".into()),
@@ -465,41 +533,47 @@ impl Validator {
         // Point topics must not collide with the gateway's own topics or command topics.
         if let Some(base) = base {
             let mut reserved = vec![format!("{base}/status"), format!("{base}/diagnostics")];
-            reserved.extend(device_ids.iter().map(|d| format!("{base}/{d}/availability")));
+            reserved.extend(
+                device_ids
+                    .iter()
+                    .map(|d| format!("{base}/{d}/availability")),
+            );
             for r in reserved {
-                if let Some((f, l)) = topic_where.get(&r) {
-                    let (f, l) = (f.clone(), *l);
+                if let Some((f, l, p)) = topic_where.get(&r) {
+                    let (f, l, p) = (f.clone(), *l, p.clone());
                     self.error(
                         &f,
                         l,
-                        "topic",
+                        p,
                         format!("topic `{r}` is one of the gateway's own topics"),
                         Some("choose another topic or change `base_topic`".into()),
                     );
                 }
             }
         }
-        let topics: Vec<(String, PathBuf, (u64, u64))> = topic_where
+        let topics: Vec<(String, PathBuf, (u64, u64), String)> = topic_where
             .iter()
-            .map(|(t, (f, l))| (t.clone(), f.clone(), *l))
+            .map(|(t, (f, l, p))| (t.clone(), f.clone(), *l, p.clone()))
             .collect();
-        for (t, f, l) in &topics {
-            for suffix in ["/set", "/set/result"] {
+        for (t, f, l, p) in &topics {
+            for (suffix, what) in [("/set", "command"), ("/set/result", "command result")] {
                 if let Some(parent) = t.strip_suffix(suffix) {
                     if topic_where.contains_key(parent) {
                         self.error(
                             f,
                             *l,
-                            "topic",
-                            format!("topic `{t}` is the command topic of point `{parent}`"),
-                            Some(format!("`{suffix}` below a point topic is reserved for commands")),
+                            p.clone(),
+                            format!("topic `{t}` is the {what} topic of point `{parent}`"),
+                            Some(format!(
+                                "`{suffix}` below a point topic is reserved for commands"
+                            )),
                         );
                     }
                 }
             }
         }
         for bus in &buses {
-            if bus.devices.is_empty() {
+            if bus.devices.is_empty() && !self.unknown_bus && !self.parse_failed {
                 let (f, l) = &bus_where[&bus.id];
                 let (f, l) = (f.clone(), *l);
                 self.warn(&f, l, "", format!("bus `{}` has no devices", bus.id));
@@ -577,7 +651,7 @@ impl Validator {
         path: &str,
         d: &DeviceFile,
         bus_ids: &[String],
-        topics: &mut BTreeMap<String, (PathBuf, (u64, u64))>,
+        topics: &mut BTreeMap<String, (PathBuf, (u64, u64), String)>,
     ) -> Option<(String, Device)> {
         let id = d.id.value.clone();
         if !is_id(&id) {
@@ -590,7 +664,8 @@ impl Validator {
             );
         }
         let bus_ok = bus_ids.contains(&d.bus.value);
-        if !bus_ok {
+        if !bus_ok && !self.parse_failed {
+            self.unknown_bus = true;
             let hint = match did_you_mean(&d.bus.value, bus_ids.iter().map(String::as_str)) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None if bus_ids.is_empty() => "no bus is defined; add one under `buses:`".into(),
@@ -604,7 +679,14 @@ impl Validator {
                 Some(hint),
             );
         }
-        let unit = self.int_in(file, d.unit.as_ref(), &format!("{path}.unit"), "unit id", (1, 247), 1);
+        let unit = self.int_in(
+            file,
+            d.unit.as_ref(),
+            &format!("{path}.unit"),
+            "unit id",
+            (1, 247),
+            1,
+        );
         let poll_interval = self.positive_duration(
             file,
             d.poll_interval.as_ref(),
@@ -619,12 +701,19 @@ impl Validator {
             (1, 1000),
             3,
         );
-        let max_gap = self.int_in(file, d.max_gap.as_ref(), &format!("{path}.max_gap"), "max_gap", (0, 124), 8);
+        let max_gap = self.int_in(
+            file,
+            d.max_gap.as_ref(),
+            &format!("{path}.max_gap"),
+            "max_gap",
+            (0, 124),
+            8,
+        );
         let mut points = Vec::new();
         for (i, p) in d.points.iter().enumerate() {
             let ppath = format!("{path}.points[{i}]");
             if let Some(pt) = self.point(file, &ppath, p) {
-                if let Some((f0, l0)) = topics.get(&pt.topic) {
+                if let Some((f0, l0, _)) = topics.get(&pt.topic) {
                     self.error(
                         file,
                         at(&p.topic),
@@ -640,12 +729,20 @@ impl Validator {
                     );
                     continue;
                 }
-                topics.insert(pt.topic.clone(), (file.to_path_buf(), at(&p.topic)));
+                topics.insert(
+                    pt.topic.clone(),
+                    (file.to_path_buf(), at(&p.topic), format!("{ppath}.topic")),
+                );
                 points.push((i, pt));
             }
         }
         if d.points.is_empty() {
-            self.warn(file, at(&d.id), format!("{path}.points"), format!("device `{id}` has no points"));
+            self.warn(
+                file,
+                at(&d.id),
+                format!("{path}.points"),
+                format!("device `{id}` has no points"),
+            );
         }
         // Overlapping registers with different interpretations: a warning.
         for a in 0..points.len() {
@@ -655,8 +752,14 @@ impl Validator {
                 if pa.table != pb.table {
                     continue;
                 }
-                let (sa, ea) = (u32::from(pa.address), u32::from(pa.address) + u32::from(pa.count()));
-                let (sb, eb) = (u32::from(pb.address), u32::from(pb.address) + u32::from(pb.count()));
+                let (sa, ea) = (
+                    u32::from(pa.address),
+                    u32::from(pa.address) + u32::from(pa.count()),
+                );
+                let (sb, eb) = (
+                    u32::from(pb.address),
+                    u32::from(pb.address) + u32::from(pb.count()),
+                );
                 let overlap = sa < eb && sb < ea;
                 let same = pa.ty == pb.ty && pa.order == pb.order && pa.address == pb.address;
                 let both_bits = pa.bit.is_some() && pb.bit.is_some();
@@ -704,11 +807,14 @@ impl Validator {
             TableName::Coil => Table::Coil,
             TableName::Discrete => Table::Discrete,
         };
-        let type_name = p.ty.as_ref().map(|t| t.value).unwrap_or(if table.is_bits() {
-            TypeName::Bool
-        } else {
-            TypeName::U16
-        });
+        let type_name =
+            p.ty.as_ref()
+                .map(|t| t.value)
+                .unwrap_or(if table.is_bits() {
+                    TypeName::Bool
+                } else {
+                    TypeName::U16
+                });
         let type_loc = p.ty.as_ref().map_or(at(&p.table), at);
         let ty = match type_name {
             TypeName::Bool => ValueType::Bool,
@@ -760,7 +866,10 @@ impl Validator {
                 file,
                 type_loc,
                 format!("{path}.type"),
-                format!("type `{ty}` is not allowed on a {table}: {table}s hold single bits"),
+                format!(
+                    "type `{ty}` is not allowed on a {}: it holds a single bit",
+                    noun(table)
+                ),
                 Some("use `type: bool`, or `table: holding`/`input` for register values".into()),
             );
         }
@@ -771,7 +880,10 @@ impl Validator {
                     file,
                     at(b),
                     format!("{path}.bit"),
-                    format!("`bit` selects a bit inside a register; a {table} is already one bit"),
+                    format!(
+                        "`bit` selects a bit inside a register; a {} is already one bit",
+                        noun(table)
+                    ),
                     Some("remove `bit`".into()),
                 );
                 None
@@ -798,7 +910,11 @@ impl Validator {
                 None
             }
         };
-        let count = if table.is_bits() { 1 } else { i64::from(ty.registers()) };
+        let count = if table.is_bits() {
+            1
+        } else {
+            i64::from(ty.registers())
+        };
         let address = if (0..=65535).contains(&p.address.value) {
             if p.address.value + count - 1 > 65535 {
                 self.error(
@@ -809,7 +925,10 @@ impl Validator {
                         "address {} + {count} registers of `{ty}` goes beyond 65535",
                         p.address.value
                     ),
-                    Some(format!("the last usable start address for `{ty}` is {}", 65536 - count)),
+                    Some(format!(
+                        "the last usable start address for `{ty}` is {}",
+                        65536 - count
+                    )),
                 );
             }
             p.address.value as u16
@@ -819,7 +938,15 @@ impl Validator {
                 at(&p.address),
                 format!("{path}.address"),
                 format!("address {} is outside 0–65535", p.address.value),
-                Some("Modbus addresses are 0-based on the wire: register 40001 is `address: 0` of `table: holding`".into()),
+                Some(format!(
+                    "addresses are 0-based on the wire: {} is `address: 0` of `table: {table}`",
+                    match table {
+                        Table::Holding => "register 40001",
+                        Table::Input => "input register 30001",
+                        Table::Coil => "coil 00001",
+                        Table::Discrete => "discrete input 10001",
+                    }
+                )),
             );
             0
         };
@@ -841,7 +968,13 @@ impl Validator {
                         None,
                     );
                 } else if !s.value.is_finite() {
-                    self.error(file, at(s), format!("{path}.{name}"), format!("`{name}` must be a finite number"), None);
+                    self.error(
+                        file,
+                        at(s),
+                        format!("{path}.{name}"),
+                        format!("`{name}` must be a finite number"),
+                        None,
+                    );
                 }
             }
         }
@@ -856,9 +989,22 @@ impl Validator {
                 );
             }
         }
-        let precision = self
-            .int_in(file, p.precision.as_ref(), &format!("{path}.precision"), "precision", (0, 12), -1);
-        let qos = self.int_in(file, p.qos.as_ref(), &format!("{path}.qos"), "qos", (0, 2), 0);
+        let precision = self.int_in(
+            file,
+            p.precision.as_ref(),
+            &format!("{path}.precision"),
+            "precision",
+            (0, 12),
+            -1,
+        );
+        let qos = self.int_in(
+            file,
+            p.qos.as_ref(),
+            &format!("{path}.qos"),
+            "qos",
+            (0, 2),
+            0,
+        );
         let publish = match p.publish.as_ref().map(|s| s.value) {
             Some(PublishName::EveryPoll) => {
                 if let Some(db) = &p.deadband {
@@ -941,6 +1087,9 @@ impl Validator {
     }
 
     fn error_count(&self) -> usize {
-        self.diags.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 }

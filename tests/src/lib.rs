@@ -39,7 +39,10 @@ pub fn model(mapping: &str, gateway_extra: &str) -> Model {
         Ok(c) => c.model,
         Err(d) => panic!(
             "test mapping is invalid:\n{}",
-            d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
         ),
     }
 }

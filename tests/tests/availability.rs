@@ -17,7 +17,10 @@ async fn dead_device_goes_offline_and_back_while_the_other_keeps_cadence() {
     let b = sb.add(1, SimDevice::new());
     a.set_registers(Table::Holding, 0, &[1]);
     b.set_registers(Table::Holding, 0, &[2]);
-    let (pa, pb) = (sa.spawn_local().await.expect("sim"), sb.spawn_local().await.expect("sim"));
+    let (pa, pb) = (
+        sa.spawn_local().await.expect("sim"),
+        sb.spawn_local().await.expect("sim"),
+    );
     let mapping = format!(
         r#"
 buses:
@@ -40,7 +43,14 @@ devices:
     let gw = Gateway::start(model(&mapping, "")).await;
     let port = gw.broker_port();
     let mut obs = Observer::connect(port, "#", QoS::AtMostOnce).await;
-    assert!(obs.wait_payload("fieldlink/t/dev-a/availability", "online", Duration::from_secs(10)).await);
+    assert!(
+        obs.wait_payload(
+            "fieldlink/t/dev-a/availability",
+            "online",
+            Duration::from_secs(10)
+        )
+        .await
+    );
     assert!(obs.next_on("v/a", Duration::from_secs(2)).await.is_some());
 
     a.set_responding(false);
@@ -54,7 +64,10 @@ devices:
         .expect("dev-a goes offline");
     let took = off.at.duration_since(stopped);
     // 3 failed polls: ~100 ms cadence + 150 ms timeout each.
-    assert!(took < Duration::from_secs(2), "offline after 3 polls, took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "offline after 3 polls, took {took:?}"
+    );
     // A new subscriber sees the retained offline.
     let mut fresh = Observer::connect(port, "fieldlink/t/+/availability", QoS::AtMostOnce).await;
     let snap = fresh.snapshot(Duration::from_millis(300)).await;
@@ -68,15 +81,26 @@ devices:
         !outage.iter().any(|m| m.topic == "v/a" && m.at > off.at),
         "no value of the dead device is published while it is offline"
     );
-    assert!(b_polls >= 16, "dev-b keeps ≥ 80 % of its 20 polls in 2 s, got {b_polls}");
+    assert!(
+        b_polls >= 16,
+        "dev-b keeps ≥ 80 % of its 20 polls in 2 s, got {b_polls}"
+    );
     let b_values = outage.iter().filter(|m| m.topic == "v/b").count();
     assert!(b_values >= 16, "dev-b values keep flowing, got {b_values}");
 
     a.set_responding(true);
     assert!(
-        obs.wait_payload("fieldlink/t/dev-a/availability", "online", Duration::from_secs(10)).await,
+        obs.wait_payload(
+            "fieldlink/t/dev-a/availability",
+            "online",
+            Duration::from_secs(10)
+        )
+        .await,
         "dev-a comes back online"
     );
-    assert!(obs.next_on("v/a", Duration::from_secs(2)).await.is_some(), "values flow again");
+    assert!(
+        obs.next_on("v/a", Duration::from_secs(2)).await.is_some(),
+        "values flow again"
+    );
     gw.stop().await;
 }

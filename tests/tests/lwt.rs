@@ -27,14 +27,21 @@ async fn last_will_fires_when_the_connection_dies_and_online_returns() {
     m.mqtt.port = proxy.port;
     let gw = Gateway::start(m).await;
     let mut obs = Observer::connect(broker_port, "#", QoS::AtLeastOnce).await;
-    assert!(obs.wait_payload("fieldlink/t/status", "online", Duration::from_secs(10)).await);
-    assert!(obs.wait_payload("casa/x", "42", Duration::from_secs(5)).await);
+    assert!(
+        obs.wait_payload("fieldlink/t/status", "online", Duration::from_secs(10))
+            .await
+    );
+    assert!(
+        obs.wait_payload("casa/x", "42", Duration::from_secs(5))
+            .await
+    );
 
     // Connection dies, reconnection impossible for a while.
     proxy.set_accepting(false);
     proxy.cut();
     assert!(
-        obs.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10)).await,
+        obs.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10))
+            .await,
         "the broker publishes the Last Will"
     );
     let mut fresh = Observer::connect(broker_port, "fieldlink/t/status", QoS::AtMostOnce).await;
@@ -47,10 +54,14 @@ async fn last_will_fires_when_the_connection_dies_and_online_returns() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.set_accepting(true);
     assert!(
-        obs.wait_payload("fieldlink/t/status", "online", Duration::from_secs(40)).await,
+        obs.wait_payload("fieldlink/t/status", "online", Duration::from_secs(40))
+            .await,
         "online again after reconnect"
     );
-    assert!(obs.wait_payload("casa/x", "43", Duration::from_secs(5)).await);
+    assert!(
+        obs.wait_payload("casa/x", "43", Duration::from_secs(5))
+            .await
+    );
     let mut fresh = Observer::connect(broker_port, "#", QoS::AtMostOnce).await;
     let snap = fresh.snapshot(Duration::from_millis(300)).await;
     assert_eq!(snap["casa/x"].payload, "43");
@@ -58,7 +69,8 @@ async fn last_will_fires_when_the_connection_dies_and_online_returns() {
 
     gw.stop().await;
     assert!(
-        obs.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(5)).await,
+        obs.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(5))
+            .await,
         "clean shutdown publishes offline"
     );
     let mut fresh = Observer::connect(broker_port, "fieldlink/#", QoS::AtMostOnce).await;

@@ -30,20 +30,33 @@ async fn forty_points_in_three_areas_cost_three_reads_per_cycle() {
     }
     // Area 3: 10 input registers.
     for i in 0..10u16 {
-        points += &format!("      - {{ topic: a3/{i}, table: input, address: {} }}\n", 50 + i);
+        points += &format!(
+            "      - {{ topic: a3/{i}, table: input, address: {} }}\n",
+            50 + i
+        );
     }
     let mapping = format!(
         "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 100ms\n    points:\n{points}"
     );
     let gw = Gateway::start(model(&mapping, "")).await;
     let mut obs = Observer::connect(gw.broker_port(), "fieldlink/#", QoS::AtMostOnce).await;
-    assert!(obs.wait_payload("fieldlink/t/d/availability", "online", Duration::from_secs(10)).await);
+    assert!(
+        obs.wait_payload(
+            "fieldlink/t/d/availability",
+            "online",
+            Duration::from_secs(10)
+        )
+        .await
+    );
     dev.clear_log();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let log = dev.log();
     gw.stop().await;
 
-    let mut reads: Vec<(u8, u16, u16)> = log.iter().map(|r| (r.function, r.address, r.count)).collect();
+    let mut reads: Vec<(u8, u16, u16)> = log
+        .iter()
+        .map(|r| (r.function, r.address, r.count))
+        .collect();
     reads.sort_unstable();
     reads.dedup();
     assert_eq!(
@@ -67,8 +80,15 @@ async fn forty_points_in_three_areas_cost_three_reads_per_cycle() {
     }
     // The first and last cycle may be cut by the observation window.
     let inner = &cycles[1..cycles.len().saturating_sub(1)];
-    assert!(inner.len() >= 8, "about 15 cycles observed, got {}", cycles.len());
-    assert!(inner.iter().all(|&c| c == 3), "3 requests per cycle, got {cycles:?}");
+    assert!(
+        inner.len() >= 8,
+        "about 15 cycles observed, got {}",
+        cycles.len()
+    );
+    assert!(
+        inner.iter().all(|&c| c == 3),
+        "3 requests per cycle, got {cycles:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,10 +119,27 @@ devices:
     gw.stop().await;
     assert_eq!(snap.get("h/a").map(|m| m.payload.as_str()), Some("111"));
     assert_eq!(snap.get("h/b").map(|m| m.payload.as_str()), Some("222"));
-    let merged = log.iter().filter(|r| r.address == 10 && r.count == 5).count();
-    assert_eq!(merged, 1, "the failing merged read (10, 5) is sent exactly once");
-    let singles_a = log.iter().filter(|r| r.address == 10 && r.count == 1).count();
-    let singles_b = log.iter().filter(|r| r.address == 14 && r.count == 1).count();
-    assert!(singles_a >= 10 && singles_b >= 10, "then read separately every cycle");
-    assert!(log.iter().all(|r| !(r.address <= 12 && 12 < r.address + r.count) || r.count == 5));
+    let merged = log
+        .iter()
+        .filter(|r| r.address == 10 && r.count == 5)
+        .count();
+    assert_eq!(
+        merged, 1,
+        "the failing merged read (10, 5) is sent exactly once"
+    );
+    let singles_a = log
+        .iter()
+        .filter(|r| r.address == 10 && r.count == 1)
+        .count();
+    let singles_b = log
+        .iter()
+        .filter(|r| r.address == 14 && r.count == 1)
+        .count();
+    assert!(
+        singles_a >= 10 && singles_b >= 10,
+        "then read separately every cycle"
+    );
+    assert!(log
+        .iter()
+        .all(|r| !(r.address <= 12 && 12 < r.address + r.count) || r.count == 5));
 }

@@ -51,7 +51,11 @@ devices:
     // Two seconds ≈ 20 polls of unchanged values.
     let msgs = obs.collect(Duration::from_secs(2)).await;
     let count = |t: &str| msgs.iter().filter(|m| m.topic == t).count();
-    assert_eq!(count("p/onchange"), 0, "on_change: an unchanged value is not republished");
+    assert_eq!(
+        count("p/onchange"),
+        0,
+        "on_change: an unchanged value is not republished"
+    );
     assert_eq!(count("p/deadband"), 0);
     assert!(
         (14..=22).contains(&count("p/everypoll")),
@@ -68,7 +72,10 @@ devices:
     dev.set_registers(Table::Holding, 0, &[1005]);
     dev.set_registers(Table::Holding, 1, &[9]);
     let msgs = obs.collect(Duration::from_millis(600)).await;
-    assert!(!msgs.iter().any(|m| m.topic == "p/deadband"), "0.5 is inside the deadband");
+    assert!(
+        !msgs.iter().any(|m| m.topic == "p/deadband"),
+        "0.5 is inside the deadband"
+    );
     let changed: Vec<_> = msgs.iter().filter(|m| m.topic == "p/onchange").collect();
     assert_eq!(changed.len(), 1, "one message per change");
     assert_eq!(changed[0].payload, "9");

@@ -38,7 +38,12 @@ async fn six_hundred_retained_topics_reach_a_new_subscriber() {
                 .is_none_or(|m| !m.retain || m.payload != (i * 3 + 1).to_string())
         })
         .collect();
-    assert!(missing.is_empty(), "{} retained topics missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} retained topics missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     gw.stop().await;
 }
 
@@ -54,5 +59,8 @@ async fn listen_address_in_use_is_a_clear_error() {
     let err = fieldlink::run(m, sd).await.expect_err("must fail");
     let text = err.to_string();
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
-    assert!(text.contains("already in use") && text.contains("mqtt.embedded.listen"), "{text}");
+    assert!(
+        text.contains("already in use") && text.contains("mqtt.embedded.listen"),
+        "{text}"
+    );
 }

@@ -21,8 +21,18 @@ fn cases() -> Vec<(&'static str, ValueType, Value, &'static str)> {
     vec![
         ("u16", ValueType::U16, Value::Int(54321), "54321"),
         ("i16", ValueType::I16, Value::Int(-12345), "-12345"),
-        ("u32", ValueType::U32, Value::Int(3_000_000_001), "3000000001"),
-        ("i32", ValueType::I32, Value::Int(-2_000_000_001), "-2000000001"),
+        (
+            "u32",
+            ValueType::U32,
+            Value::Int(3_000_000_001),
+            "3000000001",
+        ),
+        (
+            "i32",
+            ValueType::I32,
+            Value::Int(-2_000_000_001),
+            "-2000000001",
+        ),
         (
             "u64",
             ValueType::U64,
@@ -35,9 +45,24 @@ fn cases() -> Vec<(&'static str, ValueType, Value, &'static str)> {
             Value::Int(-9_007_199_254_740_993),
             "-9007199254740993",
         ),
-        ("f32", ValueType::F32, Value::Float(f64::from(-123.456f32)), "-123.456"),
-        ("f64", ValueType::F64, Value::Float(1234.5678901234), "1234.5678901234"),
-        ("string", ValueType::String { len: 10 }, Value::Str("casa-1".into()), "casa-1"),
+        (
+            "f32",
+            ValueType::F32,
+            Value::Float(f64::from(-123.456f32)),
+            "-123.456",
+        ),
+        (
+            "f64",
+            ValueType::F64,
+            Value::Float(1234.5678901234),
+            "1234.5678901234",
+        ),
+        (
+            "string",
+            ValueType::String { len: 10 },
+            Value::Str("casa-1".into()),
+            "casa-1",
+        ),
     ]
 }
 
@@ -95,7 +120,11 @@ async fn every_type_and_word_order_reaches_its_topic() {
     expected.push(("bits/reg-bit3".into(), "true".into()));
     expected.push(("bits/reg-bit2".into(), "false".into()));
     // Scale, offset, precision: raw -55 × 0.1 + 2 = -3.5 → "-3.50".
-    dev.set_registers(Table::Input, 10, &codec::encode(&Value::Int(-55), ValueType::I16, WordOrder::Abcd).expect("enc"));
+    dev.set_registers(
+        Table::Input,
+        10,
+        &codec::encode(&Value::Int(-55), ValueType::I16, WordOrder::Abcd).expect("enc"),
+    );
     points += "      - topic: casa/terreo/temperatura\n        table: input\n        address: 10\n        type: i16\n        scale: 0.1\n        offset: 2\n        precision: 2\n";
     expected.push(("casa/terreo/temperatura".into(), "-3.50".into()));
     // Scale without precision: 234 × 0.1 prints as 23.4, not 23.400000000000002.
@@ -117,7 +146,12 @@ async fn every_type_and_word_order_reaches_its_topic() {
     let gw = Gateway::start(model(&mapping, "")).await;
     let mut live = Observer::connect(gw.broker_port(), "#", QoS::AtMostOnce).await;
     assert!(
-        live.wait_payload("fieldlink/t/d/availability", "online", Duration::from_secs(10)).await,
+        live.wait_payload(
+            "fieldlink/t/d/availability",
+            "online",
+            Duration::from_secs(10)
+        )
+        .await,
         "device online"
     );
     // Let one full cycle land, then look at what a new subscriber gets as retained state.
@@ -138,18 +172,31 @@ async fn every_type_and_word_order_reaches_its_topic() {
             None => failures.push(format!("{topic}: no retained message")),
         }
     }
-    assert!(failures.is_empty(), "wrong values:\n{}", failures.join("\n"));
-    assert!(!state.contains_key("live/only"), "retain: false must not be retained");
+    assert!(
+        failures.is_empty(),
+        "wrong values:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        !state.contains_key("live/only"),
+        "retain: false must not be retained"
+    );
     // The non-retained point is still published to live subscribers.
     dev.set_registers(Table::Input, 12, &[8]);
     let m = live.next_on("live/only", Duration::from_secs(5)).await;
-    assert_eq!(m.map(|m| (m.payload, m.retain)), Some(("8".to_string(), false)));
+    assert_eq!(
+        m.map(|m| (m.payload, m.retain)),
+        Some(("8".to_string(), false))
+    );
     let json = &state["casa/energia/potencia"];
     let v: serde_json::Value = serde_json::from_str(&json.payload).expect("valid JSON");
     assert_eq!(v["value"], serde_json::json!(1234));
     assert_eq!(v["unit"], "W");
     let ts = v["ts"].as_str().expect("ts string");
-    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.contains('T'), "RFC 3339 ts: {ts}");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.contains('T'),
+        "RFC 3339 ts: {ts}"
+    );
     assert_eq!(state["fieldlink/t/status"].payload, "online");
     assert!(state["fieldlink/t/status"].retain);
     gw.stop().await;

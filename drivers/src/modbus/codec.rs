@@ -306,14 +306,28 @@ pub fn encode(value: &Value, ty: ValueType, order: WordOrder) -> Result<Vec<u16>
             }
             return Ok(vec![v as u16]);
         }
-        ValueType::U16 => ranged::<u16>(int_of(value, ty)?, ty)?.to_be_bytes().to_vec(),
-        ValueType::I16 => ranged::<i16>(int_of(value, ty)?, ty)?.to_be_bytes().to_vec(),
-        ValueType::U32 => ranged::<u32>(int_of(value, ty)?, ty)?.to_be_bytes().to_vec(),
-        ValueType::I32 => ranged::<i32>(int_of(value, ty)?, ty)?.to_be_bytes().to_vec(),
-        ValueType::U64 => ranged::<u64>(int_of(value, ty)?, ty)?.to_be_bytes().to_vec(),
-        ValueType::I64 => ranged::<i64>(int_of(value, ty)?, ty)?.to_be_bytes().to_vec(),
+        ValueType::U16 => ranged::<u16>(int_of(value, ty)?, ty)?
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::I16 => ranged::<i16>(int_of(value, ty)?, ty)?
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::U32 => ranged::<u32>(int_of(value, ty)?, ty)?
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::I32 => ranged::<i32>(int_of(value, ty)?, ty)?
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::U64 => ranged::<u64>(int_of(value, ty)?, ty)?
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::I64 => ranged::<i64>(int_of(value, ty)?, ty)?
+            .to_be_bytes()
+            .to_vec(),
         ValueType::F32 | ValueType::F64 => {
-            let f = value.as_f64().ok_or(CodecError::WrongKind { got: "text", ty })?;
+            let f = value
+                .as_f64()
+                .ok_or(CodecError::WrongKind { got: "text", ty })?;
             if ty == ValueType::F32 {
                 if f.is_finite() && f.abs() > f64::from(f32::MAX) {
                     return Err(CodecError::OutOfRange {
@@ -328,10 +342,7 @@ pub fn encode(value: &Value, ty: ValueType, order: WordOrder) -> Result<Vec<u16>
         }
         ValueType::String { len } => {
             let Value::Str(s) = value else {
-                return Err(CodecError::WrongKind {
-                    got: "numeric",
-                    ty,
-                });
+                return Err(CodecError::WrongKind { got: "numeric", ty });
             };
             if s.len() > usize::from(len) {
                 return Err(CodecError::OutOfRange {
@@ -406,7 +417,11 @@ mod tests {
             for (ty, v) in &cases {
                 let regs = encode(v, *ty, order).unwrap();
                 assert_eq!(regs.len(), usize::from(ty.registers()), "{ty} {order:?}");
-                assert_eq!(&decode(&regs, *ty, order, None).unwrap(), v, "{ty} {order:?}");
+                assert_eq!(
+                    &decode(&regs, *ty, order, None).unwrap(),
+                    v,
+                    "{ty} {order:?}"
+                );
             }
         }
     }

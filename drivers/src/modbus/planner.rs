@@ -49,7 +49,10 @@ impl ReadRequest {
         for &m in &self.members {
             let it = items[m];
             for a in u32::from(it.address)..it.end() {
-                if let Some(c) = a.checked_sub(start).and_then(|i| covered.get_mut(i as usize)) {
+                if let Some(c) = a
+                    .checked_sub(start)
+                    .and_then(|i| covered.get_mut(i as usize))
+                {
                     *c = true;
                 }
             }
@@ -107,7 +110,13 @@ impl Planner {
 
     fn replan(&mut self) {
         let mut order: Vec<usize> = (0..self.items.len()).collect();
-        order.sort_by_key(|&i| (self.items[i].table, self.items[i].address, self.items[i].count));
+        order.sort_by_key(|&i| {
+            (
+                self.items[i].table,
+                self.items[i].address,
+                self.items[i].count,
+            )
+        });
         let mut plan: Plan = Vec::new();
         let mut cur: Option<(ReadRequest, u32)> = None;
         for i in order {
