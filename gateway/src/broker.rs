@@ -47,6 +47,13 @@ pub enum BrokerError {
 /// outgoing queue limit per connection.
 pub const MAX_OUTGOING_PACKETS: u64 = 200_000;
 
+/// Size of one in-memory log segment per subscription filter, counted by rumqttd as
+/// topic + payload + 4 bytes per message (the real cost per message is ~10× that).
+/// A subscriber that falls further behind than the segments hold skips ahead.
+pub const SEGMENT_BYTES: usize = 32 * 1024;
+/// Number of segments kept per subscription filter.
+pub const SEGMENTS: usize = 4;
+
 /// The rumqttd configuration for `cfg`.
 pub fn config(cfg: &EmbeddedBroker) -> Config {
     let connections = ConnectionSettings {
@@ -71,8 +78,8 @@ pub fn config(cfg: &EmbeddedBroker) -> Config {
         router: RouterConfig {
             max_connections: cfg.max_connections + 1,
             max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
-            max_segment_size: 256 * 1024,
-            max_segment_count: 4,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENTS,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),

@@ -21,9 +21,12 @@ use tracing::{debug, info, warn};
 use crate::{
     health::{Availability, Stats},
     model::{Bus, Device, Model},
-    publish::{payload, reading, Outgoing, PointState},
+    publish::{payload, reading, Batch, Outgoing, PointState},
     shutdown::Shutdown,
 };
+
+/// Number of start offsets devices are spread over (see [`run_bus`]).
+pub const STAGGER_SLOTS: u32 = 10;
 
 /// Longest wait between two polls of an offline device.
 pub const MAX_OFFLINE_BACKOFF: Duration = Duration::from_secs(60);
@@ -40,16 +43,22 @@ struct DeviceRun {
 }
 
 /// Run one bus until shutdown.
+///
+/// Devices are spread over [`STAGGER_SLOTS`] start offsets inside their poll interval, so
+/// a gateway with many devices does not burst all of them at every tick (bursts cost
+/// memory in the broker and make slow subscribers skip), while devices in the same slot
+/// still share wakeups.
 pub async fn run_bus<T: ModbusTransport>(
     model: Arc<Model>,
     bus: Bus,
     first_stats_index: usize,
     mut transport: T,
-    out: mpsc::Sender<Outgoing>,
+    out: mpsc::Sender<Batch>,
     stats: Arc<Stats>,
     mut shutdown: Shutdown,
 ) {
     let start = tokio::time::Instant::now();
+    let total = model.devices().count().max(1) as u32;
     let mut devices: Vec<DeviceRun> = bus
         .devices
         .iter()
@@ -69,7 +78,9 @@ pub async fn run_bus<T: ModbusTransport>(
                 states: vec![PointState::default(); d.points.len()],
                 bad_points: vec![false; d.points.len()],
                 failures: 0,
-                next_due: start,
+                next_due: start
+                    + d.poll_interval / STAGGER_SLOTS.min(total)
+                        * ((first_stats_index + i) as u32 % STAGGER_SLOTS.min(total)),
                 availability_topic: model.availability_topic(&d.id),
                 device: d.clone(),
                 stats_index: first_stats_index + i,
@@ -115,7 +126,7 @@ pub async fn run_bus<T: ModbusTransport>(
 async fn poll_device<T: ModbusTransport>(
     dev: &mut DeviceRun,
     transport: &mut T,
-    out: &mpsc::Sender<Outgoing>,
+    out: &mpsc::Sender<Batch>,
     stats: &Stats,
     bus_id: &str,
 ) -> bool {
@@ -225,10 +236,8 @@ async fn poll_device<T: ModbusTransport>(
         }
     }
     st.published.fetch_add(messages.len() as u64, Relaxed);
-    for m in messages {
-        if out.send(m).await.is_err() {
-            break;
-        }
+    if !messages.is_empty() {
+        let _ = out.send(messages).await;
     }
     answered
 }

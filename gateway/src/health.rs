@@ -66,7 +66,7 @@ pub struct Stats {
     pub mqtt_sent: AtomicU64,
     /// MQTT messages dropped (never for retained state, which is republished).
     pub mqtt_dropped: AtomicU64,
-    /// Messages waiting for room in the MQTT client.
+    /// Messages queued between the bus tasks and the MQTT client.
     pub mqtt_queue: AtomicU64,
     /// Connected to the broker.
     pub mqtt_connected: AtomicBool,

@@ -34,8 +34,8 @@ pub enum RunError {
     Broker(#[from] broker::BrokerError),
 }
 
-/// Capacity of the channel from the bus tasks to the MQTT task.
-const OUT_CAPACITY: usize = 8192;
+/// Capacity (in poll batches) of the channel from the bus tasks to the MQTT task.
+const OUT_CAPACITY: usize = 1024;
 
 /// Run the gateway until `shutdown` fires: the embedded broker (if enabled), one task per
 /// bus, the MQTT client and the diagnostics publisher. On shutdown the bus tasks finish
@@ -104,11 +104,11 @@ pub async fn run_with_stats(
         let _ = b.await;
     }
     let _ = diag.await;
-    for d in model.devices() {
-        let _ = tx
-            .send(bus::availability(&model.availability_topic(&d.id), false))
-            .await;
-    }
+    let offline = model
+        .devices()
+        .map(|d| bus::availability(&model.availability_topic(&d.id), false))
+        .collect();
+    let _ = tx.send(offline).await;
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
     info!("Gateway stopped.");
@@ -117,7 +117,7 @@ pub async fn run_with_stats(
 
 async fn diagnostics(
     model: Arc<Model>,
-    tx: mpsc::Sender<publish::Outgoing>,
+    tx: mpsc::Sender<publish::Batch>,
     stats: Arc<Stats>,
     mut shutdown: Shutdown,
 ) {
@@ -129,13 +129,17 @@ async fn diagnostics(
             () = shutdown.recv() => return,
             _ = tick.tick() => {}
         }
+        stats.mqtt_queue.store(
+            (tx.max_capacity() - tx.capacity()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let m = publish::Outgoing {
             topic: topic.clone(),
             payload: stats.to_json().to_string().into_bytes(),
             retain: true,
             qos: 0,
         };
-        if tx.send(m).await.is_err() {
+        if tx.send(vec![m]).await.is_err() {
             return;
         }
     }

@@ -7,18 +7,20 @@
 //! messages only update that state; reconnection uses exponential backoff with jitter.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
 
-use rumqttc::{
-    AsyncClient, ClientError, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{health::Stats, model::Model, publish::Outgoing};
+use crate::{
+    health::Stats,
+    model::Model,
+    publish::{Batch, Outgoing},
+};
 
 /// Capacity of rumqttc's request channel.
 const CLIENT_CAPACITY: usize = 4096;
@@ -53,64 +55,50 @@ struct Conn {
     connected: bool,
     /// Last retained message per topic, republished after every connect.
     retained: HashMap<String, Outgoing>,
-    /// Messages waiting for room in the client's channel, in order.
-    pending: VecDeque<Outgoing>,
     stats: Arc<Stats>,
 }
 
+/// Longest wait for room in rumqttc's request queue before a message counts as dropped
+/// (retained state is still republished after the next connect).
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+
 impl Conn {
-    fn try_send(&mut self, m: &Outgoing) -> bool {
-        match self
+    /// Hand a message to the client, waiting for room: this is the back-pressure that
+    /// keeps a saturated bus from queueing without bound.
+    async fn publish(&mut self, m: &Outgoing) -> bool {
+        let fut = self
             .client
-            .try_publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone())
-        {
-            Ok(()) => {
+            .publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone());
+        match tokio::time::timeout(PUBLISH_WAIT, fut).await {
+            Ok(Ok(())) => {
                 self.stats.mqtt_sent.fetch_add(1, Relaxed);
                 true
             }
-            Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => false,
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Some(m) = self.pending.front() {
-            let m = m.clone();
-            if !self.try_send(&m) {
-                break;
-            }
-            self.pending.pop_front();
-        }
-        self.stats
-            .mqtt_queue
-            .store(self.pending.len() as u64, Relaxed);
-    }
-
-    fn send(&mut self, m: Outgoing) {
-        if m.retain {
-            self.retained.insert(m.topic.clone(), m.clone());
-        }
-        if !self.connected {
-            if !m.retain {
+            Ok(Err(_)) | Err(_) => {
                 self.stats.mqtt_dropped.fetch_add(1, Relaxed);
+                false
             }
-            return;
         }
-        if self.pending.is_empty() && self.try_send(&m) {
-            return;
+    }
+
+    async fn send(&mut self, m: Outgoing) {
+        if m.retain {
+            match self.retained.get_mut(&m.topic) {
+                Some(slot) => slot.clone_from(&m),
+                None => {
+                    self.retained.insert(m.topic.clone(), m.clone());
+                }
+            }
         }
-        self.pending.push_back(m);
-        if self.pending.len() > 200_000 {
-            self.pending.pop_front();
+        if self.connected {
+            self.publish(&m).await;
+        } else if !m.retain {
             self.stats.mqtt_dropped.fetch_add(1, Relaxed);
         }
-        self.stats
-            .mqtt_queue
-            .store(self.pending.len() as u64, Relaxed);
     }
 
-    fn on_connack(&mut self, status_topic: &str) {
+    async fn on_connack(&mut self, status_topic: &str) {
         self.connected = true;
-        self.pending.clear();
         self.stats.mqtt_connected.store(true, Relaxed);
         self.stats.mqtt_connects.fetch_add(1, Relaxed);
         let online = Outgoing {
@@ -120,7 +108,6 @@ impl Conn {
             qos: 1,
         };
         self.retained.insert(online.topic.clone(), online.clone());
-        self.pending.push_back(online);
         let mut state: Vec<Outgoing> = self
             .retained
             .values()
@@ -128,8 +115,12 @@ impl Conn {
             .cloned()
             .collect();
         state.sort_by(|a, b| a.topic.cmp(&b.topic));
-        self.pending.extend(state);
-        self.flush();
+        self.publish(&online).await;
+        for m in &state {
+            if !self.publish(m).await {
+                break;
+            }
+        }
     }
 }
 
@@ -188,7 +179,7 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
 
 /// Run the MQTT client until `rx` is closed (every producer stopped); then publish
 /// `offline` on the status topic and disconnect cleanly.
-pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<Stats>) {
+pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Batch>, stats: Arc<Stats>) {
     let (client, eventloop) = AsyncClient::new(options(&model), CLIENT_CAPACITY);
     let (link_tx, mut link) = mpsc::unbounded_channel();
     spawn_eventloop(eventloop, link_tx);
@@ -198,11 +189,9 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, sta
         client,
         connected: false,
         retained: HashMap::new(),
-        pending: VecDeque::new(),
         stats,
     };
     let mut ever_connected = false;
-    let flush_tick = Duration::from_millis(2);
     loop {
         tokio::select! {
             ev = link.recv() => match ev {
@@ -213,7 +202,7 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, sta
                         info!(broker = %broker, "MQTT connected.");
                     }
                     ever_connected = true;
-                    conn.on_connack(&status_topic);
+                    conn.on_connack(&status_topic).await;
                 }
                 Some(Link::Lost(e)) => {
                     if conn.connected {
@@ -226,11 +215,14 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, sta
                 }
                 Some(Link::Closed) | None => return,
             },
-            m = rx.recv() => match m {
-                Some(m) => conn.send(m),
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    for m in batch {
+                        conn.send(m).await;
+                    }
+                }
                 None => break,
             },
-            () = tokio::time::sleep(flush_tick), if !conn.pending.is_empty() => conn.flush(),
         }
     }
     // Clean shutdown: flush, publish offline, disconnect.
@@ -241,12 +233,9 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Outgoing>, sta
             payload: b"offline".to_vec(),
             retain: true,
             qos: 1,
-        });
-        while !conn.pending.is_empty() && tokio::time::Instant::now() < deadline {
-            conn.flush();
-            tokio::time::sleep(flush_tick).await;
-        }
-        let _ = conn.client.try_disconnect();
+        })
+        .await;
+        let _ = tokio::time::timeout_at(deadline, conn.client.disconnect()).await;
         loop {
             match tokio::time::timeout_at(deadline, link.recv()).await {
                 Ok(Some(Link::Closed)) | Ok(None) | Err(_) => break,

@@ -20,6 +20,9 @@ pub struct Outgoing {
     pub qos: u8,
 }
 
+/// The messages of one poll cycle, sent to the MQTT side in one channel operation.
+pub type Batch = Vec<Outgoing>;
+
 /// An engineering value after scale/offset/precision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reading {
