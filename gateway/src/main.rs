@@ -69,7 +69,26 @@ fn init_logs() {
         .init();
 }
 
+/// Keep glibc from creating one malloc arena per thread: the gateway does little
+/// concurrent allocation, and per-thread arenas cost ~9 MiB of RSS at 10 000 points/s
+/// (BENCHMARKS.md). An explicit `MALLOC_ARENA_MAX` in the environment wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only adjusts glibc's malloc parameters; it is called once at
+        // start-up, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logs();
     match cli.command {
