@@ -32,7 +32,14 @@ fn demo_readings_are_visible_with_watch() {
         .spawn()
         .expect("start demo");
     let watch = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-        .args(["watch", "casa/#", "--port", &port.to_string(), "--count", "13"])
+        .args([
+            "watch",
+            "casa/#",
+            "--port",
+            &port.to_string(),
+            "--count",
+            "13",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start watch");
@@ -43,7 +50,9 @@ fn demo_readings_are_visible_with_watch() {
     let out = rx.recv_timeout(Duration::from_secs(30));
     let _ = demo.kill();
     let _ = demo.wait();
-    let out = out.expect("watch printed 13 messages within 30 s").expect("watch output");
+    let out = out
+        .expect("watch printed 13 messages within 30 s")
+        .expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
     let temp = text
         .lines()
