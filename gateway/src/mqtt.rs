@@ -53,8 +53,8 @@ pub fn options(model: &Model) -> MqttOptions {
 struct Conn {
     client: AsyncClient,
     connected: bool,
-    /// Last retained message per topic, republished after every connect.
-    retained: HashMap<String, Outgoing>,
+    /// Last retained payload and QoS per topic, republished after every connect.
+    retained: HashMap<String, (Vec<u8>, u8)>,
     stats: Arc<Stats>,
 }
 
@@ -66,6 +66,15 @@ impl Conn {
     /// Hand a message to the client, waiting for room: this is the back-pressure that
     /// keeps a saturated bus from queueing without bound.
     async fn publish(&mut self, m: &Outgoing) -> bool {
+        // Fast path without a timer: there is room in the request queue.
+        if self
+            .client
+            .try_publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone())
+            .is_ok()
+        {
+            self.stats.mqtt_sent.fetch_add(1, Relaxed);
+            return true;
+        }
         let fut = self
             .client
             .publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone());
@@ -84,9 +93,13 @@ impl Conn {
     async fn send(&mut self, m: Outgoing) {
         if m.retain {
             match self.retained.get_mut(&m.topic) {
-                Some(slot) => slot.clone_from(&m),
+                Some(slot) => {
+                    slot.0.clone_from(&m.payload);
+                    slot.1 = m.qos;
+                }
                 None => {
-                    self.retained.insert(m.topic.clone(), m.clone());
+                    self.retained
+                        .insert(m.topic.clone(), (m.payload.clone(), m.qos));
                 }
             }
         }
@@ -107,12 +120,18 @@ impl Conn {
             retain: true,
             qos: 1,
         };
-        self.retained.insert(online.topic.clone(), online.clone());
+        self.retained
+            .insert(online.topic.clone(), (online.payload.clone(), online.qos));
         let mut state: Vec<Outgoing> = self
             .retained
-            .values()
-            .filter(|m| m.topic != status_topic)
-            .cloned()
+            .iter()
+            .filter(|(topic, _)| *topic != status_topic)
+            .map(|(topic, (payload, qos))| Outgoing {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                retain: true,
+                qos: *qos,
+            })
             .collect();
         state.sort_by(|a, b| a.topic.cmp(&b.topic));
         self.publish(&online).await;
