@@ -205,6 +205,19 @@ impl Observer {
             .is_some()
     }
 
+    /// Wait until `topic` has carried `payload` at any time since this observer connected
+    /// (unlike [`Observer::wait_payload`], order does not matter).
+    pub async fn wait_seen(&mut self, topic: &str, payload: &str, timeout: Duration) -> bool {
+        let seen = self.seen.clone();
+        eventually(timeout, || {
+            seen.lock()
+                .expect("lock")
+                .iter()
+                .any(|m| m.topic == topic && m.payload == payload)
+        })
+        .await
+    }
+
     /// Everything received during `d`.
     pub async fn collect(&mut self, d: Duration) -> Vec<Msg> {
         let deadline = tokio::time::Instant::now() + d;
