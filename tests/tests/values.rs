@@ -183,7 +183,12 @@ async fn every_type_and_word_order_reaches_its_topic() {
     );
     // The non-retained point is still published to live subscribers.
     dev.set_registers(Table::Input, 12, &[8]);
-    let m = live.next_on("live/only", Duration::from_secs(5)).await;
+    let m = live
+        .next_matching(
+            |m| m.topic == "live/only" && m.payload == "8",
+            Duration::from_secs(5),
+        )
+        .await;
     assert_eq!(
         m.map(|m| (m.payload, m.retain)),
         Some(("8".to_string(), false))
