@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
+    commands::{self, Command},
     health::{Availability, Stats},
     model::{Bus, Device, Model},
     publish::{payload, reading, Batch, Outgoing, PointState},
@@ -42,6 +43,18 @@ struct DeviceRun {
     availability_topic: String,
 }
 
+/// The channels a bus task talks through.
+pub struct BusIo {
+    /// Messages for the MQTT side, one batch per poll or command.
+    pub out: mpsc::Sender<Batch>,
+    /// Validated commands for this bus's devices.
+    pub commands: mpsc::Receiver<Command>,
+    /// Shared counters.
+    pub stats: Arc<Stats>,
+    /// The shutdown signal.
+    pub shutdown: Shutdown,
+}
+
 /// Run one bus until shutdown.
 ///
 /// Devices are spread over [`STAGGER_SLOTS`] start offsets inside their poll interval, so
@@ -53,10 +66,14 @@ pub async fn run_bus<T: ModbusTransport>(
     bus: Bus,
     first_stats_index: usize,
     mut transport: T,
-    out: mpsc::Sender<Batch>,
-    stats: Arc<Stats>,
-    mut shutdown: Shutdown,
+    io: BusIo,
 ) {
+    let BusIo {
+        out,
+        mut commands,
+        stats,
+        mut shutdown,
+    } = io;
     let start = tokio::time::Instant::now();
     let total = model.devices().count().max(1) as u32;
     let mut devices: Vec<DeviceRun> = bus
@@ -98,6 +115,18 @@ pub async fn run_bus<T: ModbusTransport>(
         tokio::select! {
             biased;
             () = shutdown.recv() => break,
+            cmd = commands.recv() => {
+                if let Some(first) = cmd {
+                    // Everything queued now goes ahead of the next poll; several commands
+                    // for the same point collapse to the newest.
+                    let mut batch = vec![first];
+                    while let Ok(c) = commands.try_recv() {
+                        batch.push(c);
+                    }
+                    run_commands(&mut devices, batch, &mut transport, &out).await;
+                }
+                continue;
+            }
             () = tokio::time::sleep_until(devices[idx].next_due) => {}
         }
         let dev = &mut devices[idx];
@@ -240,6 +269,126 @@ async fn poll_device<T: ModbusTransport>(
         let _ = out.send(messages).await;
     }
     answered
+}
+
+async fn run_commands<T: ModbusTransport>(
+    devices: &mut [DeviceRun],
+    batch: Vec<Command>,
+    transport: &mut T,
+    out: &mpsc::Sender<Batch>,
+) {
+    let mut messages = Vec::new();
+    let mut run: Vec<Command> = Vec::new();
+    for c in batch {
+        if let Some(old) = run
+            .iter_mut()
+            .find(|o| o.device == c.device && o.point == c.point)
+        {
+            let point = &devices[old.device].device.points[old.point];
+            messages.push(commands::result(
+                point,
+                Err("superseded by a newer command for the same point".into()),
+                old.id.as_ref(),
+            ));
+            *old = c;
+        } else {
+            run.push(c);
+        }
+    }
+    for c in run {
+        let Some(dev) = devices.get_mut(c.device) else {
+            continue;
+        };
+        let Some(point) = dev.device.points.get(c.point).cloned() else {
+            continue;
+        };
+        let outcome = execute(dev, &point, &c.value, transport).await;
+        match outcome {
+            Ok(r) => {
+                dev.states[c.point].force(&r, Instant::now());
+                messages.push(Outgoing {
+                    topic: point.topic.clone(),
+                    payload: payload(&point, &r, SystemTime::now()),
+                    retain: point.retain,
+                    qos: point.qos,
+                });
+                messages.push(commands::result(&point, Ok(r.json()), c.id.as_ref()));
+                info!(device = %dev.device.id, topic = %point.topic, value = %r.text(), "Command written.");
+            }
+            Err(e) => {
+                warn!(device = %dev.device.id, topic = %point.topic, error = %e, "Command failed.");
+                messages.push(commands::result(&point, Err(e), c.id.as_ref()));
+            }
+        }
+    }
+    if !messages.is_empty() {
+        let _ = out.send(messages).await;
+    }
+}
+
+/// Write one value and read it back.
+async fn execute<T: ModbusTransport>(
+    dev: &DeviceRun,
+    point: &crate::model::Point,
+    value: &fieldlink_drivers::modbus::Value,
+    transport: &mut T,
+) -> Result<crate::publish::Reading, String> {
+    use fieldlink_drivers::modbus::{Table, Value};
+    let unit = dev.device.unit;
+    let multiple = dev.device.write_multiple;
+    let d = commands::describe;
+    match (point.table, point.bit) {
+        (Table::Coil, _) => {
+            let b = matches!(value, Value::Bool(true));
+            transport
+                .write_coils(unit, point.address, &[b], multiple)
+                .await
+                .map_err(|e| d(&e))?;
+        }
+        (Table::Holding, Some(bit)) => {
+            // Read-modify-write of one bit of a register.
+            let cur = match transport
+                .read(unit, Table::Holding, point.address, 1)
+                .await
+                .map_err(|e| d(&e))?
+            {
+                ReadData::Registers(r) if !r.is_empty() => r[0],
+                _ => return Err("protocol error: empty reply".into()),
+            };
+            let new = if matches!(value, Value::Bool(true)) {
+                cur | 1 << bit
+            } else {
+                cur & !(1 << bit)
+            };
+            transport
+                .write_registers(unit, point.address, &[new], multiple)
+                .await
+                .map_err(|e| d(&e))?;
+        }
+        (Table::Holding, None) => {
+            let regs = codec::encode(value, point.ty, point.order).map_err(|e| e.to_string())?;
+            transport
+                .write_registers(unit, point.address, &regs, multiple)
+                .await
+                .map_err(|e| d(&e))?;
+        }
+        (table, _) => return Err(format!("not writable: {table} is read-only")),
+    }
+    // Read back what the device now holds.
+    let data = transport
+        .read(unit, point.table, point.address, point.count())
+        .await
+        .map_err(|e| format!("written, but the read-back failed: {}", d(&e)))?;
+    let v = match data {
+        ReadData::Bits(b) => b
+            .first()
+            .map(|b| fieldlink_drivers::modbus::Value::Bool(*b))
+            .ok_or_else(|| "protocol error: empty reply".to_string())?,
+        ReadData::Registers(r) => {
+            codec::decode(&r, point.ty, point.order, point.bit).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(reading(point, &v))
 }
 
 /// The retained availability message of a device.

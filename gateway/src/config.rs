@@ -178,6 +178,10 @@ pub struct DeviceFile {
     /// Default 8; 0 merges only contiguous points.
     #[serde(default)]
     pub max_gap: Option<Spanned<i64>>,
+    /// Always write with FC16/FC15, even a single register or coil (for devices that do
+    /// not implement FC06/FC05). Default `false`.
+    #[serde(default)]
+    pub write_multiple: Option<Spanned<bool>>,
     /// The device's points.
     #[serde(default)]
     pub points: Vec<PointFile>,
@@ -313,6 +317,28 @@ pub struct PointFile {
     /// Republish an unchanged value at least this often (`5m`).
     #[serde(default)]
     pub heartbeat: Option<Spanned<HumanDuration>>,
+    /// Accept commands on `<topic>/set` and write them to the device. Default `false`.
+    #[serde(default)]
+    pub writable: Option<Spanned<bool>>,
+    /// Smallest value a command may set (engineering units, after scale/offset).
+    #[serde(default)]
+    pub min: Option<Spanned<f64>>,
+    /// Largest value a command may set (engineering units, after scale/offset).
+    #[serde(default)]
+    pub max: Option<Spanned<f64>>,
+    /// Names for values, used for commands and when publishing: `{ON: 1, OFF: 0}`.
+    #[serde(default)]
+    pub values: Option<Spanned<std::collections::BTreeMap<String, MapValue>>>,
+}
+
+/// A value in a `values:` map: a number or a boolean.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MapValue {
+    /// `true`/`false`.
+    Bool(bool),
+    /// A number.
+    Number(f64),
 }
 
 /// A parsed file and where it came from.

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod bus;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod health;
@@ -34,6 +35,9 @@ pub enum RunError {
     Broker(#[from] broker::BrokerError),
 }
 
+/// Commands that may wait for one bus task.
+const COMMAND_CAPACITY: usize = 256;
+
 /// Capacity (in poll batches) of the channel from the bus tasks to the MQTT task.
 const OUT_CAPACITY: usize = 1024;
 
@@ -59,11 +63,19 @@ pub async fn run_with_stats(
     let model = Arc::new(model);
     let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
-    let mqtt = tokio::spawn(mqtt::run_client(model.clone(), rx, stats.clone()));
+    let mut command_txs = Vec::new();
+    let mut command_rxs = Vec::new();
+    for _ in &model.buses {
+        let (ctx, crx) = mpsc::channel(COMMAND_CAPACITY);
+        command_txs.push(ctx);
+        command_rxs.push(crx);
+    }
+    let router = commands::Router::new(model.clone(), command_txs, stats.clone());
+    let mqtt = tokio::spawn(mqtt::run_client(model.clone(), rx, stats.clone(), router));
 
     let mut buses = Vec::new();
     let mut first = 0;
-    for bus in &model.buses {
+    for (bus, commands) in model.buses.iter().zip(command_rxs) {
         let n = bus.devices.len();
         match &bus.kind {
             model::BusKind::ModbusTcp {
@@ -77,9 +89,12 @@ pub async fn run_with_stats(
                     bus.clone(),
                     first,
                     transport,
-                    tx.clone(),
-                    stats.clone(),
-                    shutdown.clone(),
+                    bus::BusIo {
+                        out: tx.clone(),
+                        commands,
+                        stats: stats.clone(),
+                        shutdown: shutdown.clone(),
+                    },
                 )));
             }
         }

@@ -104,6 +104,8 @@ pub struct Device {
     pub offline_after: u32,
     /// Largest gap the planner bridges.
     pub max_gap: u16,
+    /// Always write with FC16/FC15.
+    pub write_multiple: bool,
     /// Points.
     pub points: Vec<Point>,
 }
@@ -162,9 +164,27 @@ pub struct Point {
     pub publish: PublishMode,
     /// Republish an unchanged value at least this often.
     pub heartbeat: Option<Duration>,
+    /// Accepts commands on `<topic>/set`.
+    pub writable: bool,
+    /// Smallest value a command may set.
+    pub min: Option<f64>,
+    /// Largest value a command may set.
+    pub max: Option<f64>,
+    /// Named values (`ON` → 1), for commands and publishing.
+    pub value_map: Vec<(String, f64)>,
 }
 
 impl Point {
+    /// `<topic>/set`.
+    pub fn set_topic(&self) -> String {
+        format!("{}/set", self.topic)
+    }
+
+    /// `<topic>/set/result`.
+    pub fn result_topic(&self) -> String {
+        format!("{}/set/result", self.topic)
+    }
+
     /// Registers (or bits) the point occupies.
     pub fn count(&self) -> u16 {
         if self.table.is_bits() {

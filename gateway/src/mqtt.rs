@@ -12,11 +12,15 @@ use std::{
     time::Duration,
 };
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
+    SubscribeFilter,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
+    commands::Router,
     health::Stats,
     model::Model,
     publish::{Batch, Outgoing},
@@ -153,6 +157,7 @@ fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
 
 enum Link {
     Connected,
+    Message(String, Vec<u8>),
     Lost(String),
     Closed,
 }
@@ -172,6 +177,11 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
                     if tx.send(Link::Connected).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(Link::Message(p.topic, p.payload.to_vec())).is_err() {
                         return;
                     }
                 }
@@ -198,7 +208,17 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
 
 /// Run the MQTT client until `rx` is closed (every producer stopped); then publish
 /// `offline` on the status topic and disconnect cleanly.
-pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Batch>, stats: Arc<Stats>) {
+pub async fn run_client(
+    model: Arc<Model>,
+    mut rx: mpsc::Receiver<Batch>,
+    stats: Arc<Stats>,
+    router: Router,
+) {
+    let subscriptions: Vec<SubscribeFilter> = router
+        .subscriptions()
+        .into_iter()
+        .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
+        .collect();
     let (client, eventloop) = AsyncClient::new(options(&model), CLIENT_CAPACITY);
     let (link_tx, mut link) = mpsc::unbounded_channel();
     spawn_eventloop(eventloop, link_tx);
@@ -221,6 +241,12 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Batch>, stats:
                         info!(broker = %broker, "MQTT connected.");
                     }
                     ever_connected = true;
+                    // Clean session: subscriptions are gone after every reconnect.
+                    if !subscriptions.is_empty() {
+                        if let Err(e) = conn.client.subscribe_many(subscriptions.clone()).await {
+                            warn!(error = %e, "Cannot subscribe to command topics.");
+                        }
+                    }
                     conn.on_connack(&status_topic).await;
                 }
                 Some(Link::Lost(e)) => {
@@ -231,6 +257,12 @@ pub async fn run_client(model: Arc<Model>, mut rx: mpsc::Receiver<Batch>, stats:
                     }
                     conn.connected = false;
                     conn.stats.mqtt_connected.store(false, Relaxed);
+                }
+                Some(Link::Message(topic, payload)) => {
+                    if let Some(rejected) = router.handle(&topic, &payload) {
+                        debug!(topic = %topic, "Command rejected.");
+                        conn.send(rejected).await;
+                    }
                 }
                 Some(Link::Closed) | None => return,
             },

@@ -44,7 +44,8 @@ impl Reading {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    /// The value as JSON (numbers as published, bools, text).
+    pub fn json(&self) -> serde_json::Value {
         match self {
             Reading::Number(f, s) => serde_json::from_str::<serde_json::Number>(s)
                 .map(serde_json::Value::Number)
@@ -68,8 +69,25 @@ fn decimals_of(x: f64) -> usize {
         .unwrap_or(10)
 }
 
-/// Apply scale, offset and precision to a decoded value.
+/// Apply scale, offset and precision to a decoded value, then the point's named values
+/// (`values: {ON: 1, OFF: 0}` publishes `ON`).
 pub fn reading(point: &Point, value: &Value) -> Reading {
+    let r = scaled(point, value);
+    if point.value_map.is_empty() {
+        return r;
+    }
+    let n = match &r {
+        Reading::Number(n, _) => *n,
+        Reading::Bool(b) => f64::from(u8::from(*b)),
+        Reading::Text(_) => return r,
+    };
+    match point.value_map.iter().find(|(_, v)| (v - n).abs() < 1e-9) {
+        Some((name, _)) => Reading::Text(name.clone()),
+        None => r,
+    }
+}
+
+fn scaled(point: &Point, value: &Value) -> Reading {
     match value {
         Value::Bool(b) => Reading::Bool(*b),
         Value::Str(s) => Reading::Text(s.clone()),
@@ -174,6 +192,11 @@ impl PointState {
         publish
     }
 
+    /// Record `r` as published now (a command's read-back is always published).
+    pub fn force(&mut self, r: &Reading, now: Instant) {
+        self.last = Some((r.clone(), now));
+    }
+
     /// Time since the last publish.
     pub fn age(&self, now: Instant) -> Option<Duration> {
         self.last
@@ -219,6 +242,10 @@ mod tests {
             payload: Payload::Plain,
             publish: PublishMode::OnChange { deadband: 0.0 },
             heartbeat: None,
+            writable: false,
+            min: None,
+            max: None,
+            value_map: Vec::new(),
         }
     }
 

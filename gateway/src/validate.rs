@@ -15,7 +15,8 @@ use std::{
 use crate::{
     config::{
         did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile, GatewayFile,
-        MappingFile, OrderName, PayloadName, PointFile, PublishName, Spanned, TableName, TypeName,
+        MapValue, MappingFile, OrderName, PayloadName, PointFile, PublishName, Spanned, TableName,
+        TypeName,
     },
     model::{
         Bus, BusKind, Device, EmbeddedBroker, Model, MqttModel, Payload, Point, PublishMode, Table,
@@ -788,6 +789,7 @@ impl Validator {
                 poll_interval,
                 offline_after: offline_after as u32,
                 max_gap: max_gap as u16,
+                write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
                 points: points.into_iter().map(|(_, p)| p).collect(),
             },
         ))
@@ -1061,10 +1063,93 @@ impl Validator {
             Some(h) => Some(h.value.0),
             None => None,
         };
+        let writable = p.writable.as_ref().is_some_and(|w| w.value);
+        if let (Some(w), true) = (
+            &p.writable,
+            writable && matches!(table, Table::Input | Table::Discrete),
+        ) {
+            self.error(
+                file,
+                at(w),
+                format!("{path}.writable"),
+                format!("{}s are read-only in Modbus", noun(table)),
+                Some(
+                    "use `table: holding` (registers) or `table: coil` (bits) for writable points"
+                        .into(),
+                ),
+            );
+        }
+        for (name, f) in [("min", &p.min), ("max", &p.max)] {
+            if let Some(v) = f {
+                if !numeric {
+                    self.error(
+                        file,
+                        at(v),
+                        format!("{path}.{name}"),
+                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
+                        None,
+                    );
+                } else if !v.value.is_finite() {
+                    self.error(
+                        file,
+                        at(v),
+                        format!("{path}.{name}"),
+                        format!("`{name}` must be a finite number"),
+                        None,
+                    );
+                }
+            }
+        }
+        if let (Some(lo), Some(hi)) = (&p.min, &p.max) {
+            if lo.value > hi.value {
+                self.error(
+                    file,
+                    at(hi),
+                    format!("{path}.max"),
+                    format!("max {} is below min {}", hi.value, lo.value),
+                    Some("swap them".into()),
+                );
+            }
+        }
+        let mut value_map = Vec::new();
+        if let Some(vm) = &p.values {
+            if matches!(ty, ValueType::String { .. }) {
+                self.error(
+                    file,
+                    at(vm),
+                    format!("{path}.values"),
+                    "`values` does not apply to `string` points",
+                    None,
+                );
+            }
+            for (k, v) in &vm.value {
+                let n = match v {
+                    MapValue::Bool(b) => f64::from(u8::from(*b)),
+                    MapValue::Number(n) => *n,
+                };
+                if k.trim().is_empty()
+                    || !n.is_finite()
+                    || (ty == ValueType::Bool && n != 0.0 && n != 1.0)
+                {
+                    self.error(
+                        file,
+                        at(vm),
+                        format!("{path}.values.{k}"),
+                        format!("`{k}: {n}` is not a usable value for a `{ty}` point"),
+                        Some("use e.g. `values: {ON: 1, OFF: 0}`".into()),
+                    );
+                }
+                value_map.push((k.clone(), n));
+            }
+        }
         if self.error_count() > errors_before {
             return None;
         }
         Some(Point {
+            writable,
+            min: p.min.as_ref().map(|v| v.value),
+            max: p.max.as_ref().map(|v| v.value),
+            value_map,
             topic,
             table,
             address,

@@ -66,6 +66,26 @@ pub trait ModbusTransport: Send {
         count: u16,
     ) -> impl Future<Output = Result<ReadData, DriverError>> + Send;
 
+    /// Write holding registers starting at `addr`: FC06 for one register, FC16 for more,
+    /// or always FC16 when `multiple` is set (devices that only accept FC16).
+    fn write_registers(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        values: &[u16],
+        multiple: bool,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Write coils starting at `addr`: FC05 for one coil, FC15 for more, or always FC15
+    /// when `multiple` is set.
+    fn write_coils(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        values: &[bool],
+        multiple: bool,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
     /// A short description of the endpoint for logs (`192.168.1.20:502`).
     fn endpoint(&self) -> String;
 }

@@ -132,7 +132,81 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Run one request with the timeout; drop the connection on timeout or I/O error.
+    async fn call<T, F>(&mut self, unit: u8, f: F) -> Result<T, DriverError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut Context,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = tokio_modbus::Result<T>> + Send + 'c>,
+        >,
+    {
+        let timeout = self.timeout;
+        let ctx = self.connect().await?;
+        ctx.set_slave(Slave(unit));
+        match tokio::time::timeout(timeout, f(ctx)).await {
+            Err(_) => {
+                self.drop_connection("timeout");
+                Err(DriverError::Timeout(timeout))
+            }
+            Ok(Err(e)) => {
+                self.drop_connection("i/o error");
+                Err(DriverError::Io(e.to_string()))
+            }
+            Ok(Ok(Err(code))) => {
+                let code = u8::from(code);
+                Err(DriverError::Exception {
+                    code,
+                    name: exception_name(code),
+                })
+            }
+            Ok(Ok(Ok(v))) => Ok(v),
+        }
+    }
+}
+
 impl ModbusTransport for TcpTransport {
+    async fn write_registers(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        values: &[u16],
+        multiple: bool,
+    ) -> Result<(), DriverError> {
+        let values = values.to_vec();
+        self.call(unit, move |ctx| {
+            Box::pin(async move {
+                if values.len() == 1 && !multiple {
+                    ctx.write_single_register(addr, values[0]).await
+                } else {
+                    ctx.write_multiple_registers(addr, &values).await
+                }
+            })
+        })
+        .await
+    }
+
+    async fn write_coils(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        values: &[bool],
+        multiple: bool,
+    ) -> Result<(), DriverError> {
+        let values = values.to_vec();
+        self.call(unit, move |ctx| {
+            Box::pin(async move {
+                if values.len() == 1 && !multiple {
+                    ctx.write_single_coil(addr, values[0]).await
+                } else {
+                    ctx.write_multiple_coils(addr, &values).await
+                }
+            })
+        })
+        .await
+    }
+
     async fn read(
         &mut self,
         unit: u8,
