@@ -114,6 +114,7 @@ fn wave(p: &Point, i: usize, t: f64) -> f64 {
     let slow = (t / 60.0 * std::f64::consts::TAU + phase).sin();
     let n = noise((t * 2.0) as u64 ^ (i as u64) << 32);
     match p.unit.as_deref() {
+        Some("°C") if p.writable => 21.0,
         Some("°C") => 22.0 + 2.0 * slow + 0.2 * n,
         Some("%") => 55.0 + 8.0 * slow + 0.5 * n,
         Some("V") => 229.0 + 2.0 * slow + 0.4 * n,
@@ -127,6 +128,10 @@ fn wave(p: &Point, i: usize, t: f64) -> f64 {
 
 fn animate(dev: &Arc<SimDevice>, points: &[Point], t: f64) {
     for (i, p) in points.iter().enumerate() {
+        // Writable points keep what a command wrote; they only get a starting value.
+        if p.writable && t > 0.0 {
+            continue;
+        }
         if p.ty == ValueType::Bool {
             let period = 10.0 + 5.0 * (i % 4) as f64;
             let on = ((t / period) as u64 + i as u64) % 2 == 1;
