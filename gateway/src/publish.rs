@@ -1,7 +1,7 @@
 //! From a decoded value to an MQTT message: scale/offset, precision, payload format and
 //! the publish policy (on change with deadband, every poll, heartbeat).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use fieldlink_drivers::modbus::Value;
 
@@ -196,13 +196,6 @@ impl PointState {
     pub fn force(&mut self, r: &Reading, now: Instant) {
         self.last = Some((r.clone(), now));
     }
-
-    /// Time since the last publish.
-    pub fn age(&self, now: Instant) -> Option<Duration> {
-        self.last
-            .as_ref()
-            .map(|(_, at)| now.saturating_duration_since(*at))
-    }
 }
 
 fn changed(last: &Reading, new: &Reading, deadband: f64) -> bool {
@@ -224,6 +217,7 @@ fn changed(last: &Reading, new: &Reading, deadband: f64) -> bool {
 mod tests {
     use super::*;
     use crate::model::{Table, WordOrder};
+    use std::time::Duration;
 
     fn point(ty: ValueType) -> Point {
         Point {

@@ -748,7 +748,7 @@ impl Validator {
         // Overlapping registers with different interpretations: a warning.
         for a in 0..points.len() {
             for b in a + 1..points.len() {
-                let (ia, pa) = &points[a];
+                let (_, pa) = &points[a];
                 let (ib, pb) = &points[b];
                 if pa.table != pb.table {
                     continue;
@@ -774,7 +774,6 @@ impl Validator {
                             pa.topic, pa.ty, pa.table, pa.address, pb.topic, pb.ty, pb.table, pb.address
                         ),
                     );
-                    let _ = ia;
                 }
             }
         }

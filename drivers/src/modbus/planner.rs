@@ -93,11 +93,6 @@ impl Planner {
         p
     }
 
-    /// The items, in the order given.
-    pub fn items(&self) -> &[PlanItem] {
-        &self.items
-    }
-
     /// The current plan.
     pub fn plan(&self) -> &Plan {
         &self.plan

@@ -66,17 +66,6 @@ impl TcpTransport {
         }
     }
 
-    /// Override the reconnection backoff (min, max).
-    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff = Backoff::new(min, max);
-        self
-    }
-
-    /// True while a connection is open.
-    pub fn is_connected(&self) -> bool {
-        self.ctx.is_some()
-    }
-
     fn drop_connection(&mut self, why: &str) {
         if self.ctx.take().is_some() {
             debug!(endpoint = %self.endpoint(), reason = why, "Connection dropped.");
@@ -133,7 +122,8 @@ impl TcpTransport {
 }
 
 impl TcpTransport {
-    /// Run one request with the timeout; drop the connection on timeout or I/O error.
+    /// Run one request with the timeout; drop the connection on timeout (a late reply
+    /// would be matched to the next request) or on an I/O error.
     async fn call<T, F>(&mut self, unit: u8, f: F) -> Result<T, DriverError>
     where
         F: for<'c> FnOnce(
@@ -214,59 +204,40 @@ impl ModbusTransport for TcpTransport {
         addr: u16,
         count: u16,
     ) -> Result<ReadData, DriverError> {
-        let timeout = self.timeout;
-        let ctx = self.connect().await?;
-        ctx.set_slave(Slave(unit));
-        let fut = async {
-            match table {
-                Table::Holding => ctx
-                    .read_holding_registers(addr, count)
-                    .await
-                    .map(|r| r.map(ReadData::Registers)),
-                Table::Input => ctx
-                    .read_input_registers(addr, count)
-                    .await
-                    .map(|r| r.map(ReadData::Registers)),
-                Table::Coil => ctx
-                    .read_coils(addr, count)
-                    .await
-                    .map(|r| r.map(ReadData::Bits)),
-                Table::Discrete => ctx
-                    .read_discrete_inputs(addr, count)
-                    .await
-                    .map(|r| r.map(ReadData::Bits)),
-            }
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Err(_) => {
-                // A late reply would be matched to the next request: start afresh.
-                self.drop_connection("timeout");
-                Err(DriverError::Timeout(timeout))
-            }
-            Ok(Err(e)) => {
-                self.drop_connection("i/o error");
-                Err(DriverError::Io(e.to_string()))
-            }
-            Ok(Ok(Err(code))) => {
-                let code = u8::from(code);
-                Err(DriverError::Exception {
-                    code,
-                    name: exception_name(code),
+        let data = self
+            .call(unit, move |ctx| {
+                Box::pin(async move {
+                    match table {
+                        Table::Holding => ctx
+                            .read_holding_registers(addr, count)
+                            .await
+                            .map(|r| r.map(ReadData::Registers)),
+                        Table::Input => ctx
+                            .read_input_registers(addr, count)
+                            .await
+                            .map(|r| r.map(ReadData::Registers)),
+                        Table::Coil => ctx
+                            .read_coils(addr, count)
+                            .await
+                            .map(|r| r.map(ReadData::Bits)),
+                        Table::Discrete => ctx
+                            .read_discrete_inputs(addr, count)
+                            .await
+                            .map(|r| r.map(ReadData::Bits)),
+                    }
                 })
-            }
-            Ok(Ok(Ok(data))) => {
-                let got = match &data {
-                    ReadData::Registers(r) => r.len(),
-                    ReadData::Bits(b) => b.len(),
-                };
-                if got < usize::from(count) {
-                    return Err(DriverError::Protocol(format!(
-                        "asked for {count} {table} values, got {got}"
-                    )));
-                }
-                Ok(data)
-            }
+            })
+            .await?;
+        let got = match &data {
+            ReadData::Registers(r) => r.len(),
+            ReadData::Bits(b) => b.len(),
+        };
+        if got < usize::from(count) {
+            return Err(DriverError::Protocol(format!(
+                "asked for {count} {table} values, got {got}"
+            )));
         }
+        Ok(data)
     }
 
     fn endpoint(&self) -> String {
