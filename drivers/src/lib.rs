@@ -2,8 +2,10 @@
 //!
 //! - [`modbus`]: the value codec (every type × word order), the read planner, the
 //!   transport-independent client seam and the Modbus TCP transport.
+//! - [`gpio`]: the GPIO backend trait, a simulated board and the Raspberry Pi (rppal) backend.
 //! - [`sim`]: Modbus device simulators (tokio-modbus [`Service`](tokio_modbus::server::Service)s)
 //!   used by the tests and by `fieldlink demo`.
 
+pub mod gpio;
 pub mod modbus;
 pub mod sim;

@@ -115,16 +115,15 @@ pub async fn run_bus<T: ModbusTransport>(
         tokio::select! {
             biased;
             () = shutdown.recv() => break,
-            cmd = commands.recv() => {
-                if let Some(first) = cmd {
-                    // Everything queued now goes ahead of the next poll; several commands
-                    // for the same point collapse to the newest.
-                    let mut batch = vec![first];
-                    while let Ok(c) = commands.try_recv() {
-                        batch.push(c);
-                    }
-                    run_commands(&mut devices, batch, &mut transport, &out).await;
+            // A closed channel disables the branch (no busy loop).
+            Some(first) = commands.recv() => {
+                // Everything queued now goes ahead of the next poll; several commands
+                // for the same point collapse to the newest.
+                let mut batch = vec![first];
+                while let Ok(c) = commands.try_recv() {
+                    batch.push(c);
                 }
+                run_commands(&mut devices, batch, &mut transport, &out).await;
                 continue;
             }
             () = tokio::time::sleep_until(devices[idx].next_due) => {}
@@ -278,23 +277,15 @@ async fn run_commands<T: ModbusTransport>(
     out: &mpsc::Sender<Batch>,
 ) {
     let mut messages = Vec::new();
-    let mut run: Vec<Command> = Vec::new();
-    for c in batch {
-        if let Some(old) = run
-            .iter_mut()
-            .find(|o| o.device == c.device && o.point == c.point)
-        {
-            let point = &devices[old.device].device.points[old.point];
-            messages.push(commands::result(
-                point,
-                Err("superseded by a newer command for the same point".into()),
-                old.id.as_ref(),
-            ));
-            *old = c;
-        } else {
-            run.push(c);
-        }
-    }
+    let run = commands::collapse(
+        batch,
+        |c| {
+            devices
+                .get(c.device)
+                .and_then(|d| d.device.points.get(c.point))
+        },
+        &mut messages,
+    );
     for c in run {
         let Some(dev) = devices.get_mut(c.device) else {
             continue;

@@ -253,6 +253,34 @@ pub fn to_raw(point: &Point, value: &serde_json::Value) -> Result<Value, String>
     }
 }
 
+/// Collapse a batch of queued commands: several for the same point keep only the newest;
+/// each one superseded is answered on its result topic (pushed to `messages`).
+pub fn collapse<'a>(
+    batch: Vec<Command>,
+    point_of: impl Fn(&Command) -> Option<&'a Point>,
+    messages: &mut Vec<Outgoing>,
+) -> Vec<Command> {
+    let mut run: Vec<Command> = Vec::new();
+    for c in batch {
+        if let Some(old) = run
+            .iter_mut()
+            .find(|o| o.device == c.device && o.point == c.point)
+        {
+            if let Some(point) = point_of(old) {
+                messages.push(result(
+                    point,
+                    Err("superseded by a newer command for the same point".into()),
+                    old.id.as_ref(),
+                ));
+            }
+            *old = c;
+        } else {
+            run.push(c);
+        }
+    }
+    run
+}
+
 /// Text of a driver error for a result message.
 pub fn describe(e: &DriverError) -> String {
     match e {

@@ -136,6 +136,18 @@ pub struct MappingFile {
 pub enum BusKindName {
     /// Modbus TCP: `host`, `port`, `timeout`.
     ModbusTcp,
+    /// The GPIO lines of the board the gateway runs on: `backend`.
+    Gpio,
+}
+
+/// GPIO controller.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GpioBackendName {
+    /// A Raspberry Pi through rppal (every model, Pi 5 included).
+    Rppal,
+    /// A simulated board: inputs float at their pull level, outputs only change state.
+    Simulated,
 }
 
 /// One bus.
@@ -144,7 +156,7 @@ pub enum BusKindName {
 pub struct BusFile {
     /// Bus id, referenced by `devices[].bus`.
     pub id: Spanned<String>,
-    /// `modbus_tcp`.
+    /// `modbus_tcp` or `gpio`.
     pub kind: Spanned<BusKindName>,
     /// Host name or IP address (modbus_tcp).
     #[serde(default)]
@@ -155,6 +167,9 @@ pub struct BusFile {
     /// Timeout of one request (and of connecting). Default `1s`.
     #[serde(default)]
     pub timeout: Option<Spanned<HumanDuration>>,
+    /// GPIO controller (gpio): `rppal` (default, a Raspberry Pi) or `simulated`.
+    #[serde(default)]
+    pub backend: Option<Spanned<GpioBackendName>>,
 }
 
 /// One device.
@@ -270,10 +285,39 @@ pub enum PublishName {
 pub struct PointFile {
     /// MQTT topic, taken exactly as written (`casa/terreo/temperatura`).
     pub topic: Spanned<String>,
-    /// `holding`, `input`, `coil` or `discrete`.
-    pub table: Spanned<TableName>,
-    /// Register (or bit) address, 0-based as on the wire.
-    pub address: Spanned<i64>,
+    /// Modbus: `holding`, `input`, `coil` or `discrete`.
+    #[serde(default)]
+    pub table: Option<Spanned<TableName>>,
+    /// Modbus: register (or bit) address, 0-based as on the wire.
+    #[serde(default)]
+    pub address: Option<Spanned<i64>>,
+    /// GPIO: BCM pin number (`GPIO17` is `pin: 17`, physical header pin 11), 0–27.
+    #[serde(default)]
+    pub pin: Option<Spanned<i64>>,
+    /// GPIO: `input` (default) or `output`.
+    #[serde(default)]
+    pub mode: Option<Spanned<GpioModeName>>,
+    /// GPIO input: `up`, `down` or `none` (default).
+    #[serde(default)]
+    pub pull: Option<Spanned<PullName>>,
+    /// GPIO: a low level means ON (`true`). Default `false`.
+    #[serde(default)]
+    pub active_low: Option<Spanned<bool>>,
+    /// GPIO input: how long a new level must hold before it is published. Default
+    /// `20ms`; `0s` publishes every edge.
+    #[serde(default)]
+    pub debounce: Option<Spanned<HumanDuration>>,
+    /// GPIO output: logical state at start. Default `false` (off).
+    #[serde(default)]
+    pub initial: Option<Spanned<bool>>,
+    /// GPIO output: state when the gateway stops: `keep` (default), `off`, `on`, or the
+    /// physical level `low`/`high`.
+    #[serde(default)]
+    pub on_shutdown: Option<Spanned<OnShutdownName>>,
+    /// GPIO output: momentary; an ON command switches on for this long, then off (`500ms`
+    /// for a garage door opener or a bell).
+    #[serde(default)]
+    pub pulse: Option<Spanned<HumanDuration>>,
     /// `bool`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`, `f64`, `string`.
     /// Default `bool` on coils/discretes, `u16` on registers.
     #[serde(default, rename = "type")]
@@ -329,6 +373,44 @@ pub struct PointFile {
     /// Names for values, used for commands and when publishing: `{ON: 1, OFF: 0}`.
     #[serde(default)]
     pub values: Option<Spanned<std::collections::BTreeMap<String, MapValue>>>,
+}
+
+/// Direction of a GPIO point.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GpioModeName {
+    /// Read the line; publish its debounced changes.
+    Input,
+    /// Drive the line; writable through `<topic>/set`.
+    Output,
+}
+
+/// Pull resistor of a GPIO input.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PullName {
+    /// Internal pull-up.
+    Up,
+    /// Internal pull-down.
+    Down,
+    /// None.
+    None,
+}
+
+/// State of a GPIO output when the gateway stops.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdownName {
+    /// Leave as it is.
+    Keep,
+    /// Logical off.
+    Off,
+    /// Logical on.
+    On,
+    /// Physical low.
+    Low,
+    /// Physical high.
+    High,
 }
 
 /// A value in a `values:` map: a number or a boolean.

@@ -13,15 +13,17 @@ use std::{
 };
 
 use fieldlink_drivers::{
+    gpio::SimGpio,
     modbus::{codec, Table, Value, ValueType},
     sim::{SimDevice, SimServer},
 };
 use thiserror::Error;
 
 use crate::{
-    model::{BusKind, Model, Point},
+    model::{BusKind, GpioBackendKind, GpioMode, Model, Point},
     shutdown::Shutdown,
     validate::{check_sources, Diagnostic},
+    Hooks,
 };
 
 /// The example mapping shipped in `mappings/casa.yaml`, compiled in.
@@ -61,10 +63,29 @@ pub fn model(listen: SocketAddr) -> Result<Model, DemoError> {
 }
 
 /// Start one simulator per bus of `model` (each answering for that bus's unit ids),
-/// point the buses at them, and animate the values. Returns the rewritten model.
-pub async fn simulate(mut model: Model) -> Result<Model, DemoError> {
+/// point the buses at them, and animate the values. GPIO buses get a simulated board whose
+/// inputs (door contacts) open and close with some contact bounce; outputs follow
+/// commands. Returns the rewritten model and the hooks that carry the boards.
+pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
     let mut animated = Vec::new();
+    let mut hooks = Hooks::default();
+    let mut contacts = Vec::new();
     for bus in &mut model.buses {
+        if let BusKind::Gpio { backend } = &mut bus.kind {
+            *backend = GpioBackendKind::Simulated;
+            let board = SimGpio::default();
+            for (i, p) in bus.devices.iter().flat_map(|d| d.points.iter()).enumerate() {
+                if let Some(g) = p
+                    .gpio
+                    .as_ref()
+                    .filter(|g| matches!(g.mode, GpioMode::Input { .. }))
+                {
+                    contacts.push((board.clone(), g.pin, g.active_low, 20 + 7 * i as u64));
+                }
+            }
+            hooks.gpio.insert(bus.id.clone(), board);
+            continue;
+        }
         let server = SimServer::new();
         for d in &bus.devices {
             let dev = server.add(d.unit, SimDevice::new());
@@ -72,9 +93,28 @@ pub async fn simulate(mut model: Model) -> Result<Model, DemoError> {
             animated.push((dev, d.points.clone()));
         }
         let port = server.spawn_local().await?;
-        let BusKind::ModbusTcp { host, port: p, .. } = &mut bus.kind;
-        *host = "127.0.0.1".into();
-        *p = port;
+        if let BusKind::ModbusTcp { host, port: p, .. } = &mut bus.kind {
+            *host = "127.0.0.1".into();
+            *p = port;
+        }
+    }
+    for (board, pin, active_low, period) in contacts {
+        tokio::spawn(async move {
+            // Closed (ON) at start; every `period` seconds the contact changes, bouncing.
+            let mut on = true;
+            board.drive(pin, Some(on != active_low));
+            loop {
+                tokio::time::sleep(Duration::from_secs(period)).await;
+                on = !on;
+                for _ in 0..3 {
+                    board.drive(pin, Some(on != active_low));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    board.drive(pin, Some(on == active_low));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                board.drive(pin, Some(on != active_low));
+            }
+        });
     }
     let start = Instant::now();
     for (dev, points) in &animated {
@@ -90,13 +130,13 @@ pub async fn simulate(mut model: Model) -> Result<Model, DemoError> {
             }
         }
     });
-    Ok(model)
+    Ok((model, hooks))
 }
 
 /// Run the demo until shutdown.
 pub async fn run(listen: SocketAddr, shutdown: Shutdown) -> Result<(), DemoError> {
-    let model = simulate(model(listen)?).await?;
-    crate::run(model, shutdown).await?;
+    let (model, hooks) = simulate(model(listen)?).await?;
+    crate::run_with(model, shutdown, hooks).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod gpio;
 pub mod health;
 pub mod model;
 pub mod mqtt;
@@ -16,9 +17,12 @@ pub mod shutdown;
 pub mod topics;
 pub mod validate;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use fieldlink_drivers::modbus::tcp::TcpTransport;
+use fieldlink_drivers::{
+    gpio::{GpioBackend, GpioError, SimGpio},
+    modbus::tcp::TcpTransport,
+};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -33,6 +37,24 @@ pub enum RunError {
     /// The embedded broker did not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// A gpio bus could not open its controller.
+    #[error("bus `{bus}`: {error}")]
+    Gpio {
+        /// Bus id.
+        bus: String,
+        /// What failed.
+        error: GpioError,
+    },
+}
+
+/// Handles a caller can give [`run_with`]: tests, benchmarks and the demo use them.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Counters to share (otherwise fresh ones).
+    pub stats: Option<Arc<Stats>>,
+    /// Simulated GPIO boards by bus id, for buses with `backend: simulated`; such a bus
+    /// without an entry gets a board of its own.
+    pub gpio: HashMap<String, SimGpio>,
 }
 
 /// Commands that may wait for one bus task.
@@ -52,9 +74,42 @@ pub async fn run(model: Model, shutdown: Shutdown) -> Result<(), RunError> {
 /// [`run`], sharing the counters with the caller (benchmarks and tests read them).
 pub async fn run_with_stats(
     model: Model,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     stats: Option<Arc<Stats>>,
 ) -> Result<(), RunError> {
+    run_with(
+        model,
+        shutdown,
+        Hooks {
+            stats,
+            ..Hooks::default()
+        },
+    )
+    .await
+}
+
+/// [`run`] with [`Hooks`].
+pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Result<(), RunError> {
+    let stats = hooks.stats;
+    // Open GPIO controllers first: off a Pi, `backend: rppal` fails here, before anything
+    // else starts.
+    let mut gpio: HashMap<String, Box<dyn GpioBackend>> = HashMap::new();
+    for bus in &model.buses {
+        if let model::BusKind::Gpio { backend } = bus.kind {
+            let b: Box<dyn GpioBackend> = match backend {
+                model::GpioBackendKind::Simulated => {
+                    Box::new(hooks.gpio.get(&bus.id).cloned().unwrap_or_default())
+                }
+                model::GpioBackendKind::Rppal => {
+                    fieldlink_drivers::gpio::open_rppal().map_err(|error| RunError::Gpio {
+                        bus: bus.id.clone(),
+                        error,
+                    })?
+                }
+            };
+            gpio.insert(bus.id.clone(), b);
+        }
+    }
     if let Some(e) = model.mqtt.embedded.clone() {
         tokio::task::spawn_blocking(move || broker::start(&e))
             .await
@@ -89,6 +144,23 @@ pub async fn run_with_stats(
                     bus.clone(),
                     first,
                     transport,
+                    bus::BusIo {
+                        out: tx.clone(),
+                        commands,
+                        stats: stats.clone(),
+                        shutdown: shutdown.clone(),
+                    },
+                )));
+            }
+            model::BusKind::Gpio { .. } => {
+                let Some(backend) = gpio.remove(&bus.id) else {
+                    continue;
+                };
+                buses.push(tokio::spawn(gpio::run_gpio(
+                    model.clone(),
+                    bus.clone(),
+                    first,
+                    backend,
                     bus::BusIo {
                         out: tx.clone(),
                         commands,

@@ -199,7 +199,18 @@ fn check(config: &std::path::Path) -> ExitCode {
     let points: usize = m.devices().map(|d| d.points.len()).sum();
     let mut requests = 0usize;
     let mut per_second = 0f64;
-    for d in m.devices() {
+    let mut lines = 0usize;
+    for bus in &m.buses {
+        if matches!(bus.kind, fieldlink::model::BusKind::Gpio { .. }) {
+            lines += bus.devices.iter().map(|d| d.points.len()).sum::<usize>();
+        }
+    }
+    let modbus = m
+        .buses
+        .iter()
+        .filter(|b| !matches!(b.kind, fieldlink::model::BusKind::Gpio { .. }))
+        .flat_map(|b| b.devices.iter());
+    for d in modbus {
         let items = d
             .points
             .iter()
@@ -213,8 +224,13 @@ fn check(config: &std::path::Path) -> ExitCode {
         requests += n;
         per_second += n as f64 / d.poll_interval.as_secs_f64();
     }
+    let gpio = if lines > 0 {
+        format!(", {lines} GPIO line(s)")
+    } else {
+        String::new()
+    };
     println!(
-        "OK: {} file(s), {} bus(es), {devices} device(s), {points} point(s), {requests} Modbus request(s) per poll cycle ({per_second:.1} requests/s).",
+        "OK: {} file(s), {} bus(es), {devices} device(s), {points} point(s), {requests} Modbus request(s) per poll cycle ({per_second:.1} requests/s){gpio}.",
         checked.files.len(),
         m.buses.len(),
     );

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub use fieldlink_drivers::gpio::Pull;
 pub use fieldlink_drivers::modbus::{Table, ValueType, WordOrder};
 
 /// Everything the gateway runs.
@@ -89,6 +90,68 @@ pub enum BusKind {
         /// Request and connect timeout.
         timeout: Duration,
     },
+    /// GPIO lines of the board the gateway runs on.
+    Gpio {
+        /// Which controller drives the lines.
+        backend: GpioBackendKind,
+    },
+}
+
+/// GPIO controller of a `gpio` bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpioBackendKind {
+    /// A Raspberry Pi through rppal.
+    Rppal,
+    /// A simulated board (tests, `fieldlink demo`, trying a mapping without hardware).
+    Simulated,
+}
+
+/// A GPIO point: one line of the board.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpioPoint {
+    /// BCM pin number.
+    pub pin: u8,
+    /// Logical `true` (ON) is a low level.
+    pub active_low: bool,
+    /// Input or output settings.
+    pub mode: GpioMode,
+}
+
+/// Direction of a GPIO point and its settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpioMode {
+    /// An input: edges are published after debouncing.
+    Input {
+        /// Pull resistor.
+        pull: Pull,
+        /// The level must be stable this long before a change is published (0 = every
+        /// edge).
+        debounce: Duration,
+    },
+    /// An output, writable through `<topic>/set`.
+    Output {
+        /// Logical state set at start.
+        initial: bool,
+        /// What happens to the line when the gateway stops.
+        on_shutdown: OnShutdown,
+        /// Momentary: an ON command switches on for this long, then off.
+        pulse: Option<Duration>,
+    },
+}
+
+/// State of an output when the gateway stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnShutdown {
+    /// Leave the line as it is.
+    Keep,
+    /// Logical off (honours `active_low`).
+    Off,
+    /// Logical on (honours `active_low`).
+    On,
+    /// Physical low level.
+    Low,
+    /// Physical high level.
+    High,
 }
 
 /// A device on a bus.
@@ -131,7 +194,7 @@ pub enum PublishMode {
     EveryPoll,
 }
 
-/// A point: one value, one topic.
+/// A point: one value, one topic (a Modbus value or a GPIO line).
 #[derive(Clone, Debug)]
 pub struct Point {
     /// Topic.
@@ -172,6 +235,9 @@ pub struct Point {
     pub max: Option<f64>,
     /// Named values (`ON` → 1), for commands and publishing.
     pub value_map: Vec<(String, f64)>,
+    /// The GPIO line, for points on a `gpio` bus (then `table` is `Discrete` for an input
+    /// or `Coil` for an output, `address` is the pin and `ty` is `Bool`).
+    pub gpio: Option<GpioPoint>,
 }
 
 impl Point {

@@ -240,6 +240,7 @@ mod tests {
             min: None,
             max: None,
             value_map: Vec::new(),
+            gpio: None,
         }
     }
 

@@ -15,12 +15,12 @@ use std::{
 use crate::{
     config::{
         did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile, GatewayFile,
-        MapValue, MappingFile, OrderName, PayloadName, PointFile, PublishName, Spanned, TableName,
-        TypeName,
+        GpioBackendName, GpioModeName, MapValue, MappingFile, OnShutdownName, OrderName,
+        PayloadName, PointFile, PublishName, PullName, Spanned, TableName, TypeName,
     },
     model::{
-        Bus, BusKind, Device, EmbeddedBroker, Model, MqttModel, Payload, Point, PublishMode, Table,
-        ValueType, WordOrder,
+        Bus, BusKind, Device, EmbeddedBroker, GpioBackendKind, GpioMode, GpioPoint, Model,
+        MqttModel, OnShutdown, Payload, Point, PublishMode, Pull, Table, ValueType, WordOrder,
     },
     topics::{check_topic, is_id},
 };
@@ -223,7 +223,15 @@ struct Validator {
     parse_failed: bool,
     /// A device named a bus that does not exist.
     unknown_bus: bool,
+    /// GPIO pins in use: where and by which topic.
+    pins: HashMap<u8, (PathBuf, (u64, u64), String)>,
 }
+
+/// Highest BCM pin of the 40-pin header.
+pub const GPIO_MAX_PIN: u8 = 27;
+
+/// Debounce of a GPIO input unless the mapping says otherwise.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
 
 impl Validator {
     fn push(
@@ -474,6 +482,11 @@ impl Validator {
             }
         }
         let bus_ids: Vec<String> = buses.iter().map(|b| b.id.clone()).collect();
+        let gpio_buses: Vec<String> = buses
+            .iter()
+            .filter(|b| matches!(b.kind, BusKind::Gpio { .. }))
+            .map(|b| b.id.clone())
+            .collect();
         let mut device_where: HashMap<String, (PathBuf, (u64, u64))> = HashMap::new();
         let mut unit_where: HashMap<(String, u8), String> = HashMap::new();
         let mut topic_where: BTreeMap<String, (PathBuf, (u64, u64), String)> = BTreeMap::new();
@@ -482,7 +495,9 @@ impl Validator {
             for (i, d) in m.devices.iter().enumerate() {
                 device_ids.push(d.id.value.clone());
                 let path = format!("devices[{i}]");
-                let Some((bus_id, dev)) = self.device(file, &path, d, &bus_ids, &mut topic_where)
+                let gpio = gpio_buses.contains(&d.bus.value);
+                let Some((bus_id, dev)) =
+                    self.device(file, &path, d, &bus_ids, gpio, &mut topic_where)
                 else {
                     continue;
                 };
@@ -508,7 +523,7 @@ impl Validator {
                     .entry((bus_id.clone(), dev.unit))
                     .or_insert_with(|| dev.id.clone())
                     .clone();
-                if unit_valid && first != dev.id {
+                if unit_valid && first != dev.id && !gpio {
                     let loc = d.unit.as_ref().map_or(at(&d.id), at);
                     let default = if d.unit.is_none() {
                         " (the default)"
@@ -595,7 +610,43 @@ impl Validator {
             );
         }
         match b.kind.value {
+            BusKindName::Gpio => {
+                for (key, loc) in [
+                    ("host", b.host.as_ref().map(at)),
+                    ("port", b.port.as_ref().map(at)),
+                    ("timeout", b.timeout.as_ref().map(at)),
+                ] {
+                    if let Some(loc) = loc {
+                        self.error(
+                            file,
+                            loc,
+                            format!("{path}.{key}"),
+                            format!("`{key}` does not apply to a gpio bus"),
+                            Some("a gpio bus only has `backend` (`rppal` or `simulated`)".into()),
+                        );
+                    }
+                }
+                Some(Bus {
+                    id,
+                    kind: BusKind::Gpio {
+                        backend: match b.backend.as_ref().map(|x| x.value) {
+                            None | Some(GpioBackendName::Rppal) => GpioBackendKind::Rppal,
+                            Some(GpioBackendName::Simulated) => GpioBackendKind::Simulated,
+                        },
+                    },
+                    devices: Vec::new(),
+                })
+            }
             BusKindName::ModbusTcp => {
+                if let Some(bk) = &b.backend {
+                    self.error(
+                        file,
+                        at(bk),
+                        format!("{path}.backend"),
+                        "`backend` applies to gpio buses only",
+                        Some("remove it".into()),
+                    );
+                }
                 let host = match &b.host {
                     Some(h) if !h.value.trim().is_empty() => h.value.trim().to_string(),
                     Some(h) => {
@@ -652,8 +703,28 @@ impl Validator {
         path: &str,
         d: &DeviceFile,
         bus_ids: &[String],
+        gpio: bool,
         topics: &mut BTreeMap<String, (PathBuf, (u64, u64), String)>,
     ) -> Option<(String, Device)> {
+        if gpio {
+            for (key, loc) in [
+                ("unit", d.unit.as_ref().map(at)),
+                ("poll_interval", d.poll_interval.as_ref().map(at)),
+                ("offline_after", d.offline_after.as_ref().map(at)),
+                ("max_gap", d.max_gap.as_ref().map(at)),
+                ("write_multiple", d.write_multiple.as_ref().map(at)),
+            ] {
+                if let Some(loc) = loc {
+                    self.error(
+                        file,
+                        loc,
+                        format!("{path}.{key}"),
+                        format!("`{key}` does not apply to a device on a gpio bus"),
+                        Some("GPIO inputs are interrupt-driven, not polled; use a point's `heartbeat` to republish".into()),
+                    );
+                }
+            }
+        }
         let id = d.id.value.clone();
         if !is_id(&id) {
             self.error(
@@ -713,7 +784,7 @@ impl Validator {
         let mut points = Vec::new();
         for (i, p) in d.points.iter().enumerate() {
             let ppath = format!("{path}.points[{i}]");
-            if let Some(pt) = self.point(file, &ppath, p) {
+            if let Some(pt) = self.point(file, &ppath, p, gpio) {
                 if let Some((f0, l0, _)) = topics.get(&pt.topic) {
                     self.error(
                         file,
@@ -767,7 +838,7 @@ impl Validator {
                 if overlap && !same && !both_bits {
                     self.warn(
                         file,
-                        at(&d.points[*ib].address),
+                        d.points[*ib].address.as_ref().map_or(at(&d.points[*ib].topic), at),
                         format!("{path}.points[{ib}].address"),
                         format!(
                             "points `{}` ({} at {} {}) and `{}` ({} at {} {}) read overlapping registers differently",
@@ -794,7 +865,7 @@ impl Validator {
         ))
     }
 
-    fn point(&mut self, file: &Path, path: &str, p: &PointFile) -> Option<Point> {
+    fn point(&mut self, file: &Path, path: &str, p: &PointFile, gpio_bus: bool) -> Option<Point> {
         let errors_before = self.error_count();
         let topic = p.topic.value.clone();
         match check_topic(&topic) {
@@ -802,7 +873,483 @@ impl Validator {
             Ok(Some(w)) => self.warn(file, at(&p.topic), format!("{path}.topic"), w),
             Ok(None) => {}
         }
-        let table = match p.table.value {
+        let (table, address, ty, order, bit, gpio) = if gpio_bus {
+            let g = self.gpio_part(file, path, p);
+            let table = match g.mode {
+                GpioMode::Input { .. } => Table::Discrete,
+                GpioMode::Output { .. } => Table::Coil,
+            };
+            let pin = u16::from(g.pin);
+            (table, pin, ValueType::Bool, WordOrder::Abcd, None, Some(g))
+        } else {
+            let (table, address, ty, order, bit) = self.modbus_part(file, path, p);
+            (table, address, ty, order, bit, None)
+        };
+        let numeric = ty.is_numeric();
+        for (name, f) in [("scale", &p.scale), ("offset", &p.offset)] {
+            if let Some(s) = f {
+                if gpio.is_some() {
+                    // Reported by `gpio_part`.
+                } else if !numeric {
+                    self.error(
+                        file,
+                        at(s),
+                        format!("{path}.{name}"),
+                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
+                        None,
+                    );
+                } else if !s.value.is_finite() {
+                    self.error(
+                        file,
+                        at(s),
+                        format!("{path}.{name}"),
+                        format!("`{name}` must be a finite number"),
+                        None,
+                    );
+                }
+            }
+        }
+        if let Some(s) = &p.scale {
+            if s.value == 0.0 {
+                self.error(
+                    file,
+                    at(s),
+                    format!("{path}.scale"),
+                    "scale 0 would publish 0 for every reading",
+                    Some("use e.g. `scale: 0.1` for tenths".into()),
+                );
+            }
+        }
+        let precision = self.int_in(
+            file,
+            p.precision.as_ref(),
+            &format!("{path}.precision"),
+            "precision",
+            (0, 12),
+            -1,
+        );
+        let qos = self.int_in(
+            file,
+            p.qos.as_ref(),
+            &format!("{path}.qos"),
+            "qos",
+            (0, 2),
+            0,
+        );
+        let publish = match p.publish.as_ref().map(|s| s.value) {
+            Some(PublishName::EveryPoll) if gpio.is_some() => {
+                if let Some(e) = &p.publish {
+                    self.error(
+                        file,
+                        at(e),
+                        format!("{path}.publish"),
+                        "GPIO points are not polled: inputs publish every debounced change",
+                        Some(
+                            "remove `publish`; add `heartbeat: 5m` to republish an unchanged state"
+                                .into(),
+                        ),
+                    );
+                }
+                PublishMode::OnChange { deadband: 0.0 }
+            }
+            Some(PublishName::EveryPoll) => {
+                if let Some(db) = &p.deadband {
+                    self.error(
+                        file,
+                        at(db),
+                        format!("{path}.deadband"),
+                        "`deadband` only applies to `publish: on_change`",
+                        Some("remove `deadband` or use `publish: on_change`".into()),
+                    );
+                }
+                PublishMode::EveryPoll
+            }
+            _ => {
+                let deadband = match &p.deadband {
+                    None => 0.0,
+                    Some(db) if db.value.is_finite() && db.value >= 0.0 => {
+                        if gpio.is_some() {
+                            // Reported by `gpio_part`.
+                        } else if !numeric {
+                            self.error(
+                                file,
+                                at(db),
+                                format!("{path}.deadband"),
+                                format!("`deadband` only applies to numeric types, this point is `{ty}`"),
+                                None,
+                            );
+                        }
+                        db.value
+                    }
+                    Some(db) => {
+                        self.error(
+                            file,
+                            at(db),
+                            format!("{path}.deadband"),
+                            format!("deadband {} must be zero or positive", db.value),
+                            None,
+                        );
+                        0.0
+                    }
+                };
+                PublishMode::OnChange { deadband }
+            }
+        };
+        let heartbeat = match &p.heartbeat {
+            Some(h) if h.value.0.is_zero() => {
+                self.error(
+                    file,
+                    at(h),
+                    format!("{path}.heartbeat"),
+                    "heartbeat must be greater than zero",
+                    Some("remove it to publish only on change".into()),
+                );
+                None
+            }
+            Some(h) => Some(h.value.0),
+            None => None,
+        };
+        let writable = match (&gpio, &p.writable) {
+            // GPIO outputs are writable unless the mapping says otherwise.
+            (Some(g), w) => {
+                let out = matches!(g.mode, GpioMode::Output { .. });
+                let w_val = w.as_ref().map_or(out, |w| w.value);
+                if let (Some(w), true) = (w, w_val && !out) {
+                    self.error(
+                        file,
+                        at(w),
+                        format!("{path}.writable"),
+                        "a GPIO input cannot be written",
+                        Some("use `mode: output` for a line the gateway drives".into()),
+                    );
+                }
+                w_val && out
+            }
+            (None, w) => w.as_ref().is_some_and(|w| w.value),
+        };
+        if let (Some(w), true) = (
+            &p.writable,
+            gpio.is_none() && writable && matches!(table, Table::Input | Table::Discrete),
+        ) {
+            self.error(
+                file,
+                at(w),
+                format!("{path}.writable"),
+                format!("{}s are read-only in Modbus", noun(table)),
+                Some(
+                    "use `table: holding` (registers) or `table: coil` (bits) for writable points"
+                        .into(),
+                ),
+            );
+        }
+        for (name, f) in [("min", &p.min), ("max", &p.max)] {
+            if let Some(v) = f {
+                if gpio.is_some() {
+                    // Reported by `gpio_part`.
+                } else if !numeric {
+                    self.error(
+                        file,
+                        at(v),
+                        format!("{path}.{name}"),
+                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
+                        None,
+                    );
+                } else if !v.value.is_finite() {
+                    self.error(
+                        file,
+                        at(v),
+                        format!("{path}.{name}"),
+                        format!("`{name}` must be a finite number"),
+                        None,
+                    );
+                }
+            }
+        }
+        if let (Some(lo), Some(hi)) = (&p.min, &p.max) {
+            if lo.value > hi.value {
+                self.error(
+                    file,
+                    at(hi),
+                    format!("{path}.max"),
+                    format!("max {} is below min {}", hi.value, lo.value),
+                    Some("swap them".into()),
+                );
+            }
+        }
+        let mut value_map = Vec::new();
+        if let Some(vm) = &p.values {
+            if matches!(ty, ValueType::String { .. }) {
+                self.error(
+                    file,
+                    at(vm),
+                    format!("{path}.values"),
+                    "`values` does not apply to `string` points",
+                    None,
+                );
+            }
+            for (k, v) in &vm.value {
+                let n = match v {
+                    MapValue::Bool(b) => f64::from(u8::from(*b)),
+                    MapValue::Number(n) => *n,
+                };
+                if k.trim().is_empty()
+                    || !n.is_finite()
+                    || (ty == ValueType::Bool && n != 0.0 && n != 1.0)
+                {
+                    self.error(
+                        file,
+                        at(vm),
+                        format!("{path}.values.{k}"),
+                        format!("`{k}: {n}` is not a usable value for a `{ty}` point"),
+                        Some("use e.g. `values: {ON: 1, OFF: 0}`".into()),
+                    );
+                }
+                value_map.push((k.clone(), n));
+            }
+        }
+        if self.error_count() > errors_before {
+            return None;
+        }
+        Some(Point {
+            writable,
+            min: p.min.as_ref().map(|v| v.value),
+            max: p.max.as_ref().map(|v| v.value),
+            value_map,
+            topic,
+            table,
+            address,
+            ty,
+            order,
+            bit,
+            scale: p.scale.as_ref().map_or(1.0, |s| s.value),
+            offset: p.offset.as_ref().map_or(0.0, |s| s.value),
+            precision: u8::try_from(precision).ok(),
+            unit: p.unit.as_ref().map(|u| u.value.clone()),
+            retain: p.retain.as_ref().is_none_or(|r| r.value),
+            qos: qos as u8,
+            payload: match p.payload.as_ref().map(|s| s.value) {
+                Some(PayloadName::Json) => Payload::Json,
+                _ => Payload::Plain,
+            },
+            publish,
+            heartbeat,
+            gpio,
+        })
+    }
+
+    /// The GPIO half of a point: pin, direction and its settings.
+    fn gpio_part(&mut self, file: &Path, path: &str, p: &PointFile) -> GpioPoint {
+        let modbus_keys = [
+            ("table", p.table.as_ref().map(at)),
+            ("address", p.address.as_ref().map(at)),
+            ("length", p.length.as_ref().map(at)),
+            ("word_order", p.word_order.as_ref().map(at)),
+            ("bit", p.bit.as_ref().map(at)),
+            ("scale", p.scale.as_ref().map(at)),
+            ("offset", p.offset.as_ref().map(at)),
+            ("precision", p.precision.as_ref().map(at)),
+            ("deadband", p.deadband.as_ref().map(at)),
+            ("min", p.min.as_ref().map(at)),
+            ("max", p.max.as_ref().map(at)),
+        ];
+        for (key, loc) in modbus_keys {
+            if let Some(loc) = loc {
+                self.error(
+                    file,
+                    loc,
+                    format!("{path}.{key}"),
+                    format!("`{key}` does not apply to a GPIO point (one line, on or off)"),
+                    Some("remove it; a GPIO point has `pin`, `mode`, `pull`, `active_low`, `debounce`, `initial`, `on_shutdown`, `pulse`".into()),
+                );
+            }
+        }
+        if let Some(t) = p.ty.as_ref().filter(|t| t.value != TypeName::Bool) {
+            self.error(
+                file,
+                at(t),
+                format!("{path}.type"),
+                "a GPIO point is `bool`",
+                Some("remove `type`; use `values: {ON: true, OFF: false}` for named states".into()),
+            );
+        }
+        let pin = match &p.pin {
+            None => {
+                self.error(
+                    file,
+                    at(&p.topic),
+                    path.to_string(),
+                    "a GPIO point needs `pin`",
+                    Some("add `pin: 17` (the BCM number: GPIO17 is physical pin 11)".into()),
+                );
+                0
+            }
+            Some(pn) if (0..=i64::from(GPIO_MAX_PIN)).contains(&pn.value) => {
+                let pin = pn.value as u8;
+                if let Some((f0, l0, t0)) = self.pins.get(&pin) {
+                    let msg = format!(
+                        "pin {pin} is already used by `{t0}` at {}:{}:{}",
+                        f0.display(),
+                        l0.0,
+                        l0.1
+                    );
+                    self.error(
+                        file,
+                        at(pn),
+                        format!("{path}.pin"),
+                        msg,
+                        Some("every GPIO line can serve one point".into()),
+                    );
+                } else {
+                    self.pins
+                        .insert(pin, (file.to_path_buf(), at(pn), p.topic.value.clone()));
+                }
+                pin
+            }
+            Some(pn) => {
+                self.error(
+                    file,
+                    at(pn),
+                    format!("{path}.pin"),
+                    format!("pin {} is outside the board's GPIO0–GPIO{GPIO_MAX_PIN}", pn.value),
+                    Some("use the BCM number of the 40-pin header (GPIO17 is `pin: 17`), not the physical pin".into()),
+                );
+                0
+            }
+        };
+        let active_low = p.active_low.as_ref().is_some_and(|a| a.value);
+        let output = p
+            .mode
+            .as_ref()
+            .is_some_and(|m| m.value == GpioModeName::Output);
+        let wrong_side = |v: &mut Self, key: &str, loc: Option<(u64, u64)>, side: &str| {
+            if let Some(loc) = loc {
+                v.error(
+                    file,
+                    loc,
+                    format!("{path}.{key}"),
+                    format!("`{key}` applies to {side} only"),
+                    Some(if side == "inputs" {
+                        "remove it, or set `mode: input`".into()
+                    } else {
+                        "remove it, or set `mode: output`".into()
+                    }),
+                );
+            }
+        };
+        let mode = if output {
+            wrong_side(self, "pull", p.pull.as_ref().map(at), "inputs");
+            wrong_side(self, "debounce", p.debounce.as_ref().map(at), "inputs");
+            let pulse = match &p.pulse {
+                Some(d) if d.value.0.is_zero() => {
+                    self.error(
+                        file,
+                        at(d),
+                        format!("{path}.pulse"),
+                        "pulse must be longer than zero",
+                        Some("e.g. `pulse: 500ms`, or remove it for a plain on/off output".into()),
+                    );
+                    None
+                }
+                Some(d) => Some(d.value.0),
+                None => None,
+            };
+            let initial = p.initial.as_ref().is_some_and(|i| i.value);
+            if let (Some(i), true, true) = (&p.initial, initial, pulse.is_some()) {
+                self.error(
+                    file,
+                    at(i),
+                    format!("{path}.initial"),
+                    "a pulse output starts off",
+                    Some("remove `initial: true`".into()),
+                );
+            }
+            GpioMode::Output {
+                initial,
+                on_shutdown: match p.on_shutdown.as_ref().map(|o| o.value) {
+                    None | Some(OnShutdownName::Keep) => OnShutdown::Keep,
+                    Some(OnShutdownName::Off) => OnShutdown::Off,
+                    Some(OnShutdownName::On) => OnShutdown::On,
+                    Some(OnShutdownName::Low) => OnShutdown::Low,
+                    Some(OnShutdownName::High) => OnShutdown::High,
+                },
+                pulse,
+            }
+        } else {
+            wrong_side(self, "initial", p.initial.as_ref().map(at), "outputs");
+            wrong_side(
+                self,
+                "on_shutdown",
+                p.on_shutdown.as_ref().map(at),
+                "outputs",
+            );
+            wrong_side(self, "pulse", p.pulse.as_ref().map(at), "outputs");
+            GpioMode::Input {
+                pull: match p.pull.as_ref().map(|x| x.value) {
+                    None | Some(PullName::None) => Pull::None,
+                    Some(PullName::Up) => Pull::Up,
+                    Some(PullName::Down) => Pull::Down,
+                },
+                debounce: p.debounce.as_ref().map_or(DEFAULT_DEBOUNCE, |d| d.value.0),
+            }
+        };
+        GpioPoint {
+            pin,
+            active_low,
+            mode,
+        }
+    }
+
+    /// The Modbus half of a point: table, address, type, word order, bit.
+    fn modbus_part(
+        &mut self,
+        file: &Path,
+        path: &str,
+        p: &PointFile,
+    ) -> (Table, u16, ValueType, WordOrder, Option<u8>) {
+        let gpio_keys = [
+            ("pin", p.pin.as_ref().map(at)),
+            ("mode", p.mode.as_ref().map(at)),
+            ("pull", p.pull.as_ref().map(at)),
+            ("active_low", p.active_low.as_ref().map(at)),
+            ("debounce", p.debounce.as_ref().map(at)),
+            ("initial", p.initial.as_ref().map(at)),
+            ("on_shutdown", p.on_shutdown.as_ref().map(at)),
+            ("pulse", p.pulse.as_ref().map(at)),
+        ];
+        for (key, loc) in gpio_keys {
+            if let Some(loc) = loc {
+                self.error(
+                    file,
+                    loc,
+                    format!("{path}.{key}"),
+                    format!("`{key}` applies to GPIO points only; this device is on a Modbus bus"),
+                    Some(
+                        "put the point on a device of a `kind: gpio` bus, or remove the key".into(),
+                    ),
+                );
+            }
+        }
+        let Some(table_s) = &p.table else {
+            self.error(
+                file,
+                at(&p.topic),
+                path.to_string(),
+                "a Modbus point needs `table`",
+                Some("add `table: holding` (or `input`, `coil`, `discrete`)".into()),
+            );
+            return (Table::Holding, 0, ValueType::U16, WordOrder::Abcd, None);
+        };
+        let Some(address_s) = &p.address else {
+            self.error(
+                file,
+                at(&p.topic),
+                path.to_string(),
+                "a Modbus point needs `address`",
+                Some("add `address: 0` (0-based, as on the wire)".into()),
+            );
+            return (Table::Holding, 0, ValueType::U16, WordOrder::Abcd, None);
+        };
+        let table = match table_s.value {
             TableName::Holding => Table::Holding,
             TableName::Input => Table::Input,
             TableName::Coil => Table::Coil,
@@ -816,7 +1363,7 @@ impl Validator {
                 } else {
                     TypeName::U16
                 });
-        let type_loc = p.ty.as_ref().map_or(at(&p.table), at);
+        let type_loc = p.ty.as_ref().map_or(at(table_s), at);
         let ty = match type_name {
             TypeName::Bool => ValueType::Bool,
             TypeName::U16 => ValueType::U16,
@@ -916,15 +1463,15 @@ impl Validator {
         } else {
             i64::from(ty.registers())
         };
-        let address = if (0..=65535).contains(&p.address.value) {
-            if p.address.value + count - 1 > 65535 {
+        let address = if (0..=65535).contains(&address_s.value) {
+            if address_s.value + count - 1 > 65535 {
                 self.error(
                     file,
-                    at(&p.address),
+                    at(address_s),
                     format!("{path}.address"),
                     format!(
                         "address {} + {count} registers of `{ty}` goes beyond 65535",
-                        p.address.value
+                        address_s.value
                     ),
                     Some(format!(
                         "the last usable start address for `{ty}` is {}",
@@ -932,13 +1479,13 @@ impl Validator {
                     )),
                 );
             }
-            p.address.value as u16
+            address_s.value as u16
         } else {
             self.error(
                 file,
-                at(&p.address),
+                at(address_s),
                 format!("{path}.address"),
-                format!("address {} is outside 0–65535", p.address.value),
+                format!("address {} is outside 0–65535", address_s.value),
                 Some(format!(
                     "addresses are 0-based on the wire: {} is `address: 0` of `table: {table}`",
                     match table {
@@ -957,217 +1504,7 @@ impl Validator {
             Some(OrderName::Badc) => WordOrder::Badc,
             Some(OrderName::Dcba) => WordOrder::Dcba,
         };
-        let numeric = ty.is_numeric();
-        for (name, f) in [("scale", &p.scale), ("offset", &p.offset)] {
-            if let Some(s) = f {
-                if !numeric {
-                    self.error(
-                        file,
-                        at(s),
-                        format!("{path}.{name}"),
-                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
-                        None,
-                    );
-                } else if !s.value.is_finite() {
-                    self.error(
-                        file,
-                        at(s),
-                        format!("{path}.{name}"),
-                        format!("`{name}` must be a finite number"),
-                        None,
-                    );
-                }
-            }
-        }
-        if let Some(s) = &p.scale {
-            if s.value == 0.0 {
-                self.error(
-                    file,
-                    at(s),
-                    format!("{path}.scale"),
-                    "scale 0 would publish 0 for every reading",
-                    Some("use e.g. `scale: 0.1` for tenths".into()),
-                );
-            }
-        }
-        let precision = self.int_in(
-            file,
-            p.precision.as_ref(),
-            &format!("{path}.precision"),
-            "precision",
-            (0, 12),
-            -1,
-        );
-        let qos = self.int_in(
-            file,
-            p.qos.as_ref(),
-            &format!("{path}.qos"),
-            "qos",
-            (0, 2),
-            0,
-        );
-        let publish = match p.publish.as_ref().map(|s| s.value) {
-            Some(PublishName::EveryPoll) => {
-                if let Some(db) = &p.deadband {
-                    self.error(
-                        file,
-                        at(db),
-                        format!("{path}.deadband"),
-                        "`deadband` only applies to `publish: on_change`",
-                        Some("remove `deadband` or use `publish: on_change`".into()),
-                    );
-                }
-                PublishMode::EveryPoll
-            }
-            _ => {
-                let deadband = match &p.deadband {
-                    None => 0.0,
-                    Some(db) if db.value.is_finite() && db.value >= 0.0 => {
-                        if !numeric {
-                            self.error(
-                                file,
-                                at(db),
-                                format!("{path}.deadband"),
-                                format!("`deadband` only applies to numeric types, this point is `{ty}`"),
-                                None,
-                            );
-                        }
-                        db.value
-                    }
-                    Some(db) => {
-                        self.error(
-                            file,
-                            at(db),
-                            format!("{path}.deadband"),
-                            format!("deadband {} must be zero or positive", db.value),
-                            None,
-                        );
-                        0.0
-                    }
-                };
-                PublishMode::OnChange { deadband }
-            }
-        };
-        let heartbeat = match &p.heartbeat {
-            Some(h) if h.value.0.is_zero() => {
-                self.error(
-                    file,
-                    at(h),
-                    format!("{path}.heartbeat"),
-                    "heartbeat must be greater than zero",
-                    Some("remove it to publish only on change".into()),
-                );
-                None
-            }
-            Some(h) => Some(h.value.0),
-            None => None,
-        };
-        let writable = p.writable.as_ref().is_some_and(|w| w.value);
-        if let (Some(w), true) = (
-            &p.writable,
-            writable && matches!(table, Table::Input | Table::Discrete),
-        ) {
-            self.error(
-                file,
-                at(w),
-                format!("{path}.writable"),
-                format!("{}s are read-only in Modbus", noun(table)),
-                Some(
-                    "use `table: holding` (registers) or `table: coil` (bits) for writable points"
-                        .into(),
-                ),
-            );
-        }
-        for (name, f) in [("min", &p.min), ("max", &p.max)] {
-            if let Some(v) = f {
-                if !numeric {
-                    self.error(
-                        file,
-                        at(v),
-                        format!("{path}.{name}"),
-                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
-                        None,
-                    );
-                } else if !v.value.is_finite() {
-                    self.error(
-                        file,
-                        at(v),
-                        format!("{path}.{name}"),
-                        format!("`{name}` must be a finite number"),
-                        None,
-                    );
-                }
-            }
-        }
-        if let (Some(lo), Some(hi)) = (&p.min, &p.max) {
-            if lo.value > hi.value {
-                self.error(
-                    file,
-                    at(hi),
-                    format!("{path}.max"),
-                    format!("max {} is below min {}", hi.value, lo.value),
-                    Some("swap them".into()),
-                );
-            }
-        }
-        let mut value_map = Vec::new();
-        if let Some(vm) = &p.values {
-            if matches!(ty, ValueType::String { .. }) {
-                self.error(
-                    file,
-                    at(vm),
-                    format!("{path}.values"),
-                    "`values` does not apply to `string` points",
-                    None,
-                );
-            }
-            for (k, v) in &vm.value {
-                let n = match v {
-                    MapValue::Bool(b) => f64::from(u8::from(*b)),
-                    MapValue::Number(n) => *n,
-                };
-                if k.trim().is_empty()
-                    || !n.is_finite()
-                    || (ty == ValueType::Bool && n != 0.0 && n != 1.0)
-                {
-                    self.error(
-                        file,
-                        at(vm),
-                        format!("{path}.values.{k}"),
-                        format!("`{k}: {n}` is not a usable value for a `{ty}` point"),
-                        Some("use e.g. `values: {ON: 1, OFF: 0}`".into()),
-                    );
-                }
-                value_map.push((k.clone(), n));
-            }
-        }
-        if self.error_count() > errors_before {
-            return None;
-        }
-        Some(Point {
-            writable,
-            min: p.min.as_ref().map(|v| v.value),
-            max: p.max.as_ref().map(|v| v.value),
-            value_map,
-            topic,
-            table,
-            address,
-            ty,
-            order,
-            bit,
-            scale: p.scale.as_ref().map_or(1.0, |s| s.value),
-            offset: p.offset.as_ref().map_or(0.0, |s| s.value),
-            precision: u8::try_from(precision).ok(),
-            unit: p.unit.as_ref().map(|u| u.value.clone()),
-            retain: p.retain.as_ref().is_none_or(|r| r.value),
-            qos: qos as u8,
-            payload: match p.payload.as_ref().map(|s| s.value) {
-                Some(PayloadName::Json) => Payload::Json,
-                _ => Payload::Plain,
-            },
-            publish,
-            heartbeat,
-        })
+        (table, address, ty, order, bit)
     }
 
     fn error_count(&self) -> usize {

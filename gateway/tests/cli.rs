@@ -38,7 +38,7 @@ fn demo_readings_are_visible_with_watch() {
             "--port",
             &port.to_string(),
             "--count",
-            "13",
+            "40",
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -51,7 +51,7 @@ fn demo_readings_are_visible_with_watch() {
     let _ = demo.kill();
     let _ = demo.wait();
     let out = out
-        .expect("watch printed 13 messages within 30 s")
+        .expect("watch printed 40 messages within 30 s")
         .expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
     let temp = text
@@ -61,4 +61,47 @@ fn demo_readings_are_visible_with_watch() {
     let t: f64 = temp.parse().expect("a number");
     assert!((15.0..30.0).contains(&t), "a room temperature, got {t}");
     assert!(text.lines().any(|l| l.starts_with("casa/energia/tensao ")));
+    // The simulated GPIO board: a door contact (closed at start) and a relay (off).
+    assert!(
+        text.lines().any(|l| l == "casa/cozinha/porta FECHADA"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "casa/jardim/valvula OFF"),
+        "{text}"
+    );
+}
+
+/// `backend: rppal` on a machine that is not a Raspberry Pi: a clear error and a failed
+/// exit, never a panic (CI runs on x86_64).
+#[test]
+fn rppal_backend_off_a_pi_fails_with_a_clear_error() {
+    if std::path::Path::new("/proc/device-tree/model").exists() {
+        return; // an ARM board: rppal may well work here
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!("id: t\nmappings: io.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("io.yaml"),
+        "buses:\n  - id: pi\n    kind: gpio\ndevices:\n  - id: io\n    bus: pi\n    points:\n      - topic: casa/porta\n        pin: 17\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("gateway.yaml"))
+        .output()
+        .expect("run fieldlink");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bus `pi`: GPIO is not available on this machine"),
+        "{err}"
+    );
+    assert!(err.contains("backend: simulated"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -1,5 +1,5 @@
 //! Shared helpers for fieldlink's end-to-end tests: free loopback ports, a gateway under
-//! test (the real `fieldlink::run_with_stats`), an MQTT observer (a separate rumqttc
+//! test (the real `fieldlink::run_with`), an MQTT observer (a separate rumqttc
 //! client, like a user's `mosquitto_sub`), and a TCP proxy that can cut the gateway's
 //! MQTT connection the way a network fault does.
 
@@ -60,13 +60,15 @@ pub struct Gateway {
 impl Gateway {
     /// Start `run` in the background and wait until the embedded broker accepts clients.
     pub async fn start(model: Model) -> Gateway {
+        Self::start_with(model, fieldlink::Hooks::default()).await
+    }
+
+    /// [`Gateway::start`] with hooks (e.g. simulated GPIO boards the test drives).
+    pub async fn start_with(model: Model, mut hooks: fieldlink::Hooks) -> Gateway {
         let (trigger, sd) = shutdown::channel();
         let stats = Arc::new(Stats::new(&model));
-        let handle = tokio::spawn(fieldlink::run_with_stats(
-            model.clone(),
-            sd,
-            Some(stats.clone()),
-        ));
+        hooks.stats = Some(stats.clone());
+        let handle = tokio::spawn(fieldlink::run_with(model.clone(), sd, hooks));
         let port = model.mqtt.port;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -99,6 +101,21 @@ impl Gateway {
             .expect("gateway task did not panic");
         r.expect("gateway run returned Ok");
     }
+}
+
+/// An MQTT client for publishing commands (its event loop runs in the background).
+pub async fn publisher(port: u16) -> AsyncClient {
+    let mut o = MqttOptions::new(format!("pub-{}", free_port()), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = AsyncClient::new(o, 64);
+    tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    client
 }
 
 /// One message as a subscriber saw it.

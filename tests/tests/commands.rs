@@ -8,26 +8,8 @@ use fieldlink_drivers::{
     modbus::{codec, Table, Value, ValueType, WordOrder},
     sim::{SimDevice, SimServer},
 };
-use fieldlink_tests::{model, Gateway, Observer};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
-
-async fn publisher(port: u16) -> AsyncClient {
-    let mut o = MqttOptions::new(
-        format!("cmd-{}", fieldlink_tests::free_port()),
-        "127.0.0.1",
-        port,
-    );
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut el) = AsyncClient::new(o, 64);
-    tokio::spawn(async move {
-        loop {
-            if el.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
-    client
-}
+use fieldlink_tests::{model, publisher, Gateway, Observer};
+use rumqttc::QoS;
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).expect("result is JSON")
