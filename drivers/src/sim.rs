@@ -64,6 +64,7 @@ pub struct SimDevice {
     log_enabled: AtomicBool,
     requests: AtomicU64,
     responding: AtomicBool,
+    delay_us: AtomicU64,
 }
 
 impl Default for SimDevice {
@@ -74,6 +75,7 @@ impl Default for SimDevice {
             log_enabled: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             responding: AtomicBool::new(true),
+            delay_us: AtomicU64::new(0),
         }
     }
 }
@@ -133,6 +135,13 @@ impl SimDevice {
     /// Stop or resume answering (a stopped device stays silent: the master times out).
     pub fn set_responding(&self, on: bool) {
         self.responding.store(on, Ordering::SeqCst);
+    }
+
+    /// Answer every request this late (a slow device; on RTU, a reply after the master's
+    /// timeout arrives while the master already waits for its next request).
+    pub fn set_reply_delay(&self, delay: std::time::Duration) {
+        self.delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Turn the request log on or off (counters always run).
@@ -281,6 +290,14 @@ impl SimServer {
         server.serve(&on_connected, |_err| {}).await
     }
 
+    /// Serve Modbus RTU on a serial stream (one end of a pseudo-terminal pair in the
+    /// tests) until it fails or is closed.
+    pub async fn serve_rtu(self, serial: tokio_serial::SerialStream) -> io::Result<()> {
+        tokio_modbus::server::rtu::Server::new(serial)
+            .serve_forever(self)
+            .await
+    }
+
     /// Bind 127.0.0.1 on a free port, serve in the background, return the port.
     pub async fn spawn_local(self) -> io::Result<u16> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -300,10 +317,20 @@ impl Service for SimServer {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         let device = lock(&self.units).get(&req.slave).cloned();
+        let delay = device
+            .as_ref()
+            .map_or(0, |d| d.delay_us.load(Ordering::SeqCst));
         let result = match device {
             Some(d) => d.handle(req.slave, &req.request),
             None => Ok(None),
         };
-        Box::pin(std::future::ready(result))
+        if delay == 0 {
+            Box::pin(std::future::ready(result))
+        } else {
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
+                result
+            })
+        }
     }
 }

@@ -138,6 +138,21 @@ pub enum BusKindName {
     ModbusTcp,
     /// The GPIO lines of the board the gateway runs on: `backend`.
     Gpio,
+    /// Modbus RTU on a serial line (RS-485): `path`, `baud`, `parity`, `data_bits`,
+    /// `stop_bits`, `timeout`, `frame_delay`.
+    ModbusRtu,
+}
+
+/// Parity of a serial line.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParityName {
+    /// No parity bit.
+    None,
+    /// Even parity (the Modbus specification's default).
+    Even,
+    /// Odd parity.
+    Odd,
 }
 
 /// GPIO controller.
@@ -156,7 +171,7 @@ pub enum GpioBackendName {
 pub struct BusFile {
     /// Bus id, referenced by `devices[].bus`.
     pub id: Spanned<String>,
-    /// `modbus_tcp` or `gpio`.
+    /// `modbus_tcp`, `modbus_rtu` or `gpio`.
     pub kind: Spanned<BusKindName>,
     /// Host name or IP address (modbus_tcp).
     #[serde(default)]
@@ -170,6 +185,26 @@ pub struct BusFile {
     /// GPIO controller (gpio): `rppal` (default, a Raspberry Pi) or `simulated`.
     #[serde(default)]
     pub backend: Option<Spanned<GpioBackendName>>,
+    /// Serial port (modbus_rtu): `/dev/ttyUSB0`, or better a stable
+    /// `/dev/serial/by-id/...` link.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Baud rate (modbus_rtu). Default 9600.
+    #[serde(default)]
+    pub baud: Option<Spanned<i64>>,
+    /// Parity (modbus_rtu): `none` (default), `even` or `odd`.
+    #[serde(default)]
+    pub parity: Option<Spanned<ParityName>>,
+    /// Data bits (modbus_rtu), 7 or 8. Default 8.
+    #[serde(default)]
+    pub data_bits: Option<Spanned<i64>>,
+    /// Stop bits (modbus_rtu), 1 or 2. Default 1.
+    #[serde(default)]
+    pub stop_bits: Option<Spanned<i64>>,
+    /// Extra silence between frames on top of the 3.5 character times (modbus_rtu), for
+    /// slow devices or RS-485 adapters that switch direction late. Default `0s`.
+    #[serde(default)]
+    pub frame_delay: Option<Spanned<HumanDuration>>,
 }
 
 /// One device.

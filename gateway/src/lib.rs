@@ -21,7 +21,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fieldlink_drivers::{
     gpio::{GpioBackend, GpioError, SimGpio},
-    modbus::tcp::TcpTransport,
+    modbus::{rtu::RtuTransport, tcp::TcpTransport},
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -139,6 +139,25 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 timeout,
             } => {
                 let transport = TcpTransport::new(host.clone(), *port, *timeout);
+                buses.push(tokio::spawn(bus::run_bus(
+                    model.clone(),
+                    bus.clone(),
+                    first,
+                    transport,
+                    bus::BusIo {
+                        out: tx.clone(),
+                        commands,
+                        stats: stats.clone(),
+                        shutdown: shutdown.clone(),
+                    },
+                )));
+            }
+            model::BusKind::ModbusRtu {
+                serial,
+                timeout,
+                frame_delay,
+            } => {
+                let transport = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
                 buses.push(tokio::spawn(bus::run_bus(
                     model.clone(),
                     bus.clone(),

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 pub use fieldlink_drivers::gpio::Pull;
+pub use fieldlink_drivers::modbus::rtu::{Parity, SerialSettings};
 pub use fieldlink_drivers::modbus::{Table, ValueType, WordOrder};
 
 /// Everything the gateway runs.
@@ -89,6 +90,15 @@ pub enum BusKind {
         port: u16,
         /// Request and connect timeout.
         timeout: Duration,
+    },
+    /// Modbus RTU on a serial line.
+    ModbusRtu {
+        /// Port and framing.
+        serial: SerialSettings,
+        /// Request timeout.
+        timeout: Duration,
+        /// Extra silence between frames.
+        frame_delay: Duration,
     },
     /// GPIO lines of the board the gateway runs on.
     Gpio {

@@ -16,11 +16,12 @@ use crate::{
     config::{
         did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile, GatewayFile,
         GpioBackendName, GpioModeName, MapValue, MappingFile, OnShutdownName, OrderName,
-        PayloadName, PointFile, PublishName, PullName, Spanned, TableName, TypeName,
+        ParityName, PayloadName, PointFile, PublishName, PullName, Spanned, TableName, TypeName,
     },
     model::{
         Bus, BusKind, Device, EmbeddedBroker, GpioBackendKind, GpioMode, GpioPoint, Model,
-        MqttModel, OnShutdown, Payload, Point, PublishMode, Pull, Table, ValueType, WordOrder,
+        MqttModel, OnShutdown, Parity, Payload, Point, PublishMode, Pull, SerialSettings, Table,
+        ValueType, WordOrder,
     },
     topics::{check_topic, is_id},
 };
@@ -225,6 +226,8 @@ struct Validator {
     unknown_bus: bool,
     /// GPIO pins in use: where and by which topic.
     pins: HashMap<u8, (PathBuf, (u64, u64), String)>,
+    /// Serial ports in use: where and by which bus.
+    ports: HashMap<String, (PathBuf, (u64, u64), String)>,
 }
 
 /// Highest BCM pin of the 40-pin header.
@@ -609,44 +612,151 @@ impl Validator {
                 None,
             );
         }
+        let (kind_name, allowed): (&str, &[&str]) = match b.kind.value {
+            BusKindName::ModbusTcp => ("modbus_tcp", &["host", "port", "timeout"]),
+            BusKindName::ModbusRtu => (
+                "modbus_rtu",
+                &[
+                    "path",
+                    "baud",
+                    "parity",
+                    "data_bits",
+                    "stop_bits",
+                    "timeout",
+                    "frame_delay",
+                ],
+            ),
+            BusKindName::Gpio => ("gpio", &["backend"]),
+        };
+        let present = [
+            ("host", b.host.as_ref().map(at)),
+            ("port", b.port.as_ref().map(at)),
+            ("timeout", b.timeout.as_ref().map(at)),
+            ("backend", b.backend.as_ref().map(at)),
+            ("path", b.path.as_ref().map(at)),
+            ("baud", b.baud.as_ref().map(at)),
+            ("parity", b.parity.as_ref().map(at)),
+            ("data_bits", b.data_bits.as_ref().map(at)),
+            ("stop_bits", b.stop_bits.as_ref().map(at)),
+            ("frame_delay", b.frame_delay.as_ref().map(at)),
+        ];
+        for (key, loc) in present {
+            if let (Some(loc), false) = (loc, allowed.contains(&key)) {
+                let hint = if key == "port" && kind_name == "modbus_rtu" {
+                    "the serial port of a modbus_rtu bus is `path: /dev/ttyUSB0`".to_string()
+                } else {
+                    format!("a {kind_name} bus takes: {}", allowed.join(", "))
+                };
+                self.error(
+                    file,
+                    loc,
+                    format!("{path}.{key}"),
+                    format!("`{key}` does not apply to a {kind_name} bus"),
+                    Some(hint),
+                );
+            }
+        }
         match b.kind.value {
-            BusKindName::Gpio => {
-                for (key, loc) in [
-                    ("host", b.host.as_ref().map(at)),
-                    ("port", b.port.as_ref().map(at)),
-                    ("timeout", b.timeout.as_ref().map(at)),
-                ] {
-                    if let Some(loc) = loc {
+            BusKindName::ModbusRtu => {
+                let port_path = match &b.path {
+                    Some(p) if !p.value.trim().is_empty() => p.value.trim().to_string(),
+                    _ => {
                         self.error(
                             file,
-                            loc,
-                            format!("{path}.{key}"),
-                            format!("`{key}` does not apply to a gpio bus"),
-                            Some("a gpio bus only has `backend` (`rppal` or `simulated`)".into()),
+                            b.path.as_ref().map_or(at(&b.kind), at),
+                            format!("{path}.path"),
+                            "a modbus_rtu bus needs the serial port's `path`",
+                            Some("add `path: /dev/ttyUSB0` (better: a /dev/serial/by-id/... link, stable across reboots)".into()),
                         );
+                        return None;
                     }
+                };
+                let baud = self.int_in(
+                    file,
+                    b.baud.as_ref(),
+                    &format!("{path}.baud"),
+                    "baud rate",
+                    (300, 4_000_000),
+                    9600,
+                );
+                let data_bits = self.int_in(
+                    file,
+                    b.data_bits.as_ref(),
+                    &format!("{path}.data_bits"),
+                    "data_bits",
+                    (7, 8),
+                    8,
+                );
+                let stop_bits = self.int_in(
+                    file,
+                    b.stop_bits.as_ref(),
+                    &format!("{path}.stop_bits"),
+                    "stop_bits",
+                    (1, 2),
+                    1,
+                );
+                let timeout = self.positive_duration(
+                    file,
+                    b.timeout.as_ref(),
+                    &format!("{path}.timeout"),
+                    Duration::from_secs(1),
+                );
+                let frame_delay = b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0);
+                if let Some((f0, l0, bus0)) = self.ports.get(&port_path) {
+                    let msg = format!(
+                        "serial port `{port_path}` is already used by bus `{bus0}` at {}:{}:{}",
+                        f0.display(),
+                        l0.0,
+                        l0.1
+                    );
+                    self.error(
+                        file,
+                        b.path.as_ref().map_or(at(&b.kind), at),
+                        format!("{path}.path"),
+                        msg,
+                        Some("one task owns each port: put every device of one RS-485 line on one bus".into()),
+                    );
+                } else {
+                    self.ports.insert(
+                        port_path.clone(),
+                        (
+                            file.to_path_buf(),
+                            b.path.as_ref().map_or(at(&b.kind), at),
+                            id.clone(),
+                        ),
+                    );
                 }
                 Some(Bus {
                     id,
-                    kind: BusKind::Gpio {
-                        backend: match b.backend.as_ref().map(|x| x.value) {
-                            None | Some(GpioBackendName::Rppal) => GpioBackendKind::Rppal,
-                            Some(GpioBackendName::Simulated) => GpioBackendKind::Simulated,
+                    kind: BusKind::ModbusRtu {
+                        serial: SerialSettings {
+                            path: port_path,
+                            baud: baud as u32,
+                            parity: match b.parity.as_ref().map(|p| p.value) {
+                                None | Some(ParityName::None) => Parity::None,
+                                Some(ParityName::Even) => Parity::Even,
+                                Some(ParityName::Odd) => Parity::Odd,
+                            },
+                            data_bits: data_bits as u8,
+                            stop_bits: stop_bits as u8,
                         },
+                        timeout,
+                        frame_delay,
                     },
                     devices: Vec::new(),
                 })
             }
+            BusKindName::Gpio => Some(Bus {
+                id,
+                kind: BusKind::Gpio {
+                    backend: match b.backend.as_ref().map(|x| x.value) {
+                        None | Some(GpioBackendName::Rppal) => GpioBackendKind::Rppal,
+                        Some(GpioBackendName::Simulated) => GpioBackendKind::Simulated,
+                    },
+                },
+                devices: Vec::new(),
+            }),
             BusKindName::ModbusTcp => {
-                if let Some(bk) = &b.backend {
-                    self.error(
-                        file,
-                        at(bk),
-                        format!("{path}.backend"),
-                        "`backend` applies to gpio buses only",
-                        Some("remove it".into()),
-                    );
-                }
                 let host = match &b.host {
                     Some(h) if !h.value.trim().is_empty() => h.value.trim().to_string(),
                     Some(h) => {

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod codec;
 pub mod planner;
+pub mod rtu;
 pub mod tcp;
 
 pub use client::{DriverError, ModbusTransport};
