@@ -523,7 +523,7 @@ mod tests {
         };
         // 11 bits per char at 9600 baud: 1.146 ms per char, 4.01 ms for 3.5 chars.
         assert_eq!(s.bits_per_char(), 11);
-        assert!((s.inter_frame().as_secs_f64() - 3.5 * 11.0 / 9600.0).abs() < 1e-9);
+        assert!((s.inter_frame().as_secs_f64() - 3.5 * 11.0 / 9600.0).abs() < 1e-7);
         s.baud = 115_200;
         assert_eq!(s.inter_frame(), Duration::from_micros(1750));
     }
