@@ -119,3 +119,63 @@ async fn three_units_publish_and_take_writes_and_a_dead_unit_does_not_starve_the
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_adapter_goes_offline_and_comes_back_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttyRS485");
+    let (master, keeper, path) = pty();
+    std::os::unix::fs::symlink(&path, &link).expect("symlink");
+    let server = SimServer::new();
+    for u in 1..=3u8 {
+        server
+            .add(u, SimDevice::new())
+            .set_registers(Table::Input, 0, &[200 + u16::from(u)]);
+    }
+    let serving = tokio::spawn(server.clone().serve_rtu(master));
+    let gw = Gateway::start(model(&mapping(&link.to_string_lossy()), "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "#", QoS::AtMostOnce).await;
+    assert!(
+        obs.wait_seen("fieldlink/t/dev1/availability", "online", T)
+            .await
+    );
+
+    // Unplug: both ends of the pty go away.
+    serving.abort();
+    let _ = serving.await;
+    drop(keeper);
+    for u in 1..=3 {
+        assert!(
+            obs.wait_seen(&format!("fieldlink/t/dev{u}/availability"), "offline", T)
+                .await,
+            "dev{u} offline after the hang-up"
+        );
+    }
+    // Plug back in (a new pty behind the same path), with new values.
+    let (master, _keeper2, path2) = pty();
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink(&path2, &link).expect("symlink");
+    for u in 1..=3u8 {
+        server
+            .device(u)
+            .expect("device")
+            .set_registers(Table::Input, 0, &[300 + u16::from(u)]);
+    }
+    tokio::spawn(server.serve_rtu(master));
+    for u in 1..=3 {
+        assert!(
+            obs.wait_seen(
+                &format!("rtu/dev{u}/temp"),
+                &format!("30.{u}"),
+                Duration::from_secs(70)
+            )
+            .await,
+            "dev{u} back with its new value"
+        );
+        assert!(
+            obs.wait_seen(&format!("fieldlink/t/dev{u}/availability"), "online", T)
+                .await
+        );
+    }
+    gw.stop().await;
+}
