@@ -334,3 +334,22 @@ impl Service for SimServer {
         }
     }
 }
+
+/// A pseudo-terminal pair for RTU tests: the master end (the device side, for
+/// [`SimServer::serve_rtu`]), a plain handle that keeps the slave side open without locking
+/// it (so the master never sees a hang-up before the gateway opens the port, and the
+/// gateway's exclusive open still succeeds), and the slave's path for the gateway.
+#[cfg(unix)]
+pub fn pty_pair() -> io::Result<(tokio_serial::SerialStream, std::fs::File, String)> {
+    use tokio_serial::SerialPort;
+    let (master, slave) = tokio_serial::SerialStream::pair().map_err(io::Error::other)?;
+    let path = slave
+        .name()
+        .ok_or_else(|| io::Error::other("pty slave has no path"))?;
+    let keeper = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    drop(slave);
+    Ok((master, keeper, path))
+}

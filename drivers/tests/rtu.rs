@@ -9,21 +9,9 @@ use fieldlink_drivers::{
     },
     sim::{SimDevice, SimServer},
 };
-use tokio_serial::{SerialPort, SerialStream};
 
-/// A pseudo-terminal pair: the master end (the device side), a plain handle that keeps
-/// the slave side open without locking it (so the master never sees a hang-up before the
-/// gateway opens the port), and the slave's path for the gateway.
-fn pty() -> (SerialStream, std::fs::File, String) {
-    let (master, slave) = SerialStream::pair().expect("pty pair");
-    let path = slave.name().expect("slave has a path");
-    let keeper = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open the slave side");
-    drop(slave);
-    (master, keeper, path)
+fn pty() -> (tokio_serial::SerialStream, std::fs::File, String) {
+    fieldlink_drivers::sim::pty_pair().expect("pty pair")
 }
 
 fn settings(path: &str, baud: u32) -> SerialSettings {

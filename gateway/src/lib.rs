@@ -132,6 +132,12 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     let mut first = 0;
     for (bus, commands) in model.buses.iter().zip(command_rxs) {
         let n = bus.devices.len();
+        let io = bus::BusIo {
+            out: tx.clone(),
+            commands,
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+        };
         match &bus.kind {
             model::BusKind::ModbusTcp {
                 host,
@@ -144,12 +150,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                     bus.clone(),
                     first,
                     transport,
-                    bus::BusIo {
-                        out: tx.clone(),
-                        commands,
-                        stats: stats.clone(),
-                        shutdown: shutdown.clone(),
-                    },
+                    io,
                 )));
             }
             model::BusKind::ModbusRtu {
@@ -163,30 +164,20 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                     bus.clone(),
                     first,
                     transport,
-                    bus::BusIo {
-                        out: tx.clone(),
-                        commands,
-                        stats: stats.clone(),
-                        shutdown: shutdown.clone(),
-                    },
+                    io,
                 )));
             }
             model::BusKind::Gpio { .. } => {
-                let Some(backend) = gpio.remove(&bus.id) else {
-                    continue;
-                };
-                buses.push(tokio::spawn(gpio::run_gpio(
-                    model.clone(),
-                    bus.clone(),
-                    first,
-                    backend,
-                    bus::BusIo {
-                        out: tx.clone(),
-                        commands,
-                        stats: stats.clone(),
-                        shutdown: shutdown.clone(),
-                    },
-                )));
+                // Opened above for every gpio bus.
+                if let Some(backend) = gpio.remove(&bus.id) {
+                    buses.push(tokio::spawn(gpio::run_gpio(
+                        model.clone(),
+                        bus.clone(),
+                        first,
+                        backend,
+                        io,
+                    )));
+                }
             }
         }
         first += n;

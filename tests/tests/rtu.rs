@@ -9,22 +9,11 @@ use fieldlink_drivers::{
 };
 use fieldlink_tests::{model, publisher, Gateway, Observer};
 use rumqttc::QoS;
-use tokio_serial::{SerialPort, SerialStream};
 
 const T: Duration = Duration::from_secs(5);
 
-/// A pty pair: the master (device side), a plain handle that keeps the slave open without
-/// locking it, and the slave path for the gateway.
-fn pty() -> (SerialStream, std::fs::File, String) {
-    let (master, slave) = SerialStream::pair().expect("pty pair");
-    let path = slave.name().expect("slave path");
-    let keeper = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open slave");
-    drop(slave);
-    (master, keeper, path)
+fn pty() -> (tokio_serial::SerialStream, std::fs::File, String) {
+    fieldlink_drivers::sim::pty_pair().expect("pty pair")
 }
 
 fn mapping(path: &str) -> String {
