@@ -3,9 +3,13 @@
 //! - [`modbus`]: the value codec (every type × word order), the read planner, the
 //!   transport-independent client seam and the Modbus TCP transport.
 //! - [`gpio`]: the GPIO backend trait, a simulated board and the Raspberry Pi (rppal) backend.
+//! - [`serial`]: serial port settings; [`uart`]: line framing, parsers and command
+//!   templates of UART line devices.
 //! - [`sim`]: Modbus device simulators (tokio-modbus [`Service`](tokio_modbus::server::Service)s)
 //!   used by the tests and by `fieldlink demo`.
 
 pub mod gpio;
 pub mod modbus;
+pub mod serial;
 pub mod sim;
+pub mod uart;

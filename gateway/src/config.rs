@@ -122,7 +122,7 @@ impl Default for EmbeddedFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
-    /// Buses: one task owns each (a TCP endpoint, later a serial port).
+    /// Buses: one task owns each (a TCP endpoint, a serial port, a GPIO controller).
     #[serde(default)]
     pub buses: Vec<BusFile>,
     /// Devices and their points.
@@ -141,6 +141,9 @@ pub enum BusKindName {
     /// Modbus RTU on a serial line (RS-485): `path`, `baud`, `parity`, `data_bits`,
     /// `stop_bits`, `timeout`, `frame_delay`.
     ModbusRtu,
+    /// Text lines on a serial port (sensors and boards with an ASCII protocol): `path`,
+    /// `baud`, `parity`, `data_bits`, `stop_bits`, `timeout`, `delimiter`, `max_line`.
+    Uart,
 }
 
 /// Parity of a serial line.
@@ -171,7 +174,7 @@ pub enum GpioBackendName {
 pub struct BusFile {
     /// Bus id, referenced by `devices[].bus`.
     pub id: Spanned<String>,
-    /// `modbus_tcp`, `modbus_rtu` or `gpio`.
+    /// `modbus_tcp`, `modbus_rtu`, `uart` or `gpio`.
     pub kind: Spanned<BusKindName>,
     /// Host name or IP address (modbus_tcp).
     #[serde(default)]
@@ -179,32 +182,41 @@ pub struct BusFile {
     /// TCP port (modbus_tcp). Default 502.
     #[serde(default)]
     pub port: Option<Spanned<u16>>,
-    /// Timeout of one request (and of connecting). Default `1s`.
+    /// Timeout of one request (and of connecting). Default `1s`. On a uart bus: how long
+    /// a polled device has to answer its `query`, and the default `ack_timeout`.
     #[serde(default)]
     pub timeout: Option<Spanned<HumanDuration>>,
     /// GPIO controller (gpio): `rppal` (default, a Raspberry Pi) or `simulated`.
     #[serde(default)]
     pub backend: Option<Spanned<GpioBackendName>>,
-    /// Serial port (modbus_rtu): `/dev/ttyUSB0`, or better a stable
+    /// Serial port (modbus_rtu, uart): `/dev/ttyUSB0`, or better a stable
     /// `/dev/serial/by-id/...` link.
     #[serde(default)]
     pub path: Option<Spanned<String>>,
-    /// Baud rate (modbus_rtu). Default 9600.
+    /// Baud rate (modbus_rtu, uart). Default 9600.
     #[serde(default)]
     pub baud: Option<Spanned<i64>>,
-    /// Parity (modbus_rtu): `none` (default), `even` or `odd`.
+    /// Parity (modbus_rtu, uart): `none` (default), `even` or `odd`.
     #[serde(default)]
     pub parity: Option<Spanned<ParityName>>,
-    /// Data bits (modbus_rtu), 7 or 8. Default 8.
+    /// Data bits (modbus_rtu, uart), 7 or 8. Default 8.
     #[serde(default)]
     pub data_bits: Option<Spanned<i64>>,
-    /// Stop bits (modbus_rtu), 1 or 2. Default 1.
+    /// Stop bits (modbus_rtu, uart), 1 or 2. Default 1.
     #[serde(default)]
     pub stop_bits: Option<Spanned<i64>>,
     /// Extra silence between frames on top of the 3.5 character times (modbus_rtu), for
     /// slow devices or RS-485 adapters that switch direction late. Default `0s`.
     #[serde(default)]
     pub frame_delay: Option<Spanned<HumanDuration>>,
+    /// End of a line (uart). Default `"\n"` (a `\r` before it is trimmed off); write
+    /// `"\r\n"` or any other text in double quotes.
+    #[serde(default)]
+    pub delimiter: Option<Spanned<String>>,
+    /// Longest line in bytes (uart), 1–65536; longer lines are dropped and counted.
+    /// Default 256.
+    #[serde(default)]
+    pub max_line: Option<Spanned<i64>>,
 }
 
 /// One device.
@@ -218,7 +230,9 @@ pub struct DeviceFile {
     /// Modbus unit id (slave address), 1–247. Default 1.
     #[serde(default)]
     pub unit: Option<Spanned<i64>>,
-    /// Time between the starts of two polls. Default `1s`.
+    /// Time between the starts of two polls. Default `1s`. On a uart device without
+    /// `query`: the period the device sends at (it is `offline` after `offline_after`
+    /// periods without a line).
     #[serde(default)]
     pub poll_interval: Option<Spanned<HumanDuration>>,
     /// Consecutive failed polls after which the device is published `offline`. Default 3.
@@ -232,9 +246,76 @@ pub struct DeviceFile {
     /// not implement FC06/FC05). Default `false`.
     #[serde(default)]
     pub write_multiple: Option<Spanned<bool>>,
+    /// Longest wait between two polls of an offline device: the retry interval doubles
+    /// from `poll_interval` up to this. Default `60s`.
+    #[serde(default)]
+    pub max_backoff: Option<Spanned<HumanDuration>>,
+    /// UART: text sent every `poll_interval` to ask for a reading (`"READ\r\n"`); the
+    /// reply is the next line the parser accepts within the bus `timeout`. Without it the
+    /// device is expected to send on its own.
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
+    /// UART: how a line becomes fields.
+    #[serde(default)]
+    pub parser: Option<ParserFile>,
     /// The device's points.
     #[serde(default)]
     pub points: Vec<PointFile>,
+}
+
+/// `parser:` of a uart device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParserFile {
+    /// `key_value` (`T=23.4;H=51.2`), `regex` (named groups) or `json` (field paths).
+    pub kind: Spanned<ParserKindName>,
+    /// key_value: between two pairs. Default `;`; `" "` splits at any whitespace.
+    #[serde(default)]
+    pub pair_separator: Option<Spanned<String>>,
+    /// key_value: between a key and its value. Default `=`.
+    #[serde(default)]
+    pub kv_separator: Option<Spanned<String>>,
+    /// regex: the pattern; each named group (`(?P<co2>\d+)`) is a field. Use single
+    /// quotes in YAML so backslashes stay as written.
+    #[serde(default)]
+    pub pattern: Option<Spanned<String>>,
+}
+
+/// Kind of a line parser.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParserKindName {
+    /// `T=23.4;H=51.2`.
+    KeyValue,
+    /// A regular expression with named groups.
+    Regex,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A fixed template field: text, a number or a boolean.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// `true`/`false`.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A number.
+    Float(f64),
+    /// Text.
+    Text(String),
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Text(t) => f.write_str(t),
+        }
+    }
 }
 
 /// Modbus table of a point.
@@ -354,10 +435,10 @@ pub struct PointFile {
     #[serde(default)]
     pub pulse: Option<Spanned<HumanDuration>>,
     /// `bool`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`, `f64`, `string`.
-    /// Default `bool` on coils/discretes, `u16` on registers.
+    /// Default `bool` on coils/discretes, `u16` on registers, `f64` on UART points.
     #[serde(default, rename = "type")]
     pub ty: Option<Spanned<TypeName>>,
-    /// Length in bytes of a `string`.
+    /// Length in bytes of a `string` (on UART points: the longest accepted, default 255).
     #[serde(default)]
     pub length: Option<Spanned<i64>>,
     /// `ABCD` (default), `CDAB`, `BADC` or `DCBA`.
@@ -408,6 +489,26 @@ pub struct PointFile {
     /// Names for values, used for commands and when publishing: `{ON: 1, OFF: 0}`.
     #[serde(default)]
     pub values: Option<Spanned<std::collections::BTreeMap<String, MapValue>>>,
+    /// UART: the field holding the value: a key (key_value), a group name (regex) or a
+    /// path such as `sensor.temp` or `ch[0].v` (json).
+    #[serde(default)]
+    pub field: Option<Spanned<String>>,
+    /// UART: the line a `/set` writes, e.g. `"RELAY{channel} {value}\n"`. Fields:
+    /// `{value}` (the name from `values` when one matches, else the number; booleans as
+    /// 1/0), `{raw}` (the number after the inverse of scale/offset) and every key of
+    /// `params`. Makes the point writable.
+    #[serde(default)]
+    pub command: Option<Spanned<String>>,
+    /// UART: fixed fields for `command` (`{channel: 2}`).
+    #[serde(default)]
+    pub params: Option<Spanned<std::collections::BTreeMap<String, ParamValue>>>,
+    /// UART: a regex the device's acknowledgement line must match (`'^OK'`); without it
+    /// a command counts as done once written.
+    #[serde(default)]
+    pub ack: Option<Spanned<String>>,
+    /// UART: how long to wait for `ack`. Default: the bus `timeout`.
+    #[serde(default)]
+    pub ack_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// Direction of a GPIO point.

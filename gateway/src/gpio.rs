@@ -325,21 +325,26 @@ fn command(
     }
 }
 
-/// Messages of one turn of the loop, and the counters they are counted in.
-struct Out<'a> {
-    messages: Vec<Outgoing>,
-    stats: &'a Stats,
-    first: usize,
+/// Messages of one turn of a bus loop, and the counters they are counted in.
+pub(crate) struct Out<'a> {
+    /// The messages.
+    pub(crate) messages: Vec<Outgoing>,
+    /// The counters.
+    pub(crate) stats: &'a Stats,
+    /// Stats index of the bus's first device.
+    pub(crate) first: usize,
 }
 
 impl Out<'_> {
-    async fn send(&mut self, tx: &mpsc::Sender<Batch>) {
+    /// Send the messages as one batch (nothing when there are none).
+    pub(crate) async fn send(&mut self, tx: &mpsc::Sender<Batch>) {
         if !self.messages.is_empty() {
             let _ = tx.send(std::mem::take(&mut self.messages)).await;
         }
     }
 
-    fn count(&self, device: usize) {
+    /// Count a value published for `device` (index within the bus).
+    pub(crate) fn count(&self, device: usize) {
         if let Some(st) = self.stats.devices.get(self.first + device) {
             st.published.fetch_add(1, Relaxed);
         }

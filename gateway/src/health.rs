@@ -7,7 +7,7 @@ use std::{
 
 use serde_json::json;
 
-use crate::model::Model;
+use crate::model::{BusKind, Model};
 
 /// Availability of a device as last published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,12 +56,31 @@ impl DeviceStats {
     }
 }
 
+/// Counters of one uart bus: what came in on the line.
+#[derive(Debug, Default)]
+pub struct SerialStats {
+    /// Bus id.
+    pub bus: String,
+    /// Lines received (blank lines not counted).
+    pub lines: AtomicU64,
+    /// Lines no device took (no parser accepted them, not UTF-8).
+    pub garbage: AtomicU64,
+    /// Lines longer than `max_line`, dropped.
+    pub overlong: AtomicU64,
+    /// Unfinished lines discarded after the line went quiet (or the port was lost).
+    pub partial: AtomicU64,
+    /// Fields whose text did not convert to the point's type.
+    pub bad_values: AtomicU64,
+}
+
 /// Counters of the whole gateway.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
     /// Per device, in model order.
     pub devices: Vec<DeviceStats>,
+    /// Per uart bus.
+    pub serial: Vec<SerialStats>,
     /// MQTT messages handed to the client.
     pub mqtt_sent: AtomicU64,
     /// MQTT messages dropped (never for retained state, which is republished).
@@ -83,6 +102,15 @@ impl Stats {
                 .devices()
                 .map(|d| DeviceStats {
                     id: d.id.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            serial: model
+                .buses
+                .iter()
+                .filter(|b| matches!(b.kind, BusKind::Uart { .. }))
+                .map(|b| SerialStats {
+                    bus: b.id.clone(),
                     ..Default::default()
                 })
                 .collect(),
@@ -123,6 +151,22 @@ impl Stats {
                 )
             })
             .collect();
+        let serial: serde_json::Map<String, serde_json::Value> = self
+            .serial
+            .iter()
+            .map(|s| {
+                (
+                    s.bus.clone(),
+                    json!({
+                        "lines": s.lines.load(Relaxed),
+                        "garbage": s.garbage.load(Relaxed),
+                        "overlong": s.overlong.load(Relaxed),
+                        "partial": s.partial.load(Relaxed),
+                        "bad_values": s.bad_values.load(Relaxed),
+                    }),
+                )
+            })
+            .collect();
         json!({
             "uptime_s": self.uptime().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -134,6 +178,7 @@ impl Stats {
                 "queue_depth": self.mqtt_queue.load(Relaxed),
             },
             "devices": devices,
+            "serial": serial,
         })
     }
 }

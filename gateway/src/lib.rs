@@ -15,6 +15,7 @@ pub mod mqtt;
 pub mod publish;
 pub mod shutdown;
 pub mod topics;
+pub mod uart;
 pub mod validate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -164,6 +165,14 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                     bus.clone(),
                     first,
                     transport,
+                    io,
+                )));
+            }
+            model::BusKind::Uart { .. } => {
+                buses.push(tokio::spawn(uart::run_uart(
+                    model.clone(),
+                    bus.clone(),
+                    first,
                     io,
                 )));
             }

@@ -187,6 +187,7 @@ fn report(diags: &[validate::Diagnostic]) -> ExitCode {
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
+    use fieldlink::model::BusKind;
     let checked = match validate::load(config) {
         Ok(c) => c,
         Err(diags) => return report(&diags),
@@ -200,15 +201,25 @@ fn check(config: &std::path::Path) -> ExitCode {
     let mut requests = 0usize;
     let mut per_second = 0f64;
     let mut lines = 0usize;
+    let mut uart = 0usize;
     for bus in &m.buses {
-        if matches!(bus.kind, fieldlink::model::BusKind::Gpio { .. }) {
-            lines += bus.devices.iter().map(|d| d.points.len()).sum::<usize>();
+        match bus.kind {
+            BusKind::Gpio { .. } => {
+                lines += bus.devices.iter().map(|d| d.points.len()).sum::<usize>();
+            }
+            BusKind::Uart { .. } => uart += bus.devices.len(),
+            BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. } => {}
         }
     }
     let modbus = m
         .buses
         .iter()
-        .filter(|b| !matches!(b.kind, fieldlink::model::BusKind::Gpio { .. }))
+        .filter(|b| {
+            matches!(
+                b.kind,
+                BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. }
+            )
+        })
         .flat_map(|b| b.devices.iter());
     for d in modbus {
         let items = d
@@ -224,11 +235,14 @@ fn check(config: &std::path::Path) -> ExitCode {
         requests += n;
         per_second += n as f64 / d.poll_interval.as_secs_f64();
     }
-    let gpio = if lines > 0 {
+    let mut gpio = if lines > 0 {
         format!(", {lines} GPIO line(s)")
     } else {
         String::new()
     };
+    if uart > 0 {
+        gpio.push_str(&format!(", {uart} UART device(s)"));
+    }
     println!(
         "OK: {} file(s), {} bus(es), {devices} device(s), {points} point(s), {requests} Modbus request(s) per poll cycle ({per_second:.1} requests/s){gpio}.",
         checked.files.len(),

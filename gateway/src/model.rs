@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 pub use fieldlink_drivers::gpio::Pull;
 pub use fieldlink_drivers::modbus::rtu::{Parity, SerialSettings};
 pub use fieldlink_drivers::modbus::{Table, ValueType, WordOrder};
+pub use fieldlink_drivers::uart::{FieldRef, Parser, Template};
 
 /// Everything the gateway runs.
 #[derive(Clone, Debug)]
@@ -100,6 +101,18 @@ pub enum BusKind {
         /// Extra silence between frames.
         frame_delay: Duration,
     },
+    /// Text lines on a serial port (UART line devices).
+    Uart {
+        /// Port and framing.
+        serial: SerialSettings,
+        /// End of a line (`\n`, `\r\n`, ...).
+        delimiter: Vec<u8>,
+        /// Longest line accepted, in bytes (longer ones are dropped and counted).
+        max_line: usize,
+        /// How long a polled device has to answer its query, and the default wait for
+        /// a command's acknowledgement.
+        timeout: Duration,
+    },
     /// GPIO lines of the board the gateway runs on.
     Gpio {
         /// Which controller drives the lines.
@@ -179,6 +192,10 @@ pub struct Device {
     pub max_gap: u16,
     /// Always write with FC16/FC15.
     pub write_multiple: bool,
+    /// Longest wait between two polls of an offline device (exponential backoff cap).
+    pub max_backoff: Duration,
+    /// Line parsing and polling, for a device on a `uart` bus.
+    pub uart: Option<UartDevice>,
     /// Points.
     pub points: Vec<Point>,
 }
@@ -248,6 +265,41 @@ pub struct Point {
     /// The GPIO line, for points on a `gpio` bus (then `table` is `Discrete` for an input
     /// or `Coil` for an output, `address` is the pin and `ty` is `Bool`).
     pub gpio: Option<GpioPoint>,
+    /// The field and command of a point on a `uart` bus (then `table` and `address` mean
+    /// nothing).
+    pub uart: Option<UartPoint>,
+}
+
+/// A device on a `uart` bus.
+#[derive(Clone, Debug)]
+pub struct UartDevice {
+    /// How its lines become fields (none: a write-only device).
+    pub parser: Option<Parser>,
+    /// Sent every `poll_interval` (request/response); `None`: the device sends on its own
+    /// and `poll_interval` is the period it is expected to keep.
+    pub query: Option<Vec<u8>>,
+}
+
+/// A point on a `uart` bus.
+#[derive(Clone, Debug)]
+pub struct UartPoint {
+    /// The field of a parsed line holding the value (`None`: command only).
+    pub field: Option<FieldRef>,
+    /// How a `/set` is written.
+    pub command: Option<UartCommand>,
+}
+
+/// The line a command writes, and the acknowledgement it waits for.
+#[derive(Clone, Debug)]
+pub struct UartCommand {
+    /// The line (`RELAY{channel} {value}\n`).
+    pub template: Template,
+    /// Fixed fields of the template (`channel: 2`).
+    pub params: std::collections::BTreeMap<String, String>,
+    /// A line matching this acknowledges the command.
+    pub ack: Option<regex::Regex>,
+    /// How long to wait for it (default: the bus `timeout`).
+    pub ack_timeout: Option<Duration>,
 }
 
 impl Point {

@@ -241,6 +241,7 @@ mod tests {
             max: None,
             value_map: Vec::new(),
             gpio: None,
+            uart: None,
         }
     }
 

@@ -12,16 +12,19 @@ use std::{
     time::Duration,
 };
 
+use fieldlink_drivers::uart::{FieldPath, FieldRef, Template};
+
 use crate::{
     config::{
         did_you_mean, parse_yaml, resolve_mappings, BusFile, BusKindName, DeviceFile, GatewayFile,
         GpioBackendName, GpioModeName, MapValue, MappingFile, OnShutdownName, OrderName,
-        ParityName, PayloadName, PointFile, PublishName, PullName, Spanned, TableName, TypeName,
+        ParityName, ParserFile, ParserKindName, PayloadName, PointFile, PublishName, PullName,
+        Spanned, TableName, TypeName,
     },
     model::{
         Bus, BusKind, Device, EmbeddedBroker, GpioBackendKind, GpioMode, GpioPoint, Model,
-        MqttModel, OnShutdown, Parity, Payload, Point, PublishMode, Pull, SerialSettings, Table,
-        ValueType, WordOrder,
+        MqttModel, OnShutdown, Parity, Parser, Payload, Point, PublishMode, Pull, SerialSettings,
+        Table, UartCommand, UartDevice, UartPoint, ValueType, WordOrder,
     },
     topics::{check_topic, is_id},
 };
@@ -229,6 +232,31 @@ struct Validator {
     /// Serial ports in use: where and by which bus.
     ports: HashMap<String, (PathBuf, (u64, u64), String)>,
 }
+
+/// What a device's bus is, for the checks that differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Modbus,
+    Gpio,
+    Uart,
+}
+
+/// The keys only UART points take, with where they are.
+fn uart_point_keys(p: &PointFile) -> [(&'static str, Option<(u64, u64)>); 5] {
+    [
+        ("field", p.field.as_ref().map(at)),
+        ("command", p.command.as_ref().map(at)),
+        ("params", p.params.as_ref().map(at)),
+        ("ack", p.ack.as_ref().map(at)),
+        ("ack_timeout", p.ack_timeout.as_ref().map(at)),
+    ]
+}
+
+/// Default longest line of a uart bus.
+pub const DEFAULT_MAX_LINE: usize = 256;
+
+/// Default cap of an offline device's retry interval.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Highest BCM pin of the 40-pin header.
 pub const GPIO_MAX_PIN: u8 = 27;
@@ -485,10 +513,16 @@ impl Validator {
             }
         }
         let bus_ids: Vec<String> = buses.iter().map(|b| b.id.clone()).collect();
-        let gpio_buses: Vec<String> = buses
+        let classes: HashMap<String, Class> = buses
             .iter()
-            .filter(|b| matches!(b.kind, BusKind::Gpio { .. }))
-            .map(|b| b.id.clone())
+            .map(|b| {
+                let class = match b.kind {
+                    BusKind::Gpio { .. } => Class::Gpio,
+                    BusKind::Uart { .. } => Class::Uart,
+                    BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. } => Class::Modbus,
+                };
+                (b.id.clone(), class)
+            })
             .collect();
         let mut device_where: HashMap<String, (PathBuf, (u64, u64))> = HashMap::new();
         let mut unit_where: HashMap<(String, u8), String> = HashMap::new();
@@ -498,9 +532,9 @@ impl Validator {
             for (i, d) in m.devices.iter().enumerate() {
                 device_ids.push(d.id.value.clone());
                 let path = format!("devices[{i}]");
-                let gpio = gpio_buses.contains(&d.bus.value);
+                let class = classes.get(&d.bus.value).copied().unwrap_or(Class::Modbus);
                 let Some((bus_id, dev)) =
-                    self.device(file, &path, d, &bus_ids, gpio, &mut topic_where)
+                    self.device(file, &path, d, &bus_ids, class, &mut topic_where)
                 else {
                     continue;
                 };
@@ -526,7 +560,7 @@ impl Validator {
                     .entry((bus_id.clone(), dev.unit))
                     .or_insert_with(|| dev.id.clone())
                     .clone();
-                if unit_valid && first != dev.id && !gpio {
+                if unit_valid && first != dev.id && class == Class::Modbus {
                     let loc = d.unit.as_ref().map_or(at(&d.id), at);
                     let default = if d.unit.is_none() {
                         " (the default)"
@@ -626,6 +660,19 @@ impl Validator {
                     "frame_delay",
                 ],
             ),
+            BusKindName::Uart => (
+                "uart",
+                &[
+                    "path",
+                    "baud",
+                    "parity",
+                    "data_bits",
+                    "stop_bits",
+                    "timeout",
+                    "delimiter",
+                    "max_line",
+                ],
+            ),
             BusKindName::Gpio => ("gpio", &["backend"]),
         };
         let present = [
@@ -639,11 +686,13 @@ impl Validator {
             ("data_bits", b.data_bits.as_ref().map(at)),
             ("stop_bits", b.stop_bits.as_ref().map(at)),
             ("frame_delay", b.frame_delay.as_ref().map(at)),
+            ("delimiter", b.delimiter.as_ref().map(at)),
+            ("max_line", b.max_line.as_ref().map(at)),
         ];
         for (key, loc) in present {
             if let (Some(loc), false) = (loc, allowed.contains(&key)) {
-                let hint = if key == "port" && kind_name == "modbus_rtu" {
-                    "the serial port of a modbus_rtu bus is `path: /dev/ttyUSB0`".to_string()
+                let hint = if key == "port" && matches!(kind_name, "modbus_rtu" | "uart") {
+                    format!("the serial port of a {kind_name} bus is `path: /dev/ttyUSB0`")
                 } else {
                     format!("a {kind_name} bus takes: {}", allowed.join(", "))
                 };
@@ -658,90 +707,61 @@ impl Validator {
         }
         match b.kind.value {
             BusKindName::ModbusRtu => {
-                let port_path = match &b.path {
-                    Some(p) if !p.value.trim().is_empty() => p.value.trim().to_string(),
-                    _ => {
-                        self.error(
-                            file,
-                            b.path.as_ref().map_or(at(&b.kind), at),
-                            format!("{path}.path"),
-                            "a modbus_rtu bus needs the serial port's `path`",
-                            Some("add `path: /dev/ttyUSB0` (better: a /dev/serial/by-id/... link, stable across reboots)".into()),
-                        );
-                        return None;
-                    }
-                };
-                let baud = self.int_in(
-                    file,
-                    b.baud.as_ref(),
-                    &format!("{path}.baud"),
-                    "baud rate",
-                    (300, 4_000_000),
-                    9600,
-                );
-                let data_bits = self.int_in(
-                    file,
-                    b.data_bits.as_ref(),
-                    &format!("{path}.data_bits"),
-                    "data_bits",
-                    (7, 8),
-                    8,
-                );
-                let stop_bits = self.int_in(
-                    file,
-                    b.stop_bits.as_ref(),
-                    &format!("{path}.stop_bits"),
-                    "stop_bits",
-                    (1, 2),
-                    1,
-                );
+                let serial = self.serial(file, path, b, kind_name, &id)?;
+                let frame_delay = b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0);
                 let timeout = self.positive_duration(
                     file,
                     b.timeout.as_ref(),
                     &format!("{path}.timeout"),
                     Duration::from_secs(1),
                 );
-                let frame_delay = b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0);
-                if let Some((f0, l0, bus0)) = self.ports.get(&port_path) {
-                    let msg = format!(
-                        "serial port `{port_path}` is already used by bus `{bus0}` at {}:{}:{}",
-                        f0.display(),
-                        l0.0,
-                        l0.1
-                    );
-                    self.error(
-                        file,
-                        b.path.as_ref().map_or(at(&b.kind), at),
-                        format!("{path}.path"),
-                        msg,
-                        Some("one task owns each port: put every device of one RS-485 line on one bus".into()),
-                    );
-                } else {
-                    self.ports.insert(
-                        port_path.clone(),
-                        (
-                            file.to_path_buf(),
-                            b.path.as_ref().map_or(at(&b.kind), at),
-                            id.clone(),
-                        ),
-                    );
-                }
                 Some(Bus {
                     id,
                     kind: BusKind::ModbusRtu {
-                        serial: SerialSettings {
-                            path: port_path,
-                            baud: baud as u32,
-                            parity: match b.parity.as_ref().map(|p| p.value) {
-                                None | Some(ParityName::None) => Parity::None,
-                                Some(ParityName::Even) => Parity::Even,
-                                Some(ParityName::Odd) => Parity::Odd,
-                            },
-                            data_bits: data_bits as u8,
-                            stop_bits: stop_bits as u8,
-                        },
+                        serial,
                         timeout,
                         frame_delay,
+                    },
+                    devices: Vec::new(),
+                })
+            }
+            BusKindName::Uart => {
+                let serial = self.serial(file, path, b, kind_name, &id)?;
+                let timeout = self.positive_duration(
+                    file,
+                    b.timeout.as_ref(),
+                    &format!("{path}.timeout"),
+                    Duration::from_secs(1),
+                );
+                let delimiter = match &b.delimiter {
+                    None => b"\n".to_vec(),
+                    Some(d) if d.value.is_empty() => {
+                        self.error(
+                            file,
+                            at(d),
+                            format!("{path}.delimiter"),
+                            "the delimiter is empty",
+                            Some(r#"write it in double quotes: `delimiter: "\r\n"`"#.into()),
+                        );
+                        b"\n".to_vec()
+                    }
+                    Some(d) => d.value.as_bytes().to_vec(),
+                };
+                let max_line = self.int_in(
+                    file,
+                    b.max_line.as_ref(),
+                    &format!("{path}.max_line"),
+                    "max_line",
+                    (1, 65536),
+                    DEFAULT_MAX_LINE as i64,
+                ) as usize;
+                Some(Bus {
+                    id,
+                    kind: BusKind::Uart {
+                        serial,
+                        delimiter,
+                        max_line,
+                        timeout,
                     },
                     devices: Vec::new(),
                 })
@@ -807,22 +827,142 @@ impl Validator {
         }
     }
 
+    /// Port and framing of a serial bus (modbus_rtu, uart); each port belongs to one bus.
+    fn serial(
+        &mut self,
+        file: &Path,
+        path: &str,
+        b: &BusFile,
+        kind: &str,
+        id: &str,
+    ) -> Option<SerialSettings> {
+        let port_path = match &b.path {
+            Some(p) if !p.value.trim().is_empty() => p.value.trim().to_string(),
+            _ => {
+                self.error(
+                    file,
+                    b.path.as_ref().map_or(at(&b.kind), at),
+                    format!("{path}.path"),
+                    format!("a {kind} bus needs the serial port's `path`"),
+                    Some("add `path: /dev/ttyUSB0` (better: a /dev/serial/by-id/... link, stable across reboots)".into()),
+                );
+                return None;
+            }
+        };
+        let baud = self.int_in(
+            file,
+            b.baud.as_ref(),
+            &format!("{path}.baud"),
+            "baud rate",
+            (300, 4_000_000),
+            9600,
+        );
+        let data_bits = self.int_in(
+            file,
+            b.data_bits.as_ref(),
+            &format!("{path}.data_bits"),
+            "data_bits",
+            (7, 8),
+            8,
+        );
+        let stop_bits = self.int_in(
+            file,
+            b.stop_bits.as_ref(),
+            &format!("{path}.stop_bits"),
+            "stop_bits",
+            (1, 2),
+            1,
+        );
+        if let Some((f0, l0, bus0)) = self.ports.get(&port_path) {
+            let msg = format!(
+                "serial port `{port_path}` is already used by bus `{bus0}` at {}:{}:{}",
+                f0.display(),
+                l0.0,
+                l0.1
+            );
+            self.error(
+                file,
+                b.path.as_ref().map_or(at(&b.kind), at),
+                format!("{path}.path"),
+                msg,
+                Some(
+                    "one task owns each port: put every device of one serial line on one bus"
+                        .into(),
+                ),
+            );
+        } else {
+            self.ports.insert(
+                port_path.clone(),
+                (
+                    file.to_path_buf(),
+                    b.path.as_ref().map_or(at(&b.kind), at),
+                    id.to_string(),
+                ),
+            );
+        }
+        Some(SerialSettings {
+            path: port_path,
+            baud: baud as u32,
+            parity: match b.parity.as_ref().map(|p| p.value) {
+                None | Some(ParityName::None) => Parity::None,
+                Some(ParityName::Even) => Parity::Even,
+                Some(ParityName::Odd) => Parity::Odd,
+            },
+            data_bits: data_bits as u8,
+            stop_bits: stop_bits as u8,
+        })
+    }
+
     fn device(
         &mut self,
         file: &Path,
         path: &str,
         d: &DeviceFile,
         bus_ids: &[String],
-        gpio: bool,
+        class: Class,
         topics: &mut BTreeMap<String, (PathBuf, (u64, u64), String)>,
     ) -> Option<(String, Device)> {
-        if gpio {
+        if class != Class::Uart {
+            for (key, loc) in [
+                ("query", d.query.as_ref().map(at)),
+                ("parser", d.parser.as_ref().map(|p| at(&p.kind))),
+            ] {
+                if let Some(loc) = loc {
+                    self.error(
+                        file,
+                        loc,
+                        format!("{path}.{key}"),
+                        format!("`{key}` applies to devices on a uart bus only"),
+                        Some("put the device on a `kind: uart` bus, or remove the key".into()),
+                    );
+                }
+            }
+        }
+        if class == Class::Uart {
+            for (key, loc) in [
+                ("unit", d.unit.as_ref().map(at)),
+                ("max_gap", d.max_gap.as_ref().map(at)),
+                ("write_multiple", d.write_multiple.as_ref().map(at)),
+            ] {
+                if let Some(loc) = loc {
+                    self.error(
+                        file,
+                        loc,
+                        format!("{path}.{key}"),
+                        format!("`{key}` does not apply to a device on a uart bus"),
+                        Some("a uart device takes `parser`, `query`, `poll_interval`, `offline_after`, `max_backoff`".into()),
+                    );
+                }
+            }
+        }
+        if class == Class::Gpio {
             for (key, loc) in [
                 ("unit", d.unit.as_ref().map(at)),
                 ("poll_interval", d.poll_interval.as_ref().map(at)),
                 ("offline_after", d.offline_after.as_ref().map(at)),
                 ("max_gap", d.max_gap.as_ref().map(at)),
                 ("write_multiple", d.write_multiple.as_ref().map(at)),
+                ("max_backoff", d.max_backoff.as_ref().map(at)),
             ] {
                 if let Some(loc) = loc {
                     self.error(
@@ -891,10 +1031,49 @@ impl Validator {
             (0, 124),
             8,
         );
+        let max_backoff = self.positive_duration(
+            file,
+            d.max_backoff.as_ref(),
+            &format!("{path}.max_backoff"),
+            DEFAULT_MAX_BACKOFF,
+        );
+        let uart = if class == Class::Uart {
+            let parser = d.parser.as_ref().and_then(|pf| self.parser(file, path, pf));
+            let query = match &d.query {
+                Some(q) if q.value.is_empty() => {
+                    self.error(
+                        file,
+                        at(q),
+                        format!("{path}.query"),
+                        "the query is empty",
+                        Some("remove `query` for a device that sends on its own".into()),
+                    );
+                    None
+                }
+                Some(q) => {
+                    if d.parser.is_none() {
+                        self.error(
+                            file,
+                            at(q),
+                            format!("{path}.query"),
+                            "a `query` needs a `parser` to read the reply",
+                            Some("add e.g. `parser: {kind: key_value}`".into()),
+                        );
+                    }
+                    Some(q.value.as_bytes().to_vec())
+                }
+                None => None,
+            };
+            Some(UartDevice { parser, query })
+        } else {
+            None
+        };
+        let parser = uart.as_ref().and_then(|u| u.parser.as_ref());
+        let parser_failed = class == Class::Uart && d.parser.is_some() && parser.is_none();
         let mut points = Vec::new();
         for (i, p) in d.points.iter().enumerate() {
             let ppath = format!("{path}.points[{i}]");
-            if let Some(pt) = self.point(file, &ppath, p, gpio) {
+            if let Some(pt) = self.point(file, &ppath, p, class, parser, parser_failed) {
                 if let Some((f0, l0, _)) = topics.get(&pt.topic) {
                     self.error(
                         file,
@@ -927,7 +1106,12 @@ impl Validator {
             );
         }
         // Overlapping registers with different interpretations: a warning.
-        for a in 0..points.len() {
+        let modbus_points = if class == Class::Modbus {
+            points.len()
+        } else {
+            0
+        };
+        for a in 0..modbus_points {
             for b in a + 1..points.len() {
                 let (_, pa) = &points[a];
                 let (ib, pb) = &points[b];
@@ -970,12 +1154,22 @@ impl Validator {
                 offline_after: offline_after as u32,
                 max_gap: max_gap as u16,
                 write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
+                max_backoff,
+                uart,
                 points: points.into_iter().map(|(_, p)| p).collect(),
             },
         ))
     }
 
-    fn point(&mut self, file: &Path, path: &str, p: &PointFile, gpio_bus: bool) -> Option<Point> {
+    fn point(
+        &mut self,
+        file: &Path,
+        path: &str,
+        p: &PointFile,
+        class: Class,
+        parser: Option<&Parser>,
+        parser_failed: bool,
+    ) -> Option<Point> {
         let errors_before = self.error_count();
         let topic = p.topic.value.clone();
         match check_topic(&topic) {
@@ -983,17 +1177,37 @@ impl Validator {
             Ok(Some(w)) => self.warn(file, at(&p.topic), format!("{path}.topic"), w),
             Ok(None) => {}
         }
-        let (table, address, ty, order, bit, gpio) = if gpio_bus {
-            let g = self.gpio_part(file, path, p);
-            let table = match g.mode {
-                GpioMode::Input { .. } => Table::Discrete,
-                GpioMode::Output { .. } => Table::Coil,
-            };
-            let pin = u16::from(g.pin);
-            (table, pin, ValueType::Bool, WordOrder::Abcd, None, Some(g))
-        } else {
-            let (table, address, ty, order, bit) = self.modbus_part(file, path, p);
-            (table, address, ty, order, bit, None)
+        let (table, address, ty, order, bit, gpio, uart) = match class {
+            Class::Gpio => {
+                let g = self.gpio_part(file, path, p);
+                let table = match g.mode {
+                    GpioMode::Input { .. } => Table::Discrete,
+                    GpioMode::Output { .. } => Table::Coil,
+                };
+                let pin = u16::from(g.pin);
+                (
+                    table,
+                    pin,
+                    ValueType::Bool,
+                    WordOrder::Abcd,
+                    None,
+                    Some(g),
+                    None,
+                )
+            }
+            Class::Uart => {
+                let (ty, u) = self.uart_part(file, path, p, parser, parser_failed);
+                let table = if u.command.is_some() {
+                    Table::Holding
+                } else {
+                    Table::Input
+                };
+                (table, 0, ty, WordOrder::Abcd, None, None, Some(u))
+            }
+            Class::Modbus => {
+                let (table, address, ty, order, bit) = self.modbus_part(file, path, p);
+                (table, address, ty, order, bit, None, None)
+            }
         };
         let numeric = ty.is_numeric();
         for (name, f) in [("scale", &p.scale), ("offset", &p.offset)] {
@@ -1135,11 +1349,28 @@ impl Validator {
                 }
                 w_val && out
             }
+            (None, w) if uart.is_some() => {
+                let has_command = uart.as_ref().is_some_and(|u| u.command.is_some());
+                let w_val = w.as_ref().map_or(has_command, |w| w.value);
+                if let (Some(w), true) = (w, w_val && !has_command) {
+                    self.error(
+                        file,
+                        at(w),
+                        format!("{path}.writable"),
+                        "a UART point needs `command` to be writable",
+                        Some(r#"add e.g. `command: "SET {value}\n"`"#.into()),
+                    );
+                }
+                w_val && has_command
+            }
             (None, w) => w.as_ref().is_some_and(|w| w.value),
         };
         if let (Some(w), true) = (
             &p.writable,
-            gpio.is_none() && writable && matches!(table, Table::Input | Table::Discrete),
+            gpio.is_none()
+                && uart.is_none()
+                && writable
+                && matches!(table, Table::Input | Table::Discrete),
         ) {
             self.error(
                 file,
@@ -1244,11 +1475,13 @@ impl Validator {
             publish,
             heartbeat,
             gpio,
+            uart,
         })
     }
 
     /// The GPIO half of a point: pin, direction and its settings.
     fn gpio_part(&mut self, file: &Path, path: &str, p: &PointFile) -> GpioPoint {
+        self.no_uart_keys(file, path, p, "a gpio");
         let modbus_keys = [
             ("table", p.table.as_ref().map(at)),
             ("address", p.address.as_ref().map(at)),
@@ -1416,6 +1649,7 @@ impl Validator {
         path: &str,
         p: &PointFile,
     ) -> (Table, u16, ValueType, WordOrder, Option<u8>) {
+        self.no_uart_keys(file, path, p, "a Modbus");
         let gpio_keys = [
             ("pin", p.pin.as_ref().map(at)),
             ("mode", p.mode.as_ref().map(at)),
@@ -1615,6 +1849,397 @@ impl Validator {
             Some(OrderName::Dcba) => WordOrder::Dcba,
         };
         (table, address, ty, order, bit)
+    }
+
+    /// UART keys on a point of another bus kind.
+    fn no_uart_keys(&mut self, file: &Path, path: &str, p: &PointFile, bus: &str) {
+        for (key, loc) in uart_point_keys(p) {
+            if let Some(loc) = loc {
+                self.error(
+                    file,
+                    loc,
+                    format!("{path}.{key}"),
+                    format!("`{key}` applies to UART points only; this device is on {bus} bus"),
+                    Some(
+                        "put the point on a device of a `kind: uart` bus, or remove the key".into(),
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A regex from the mapping, or an error at `loc`.
+    fn regex(
+        &mut self,
+        file: &Path,
+        loc: (u64, u64),
+        path: String,
+        what: &str,
+        pattern: &str,
+    ) -> Option<regex::Regex> {
+        match regex::Regex::new(pattern) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("error: "))
+                    .map_or_else(
+                        || text.lines().last().unwrap_or("").trim().to_string(),
+                        str::to_string,
+                    );
+                self.error(
+                    file,
+                    loc,
+                    path,
+                    format!("{what} `{pattern}` does not compile: {reason}"),
+                    Some(
+                        "in YAML, write patterns in single quotes so `\\d` stays as written".into(),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The `parser:` of a uart device.
+    fn parser(&mut self, file: &Path, path: &str, pf: &ParserFile) -> Option<Parser> {
+        let kind = pf.kind.value;
+        let not_for = |key: &str| {
+            format!(
+                "`{key}` does not apply to a `{}` parser",
+                match kind {
+                    ParserKindName::KeyValue => "key_value",
+                    ParserKindName::Regex => "regex",
+                    ParserKindName::Json => "json",
+                }
+            )
+        };
+        let mut foreign: Vec<(&str, (u64, u64))> = Vec::new();
+        if kind != ParserKindName::KeyValue {
+            foreign.extend(
+                pf.pair_separator
+                    .as_ref()
+                    .map(|x| ("pair_separator", at(x))),
+            );
+            foreign.extend(pf.kv_separator.as_ref().map(|x| ("kv_separator", at(x))));
+        }
+        if kind != ParserKindName::Regex {
+            foreign.extend(pf.pattern.as_ref().map(|x| ("pattern", at(x))));
+        }
+        for (key, loc) in foreign {
+            self.error(
+                file,
+                loc,
+                format!("{path}.parser.{key}"),
+                not_for(key),
+                None,
+            );
+        }
+        let parser = match kind {
+            ParserKindName::KeyValue => {
+                let pair = pf.pair_separator.as_ref().map_or(";", |x| x.value.as_str());
+                let kv = pf.kv_separator.as_ref().map_or("=", |x| x.value.as_str());
+                if let Some(x) = pf.pair_separator.as_ref().filter(|x| x.value.is_empty()) {
+                    self.error(
+                        file,
+                        at(x),
+                        format!("{path}.parser.pair_separator"),
+                        "the pair separator is empty",
+                        Some(r#"e.g. `pair_separator: ";"`, or `" "` for whitespace"#.into()),
+                    );
+                }
+                if let Some(x) = pf
+                    .kv_separator
+                    .as_ref()
+                    .filter(|x| x.value.trim().is_empty())
+                {
+                    self.error(
+                        file,
+                        at(x),
+                        format!("{path}.parser.kv_separator"),
+                        "the key/value separator is blank",
+                        Some(r#"e.g. `kv_separator: "="` or `":"`"#.into()),
+                    );
+                }
+                Parser::KeyValue {
+                    pair_separator: pair.to_string(),
+                    kv_separator: kv.to_string(),
+                }
+            }
+            ParserKindName::Json => Parser::Json,
+            ParserKindName::Regex => {
+                let Some(pat) = &pf.pattern else {
+                    self.error(
+                        file,
+                        at(&pf.kind),
+                        format!("{path}.parser"),
+                        "a `regex` parser needs `pattern`",
+                        Some(r#"add e.g. `pattern: '^CO2=(?P<co2>\d+)'`"#.into()),
+                    );
+                    return None;
+                };
+                let re = self.regex(
+                    file,
+                    at(pat),
+                    format!("{path}.parser.pattern"),
+                    "pattern",
+                    &pat.value,
+                )?;
+                if re.capture_names().flatten().next().is_none() {
+                    self.error(
+                        file,
+                        at(pat),
+                        format!("{path}.parser.pattern"),
+                        "the pattern has no named group, so it yields no field",
+                        Some("name each value: `(?P<temp>[-0-9.]+)`".into()),
+                    );
+                }
+                Parser::Regex(re)
+            }
+        };
+        Some(parser)
+    }
+
+    /// The UART half of a point: type, field and command.
+    fn uart_part(
+        &mut self,
+        file: &Path,
+        path: &str,
+        p: &PointFile,
+        parser: Option<&Parser>,
+        parser_failed: bool,
+    ) -> (ValueType, UartPoint) {
+        for (key, loc) in [
+            ("table", p.table.as_ref().map(at)),
+            ("address", p.address.as_ref().map(at)),
+            ("word_order", p.word_order.as_ref().map(at)),
+            ("bit", p.bit.as_ref().map(at)),
+            ("pin", p.pin.as_ref().map(at)),
+            ("mode", p.mode.as_ref().map(at)),
+            ("pull", p.pull.as_ref().map(at)),
+            ("active_low", p.active_low.as_ref().map(at)),
+            ("debounce", p.debounce.as_ref().map(at)),
+            ("initial", p.initial.as_ref().map(at)),
+            ("on_shutdown", p.on_shutdown.as_ref().map(at)),
+            ("pulse", p.pulse.as_ref().map(at)),
+        ] {
+            if let Some(loc) = loc {
+                self.error(
+                    file,
+                    loc,
+                    format!("{path}.{key}"),
+                    format!("`{key}` does not apply to a UART point"),
+                    Some("a UART point reads `field` of a parsed line; `command`, `params`, `ack`, `ack_timeout` make it writable".into()),
+                );
+            }
+        }
+        let ty = match p.ty.as_ref().map_or(TypeName::F64, |t| t.value) {
+            TypeName::Bool => ValueType::Bool,
+            TypeName::U16 => ValueType::U16,
+            TypeName::I16 => ValueType::I16,
+            TypeName::U32 => ValueType::U32,
+            TypeName::I32 => ValueType::I32,
+            TypeName::U64 => ValueType::U64,
+            TypeName::I64 => ValueType::I64,
+            TypeName::F32 => ValueType::F32,
+            TypeName::F64 => ValueType::F64,
+            TypeName::String => ValueType::String {
+                len: self.int_in(
+                    file,
+                    p.length.as_ref(),
+                    &format!("{path}.length"),
+                    "string length",
+                    (1, 65535),
+                    255,
+                ) as u16,
+            },
+        };
+        if let (Some(l), false) = (&p.length, matches!(ty, ValueType::String { .. })) {
+            self.error(
+                file,
+                at(l),
+                format!("{path}.length"),
+                format!("`length` only applies to `string` points, this one is `{ty}`"),
+                Some("remove `length` or set `type: string`".into()),
+            );
+        }
+        let field = match (&p.field, parser) {
+            (None, _) => {
+                if p.command.is_none() {
+                    self.error(
+                        file,
+                        at(&p.topic),
+                        path.to_string(),
+                        "a UART point needs `field` (or `command`, for a write-only point)",
+                        Some("add `field: <key, group name or JSON path>`".into()),
+                    );
+                }
+                None
+            }
+            (Some(_), None) if parser_failed => None,
+            (Some(f), None) => {
+                self.error(
+                    file,
+                    at(f),
+                    format!("{path}.field"),
+                    "`field` needs the device's `parser`",
+                    Some("add e.g. `parser: {kind: key_value}` to the device".into()),
+                );
+                None
+            }
+            (Some(f), Some(Parser::KeyValue { .. })) if f.value.trim().is_empty() => {
+                self.error(
+                    file,
+                    at(f),
+                    format!("{path}.field"),
+                    "the field is empty",
+                    None,
+                );
+                None
+            }
+            (Some(f), Some(Parser::KeyValue { .. })) => {
+                Some(FieldRef::Name(f.value.trim().to_string()))
+            }
+            (Some(f), Some(Parser::Json)) => match FieldPath::parse(&f.value) {
+                Ok(fp) => Some(FieldRef::Path(fp)),
+                Err(e) => {
+                    self.error(
+                        file,
+                        at(f),
+                        format!("{path}.field"),
+                        e.to_string(),
+                        Some("write a JSON path like `co2`, `sensor.temp` or `ch[0].value`".into()),
+                    );
+                    None
+                }
+            },
+            (Some(f), Some(re @ Parser::Regex(_))) => {
+                let groups = re.group_names();
+                if groups.contains(&f.value) {
+                    Some(FieldRef::Name(f.value.clone()))
+                } else {
+                    let hint = match did_you_mean(&f.value, groups.iter().map(String::as_str)) {
+                        Some(g) => format!("did you mean `{g}`?"),
+                        None => format!("its named groups: {}", groups.join(", ")),
+                    };
+                    self.error(
+                        file,
+                        at(f),
+                        format!("{path}.field"),
+                        format!("the parser's pattern has no group named `{}`", f.value),
+                        Some(hint),
+                    );
+                    None
+                }
+            }
+        };
+        let params: BTreeMap<String, String> = p
+            .params
+            .as_ref()
+            .map(|m| {
+                m.value
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(m) = &p.params {
+            for k in m
+                .value
+                .keys()
+                .filter(|k| matches!(k.as_str(), "value" | "raw"))
+            {
+                self.error(
+                    file,
+                    at(m),
+                    format!("{path}.params.{k}"),
+                    format!("`{k}` is filled in by the command itself"),
+                    Some("give the parameter another name".into()),
+                );
+            }
+        }
+        let command = match &p.command {
+            None => {
+                for (key, loc) in [
+                    ("params", p.params.as_ref().map(at)),
+                    ("ack", p.ack.as_ref().map(at)),
+                    ("ack_timeout", p.ack_timeout.as_ref().map(at)),
+                ] {
+                    if let Some(loc) = loc {
+                        self.error(
+                            file,
+                            loc,
+                            format!("{path}.{key}"),
+                            format!("`{key}` needs `command`"),
+                            Some(r#"add e.g. `command: "SET {value}\n"`"#.into()),
+                        );
+                    }
+                }
+                None
+            }
+            Some(c) => match Template::parse(&c.value) {
+                Err(e) => {
+                    self.error(
+                        file,
+                        at(c),
+                        format!("{path}.command"),
+                        format!("command template: {e}"),
+                        None,
+                    );
+                    None
+                }
+                Ok(template) => {
+                    let mut known: Vec<&str> = vec!["value", "raw"];
+                    known.extend(params.keys().map(String::as_str));
+                    for f in template.fields() {
+                        if !known.contains(&f) {
+                            let hint = match did_you_mean(f, known.iter().copied()) {
+                                Some(k) => format!("did you mean `{k}`?"),
+                                None => format!(
+                                    "known fields: {}; add `params: {{{f}: ...}}` for a fixed one",
+                                    known.join(", ")
+                                ),
+                            };
+                            self.error(
+                                file,
+                                at(c),
+                                format!("{path}.command"),
+                                format!("the command template names an unknown field `{{{f}}}`"),
+                                Some(hint),
+                            );
+                        }
+                    }
+                    let ack = p.ack.as_ref().and_then(|a| {
+                        self.regex(file, at(a), format!("{path}.ack"), "ack pattern", &a.value)
+                    });
+                    let ack_timeout = p.ack_timeout.as_ref().map(|t| {
+                        self.positive_duration(
+                            file,
+                            Some(t),
+                            &format!("{path}.ack_timeout"),
+                            Duration::from_secs(1),
+                        )
+                    });
+                    if let (Some(t), None) = (&p.ack_timeout, &p.ack) {
+                        self.error(
+                            file,
+                            at(t),
+                            format!("{path}.ack_timeout"),
+                            "`ack_timeout` needs `ack`",
+                            Some("add `ack: '^OK'` (the device's acknowledgement line)".into()),
+                        );
+                    }
+                    Some(UartCommand {
+                        template,
+                        params,
+                        ack,
+                        ack_timeout,
+                    })
+                }
+            },
+        };
+        (ty, UartPoint { field, command })
     }
 
     fn error_count(&self) -> usize {
