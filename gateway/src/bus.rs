@@ -3,13 +3,14 @@
 //! The task polls every device on its schedule with the read planner's requests, decodes
 //! the replies, applies each point's publish policy and sends the messages to the MQTT
 //! side. A device that fails `offline_after` polls in a row is published `offline` and
-//! retried with exponential backoff (capped at 60 s) so it costs the bus little; it is
+//! retried with exponential backoff (capped at its `max_backoff`, 60 s by default) so it
+//! costs the bus little; it is
 //! `online` again on the first good reply. A failed read publishes nothing.
 
 use std::{
     collections::VecDeque,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use fieldlink_drivers::modbus::{
@@ -28,9 +29,6 @@ use crate::{
 
 /// Number of start offsets devices are spread over (see [`run_bus`]).
 pub const STAGGER_SLOTS: u32 = 10;
-
-/// Longest wait between two polls of an offline device.
-pub const MAX_OFFLINE_BACKOFF: Duration = Duration::from_secs(60);
 
 struct DeviceRun {
     device: Device,
@@ -144,7 +142,7 @@ pub async fn run_bus<T: ModbusTransport>(
             let k = (dev.failures - dev.device.offline_after).min(16);
             let wait = interval
                 .saturating_mul(1 << k)
-                .min(MAX_OFFLINE_BACKOFF.max(interval));
+                .min(dev.device.max_backoff.max(interval));
             now + wait
         };
     }

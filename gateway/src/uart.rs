@@ -203,6 +203,22 @@ impl Uart<'_> {
         }
     }
 
+    /// A device sending on its own: it is offline after a silence.
+    fn listens(&self, d: usize) -> bool {
+        self.bus.devices[d]
+            .uart
+            .as_ref()
+            .is_some_and(|u| u.query.is_none() && u.parser.is_some())
+    }
+
+    /// A device that only takes commands (no parser): online while the port is open.
+    fn write_only(&self, d: usize) -> bool {
+        self.bus.devices[d]
+            .uart
+            .as_ref()
+            .is_none_or(|u| u.parser.is_none())
+    }
+
     fn polled(&self, d: usize) -> bool {
         self.bus.devices[d]
             .uart
@@ -227,6 +243,11 @@ impl Uart<'_> {
                 for d in &mut self.devs {
                     // A device sending on its own gets its full grace period again.
                     d.last_seen = now;
+                }
+                for d in 0..self.devs.len() {
+                    if self.write_only(d) {
+                        self.set_availability(d, true, out);
+                    }
                 }
             }
             Err(e) => {
@@ -331,7 +352,7 @@ impl Uart<'_> {
             Pending::Idle => {}
         }
         for (i, d) in self.devs.iter().enumerate() {
-            if !self.polled(i) && self.port.is_some() {
+            if self.listens(i) && self.port.is_some() {
                 t = t.min(d.last_seen + self.silence(i));
             }
         }
@@ -382,7 +403,7 @@ impl Uart<'_> {
         }
         if self.port.is_some() {
             for d in 0..self.devs.len() {
-                if !self.polled(d) && self.devs[d].last_seen + self.silence(d) <= now {
+                if self.listens(d) && self.devs[d].last_seen + self.silence(d) <= now {
                     self.set_availability(d, false, out);
                     // Checked again one period later.
                     self.devs[d].last_seen =
@@ -608,7 +629,7 @@ impl Uart<'_> {
         }
         // 3. A device sending on its own.
         for d in 0..self.devs.len() {
-            if !self.polled(d) && self.accept(d, line, out) {
+            if self.listens(d) && self.accept(d, line, out) {
                 self.stats.devices[self.first + d]
                     .polls
                     .fetch_add(1, Relaxed);
