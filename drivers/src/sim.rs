@@ -353,3 +353,106 @@ pub fn pty_pair() -> io::Result<(tokio_serial::SerialStream, std::fs::File, Stri
     drop(slave);
     Ok((master, keeper, path))
 }
+
+/// One exchange seen by a [`TimedRtuSlave`], timed on the device side of the line.
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange {
+    /// Unit id asked.
+    pub unit: u8,
+    /// First byte of the request read.
+    pub request_start: Instant,
+    /// Reply written (the end of its last byte, with the modelled wire time).
+    pub reply_end: Instant,
+    /// Request length in bytes.
+    pub request_len: usize,
+    /// Reply length in bytes.
+    pub reply_len: usize,
+}
+
+/// A minimal Modbus RTU slave that times the line from the device's side: it answers
+/// FC03/FC04 reads for its unit ids (register `a` holds `a`, so every value is checkable),
+/// records when each request started and each reply ended, and can model a real baud
+/// rate by holding each reply back for the request's and the reply's time on the wire.
+/// Used by the inter-frame gap test and the RTU benchmark; the tokio-modbus RTU server is
+/// the simulator everywhere else.
+#[derive(Clone, Debug, Default)]
+pub struct TimedRtuSlave {
+    log: Arc<Mutex<Vec<Exchange>>>,
+}
+
+impl TimedRtuSlave {
+    /// Serve `port` for `units`; with `char_time`, every reply is delayed by the wire time
+    /// of request and reply at that time per character.
+    pub fn spawn(
+        port: tokio_serial::SerialStream,
+        units: Vec<u8>,
+        char_time: Option<std::time::Duration>,
+    ) -> TimedRtuSlave {
+        let slave = TimedRtuSlave::default();
+        let log = slave.log.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut port = port;
+            let mut buf: Vec<u8> = Vec::with_capacity(64);
+            let mut chunk = [0u8; 64];
+            let mut start = Instant::now();
+            loop {
+                let n = match port.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if buf.is_empty() {
+                    start = Instant::now();
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while buf.len() >= 8 {
+                    let req: Vec<u8> = buf.drain(..8).collect();
+                    let crc_ok = crate::modbus::rtu::crc16(&req[..6])
+                        == u16::from_le_bytes([req[6], req[7]]);
+                    if !crc_ok || !units.contains(&req[0]) || !matches!(req[1], 3 | 4) {
+                        buf.clear();
+                        continue;
+                    }
+                    let addr = u16::from_be_bytes([req[2], req[3]]);
+                    let count = u16::from_be_bytes([req[4], req[5]]).min(125);
+                    let mut reply = vec![req[0], req[1], (count * 2) as u8];
+                    for a in addr..addr.saturating_add(count) {
+                        reply.extend_from_slice(&a.to_be_bytes());
+                    }
+                    let crc = crate::modbus::rtu::crc16(&reply);
+                    reply.extend_from_slice(&crc.to_le_bytes());
+                    if let Some(ct) = char_time {
+                        let wire = ct * (req.len() + reply.len()) as u32;
+                        tokio::time::sleep_until((start + wire).into()).await;
+                    }
+                    if port.write_all(&reply).await.is_err() || port.flush().await.is_err() {
+                        return;
+                    }
+                    lock(&log).push(Exchange {
+                        unit: req[0],
+                        request_start: start,
+                        reply_end: Instant::now(),
+                        request_len: req.len(),
+                        reply_len: reply.len(),
+                    });
+                    start = Instant::now();
+                }
+            }
+        });
+        slave
+    }
+
+    /// Every exchange so far.
+    pub fn log(&self) -> Vec<Exchange> {
+        lock(&self.log).clone()
+    }
+
+    /// Silence before each request after the first: from the end of the previous reply
+    /// to the first byte of the request.
+    pub fn gaps(&self) -> Vec<std::time::Duration> {
+        let log = self.log();
+        log.windows(2)
+            .map(|w| w[1].request_start.saturating_duration_since(w[0].reply_end))
+            .collect()
+    }
+}

@@ -1,7 +1,10 @@
 //! Modbus RTU end to end: the gateway on one end of a pseudo-terminal pair, a tokio-modbus
 //! RTU server with three unit ids on the other.
 
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::Duration,
+};
 
 use fieldlink_drivers::{
     modbus::Table,
@@ -167,4 +170,112 @@ async fn an_unplugged_adapter_goes_offline_and_comes_back_without_a_restart() {
         );
     }
     gw.stop().await;
+}
+
+/// The gateway never starts a request sooner than 3.5 character times after the previous
+/// reply, measured on the device side of the pty, at three line settings (1.75 ms fixed
+/// above 19 200 baud).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inter_frame_gap_is_kept_at_every_baud_rate() {
+    // (baud, parity, stop bits, bits per character)
+    for (baud, parity, stop, bits) in [
+        (9600u32, "none", 1, 10u32),
+        (19200, "even", 1, 11),
+        (115200, "none", 2, 11),
+    ] {
+        let (master, _keeper, path) = pty();
+        let slave = fieldlink_drivers::sim::TimedRtuSlave::spawn(master, vec![1, 2, 3], None);
+        let mut m = format!(
+            "buses:\n  - id: rs485\n    kind: modbus_rtu\n    path: {path}\n    baud: {baud}\n    parity: {parity}\n    stop_bits: {stop}\n    timeout: 200ms\ndevices:\n"
+        );
+        for u in 1..=3 {
+            m.push_str(&format!(
+                "  - id: dev{u}\n    bus: rs485\n    unit: {u}\n    poll_interval: 15ms\n    points:\n      - topic: gap/dev{u}\n        table: holding\n        address: {a}\n        publish: every_poll\n",
+                a = u * 10
+            ));
+        }
+        let gw = Gateway::start(model(&m, "")).await;
+        let mut obs = Observer::connect(gw.broker_port(), "gap/#", QoS::AtMostOnce).await;
+        let msgs = obs.collect(Duration::from_millis(1500)).await;
+        gw.stop().await;
+        // Every value is the register's own address (the slave's truth).
+        for msg in &msgs {
+            let unit: u16 = msg.topic["gap/dev".len()..].parse().expect("unit");
+            assert_eq!(msg.payload, (unit * 10).to_string(), "{}", msg.topic);
+        }
+        let gaps = slave.gaps();
+        assert!(
+            gaps.len() >= 50,
+            "{baud} baud: only {} exchanges",
+            gaps.len()
+        );
+        let required = if baud > 19_200 {
+            Duration::from_micros(1750)
+        } else {
+            Duration::from_secs_f64(3.5 * f64::from(bits) / f64::from(baud))
+        };
+        let min = gaps.iter().min().copied().unwrap_or_default();
+        assert!(
+            min >= required,
+            "{baud} baud: a request came {min:?} after a reply; 3.5 characters is {required:?}"
+        );
+    }
+}
+
+/// A slow unit whose replies arrive after the timeout (sometimes within it): every value
+/// published matches what the simulator held for that point, never a reply to another
+/// request of the same unit (same function, same length, other address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_are_never_published_as_another_requests_value() {
+    let (master, _keeper, path) = pty();
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    tokio::spawn(server.serve_rtu(master));
+    // Two reads of the same unit, same function and length, far apart (not merged).
+    let m = format!(
+        "buses:\n  - id: rs485\n    kind: modbus_rtu\n    path: {path}\n    baud: 115200\n    timeout: 100ms\ndevices:\n  - id: slow\n    bus: rs485\n    poll_interval: 50ms\n    offline_after: 1000\n    max_gap: 0\n    points:\n      - topic: late/a\n        table: holding\n        address: 0\n        publish: every_poll\n      - topic: late/b\n        table: holding\n        address: 100\n        publish: every_poll\n"
+    );
+    // Truth: a counts 1000.., b counts 5000..; every value each ever held is recorded.
+    let truth_a = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let truth_b = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let (ta, tb, d) = (truth_a.clone(), truth_b.clone(), dev.clone());
+    let changer = tokio::spawn(async move {
+        let delays = [20u64, 140, 60, 180, 90, 120, 30, 160];
+        for k in 0u16.. {
+            ta.lock().expect("lock").insert(1000 + k);
+            tb.lock().expect("lock").insert(5000 + k);
+            d.set_registers(Table::Holding, 0, &[1000 + k]);
+            d.set_registers(Table::Holding, 100, &[5000 + k]);
+            // Reply delays around the 100 ms timeout (late ones within 2 timeouts).
+            d.set_reply_delay(Duration::from_millis(delays[usize::from(k) % delays.len()]));
+            tokio::time::sleep(Duration::from_millis(70)).await;
+        }
+    });
+    let gw = Gateway::start(model(&m, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "late/#", QoS::AtMostOnce).await;
+    let msgs = obs.collect(Duration::from_secs(6)).await;
+    changer.abort();
+    let timeouts = gw.stats.devices[0].request_errors.load(Relaxed);
+    gw.stop().await;
+    let (mut na, mut nb) = (0, 0);
+    for msg in &msgs {
+        let v: u16 = msg.payload.parse().expect("number");
+        let truth = if msg.topic == "late/a" {
+            na += 1;
+            &truth_a
+        } else {
+            nb += 1;
+            &truth_b
+        };
+        assert!(
+            truth.lock().expect("lock").contains(&v),
+            "{} published {v}, a value it never held",
+            msg.topic
+        );
+    }
+    assert!(
+        na >= 5 && nb >= 5,
+        "too few readings to tell: a {na}, b {nb}"
+    );
+    assert!(timeouts >= 5, "the slow replies did time out ({timeouts})");
 }
