@@ -33,6 +33,21 @@ use super::{
 
 pub use crate::serial::{Parity, SerialSettings};
 
+/// Sleep until `t` with sub-millisecond precision: tokio's timer wheel ticks in whole
+/// milliseconds (and rounds up), which alone would add 1–2 ms of dead bus time to every
+/// transaction. The last stretch is slept on a blocking-pool thread (`nanosleep`, precise
+/// to tens of microseconds) instead of spinning.
+pub async fn sleep_precisely_until(t: Instant) {
+    let coarse = Duration::from_millis(2);
+    if t.saturating_duration_since(Instant::now()) > coarse {
+        tokio::time::sleep_until(t - coarse).await;
+    }
+    let rest = t.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
+}
+
 /// CRC-16/MODBUS of `data`.
 pub fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0xFFFF;
@@ -175,7 +190,7 @@ impl RtuTransport {
     async fn transact(&mut self, unit: u8, pdu: &[u8]) -> Result<Vec<u8>, DriverError> {
         self.open()?;
         let gap = self.gap();
-        tokio::time::sleep_until(self.last_activity + gap).await;
+        sleep_precisely_until(self.last_activity + gap).await;
         let Some(port) = self.port.as_mut() else {
             return Err(DriverError::NotConnected("serial port closed".into()));
         };

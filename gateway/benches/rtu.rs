@@ -1,0 +1,169 @@
+//! Modbus RTU benchmark on a pseudo-terminal: transactions per second, the gateway's
+//! added latency per transaction, and at a modelled 9600 baud the share of bus time the
+//! gateway leaves idle beyond the required 3.5-character gap.
+//!
+//! Run: `cargo bench -p fieldlink --bench rtu`
+//!
+//! The gateway (`fieldlink::run_with`, embedded broker included) polls three unit ids as
+//! fast as it may (`poll_interval: 1ms`) through the real RTU master. On the other end of
+//! the pty a timed RTU slave (`fieldlink_drivers::sim::TimedRtuSlave`) answers at once
+//! and stamps, on the device side, the first byte of every request and the end of every
+//! reply. With a modelled baud rate the slave holds each reply back for the time the
+//! request and the reply would take on the wire.
+//!
+//! - "added latency" = silence between the end of a reply and the next request, minus
+//!   the required gap: what the gateway itself costs per transaction (decode, publish
+//!   hand-off, scheduling, timer granularity, pty hops).
+//! - "idle beyond the gap" = that excess summed, over the whole bus time.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use fieldlink::{shutdown, validate};
+use fieldlink_drivers::sim::{pty_pair, Exchange, TimedRtuSlave};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Window {
+    tps: f64,
+    added_p50: Duration,
+    added_p99: Duration,
+    idle_beyond_gap: f64,
+}
+
+fn window(log: &[Exchange], from: Instant, to: Instant, required: Duration) -> Window {
+    let ex: Vec<&Exchange> = log
+        .iter()
+        .filter(|e| e.request_start >= from && e.request_start < to)
+        .collect();
+    let mut added: Vec<Duration> = ex
+        .windows(2)
+        .map(|w| {
+            w[1].request_start
+                .saturating_duration_since(w[0].reply_end)
+                .saturating_sub(required)
+        })
+        .collect();
+    added.sort();
+    let span = ex
+        .last()
+        .zip(ex.first())
+        .map_or(Duration::ZERO, |(l, f)| l.request_start - f.request_start);
+    let idle: Duration = added.iter().sum();
+    Window {
+        tps: ex.len().saturating_sub(1) as f64 / span.as_secs_f64().max(1e-9),
+        added_p50: pct(&added, 0.5),
+        added_p99: pct(&added, 0.99),
+        idle_beyond_gap: idle.as_secs_f64() / span.as_secs_f64().max(1e-9),
+    }
+}
+
+async fn scenario(name: &str, baud: u32, modelled: bool) {
+    let (master, _keeper, path) = pty_pair().expect("pty");
+    let bits = 10u32; // 8N1
+    let char_time = Duration::from_secs_f64(f64::from(bits) / f64::from(baud));
+    let required = if baud > 19_200 {
+        Duration::from_micros(1750)
+    } else {
+        char_time.mul_f64(3.5)
+    };
+    let slave = TimedRtuSlave::spawn(master, vec![1, 2, 3], modelled.then_some(char_time));
+    let mut mapping = format!(
+        "buses:\n  - id: rs485\n    kind: modbus_rtu\n    path: {path}\n    baud: {baud}\n    timeout: 500ms\ndevices:\n"
+    );
+    for u in 1..=3 {
+        mapping.push_str(&format!(
+            "  - id: d{u}\n    bus: rs485\n    unit: {u}\n    poll_interval: 1ms\n    points:\n      - {{ topic: bench/d{u}, table: holding, address: {u}, publish: every_poll }}\n"
+        ));
+    }
+    let gateway = format!(
+        "id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let model = match validate::check_sources(Path::new("gateway.yaml"), &gateway, |_, _| {
+        vec![(PathBuf::from("mapping.yaml"), mapping.clone())]
+    }) {
+        Ok(c) => c.model,
+        Err(d) => panic!("{d:?}"),
+    };
+    let (trigger, sd) = shutdown::channel();
+    let run = tokio::spawn(fieldlink::run(model, sd));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tps = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let from = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let w = window(&slave.log(), from, Instant::now(), required);
+        tps.push(w.tps);
+        p50.push(w.added_p50.as_secs_f64() * 1000.0);
+        p99.push(w.added_p99.as_secs_f64() * 1000.0);
+        idle.push(w.idle_beyond_gap * 100.0);
+    }
+    trigger.trigger();
+    let _ = run.await;
+    let wire = if modelled {
+        char_time * (8 + 7)
+    } else {
+        Duration::ZERO
+    };
+    let ideal = 1.0 / (wire + required).as_secs_f64();
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.3} ms | {:.1} % |",
+        median(&mut tps),
+        ideal,
+        median(&mut p50),
+        median(&mut p99),
+        required.as_secs_f64() * 1000.0,
+        median(&mut idle),
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("| scenario | transactions/s | ideal/s | added latency p50 | p99 | required gap | bus idle beyond the gap |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    rt.block_on(async {
+        scenario(
+            "pty, 115200 baud configured (no modelled wire time)",
+            115_200,
+            false,
+        )
+        .await;
+        scenario(
+            "pty, 9600 baud configured (no modelled wire time)",
+            9_600,
+            false,
+        )
+        .await;
+        scenario(
+            "modelled 9600 baud 8N1 (request 8 B, reply 7 B)",
+            9_600,
+            true,
+        )
+        .await;
+    });
+}
