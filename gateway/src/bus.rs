@@ -117,10 +117,7 @@ pub async fn run_bus<T: ModbusTransport>(
             Some(first) = commands.recv() => {
                 // Everything queued now goes ahead of the next poll; several commands
                 // for the same point collapse to the newest.
-                let mut batch = vec![first];
-                while let Ok(c) = commands.try_recv() {
-                    batch.push(c);
-                }
+                let batch = commands::drain(first, &mut commands);
                 run_commands(&mut devices, batch, &mut transport, &out).await;
                 continue;
             }

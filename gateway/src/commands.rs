@@ -253,6 +253,15 @@ pub fn to_raw(point: &Point, value: &serde_json::Value) -> Result<Value, String>
     }
 }
 
+/// `first` and every command already queued behind it.
+pub fn drain(first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
+    let mut batch = vec![first];
+    while let Ok(c) = rx.try_recv() {
+        batch.push(c);
+    }
+    batch
+}
+
 /// Collapse a batch of queued commands: several for the same point keep only the newest;
 /// each one superseded is answered on its result topic (pushed to `messages`).
 pub fn collapse<'a>(

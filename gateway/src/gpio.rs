@@ -123,10 +123,7 @@ pub async fn run_gpio(
             () = shutdown.recv() => break,
             // A closed channel disables the branch (no busy loop).
             Some(first) = commands.recv() => {
-                let mut batch = vec![first];
-                while let Ok(c) = commands.try_recv() {
-                    batch.push(c);
-                }
+                let batch = commands::drain(first, &mut commands);
                 let batch = commands::collapse(batch, |c| bus.devices.get(c.device).and_then(|d| d.points.get(c.point)), &mut out.messages);
                 for c in batch {
                     if let Some(i) = lines.iter().position(|l| l.device == c.device && l.point == c.point) {

@@ -145,10 +145,7 @@ pub async fn run_uart(model: Arc<Model>, bus: Bus, first_stats_index: usize, io:
             biased;
             () = shutdown.recv() => break,
             Some(first) = commands.recv() => {
-                let mut batch = vec![first];
-                while let Ok(c) = commands.try_recv() {
-                    batch.push(c);
-                }
+                let batch = commands::drain(first, &mut commands);
                 let batch = commands::collapse(
                     batch,
                     |c| bus.devices.get(c.device).and_then(|d| d.points.get(c.point)),

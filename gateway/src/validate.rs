@@ -923,57 +923,45 @@ impl Validator {
         topics: &mut BTreeMap<String, (PathBuf, (u64, u64), String)>,
     ) -> Option<(String, Device)> {
         if class != Class::Uart {
-            for (key, loc) in [
-                ("query", d.query.as_ref().map(at)),
-                ("parser", d.parser.as_ref().map(|p| at(&p.kind))),
-            ] {
-                if let Some(loc) = loc {
-                    self.error(
-                        file,
-                        loc,
-                        format!("{path}.{key}"),
-                        format!("`{key}` applies to devices on a uart bus only"),
-                        Some("put the device on a `kind: uart` bus, or remove the key".into()),
-                    );
-                }
-            }
+            self.reject_keys(
+                file,
+                path,
+                &[
+                    ("query", d.query.as_ref().map(at)),
+                    ("parser", d.parser.as_ref().map(|p| at(&p.kind))),
+                ],
+                |key| format!("`{key}` applies to devices on a uart bus only"),
+                "put the device on a `kind: uart` bus, or remove the key",
+            );
         }
         if class == Class::Uart {
-            for (key, loc) in [
+            self.reject_keys(
+                file,
+                path,
+                &[
                 ("unit", d.unit.as_ref().map(at)),
                 ("max_gap", d.max_gap.as_ref().map(at)),
                 ("write_multiple", d.write_multiple.as_ref().map(at)),
-            ] {
-                if let Some(loc) = loc {
-                    self.error(
-                        file,
-                        loc,
-                        format!("{path}.{key}"),
-                        format!("`{key}` does not apply to a device on a uart bus"),
-                        Some("a uart device takes `parser`, `query`, `poll_interval`, `offline_after`, `max_backoff`".into()),
-                    );
-                }
-            }
+            ],
+                |key| format!("`{key}` does not apply to a device on a uart bus"),
+                "a uart device takes `parser`, `query`, `poll_interval`, `offline_after`, `max_backoff`",
+            );
         }
         if class == Class::Gpio {
-            for (key, loc) in [
+            self.reject_keys(
+                file,
+                path,
+                &[
                 ("unit", d.unit.as_ref().map(at)),
                 ("poll_interval", d.poll_interval.as_ref().map(at)),
                 ("offline_after", d.offline_after.as_ref().map(at)),
                 ("max_gap", d.max_gap.as_ref().map(at)),
                 ("write_multiple", d.write_multiple.as_ref().map(at)),
                 ("max_backoff", d.max_backoff.as_ref().map(at)),
-            ] {
-                if let Some(loc) = loc {
-                    self.error(
-                        file,
-                        loc,
-                        format!("{path}.{key}"),
-                        format!("`{key}` does not apply to a device on a gpio bus"),
-                        Some("GPIO inputs are interrupt-driven, not polled; use a point's `heartbeat` to republish".into()),
-                    );
-                }
-            }
+            ],
+                |key| format!("`{key}` does not apply to a device on a gpio bus"),
+                "GPIO inputs are interrupt-driven, not polled; use a point's `heartbeat` to republish",
+            );
         }
         let id = d.id.value.clone();
         if !is_id(&id) {
@@ -1495,17 +1483,13 @@ impl Validator {
             ("min", p.min.as_ref().map(at)),
             ("max", p.max.as_ref().map(at)),
         ];
-        for (key, loc) in modbus_keys {
-            if let Some(loc) = loc {
-                self.error(
-                    file,
-                    loc,
-                    format!("{path}.{key}"),
-                    format!("`{key}` does not apply to a GPIO point (one line, on or off)"),
-                    Some("remove it; a GPIO point has `pin`, `mode`, `pull`, `active_low`, `debounce`, `initial`, `on_shutdown`, `pulse`".into()),
-                );
-            }
-        }
+        self.reject_keys(
+            file,
+            path,
+            &modbus_keys,
+            |key| format!("`{key}` does not apply to a GPIO point (one line, on or off)"),
+            "remove it; a GPIO point has `pin`, `mode`, `pull`, `active_low`, `debounce`, `initial`, `on_shutdown`, `pulse`",
+        );
         if let Some(t) = p.ty.as_ref().filter(|t| t.value != TypeName::Bool) {
             self.error(
                 file,
@@ -1660,19 +1644,13 @@ impl Validator {
             ("on_shutdown", p.on_shutdown.as_ref().map(at)),
             ("pulse", p.pulse.as_ref().map(at)),
         ];
-        for (key, loc) in gpio_keys {
-            if let Some(loc) = loc {
-                self.error(
-                    file,
-                    loc,
-                    format!("{path}.{key}"),
-                    format!("`{key}` applies to GPIO points only; this device is on a Modbus bus"),
-                    Some(
-                        "put the point on a device of a `kind: gpio` bus, or remove the key".into(),
-                    ),
-                );
-            }
-        }
+        self.reject_keys(
+            file,
+            path,
+            &gpio_keys,
+            |key| format!("`{key}` applies to GPIO points only; this device is on a Modbus bus"),
+            "put the point on a device of a `kind: gpio` bus, or remove the key",
+        );
         let Some(table_s) = &p.table else {
             self.error(
                 file,
@@ -1851,21 +1829,37 @@ impl Validator {
         (table, address, ty, order, bit)
     }
 
-    /// UART keys on a point of another bus kind.
-    fn no_uart_keys(&mut self, file: &Path, path: &str, p: &PointFile, bus: &str) {
-        for (key, loc) in uart_point_keys(p) {
+    /// Report every key of `keys` that is present as one that does not belong here.
+    fn reject_keys(
+        &mut self,
+        file: &Path,
+        path: &str,
+        keys: &[(&str, Option<(u64, u64)>)],
+        message: impl Fn(&str) -> String,
+        hint: &str,
+    ) {
+        for (key, loc) in keys {
             if let Some(loc) = loc {
                 self.error(
                     file,
-                    loc,
+                    *loc,
                     format!("{path}.{key}"),
-                    format!("`{key}` applies to UART points only; this device is on {bus} bus"),
-                    Some(
-                        "put the point on a device of a `kind: uart` bus, or remove the key".into(),
-                    ),
+                    message(key),
+                    Some(hint.to_string()),
                 );
             }
         }
+    }
+
+    /// UART keys on a point of another bus kind.
+    fn no_uart_keys(&mut self, file: &Path, path: &str, p: &PointFile, bus: &str) {
+        self.reject_keys(
+            file,
+            path,
+            &uart_point_keys(p),
+            |key| format!("`{key}` applies to UART points only; this device is on {bus} bus"),
+            "put the point on a device of a `kind: uart` bus, or remove the key",
+        );
     }
 
     /// A regex from the mapping, or an error at `loc`.
@@ -2010,7 +2004,10 @@ impl Validator {
         parser: Option<&Parser>,
         parser_failed: bool,
     ) -> (ValueType, UartPoint) {
-        for (key, loc) in [
+        self.reject_keys(
+            file,
+            path,
+            &[
             ("table", p.table.as_ref().map(at)),
             ("address", p.address.as_ref().map(at)),
             ("word_order", p.word_order.as_ref().map(at)),
@@ -2023,17 +2020,10 @@ impl Validator {
             ("initial", p.initial.as_ref().map(at)),
             ("on_shutdown", p.on_shutdown.as_ref().map(at)),
             ("pulse", p.pulse.as_ref().map(at)),
-        ] {
-            if let Some(loc) = loc {
-                self.error(
-                    file,
-                    loc,
-                    format!("{path}.{key}"),
-                    format!("`{key}` does not apply to a UART point"),
-                    Some("a UART point reads `field` of a parsed line; `command`, `params`, `ack`, `ack_timeout` make it writable".into()),
-                );
-            }
-        }
+        ],
+            |key| format!("`{key}` does not apply to a UART point"),
+            "a UART point reads `field` of a parsed line; `command`, `params`, `ack`, `ack_timeout` make it writable",
+        );
         let ty = match p.ty.as_ref().map_or(TypeName::F64, |t| t.value) {
             TypeName::Bool => ValueType::Bool,
             TypeName::U16 => ValueType::U16,
@@ -2161,21 +2151,17 @@ impl Validator {
         }
         let command = match &p.command {
             None => {
-                for (key, loc) in [
-                    ("params", p.params.as_ref().map(at)),
-                    ("ack", p.ack.as_ref().map(at)),
-                    ("ack_timeout", p.ack_timeout.as_ref().map(at)),
-                ] {
-                    if let Some(loc) = loc {
-                        self.error(
-                            file,
-                            loc,
-                            format!("{path}.{key}"),
-                            format!("`{key}` needs `command`"),
-                            Some(r#"add e.g. `command: "SET {value}\n"`"#.into()),
-                        );
-                    }
-                }
+                self.reject_keys(
+                    file,
+                    path,
+                    &[
+                        ("params", p.params.as_ref().map(at)),
+                        ("ack", p.ack.as_ref().map(at)),
+                        ("ack_timeout", p.ack_timeout.as_ref().map(at)),
+                    ],
+                    |key| format!("`{key}` needs `command`"),
+                    r#"add e.g. `command: "SET {value}\n"`"#,
+                );
                 None
             }
             Some(c) => match Template::parse(&c.value) {
