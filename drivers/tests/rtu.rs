@@ -119,3 +119,59 @@ async fn a_late_reply_is_never_taken_for_the_next_answer() {
         ReadData::Registers(vec![2222])
     );
 }
+
+/// A misbehaving device: each request gets the next reply from a script (bad CRC, wrong
+/// unit, wrong function, garbage, nothing, then a good reply). Each bad one is an error for
+/// that request, never a value, and the request after it gets the right answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_crc_wrong_unit_and_garbage_are_errors_never_values() {
+    use fieldlink_drivers::modbus::rtu::crc16;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut master, _slave, path) = pty();
+    let frame = |body: &[u8]| {
+        let mut f = body.to_vec();
+        f.extend_from_slice(&crc16(body).to_le_bytes());
+        f
+    };
+    let good = frame(&[1, 3, 2, 0x00, 0x2A]); // unit 1, FC03, one register = 42
+    let mut bad_crc = good.clone();
+    bad_crc[4] ^= 0xFF;
+    let script: Vec<(&str, Vec<u8>)> = vec![
+        ("bad CRC", bad_crc),
+        ("wrong unit", frame(&[2, 3, 2, 0x00, 0x63])),
+        ("wrong function", frame(&[1, 4, 2, 0x00, 0x63])),
+        ("garbage", b"\xff\x00hello world\x13\x37".to_vec()),
+        ("wrong length", frame(&[1, 3, 4, 0, 0x63, 0, 0x63])),
+        ("good", good),
+    ];
+    let names: Vec<&str> = script.iter().map(|(n, _)| *n).collect();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        for (_, reply) in script {
+            // One request (8 bytes for FC03).
+            let mut got = 0;
+            while got < 8 {
+                match master.read(&mut buf[got..8]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+            let _ = master.write_all(&reply).await;
+        }
+        // Keep the line open.
+        let _ = master.read(&mut buf).await;
+    });
+    let mut t = RtuTransport::new(
+        settings(&path, 115_200),
+        Duration::from_millis(150),
+        Duration::ZERO,
+    );
+    for name in names {
+        let r = t.read(1, Table::Holding, 0, 1).await;
+        if name == "good" {
+            assert_eq!(r, Ok(ReadData::Registers(vec![42])), "{name}");
+        } else {
+            assert!(r.is_err(), "{name}: must be an error, got {r:?}");
+        }
+    }
+}
