@@ -1,9 +1,11 @@
-//! `fieldlink demo`: the example house (`mappings/casa.yaml`) against simulated Modbus TCP
-//! devices and the embedded broker, so a newcomer sees readings flowing with no hardware.
+//! `fieldlink demo`: the example house (`mappings/casa.yaml`) against simulated devices and
+//! the embedded broker, so a newcomer sees readings flowing with no hardware.
 //!
-//! The simulators are real tokio-modbus servers on 127.0.0.1 (free ports); every point of
-//! the mapping gets a value that moves like a real sensor (slow waves plus noise, counters
-//! that only grow, contacts that open and close).
+//! The Modbus simulators are real tokio-modbus servers: on 127.0.0.1 (free ports) for TCP
+//! buses, and on the far end of a pseudo-terminal pair for RTU buses. A UART bus gets a
+//! pseudo-terminal too, with an emulated CO₂ sensor answering its query. Every point gets a
+//! value that moves like a real sensor (slow waves plus noise, counters that only grow,
+//! contacts that open and close).
 
 use std::{
     net::SocketAddr,
@@ -86,16 +88,33 @@ pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
             hooks.gpio.insert(bus.id.clone(), board);
             continue;
         }
+        if let BusKind::Uart { serial, .. } = &mut bus.kind {
+            let (port, keeper, path) = fieldlink_drivers::sim::pty_pair()?;
+            serial.path = path;
+            tokio::spawn(co2_sensor(port, keeper));
+            continue;
+        }
         let server = SimServer::new();
         for d in &bus.devices {
             let dev = server.add(d.unit, SimDevice::new());
             dev.set_logging(false);
             animated.push((dev, d.points.clone()));
         }
-        let port = server.spawn_local().await?;
-        if let BusKind::ModbusTcp { host, port: p, .. } = &mut bus.kind {
-            *host = "127.0.0.1".into();
-            *p = port;
+        match &mut bus.kind {
+            BusKind::ModbusTcp { host, port, .. } => {
+                *port = server.spawn_local().await?;
+                *host = "127.0.0.1".into();
+            }
+            BusKind::ModbusRtu { serial, .. } => {
+                let (port, keeper, path) = fieldlink_drivers::sim::pty_pair()?;
+                serial.path = path;
+                tokio::spawn(async move {
+                    // The keeper holds the gateway's end open until the simulator stops.
+                    let _keeper = keeper;
+                    let _ = server.serve_rtu(port).await;
+                });
+            }
+            BusKind::Uart { .. } | BusKind::Gpio { .. } => {}
         }
     }
     for (board, pin, active_low, period) in contacts {
@@ -131,6 +150,44 @@ pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
         }
     });
     Ok((model, hooks))
+}
+
+/// An emulated UART CO₂ sensor: answers `Q` with ` H 00345 T 01225 Z 00612` (humidity
+/// × 10, temperature × 10 + 1000, CO₂ in ppm), CRLF-terminated, like the `co2-sala` device
+/// of `mappings/casa.yaml` expects.
+async fn co2_sensor(mut port: tokio_serial::SerialStream, keeper: std::fs::File) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _keeper = keeper;
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64];
+    loop {
+        let n = match port.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            if line.trim_ascii() != b"Q" {
+                continue;
+            }
+            let t = start.elapsed().as_secs_f64();
+            let slow = (t / 300.0 * std::f64::consts::TAU).sin();
+            let n = noise(t as u64);
+            let co2 = 650.0 + 150.0 * slow + 10.0 * n;
+            let temp = 23.0 + slow + 0.1 * n;
+            let reply = format!(
+                " H {:05} T {:05} Z {:05}\r\n",
+                (480.0 + 40.0 * slow) as u32,
+                (temp * 10.0 + 1000.0) as u32,
+                co2 as u32
+            );
+            if port.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Run the demo until shutdown.

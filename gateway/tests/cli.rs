@@ -38,7 +38,7 @@ fn demo_readings_are_visible_with_watch() {
             "--port",
             &port.to_string(),
             "--count",
-            "40",
+            "100",
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -47,11 +47,11 @@ fn demo_readings_are_visible_with_watch() {
     std::thread::spawn(move || {
         let _ = tx.send(watch.wait_with_output());
     });
-    let out = rx.recv_timeout(Duration::from_secs(30));
+    let out = rx.recv_timeout(Duration::from_secs(45));
     let _ = demo.kill();
     let _ = demo.wait();
     let out = out
-        .expect("watch printed 40 messages within 30 s")
+        .expect("watch printed 100 messages within 45 s")
         .expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
     let temp = text
@@ -70,6 +70,13 @@ fn demo_readings_are_visible_with_watch() {
         text.lines().any(|l| l == "casa/jardim/valvula OFF"),
         "{text}"
     );
+    // The serial buses: an RS-485 sensor (Modbus RTU on a pty) and a UART CO₂ sensor.
+    for topic in ["casa/quarto/temperatura ", "casa/sala/co2 "] {
+        assert!(
+            text.lines().any(|l| l.starts_with(topic)),
+            "{topic}missing:\n{text}"
+        );
+    }
 }
 
 /// `backend: rppal` on a machine that is not a Raspberry Pi: a clear error and a failed
