@@ -14,6 +14,9 @@ use std::{
 use serde::{Deserialize, Deserializer};
 pub use serde_saphyr::Spanned;
 
+/// Longest duration accepted anywhere (keeps deadline arithmetic far from overflow).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A duration written the human way: `500ms`, `1s`, `5m`, `1h 30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -21,13 +24,17 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{s}`: write it like `500ms`, `1s`, `5m`, `1h 30m`"
-                ))
-            })
+        let d = humantime::parse_duration(s.trim()).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{s}`: write it like `500ms`, `1s`, `5m`, `1h 30m`"
+            ))
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration `{s}` is longer than 365 days"
+            )));
+        }
+        Ok(HumanDuration(d))
     }
 }
 
@@ -754,6 +761,14 @@ mod tests {
         assert_eq!((e.line, e.column), (7, 9));
         assert_eq!(e.path, "devices[0].points[0].adress");
         assert_eq!(e.hint.as_deref(), Some("did you mean `address`?"));
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected_with_their_location() {
+        let y = "buses:\n  - id: b\n    kind: modbus_tcp\n    host: h\n    timeout: 1000000000y\n";
+        let e = parse_yaml::<MappingFile>(y).unwrap_err();
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("longer than 365 days"), "{}", e.message);
     }
 
     #[test]

@@ -156,11 +156,14 @@ pub async fn run_uart(model: Arc<Model>, bus: Bus, first_stats_index: usize, io:
             r = read_port(&mut u.port, &mut chunk) => match r {
                 Ok(n) if n > 0 => {
                     u.last_rx = TokioInstant::now();
+                    u.backoff.reset();
                     let mut frames = Vec::new();
                     u.framer.push(&chunk[..n], &mut frames);
                     for f in frames {
                         u.frame(f, &mut out);
                     }
+                    // A line that never stops coming must not starve the deadlines.
+                    u.timers(&mut out);
                 }
                 Ok(_) => u.lost("hang-up", &mut out),
                 Err(e) => u.lost(&e.to_string(), &mut out),
@@ -175,6 +178,19 @@ pub async fn run_uart(model: Arc<Model>, bus: Bus, first_stats_index: usize, io:
                 point,
                 Err("gateway shutting down before the acknowledgement".into()),
                 command.id.as_ref(),
+            ));
+        }
+    }
+    // Commands not written yet are answered too: nobody is left waiting.
+    while let Ok(c) = commands.try_recv() {
+        u.queue.push_back(c);
+    }
+    for c in std::mem::take(&mut u.queue) {
+        if let Some(point) = u.point(&c) {
+            out.messages.push(commands::result(
+                point,
+                Err("gateway shutting down; command not written".into()),
+                c.id.as_ref(),
             ));
         }
     }
@@ -232,7 +248,8 @@ impl Uart<'_> {
             Ok(p) => {
                 info!(bus = %self.bus.id, port = %self.settings.path, baud = self.settings.baud, "Serial port open.");
                 self.port = Some(p);
-                self.backoff.reset();
+                // The backoff is reset by the first byte read, not here: a port that opens
+                // and fails at once must not be reopened twice a second forever.
                 self.was_open = true;
                 self.framer.discard_partial();
                 let now = TokioInstant::now();
@@ -512,6 +529,16 @@ impl Uart<'_> {
             },
         );
         fields.insert("raw".into(), raw_text(&c.value));
+        if let Value::Str(text) = &c.value {
+            if text.chars().any(char::is_control) {
+                out.messages.push(commands::result(
+                    &point,
+                    Err("control characters (line breaks, NUL...) are not allowed in a UART command value".into()),
+                    c.id.as_ref(),
+                ));
+                return;
+            }
+        }
         let line = cmd.template.render(&fields);
         self.stats.devices[self.first + c.device]
             .requests
@@ -576,13 +603,10 @@ impl Uart<'_> {
                     return;
                 }
                 self.count(|c| &c.lines);
-                match std::str::from_utf8(bytes) {
-                    Ok(line) => self.line(line, out),
-                    Err(_) => {
-                        self.count(|c| &c.garbage);
-                        debug!(bus = %self.bus.id, line = %String::from_utf8_lossy(bytes).escape_debug(), "Garbage line (not UTF-8).");
-                    }
-                }
+                // Invalid UTF-8 (a Latin-1 `°`, line noise) becomes U+FFFD: the parser
+                // decides whether the rest of the line is usable.
+                let line = String::from_utf8_lossy(bytes);
+                self.line(&line, out);
             }
         }
     }
@@ -633,7 +657,14 @@ impl Uart<'_> {
                 return;
             }
         }
-        // 4. Nobody's: the wrong acknowledgement, or garbage.
+        // 4. A reply of a polled device that came too late (its poll timed out): not ours
+        // to publish, and not the acknowledgement either.
+        if (0..self.devs.len()).any(|d| self.polled(d) && self.parses(d, line)) {
+            self.count(|c| &c.garbage);
+            debug!(bus = %self.bus.id, line = %line.escape_debug(), "Late or unsolicited reply dropped.");
+            return;
+        }
+        // 5. Nobody's: the wrong acknowledgement, or garbage.
         if let Pending::Ack { .. } = self.pending {
             if let Pending::Ack { command, .. } =
                 std::mem::replace(&mut self.pending, Pending::Idle)
@@ -651,6 +682,16 @@ impl Uart<'_> {
         }
         self.count(|c| &c.garbage);
         debug!(bus = %self.bus.id, line = %line.escape_debug(), "Garbage line.");
+    }
+
+    /// Whether device `d`'s parser accepts `line` and finds one of its fields.
+    fn parses(&self, d: usize, line: &str) -> bool {
+        let dev = &self.bus.devices[d];
+        dev.uart
+            .as_ref()
+            .and_then(|u| u.parser.as_ref())
+            .and_then(|p| p.parse(line))
+            .is_some_and(|parsed| !fields_of(dev, &parsed).is_empty())
     }
 
     /// Offer a line to device `d`: taken when its parser accepts the line and it carries

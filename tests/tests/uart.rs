@@ -213,6 +213,10 @@ devices:
         params: {{channel: 3}}
         ack: '^OK'
         ack_timeout: 250ms
+      - topic: casa/jardim/painel
+        type: string
+        length: 32
+        command: "TEXT {{value}}\r\n"
 "#
     );
     let gw = Gateway::start(model(&mapping, "")).await;
@@ -260,6 +264,15 @@ devices:
     let v = result(&mut obs, "casa/jardim/portao").await;
     assert_eq!(v["error"], "no acknowledgement within 250ms", "{v}");
 
+    // A text value goes into the template as written (no ack configured: done once written).
+    set("casa/jardim/painel/set", "ola mundo").await;
+    let v = result(&mut obs, "casa/jardim/painel").await;
+    assert_eq!(v, serde_json::json!({"ok": true, "value": "ola mundo"}));
+    assert!(received
+        .lock()
+        .expect("lock")
+        .contains(&"TEXT ola mundo".to_string()));
+
     // A bad payload is rejected before anything is written.
     let before = received.lock().expect("lock").clone();
     set("casa/jardim/bomba/set", "maybe").await;
@@ -269,11 +282,15 @@ devices:
         v["error"].as_str().is_some_and(|e| e.contains("maybe")),
         "{v}"
     );
+    // A line break in a text value would smuggle in a second command: rejected.
+    set("casa/jardim/painel/set", r#"{"value":"oi\r\nRELAY3 ON"}"#).await;
+    let v = result(&mut obs, "casa/jardim/painel").await;
+    assert_eq!(v["ok"], false, "{v}");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after = received.lock().expect("lock").clone();
     assert!(
         after[before.len()..].iter().all(|l| l == "READ"),
-        "nothing but queries written after a rejected command: {:?}",
+        "nothing but queries written after the rejected commands: {:?}",
         &after[before.len()..]
     );
     // Polling went on through all of it.
