@@ -210,6 +210,11 @@ impl Uart<'_> {
         self.bus.devices.get(c.device)?.points.get(c.point)
     }
 
+    /// The result text of a command that cannot be written.
+    fn unavailable(&self) -> String {
+        format!("serial port {} is not available", self.settings.path)
+    }
+
     fn count(&self, f: impl Fn(&SerialStats) -> &std::sync::atomic::AtomicU64) {
         if let Some(c) = self.counters {
             f(c).fetch_add(1, Relaxed);
@@ -314,10 +319,7 @@ impl Uart<'_> {
             if let Some(point) = self.point(&c) {
                 out.messages.push(commands::result(
                     point,
-                    Err(format!(
-                        "serial port {} is not available",
-                        self.settings.path
-                    )),
+                    Err(self.unavailable()),
                     c.id.as_ref(),
                 ));
             }
@@ -546,10 +548,7 @@ impl Uart<'_> {
         if !self.write(line.as_bytes(), out).await {
             out.messages.push(commands::result(
                 &point,
-                Err(format!(
-                    "serial port {} is not available",
-                    self.settings.path
-                )),
+                Err(self.unavailable()),
                 c.id.as_ref(),
             ));
             return;

@@ -252,6 +252,22 @@ fn uart_point_keys(p: &PointFile) -> [(&'static str, Option<(u64, u64)>); 5] {
     ]
 }
 
+/// The value type a type name stands for; `string` takes its length from `string`.
+fn value_type(name: TypeName, string: impl FnOnce() -> ValueType) -> ValueType {
+    match name {
+        TypeName::Bool => ValueType::Bool,
+        TypeName::U16 => ValueType::U16,
+        TypeName::I16 => ValueType::I16,
+        TypeName::U32 => ValueType::U32,
+        TypeName::I32 => ValueType::I32,
+        TypeName::U64 => ValueType::U64,
+        TypeName::I64 => ValueType::I64,
+        TypeName::F32 => ValueType::F32,
+        TypeName::F64 => ValueType::F64,
+        TypeName::String => string(),
+    }
+}
+
 /// Default longest line of a uart bus.
 pub const DEFAULT_MAX_LINE: usize = 256;
 
@@ -1686,51 +1702,32 @@ impl Validator {
                     TypeName::U16
                 });
         let type_loc = p.ty.as_ref().map_or(at(table_s), at);
-        let ty = match type_name {
-            TypeName::Bool => ValueType::Bool,
-            TypeName::U16 => ValueType::U16,
-            TypeName::I16 => ValueType::I16,
-            TypeName::U32 => ValueType::U32,
-            TypeName::I32 => ValueType::I32,
-            TypeName::U64 => ValueType::U64,
-            TypeName::I64 => ValueType::I64,
-            TypeName::F32 => ValueType::F32,
-            TypeName::F64 => ValueType::F64,
-            TypeName::String => match &p.length {
-                Some(l) if (1..=250).contains(&l.value) => ValueType::String {
-                    len: l.value as u16,
-                },
-                Some(l) => {
-                    self.error(
-                        file,
-                        at(l),
-                        format!("{path}.length"),
-                        format!("string length {} is outside 1–250 bytes", l.value),
-                        Some("one read carries at most 125 registers (250 bytes)".into()),
-                    );
-                    ValueType::String { len: 2 }
-                }
-                None => {
-                    self.error(
-                        file,
-                        type_loc,
-                        format!("{path}.type"),
-                        "a `string` point needs `length` (bytes)",
-                        Some("add `length: 16`".into()),
-                    );
-                    ValueType::String { len: 2 }
-                }
+        let ty = value_type(type_name, || match &p.length {
+            Some(l) if (1..=250).contains(&l.value) => ValueType::String {
+                len: l.value as u16,
             },
-        };
-        if let (Some(l), false) = (&p.length, matches!(ty, ValueType::String { .. })) {
-            self.error(
-                file,
-                at(l),
-                format!("{path}.length"),
-                format!("`length` only applies to `string` points, this one is `{ty}`"),
-                Some("remove `length` or set `type: string`".into()),
-            );
-        }
+            Some(l) => {
+                self.error(
+                    file,
+                    at(l),
+                    format!("{path}.length"),
+                    format!("string length {} is outside 1–250 bytes", l.value),
+                    Some("one read carries at most 125 registers (250 bytes)".into()),
+                );
+                ValueType::String { len: 2 }
+            }
+            None => {
+                self.error(
+                    file,
+                    type_loc,
+                    format!("{path}.type"),
+                    "a `string` point needs `length` (bytes)",
+                    Some("add `length: 16`".into()),
+                );
+                ValueType::String { len: 2 }
+            }
+        });
+        self.length_only_for_strings(file, path, p, ty);
         if table.is_bits() && ty != ValueType::Bool {
             self.error(
                 file,
@@ -1827,6 +1824,19 @@ impl Validator {
             Some(OrderName::Dcba) => WordOrder::Dcba,
         };
         (table, address, ty, order, bit)
+    }
+
+    /// `length` on a point that is not a `string`.
+    fn length_only_for_strings(&mut self, file: &Path, path: &str, p: &PointFile, ty: ValueType) {
+        if let (Some(l), false) = (&p.length, matches!(ty, ValueType::String { .. })) {
+            self.error(
+                file,
+                at(l),
+                format!("{path}.length"),
+                format!("`length` only applies to `string` points, this one is `{ty}`"),
+                Some("remove `length` or set `type: string`".into()),
+            );
+        }
     }
 
     /// Report every key of `keys` that is present as one that does not belong here.
@@ -2024,17 +2034,8 @@ impl Validator {
             |key| format!("`{key}` does not apply to a UART point"),
             "a UART point reads `field` of a parsed line; `command`, `params`, `ack`, `ack_timeout` make it writable",
         );
-        let ty = match p.ty.as_ref().map_or(TypeName::F64, |t| t.value) {
-            TypeName::Bool => ValueType::Bool,
-            TypeName::U16 => ValueType::U16,
-            TypeName::I16 => ValueType::I16,
-            TypeName::U32 => ValueType::U32,
-            TypeName::I32 => ValueType::I32,
-            TypeName::U64 => ValueType::U64,
-            TypeName::I64 => ValueType::I64,
-            TypeName::F32 => ValueType::F32,
-            TypeName::F64 => ValueType::F64,
-            TypeName::String => ValueType::String {
+        let ty = value_type(p.ty.as_ref().map_or(TypeName::F64, |t| t.value), || {
+            ValueType::String {
                 len: self.int_in(
                     file,
                     p.length.as_ref(),
@@ -2043,17 +2044,9 @@ impl Validator {
                     (1, 65535),
                     255,
                 ) as u16,
-            },
-        };
-        if let (Some(l), false) = (&p.length, matches!(ty, ValueType::String { .. })) {
-            self.error(
-                file,
-                at(l),
-                format!("{path}.length"),
-                format!("`length` only applies to `string` points, this one is `{ty}`"),
-                Some("remove `length` or set `type: string`".into()),
-            );
-        }
+            }
+        });
+        self.length_only_for_strings(file, path, p, ty);
         let field = match (&p.field, parser) {
             (None, _) => {
                 if p.command.is_none() {
