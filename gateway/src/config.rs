@@ -78,6 +78,11 @@ pub struct GatewayFile {
     /// How often `<base>/diagnostics` is published. Default `30s`.
     #[serde(default)]
     pub diagnostics_interval: Option<Spanned<HumanDuration>>,
+    /// Where the gateway keeps state across restarts (the upstream queue). Default
+    /// `/var/lib/fieldlink` (systemd's `StateDirectory=fieldlink`). Relative paths are
+    /// resolved against the directory of the gateway file.
+    #[serde(default)]
+    pub state_dir: Option<Spanned<String>>,
 }
 
 /// `mqtt:` section of the gateway file.
@@ -93,6 +98,126 @@ pub struct MqttFile {
     /// MQTT keepalive of the gateway's connection. Default `15s`.
     #[serde(default)]
     pub keepalive: Option<Spanned<HumanDuration>>,
+    /// An upstream (cloud) broker. Every message also goes there, through a disk-backed
+    /// store-and-forward queue. Off unless this section is present.
+    #[serde(default)]
+    pub upstream: Option<Spanned<UpstreamFile>>,
+}
+
+/// `mqtt.upstream:` section: the broker the gateway bridges to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `mqtt://host:port` (plain) or `mqtts://host:port` (TLS). Default ports 1883 and 8883.
+    pub url: Spanned<String>,
+    /// Client id on the upstream broker; keep it stable, it names the persistent session.
+    /// Default: `fieldlink-<id>`.
+    #[serde(default)]
+    pub client_id: Option<Spanned<String>>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+    /// File holding the password (one line; a trailing newline is ignored). Never write the
+    /// password itself in this file.
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+    /// Environment variable holding the password (e.g. `FIELDLINK_UPSTREAM_PASSWORD`, set in
+    /// the systemd unit's environment file).
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    /// CA certificate(s) (PEM) that signed the broker's certificate. Default with `mqtts`:
+    /// the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<Spanned<String>>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
+    /// Keepalive towards the upstream broker. Default `30s`.
+    #[serde(default)]
+    pub keepalive: Option<Spanned<HumanDuration>>,
+    /// QoS of data messages upstream: 0, 1 (default) or 2. With 0 a message leaves the queue
+    /// once written to the socket (no delivery guarantee).
+    #[serde(default)]
+    pub qos: Option<Spanned<i64>>,
+    /// Put in front of every topic upstream, e.g. `sites/casa/`, so many gateways share one
+    /// broker. Default: none.
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    /// Accept commands (`<prefix><topic>/set`) from the upstream broker. Default `false`.
+    #[serde(default)]
+    pub accept_commands: bool,
+    /// The store-and-forward queue.
+    #[serde(default)]
+    pub queue: QueueFile,
+}
+
+/// `mqtt.upstream.queue:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    /// Directory of the queue. Default `<state_dir>/upstream-queue`.
+    #[serde(default)]
+    pub dir: Option<Spanned<String>>,
+    /// Largest size of the queue (`64MiB`, `512KiB`, `1GiB`). When full, the oldest
+    /// messages are dropped (and counted). Default `64MiB`.
+    #[serde(default)]
+    pub max_size: Option<Spanned<ByteSize>>,
+    /// How often queued messages are written to disk (one write and one fsync per
+    /// interval). A `kill -9` or power cut loses at most the messages of the last interval
+    /// that the broker had not acknowledged. Default `1s`.
+    #[serde(default)]
+    pub flush_interval: Option<Spanned<HumanDuration>>,
+    /// Messages per second sent while catching up after an outage; `0` for no limit.
+    /// Default 1000.
+    #[serde(default)]
+    pub replay_rate: Option<Spanned<i64>>,
+}
+
+/// A size written the human way: `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parse `64MiB`, `64 MB`, `1g`, `4096`.
+    pub fn parse(s: &str) -> Option<ByteSize> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            _ => return None,
+        };
+        let v = n * mult as f64;
+        (v.is_finite() && v >= 0.0 && v < 1e15).then_some(ByteSize(v as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size `{s}`: write it like `64MiB`, `512KiB` or `1GiB`"
+                ))
+            }),
+        }
+    }
 }
 
 /// `mqtt.embedded:` section.

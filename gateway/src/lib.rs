@@ -14,6 +14,7 @@ pub mod model;
 pub mod mqtt;
 pub mod publish;
 pub mod shutdown;
+pub mod spool;
 pub mod topics;
 pub mod uart;
 pub mod validate;

@@ -34,6 +34,14 @@ impl Model {
         format!("{}/status", self.base_topic)
     }
 
+    /// `<base>/status` as the upstream broker sees it (with the prefix).
+    pub fn upstream_status_topic(&self) -> Option<String> {
+        self.mqtt
+            .upstream
+            .as_ref()
+            .map(|u| format!("{}{}", u.prefix, self.status_topic()))
+    }
+
     /// `<base>/diagnostics`.
     pub fn diagnostics_topic(&self) -> String {
         format!("{}/diagnostics", self.base_topic)
@@ -58,6 +66,69 @@ pub struct MqttModel {
     pub client_id: String,
     /// Keepalive.
     pub keepalive: Duration,
+    /// The upstream broker, when configured.
+    pub upstream: Option<Upstream>,
+}
+
+/// The upstream (cloud) broker and its store-and-forward queue.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// The URL as written (for logs).
+    pub url: String,
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS settings, for `mqtts://`.
+    pub tls: Option<Tls>,
+    /// Client id (names the persistent session).
+    pub client_id: String,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (read from a file or the environment; never printed).
+    pub password: Option<Secret>,
+    /// Keepalive.
+    pub keepalive: Duration,
+    /// QoS of data messages.
+    pub qos: u8,
+    /// Prefix of every topic upstream.
+    pub prefix: String,
+    /// Commands are accepted from upstream.
+    pub accept_commands: bool,
+    /// The disk queue.
+    pub queue: QueueSettings,
+}
+
+/// A password: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// TLS towards the upstream broker (PEM text, already checked to parse).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// CA certificates; `None` trusts the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Secret)>,
+}
+
+/// The store-and-forward queue of the upstream broker.
+#[derive(Clone, Debug)]
+pub struct QueueSettings {
+    /// Directory.
+    pub dir: std::path::PathBuf,
+    /// Largest size in bytes (drop-oldest beyond it).
+    pub max_size: u64,
+    /// Write batch interval.
+    pub flush_interval: Duration,
+    /// Messages per second while catching up; 0 is unlimited.
+    pub replay_rate: u32,
 }
 
 /// The embedded broker.
