@@ -73,6 +73,43 @@ pub struct SerialStats {
     pub bad_values: AtomicU64,
 }
 
+/// Counters of the upstream broker link and its queue.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// An upstream broker is configured.
+    pub enabled: AtomicBool,
+    /// Connected now.
+    pub connected: AtomicBool,
+    /// Connections made.
+    pub connects: AtomicU64,
+    /// Failed connection attempts.
+    pub connect_failures: AtomicU64,
+    /// Messages handed to the connection (resends included).
+    pub sent: AtomicU64,
+    /// Messages the broker acknowledged.
+    pub acked: AtomicU64,
+    /// Messages sent again after a lost connection.
+    pub resent: AtomicU64,
+    /// Messages in the queue not yet acknowledged.
+    pub queue_depth: AtomicU64,
+    /// Bytes of the queue (disk and memory).
+    pub queue_bytes: AtomicU64,
+    /// Age of the oldest unacknowledged message, ms.
+    pub oldest_age_ms: AtomicU64,
+    /// Messages dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Acknowledged messages per second over the last second.
+    pub replay_rate: AtomicU64,
+    /// Bytes written to the queue's disk files.
+    pub disk_bytes_written: AtomicU64,
+    /// Messages written to disk.
+    pub disk_messages_written: AtomicU64,
+    /// Failed disk writes.
+    pub disk_errors: AtomicU64,
+    /// Messages recovered from disk at start.
+    pub recovered: AtomicU64,
+}
+
 /// Counters of the whole gateway.
 #[derive(Debug)]
 pub struct Stats {
@@ -91,6 +128,8 @@ pub struct Stats {
     pub mqtt_connected: AtomicBool,
     /// Connections made.
     pub mqtt_connects: AtomicU64,
+    /// The upstream broker.
+    pub upstream: UpstreamStats,
 }
 
 impl Stats {
@@ -119,6 +158,7 @@ impl Stats {
             mqtt_queue: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
             mqtt_connects: AtomicU64::new(0),
+            upstream: UpstreamStats::default(),
         }
     }
 
@@ -167,6 +207,26 @@ impl Stats {
                 )
             })
             .collect();
+        let u = &self.upstream;
+        let upstream = u.enabled.load(Relaxed).then(|| {
+            json!({
+                "connected": u.connected.load(Relaxed),
+                "connects": u.connects.load(Relaxed),
+                "connect_failures": u.connect_failures.load(Relaxed),
+                "sent": u.sent.load(Relaxed),
+                "acked": u.acked.load(Relaxed),
+                "resent": u.resent.load(Relaxed),
+                "queue_depth": u.queue_depth.load(Relaxed),
+                "queue_bytes": u.queue_bytes.load(Relaxed),
+                "oldest_age_s": u.oldest_age_ms.load(Relaxed) as f64 / 1000.0,
+                "dropped": u.dropped.load(Relaxed),
+                "replay_rate": u.replay_rate.load(Relaxed),
+                "disk_bytes_written": u.disk_bytes_written.load(Relaxed),
+                "disk_messages_written": u.disk_messages_written.load(Relaxed),
+                "disk_errors": u.disk_errors.load(Relaxed),
+                "recovered": u.recovered.load(Relaxed),
+            })
+        });
         json!({
             "uptime_s": self.uptime().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -177,6 +237,7 @@ impl Stats {
                 "dropped": self.mqtt_dropped.load(Relaxed),
                 "queue_depth": self.mqtt_queue.load(Relaxed),
             },
+            "upstream": upstream,
             "devices": devices,
             "serial": serial,
         })

@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod spool;
 pub mod topics;
 pub mod uart;
+pub mod upstream;
 pub mod validate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -39,6 +40,9 @@ pub enum RunError {
     /// The embedded broker did not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The upstream broker's TLS settings or queue.
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
     /// A gpio bus could not open its controller.
     #[error("bus `{bus}`: {error}")]
     Gpio {
@@ -112,6 +116,15 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
             gpio.insert(bus.id.clone(), b);
         }
     }
+    // The upstream queue and TLS settings next: a queue directory that cannot be written
+    // stops the gateway here, with the reason.
+    let spool = match &model.mqtt.upstream {
+        Some(u) => {
+            upstream::options(&model, u)?;
+            Some(upstream::open_queue(u)?)
+        }
+        None => None,
+    };
     if let Some(e) = model.mqtt.embedded.clone() {
         tokio::task::spawn_blocking(move || broker::start(&e))
             .await
@@ -128,7 +141,33 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
         command_rxs.push(crx);
     }
     let router = commands::Router::new(model.clone(), command_txs, stats.clone());
-    let mqtt = tokio::spawn(mqtt::run_client(model.clone(), rx, stats.clone(), router));
+    let upstream_router = model
+        .mqtt
+        .upstream
+        .as_ref()
+        .filter(|u| u.accept_commands)
+        .map(|_| router.clone());
+    let mut mqtt = Vec::new();
+    match (model.mqtt.embedded.is_some(), spool) {
+        (true, None) => {
+            mqtt.push(tokio::spawn(mqtt::run_client(model.clone(), rx, stats.clone(), router)));
+        }
+        (false, Some(spool)) => {
+            mqtt.push(tokio::spawn(upstream_task(model.clone(), spool, rx, stats.clone(), upstream_router)));
+        }
+        (true, Some(spool)) => {
+            let (etx, erx) = mpsc::channel(OUT_CAPACITY);
+            let (utx, urx) = mpsc::channel(OUT_CAPACITY);
+            mqtt.push(tokio::spawn(fanout(rx, etx, utx)));
+            mqtt.push(tokio::spawn(mqtt::run_client(model.clone(), erx, stats.clone(), router)));
+            mqtt.push(tokio::spawn(upstream_task(model.clone(), spool, urx, stats.clone(), upstream_router)));
+        }
+        // Validation requires a destination; drain so the buses never block.
+        (false, None) => {
+            let mut rx = rx;
+            mqtt.push(tokio::spawn(async move { while rx.recv().await.is_some() {} }));
+        }
+    }
 
     let mut buses = Vec::new();
     let mut first = 0;
@@ -217,9 +256,36 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
         .collect();
     let _ = tx.send(offline).await;
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
+    for m in mqtt {
+        // The upstream side writes its queue to disk before it disconnects.
+        let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
+    }
     info!("Gateway stopped.");
     Ok(())
+}
+
+/// Every batch to both MQTT sides (embedded and upstream).
+async fn fanout(
+    mut rx: mpsc::Receiver<publish::Batch>,
+    embedded: mpsc::Sender<publish::Batch>,
+    upstream: mpsc::Sender<publish::Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let _ = embedded.send(batch.clone()).await;
+        let _ = upstream.send(batch).await;
+    }
+}
+
+async fn upstream_task(
+    model: Arc<Model>,
+    spool: spool::Spool,
+    rx: mpsc::Receiver<publish::Batch>,
+    stats: Arc<Stats>,
+    router: Option<commands::Router>,
+) {
+    if let Err(e) = upstream::run_upstream(model, spool, rx, stats, router).await {
+        tracing::error!(error = %e, "Upstream link stopped.");
+    }
 }
 
 async fn diagnostics(

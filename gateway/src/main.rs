@@ -248,6 +248,21 @@ fn check(config: &std::path::Path) -> ExitCode {
         checked.files.len(),
         m.buses.len(),
     );
+    if let Some(u) = &m.mqtt.upstream {
+        println!(
+            "Upstream: {} as `{}`{}, queue {} (at most {} MiB, written every {}).",
+            u.url,
+            u.client_id,
+            if u.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(", topics under `{}`", u.prefix)
+            },
+            u.queue.dir.display(),
+            u.queue.max_size >> 20,
+            humantime::format_duration(u.queue.flush_interval),
+        );
+    }
     ExitCode::SUCCESS
 }
 

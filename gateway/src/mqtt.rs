@@ -148,7 +148,7 @@ impl Conn {
 }
 
 /// Small deterministic jitter source (no extra dependency needed).
-fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
+pub(crate) fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
     *seed ^= *seed << 17;

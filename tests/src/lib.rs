@@ -3,6 +3,8 @@
 //! client, like a user's `mosquitto_sub`), and a TCP proxy that can cut the gateway's
 //! MQTT connection the way a network fault does.
 
+pub mod mosquitto;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -47,6 +49,22 @@ pub fn model(mapping: &str, gateway_extra: &str) -> Model {
     }
 }
 
+/// Build a model from a whole gateway file and a mapping file (`mapping.yaml`).
+pub fn model_from(gateway: &str, mapping: &str) -> Model {
+    match fieldlink::validate::check_sources(Path::new("/gateway.yaml"), gateway, |_, _| {
+        vec![(PathBuf::from("mapping.yaml"), mapping.to_string())]
+    }) {
+        Ok(c) => c.model,
+        Err(d) => panic!(
+            "test config is invalid:\n{}",
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
 /// The gateway under test.
 pub struct Gateway {
     trigger: shutdown::ShutdownTrigger,
@@ -71,7 +89,9 @@ impl Gateway {
         let handle = tokio::spawn(fieldlink::run_with(model.clone(), sd, hooks));
         let port = model.mqtt.port;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while model.mqtt.embedded.is_some()
+            && TcpStream::connect(("127.0.0.1", port)).await.is_err()
+        {
             assert!(Instant::now() < deadline, "embedded broker did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -148,7 +168,14 @@ impl Observer {
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        Self::connect_as(port, filter, qos, &id, true).await
+    }
+
+    /// [`Observer::connect`] with a client id and a persistent session (`clean: false`):
+    /// a broker with persistence keeps its messages across a restart.
+    pub async fn connect_as(port: u16, filter: &str, qos: QoS, id: &str, clean: bool) -> Observer {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(clean);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut el) = AsyncClient::new(o, 64);

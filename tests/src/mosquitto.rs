@@ -1,0 +1,241 @@
+//! Real mosquitto brokers for the interop suite, started on free loopback ports, and the
+//! certificates they and the gateway use (generated here with rcgen).
+//!
+//! When mosquitto is missing the suite skips with a message, except under CI (`CI` set),
+//! where it fails: `.ci/run` installs it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+};
+
+use crate::free_port;
+
+/// Find mosquitto, or decide the test cannot run: `None` skips (off CI), CI panics.
+pub fn mosquitto() -> Option<PathBuf> {
+    let found = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("mosquitto"))
+                    .find(|p| p.exists())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mosquitto is not installed, and CI is set: the interop suite must run \
+             (apt-get install -y mosquitto mosquitto-clients)"
+        );
+        eprintln!("SKIPPED: mosquitto is not installed (apt-get install -y mosquitto)");
+    }
+    found
+}
+
+/// Certificates for one test: a CA, a server certificate for 127.0.0.1/localhost, a client
+/// certificate, and a second, unrelated CA.
+pub struct Pki {
+    /// CA certificate (PEM file).
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate (mutual TLS).
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+    /// A CA that signed nothing here.
+    pub other_ca: PathBuf,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("ca")
+}
+
+impl Pki {
+    /// Generate everything into `dir`.
+    pub fn generate(dir: &Path) -> Pki {
+        let ca = ca("fieldlink test CA");
+        let other = ca_other();
+        let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        sp.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        sp.distinguished_name.push(DnType::CommonName, "broker");
+        let skey = KeyPair::generate().expect("key");
+        let scert = sp.signed_by(&skey, &ca).expect("server cert");
+        let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
+        cp.distinguished_name.push(DnType::CommonName, "gateway-t");
+        let ckey = KeyPair::generate().expect("key");
+        let ccert = cp.signed_by(&ckey, &ca).expect("client cert");
+        let w = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write pem");
+            p
+        };
+        Pki {
+            ca: w("ca.pem", ca.pem()),
+            server_cert: w("server.pem", scert.pem()),
+            server_key: w("server.key", skey.serialize_pem()),
+            client_cert: w("client.pem", ccert.pem()),
+            client_key: w("client.key", ckey.serialize_pem()),
+            other_ca: w("other-ca.pem", other.pem()),
+        }
+    }
+}
+
+fn ca_other() -> CertifiedIssuer<'static, KeyPair> {
+    ca("some other CA")
+}
+
+/// How a broker is set up.
+#[derive(Default, Clone)]
+pub struct BrokerOpts {
+    /// Users (name, password); anonymous clients are refused when there are any.
+    pub users: Vec<(String, String)>,
+    /// TLS with these files (CA, certificate, key).
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Clients must present a certificate signed by the CA.
+    pub require_certificate: bool,
+    /// Keep sessions and queued messages across a graceful restart (as cloud brokers do).
+    pub persistence: bool,
+}
+
+/// A mosquitto process on 127.0.0.1.
+pub struct Broker {
+    /// Its port.
+    pub port: u16,
+    bin: PathBuf,
+    conf: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Start mosquitto (`None` when it is not installed and CI is not set).
+    pub fn start(opts: &BrokerOpts) -> Option<Broker> {
+        let bin = mosquitto()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n"
+        );
+        if opts.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.path().display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
+        if opts.users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            let pw = dir.path().join("passwd");
+            std::fs::write(&pw, "").expect("passwd");
+            for (u, p) in &opts.users {
+                let ok = Command::new("mosquitto_passwd")
+                    .args(["-b"])
+                    .arg(&pw)
+                    .args([u, p])
+                    .status()
+                    .expect("mosquitto_passwd (package mosquitto)");
+                assert!(ok.success(), "mosquitto_passwd failed");
+            }
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                pw.display()
+            ));
+        }
+        if let Some((ca, cert, key)) = &opts.tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                ca.display(),
+                cert.display(),
+                key.display(),
+                opts.require_certificate
+            ));
+        }
+        let conf_path = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("conf");
+        let mut b = Broker {
+            port,
+            bin,
+            conf: conf_path,
+            child: None,
+            _dir: dir,
+        };
+        b.restart();
+        Some(b)
+    }
+
+    /// Start it again on the same port (after [`Broker::stop`]).
+    pub fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn mosquitto");
+            // Ready once the port accepts connections (or it exited: port still in use).
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "mosquitto did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stop it gracefully (SIGTERM: with persistence, sessions and queued messages are saved).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill it (SIGKILL: no goodbye to anyone).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
