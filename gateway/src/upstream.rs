@@ -156,7 +156,7 @@ fn explain(e: &ConnectionError) -> (String, bool) {
             true,
         ),
         ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => (
-            "broker refused the connection: not authorized (check the user, the client id and the ACL)".into(),
+            "broker refused the connection: not authorized (wrong user name or password, or this user or client id is not allowed)".into(),
             true,
         ),
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {

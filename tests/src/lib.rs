@@ -174,8 +174,23 @@ impl Observer {
     /// [`Observer::connect`] with a client id and a persistent session (`clean: false`):
     /// a broker with persistence keeps its messages across a restart.
     pub async fn connect_as(port: u16, filter: &str, qos: QoS, id: &str, clean: bool) -> Observer {
+        Self::connect_with(port, filter, qos, id, clean, None).await
+    }
+
+    /// [`Observer::connect_as`] with a user name and password.
+    pub async fn connect_with(
+        port: u16,
+        filter: &str,
+        qos: QoS,
+        id: &str,
+        clean: bool,
+        login: Option<(&str, &str)>,
+    ) -> Observer {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_clean_session(clean);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut el) = AsyncClient::new(o, 64);
@@ -331,6 +346,44 @@ impl Proxy {
     pub fn set_accepting(&self, on: bool) {
         self.accepting
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Everything the gateway logs, from the moment [`capture_logs`] is first called (one
+/// global subscriber for the test binary).
+pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    static BUF: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let b2 = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(b2.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(sub);
+        buf
+    })
+    .clone()
+}
+
+/// Whether the captured log holds `text`.
+pub fn logged(text: &str) -> bool {
+    let buf = capture_logs();
+    let b = buf.lock().expect("lock");
+    String::from_utf8_lossy(&b).contains(text)
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        std::io::stderr().write_all(b)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -114,8 +114,10 @@ pub struct BrokerOpts {
 
 /// A mosquitto process on 127.0.0.1.
 pub struct Broker {
-    /// Its port.
+    /// Its plain port (observers use it; with users, they need to log in).
     pub port: u16,
+    /// Its TLS port, with [`BrokerOpts::tls`].
+    pub tls_port: Option<u16>,
     bin: PathBuf,
     conf: PathBuf,
     child: Option<Child>,
@@ -158,9 +160,10 @@ impl Broker {
                 pw.display()
             ));
         }
-        if let Some((ca, cert, key)) = &opts.tls {
+        let tls_port = opts.tls.as_ref().map(|_| free_port());
+        if let (Some((ca, cert, key)), Some(tp)) = (&opts.tls, tls_port) {
             conf.push_str(&format!(
-                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                "listener {tp} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
                 ca.display(),
                 cert.display(),
                 key.display(),
@@ -171,6 +174,7 @@ impl Broker {
         std::fs::write(&conf_path, conf).expect("conf");
         let mut b = Broker {
             port,
+            tls_port,
             bin,
             conf: conf_path,
             child: None,
@@ -193,7 +197,8 @@ impl Broker {
                 .expect("spawn mosquitto");
             // Ready once the port accepts connections (or it exited: port still in use).
             loop {
-                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+                if up(self.port) && self.tls_port.is_none_or(up) {
                     self.child = Some(child);
                     return;
                 }

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
-    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
 
@@ -149,7 +149,10 @@ fn compare(truth: &BTreeMap<String, Vec<String>>, got: &BTreeMap<String, Vec<Str
         let empty = Vec::new();
         let g = got.get(topic).unwrap_or(&empty);
         let set: std::collections::HashSet<&String> = g.iter().collect();
-        missing += readings.iter().filter(|r| !set.contains(r)).count();
+        for r in readings.iter().filter(|r| !set.contains(r)) {
+            eprintln!("missing: {topic} {r}");
+            missing += 1;
+        }
         dups += g.len() - set.len();
         let mut seen = std::collections::HashSet::new();
         let firsts: Vec<&String> = g.iter().filter(|r| seen.insert(*r)).collect();
@@ -185,6 +188,7 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     proxy.set_accepting(false);
     broker.terminate();
     let outage = Instant::now();
+    eprintln!("outage starts at {}", humantime_now());
     tokio::time::sleep(Duration::from_secs(20)).await;
     let queued = gw.stats.upstream.queue_depth.load(Relaxed);
     broker.restart();
@@ -192,6 +196,7 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.set_accepting(true);
     let back = Instant::now();
+    eprintln!("broker back at {}", humantime_now());
     assert!(
         eventually(Duration::from_secs(60), || gw.stats.upstream.connected.load(Relaxed)
             && gw.stats.upstream.queue_depth.load(Relaxed) < 20)
@@ -223,4 +228,110 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     assert_eq!(disorder, 0, "in order per topic");
     gw.stop().await;
     drop(broker);
+}
+
+fn humantime_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", d.as_secs() % 86400, d.subsec_millis())
+}
+
+/// A gateway on `url` with extra upstream keys, upstream only.
+async fn upstream_gateway(url: &str, extra: &str, state: &Path, mapping: &str) -> Gateway {
+    let up = format!("    url: {url}\n    keepalive: 5s\n{extra}");
+    Gateway::start(model_from(&gateway_yaml(false, &up, state), mapping)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_and_a_wrong_password() {
+    let Some(broker) = Broker::start(&BrokerOpts {
+        users: vec![("gw".into(), "s3cret pass".into()), ("obs".into(), "obs".into())],
+        ..BrokerOpts::default()
+    }) else {
+        return;
+    };
+    fieldlink_tests::capture_logs();
+    let state = tempfile::tempdir().expect("tempdir");
+    let pw = state.path().join("password");
+    std::fs::write(&pw, "s3cret pass\n").expect("pw");
+    let (_dev, mapping) = device(1, "200ms").await;
+    let mut obs = Observer::connect_with(broker.port, "#", QoS::AtLeastOnce, "obs-auth", true, Some(("obs", "obs"))).await;
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let good = upstream_gateway(
+        &url,
+        &format!("    client_id: good\n    username: gw\n    password_file: {}\n    queue: {{ dir: {}/good }}\n", pw.display(), state.path().display()),
+        state.path(),
+        &mapping,
+    )
+    .await;
+    assert!(obs.next_on("casa/p0", Duration::from_secs(10)).await.is_some(), "password from a file works");
+
+    // The wrong password, from the environment: refused, retried with backoff, no crash.
+    std::env::set_var("FIELDLINK_TEST_WRONG_PW", "not it");
+    let bad = upstream_gateway(
+        &url,
+        &format!("    client_id: bad\n    username: gw\n    password_env: FIELDLINK_TEST_WRONG_PW\n    queue: {{ dir: {}/bad }}\n", state.path().display()),
+        state.path(),
+        &mapping,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let failures = bad.stats.upstream.connect_failures.load(Relaxed);
+    assert!(!bad.stats.upstream.connected.load(Relaxed));
+    assert!((2..=12).contains(&failures), "retried with backoff: {failures} attempts in 6 s");
+    assert!(bad.stats.upstream.queue_depth.load(Relaxed) > 0, "readings wait in the queue");
+    assert!(
+        fieldlink_tests::logged("user name or password"),
+        "the log says why"
+    );
+    assert!(!fieldlink_tests::logged("not it"), "the password is never logged");
+    bad.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verifies_the_broker_and_mutual_tls_presents_a_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::generate(certs.path());
+    let tls = Some((pki.ca.clone(), pki.server_cert.clone(), pki.server_key.clone()));
+    let Some(broker) = Broker::start(&BrokerOpts {
+        tls: tls.clone(),
+        ..BrokerOpts::default()
+    }) else {
+        return;
+    };
+    let Some(mtls) = Broker::start(&BrokerOpts {
+        tls,
+        require_certificate: true,
+        ..BrokerOpts::default()
+    }) else {
+        return;
+    };
+    fieldlink_tests::capture_logs();
+    let state = tempfile::tempdir().expect("tempdir");
+    let (_dev, mapping) = device(1, "200ms").await;
+    let s = state.path().display();
+    let url = |b: &Broker| format!("mqtts://127.0.0.1:{}", b.tls_port.expect("tls port"));
+    let mut obs = Observer::connect(broker.port, "#", QoS::AtLeastOnce).await;
+    let mut obs_m = Observer::connect(mtls.port, "#", QoS::AtLeastOnce).await;
+
+    let ok = upstream_gateway(&url(&broker), &format!("    client_id: tls-ok\n    prefix: ok/\n    ca_file: {}\n    queue: {{ dir: {s}/a }}\n", pki.ca.display()), state.path(), &mapping).await;
+    let wrong_ca = upstream_gateway(&url(&broker), &format!("    client_id: tls-wrong\n    prefix: wrong/\n    ca_file: {}\n    queue: {{ dir: {s}/b }}\n", pki.other_ca.display()), state.path(), &mapping).await;
+    let mutual = upstream_gateway(&url(&mtls), &format!("    client_id: m-ok\n    prefix: m/\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n    queue: {{ dir: {s}/c }}\n", pki.ca.display(), pki.client_cert.display(), pki.client_key.display()), state.path(), &mapping).await;
+    let no_cert = upstream_gateway(&url(&mtls), &format!("    client_id: m-none\n    prefix: none/\n    ca_file: {}\n    queue: {{ dir: {s}/d }}\n", pki.ca.display()), state.path(), &mapping).await;
+
+    assert!(obs.next_on("ok/casa/p0", Duration::from_secs(10)).await.is_some(), "TLS with the right CA");
+    assert!(obs_m.next_on("m/casa/p0", Duration::from_secs(10)).await.is_some(), "mutual TLS");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, gw) in [("wrong CA", &wrong_ca), ("no client certificate", &no_cert)] {
+        assert!(!gw.stats.upstream.connected.load(Relaxed), "{name}: refused");
+        assert!(gw.stats.upstream.connect_failures.load(Relaxed) >= 1, "{name}: retried");
+    }
+    assert!(obs.seen.lock().expect("lock").iter().all(|m| !m.topic.starts_with("wrong/")));
+    assert!(obs_m.seen.lock().expect("lock").iter().all(|m| !m.topic.starts_with("none/")));
+    assert!(fieldlink_tests::logged("UnknownIssuer"), "the log names the certificate problem");
+    for gw in [ok, wrong_ca, mutual, no_cert] {
+        gw.stop().await;
+    }
 }
