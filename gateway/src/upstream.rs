@@ -170,6 +170,16 @@ fn explain(e: &ConnectionError) -> (String, bool) {
     }
 }
 
+/// The bookkeeping events among rumqttc's events.
+fn translate(ev: Result<Event, ()>) -> Option<Link> {
+    match ev {
+        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Some(Link::Written(pkid)),
+        Ok(Event::Incoming(Packet::PubAck(a))) => Some(Link::Acked(a.pkid)),
+        Ok(Event::Incoming(Packet::PubRec(a))) => Some(Link::Acked(a.pkid)),
+        _ => None,
+    }
+}
+
 /// Drive rumqttc's event loop; reconnects with exponential backoff and full jitter.
 fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
     tokio::spawn(async move {
@@ -181,6 +191,18 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
                 return;
             }
             let ev = eventloop.poll().await;
+            if ev.is_err() {
+                // rumqttc may still hold events of the dead connection (a publish it wrote
+                // just before the write failed): report them before the loss, in order.
+                let stale: Vec<Event> = eventloop.state.events.drain(..).collect();
+                for ev in stale {
+                    if let Some(l) = translate(Ok(ev)) {
+                        if tx.send(l).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
             let link = match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     up_since = Some(Instant::now());

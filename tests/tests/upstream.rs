@@ -335,3 +335,234 @@ async fn tls_verifies_the_broker_and_mutual_tls_presents_a_certificate() {
         gw.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
+    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
+        return;
+    };
+    let state = tempfile::tempdir().expect("tempdir");
+    let (dev, mapping) = device(2, "200ms").await;
+    let up = format!(
+        "    url: mqtt://127.0.0.1:{}\n    prefix: sites/t/\n    accept_commands: true\n",
+        broker.port
+    );
+    let mut remote = Observer::connect(broker.port, "sites/t/#", QoS::AtLeastOnce).await;
+    let gw = Gateway::start(model_from(&gateway_yaml(true, &up, state.path()), &mapping)).await;
+    let mut local = Observer::connect(gw.broker_port(), "#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let l = by_topic(&local.collect(Duration::from_millis(300)).await);
+    let r: BTreeMap<String, Vec<String>> = by_topic(&remote.collect(Duration::from_millis(300)).await)
+        .into_iter()
+        .map(|(t, v)| (t.trim_start_matches("sites/t/").to_string(), v))
+        .collect();
+    let (missing, _, disorder) = compare(&l, &r);
+    assert!(l["casa/p0"].len() >= 10, "readings locally: {l:?}");
+    assert_eq!((missing, disorder), (0, 0), "the same readings upstream");
+
+    // A command from upstream writes the register; the result goes back upstream and the
+    // new value reaches both brokers.
+    let cmd = publisher(broker.port).await;
+    cmd.publish("sites/t/casa/setpoint/set", QoS::AtLeastOnce, false, r#"{"value":25,"id":"c1"}"#)
+        .await
+        .expect("publish");
+    let res = remote
+        .next_on("sites/t/casa/setpoint/set/result", Duration::from_secs(5))
+        .await
+        .expect("result upstream");
+    let v: serde_json::Value = serde_json::from_str(&res.payload).expect("json");
+    assert_eq!(v, serde_json::json!({"ok": true, "value": 25, "id": "c1"}));
+    assert_eq!(dev.registers(Table::Holding, 100, 1), vec![25]);
+    assert!(local.wait_seen("casa/setpoint", "25", Duration::from_secs(5)).await);
+    assert!(remote.wait_seen("sites/t/casa/setpoint", "25", Duration::from_secs(5)).await);
+    // Out of range: rejected with the reason, nothing written.
+    cmd.publish("sites/t/casa/setpoint/set", QoS::AtLeastOnce, false, "99")
+        .await
+        .expect("publish");
+    let res = remote
+        .next_on("sites/t/casa/setpoint/set/result", Duration::from_secs(5))
+        .await
+        .expect("rejection upstream");
+    let v: serde_json::Value = serde_json::from_str(&res.payload).expect("json");
+    assert_eq!(v["ok"], false, "{}", res.payload);
+    assert_eq!(v["error"], "value 99 above max 50");
+    assert_eq!(dev.registers(Table::Holding, 100, 1), vec![25]);
+    gw.stop().await;
+}
+
+/// The `fieldlink` binary, built by `cargo test --workspace` (built here if missing).
+fn fieldlink_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("fieldlink"))
+        .expect("target dir");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-p", "fieldlink", "--bin", "fieldlink"])
+            .status()
+            .expect("cargo build");
+        assert!(ok.success());
+    }
+    bin
+}
+
+/// A gateway process on config files in `dir`.
+struct Process {
+    child: std::process::Child,
+}
+
+impl Process {
+    fn start(dir: &Path) -> Process {
+        let child = std::process::Command::new(fieldlink_bin())
+            .args(["run", "--config"])
+            .arg(dir.join("gateway.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn fieldlink");
+        Process { child }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Config files for a gateway process: both brokers, upstream through `upstream_port`.
+fn process_config(dir: &Path, embedded: u16, upstream_port: u16, mapping: &str) {
+    let up = format!(
+        "    url: mqtt://127.0.0.1:{upstream_port}\n    keepalive: 2s\n    queue:\n      flush_interval: 1s\n"
+    );
+    let gw = gateway_yaml(true, &up, &dir.join("state"))
+        .replace("diagnostics_interval: 1h", "diagnostics_interval: 1s")
+        .replace(
+            &format!("embedded:\n    listen: \"127.0.0.1:"),
+            &format!("embedded:\n    listen: \"127.0.0.1:{embedded}\"\n    #"),
+        );
+    std::fs::write(dir.join("gateway.yaml"), gw).expect("gateway.yaml");
+    std::fs::write(dir.join("mapping.yaml"), mapping).expect("mapping.yaml");
+}
+
+/// Wait for the process's embedded broker.
+async fn local_observer(port: u16) -> Observer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "gateway process did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Observer::connect(port, "#", QoS::AtLeastOnce).await
+}
+
+/// The upstream queue depth as the process reports it on `<base>/diagnostics`.
+fn queue_depth(m: &Msg) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(&m.payload).ok()?;
+    v.get("upstream")?.get("queue_depth")?.as_u64()
+}
+
+async fn restart_during_outage(signal: &str) -> (usize, usize, usize, Duration) {
+    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
+        return (0, 0, 0, Duration::ZERO);
+    };
+    let proxy = Proxy::start(broker.port).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (dev, mapping) = device(5, "100ms").await;
+    let embedded = fieldlink_tests::free_port();
+    process_config(dir.path(), embedded, proxy.port, &mapping);
+    let mut sub = Observer::connect(broker.port, "casa/#", QoS::AtLeastOnce).await;
+    let mut p1 = Process::start(dir.path());
+    let local1 = local_observer(embedded).await;
+    assert!(sub.next_on("casa/p0", Duration::from_secs(10)).await.is_some());
+    // The uplink goes down; readings queue up; the gateway is stopped in the middle.
+    proxy.set_accepting(false);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let killed_at = std::time::SystemTime::now();
+    p1.signal(signal);
+    let truth1 = local1.seen.lock().expect("lock").clone();
+    let mut p2 = Process::start(dir.path());
+    let mut local2 = local_observer(embedded).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set_accepting(true);
+    // Drained: the restarted gateway reports an empty queue.
+    let drained = local2
+        .next_matching(|m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m).is_some_and(|d| d < 20), Duration::from_secs(60))
+        .await;
+    assert!(drained.is_some(), "the queue was replayed");
+    dev.set_responding(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = local2
+        .next_matching(|m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m) == Some(0), Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut truth = truth1;
+    truth.extend(local2.seen.lock().expect("lock").iter().cloned());
+    let truth = by_topic(&truth);
+    let got = by_topic(&sub.collect(Duration::from_millis(300)).await);
+    // What is missing, and how long before the stop each missing reading was taken.
+    let bound = humantime::format_rfc3339_millis(killed_at - Duration::from_millis(1300)).to_string();
+    let mut late = 0;
+    for (topic, readings) in &truth {
+        let set: std::collections::HashSet<&String> = got.get(topic).map(|g| g.iter().collect()).unwrap_or_default();
+        for r in readings.iter().filter(|r| !set.contains(r)) {
+            if *r < bound {
+                eprintln!("missing beyond the bound: {topic} {r} (stopped {})", humantime::format_rfc3339_millis(killed_at));
+                late += 1;
+            }
+        }
+    }
+    let (missing, dups, disorder) = compare(&truth, &got);
+    let total: usize = truth.values().map(Vec::len).sum();
+    eprintln!("restart with {signal} during an outage: {total} readings, {missing} missing ({late} older than the last flush interval), {dups} duplicates, {disorder} out of order");
+    assert_eq!(disorder, 0);
+    assert!(total > 300, "readings before and after the restart: {total}");
+    p2.signal("-TERM");
+    (missing, late, dups, Duration::ZERO)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_outage_loses_nothing() {
+    let (missing, _, _, _) = restart_during_outage("-TERM").await;
+    assert_eq!(missing, 0, "SIGTERM loses nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_outage_loses_at_most_the_last_batch() {
+    let (_, beyond_bound, _, _) = restart_during_outage("-KILL").await;
+    assert_eq!(beyond_bound, 0, "only readings of the last flush interval may be lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_fires_the_last_will_upstream() {
+    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_dev, mapping) = device(1, "500ms").await;
+    let embedded = fieldlink_tests::free_port();
+    process_config(dir.path(), embedded, broker.port, &mapping);
+    let mut sub = Observer::connect(broker.port, "fieldlink/t/status", QoS::AtLeastOnce).await;
+    let mut p = Process::start(dir.path());
+    assert!(sub.wait_payload("fieldlink/t/status", "online", Duration::from_secs(20)).await);
+    p.signal("-KILL");
+    assert!(
+        sub.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10)).await,
+        "the Last Will"
+    );
+    let mut late = Observer::connect(broker.port, "fieldlink/t/status", QoS::AtLeastOnce).await;
+    let m = late.next_on("fieldlink/t/status", Duration::from_secs(5)).await.expect("retained");
+    assert_eq!((m.payload.as_str(), m.retain), ("offline", true));
+}
