@@ -197,7 +197,7 @@ impl ByteSize {
             _ => return None,
         };
         let v = n * mult as f64;
-        (v.is_finite() && v >= 0.0 && v < 1e15).then_some(ByteSize(v as u64))
+        (0.0..1e15).contains(&v).then_some(ByteSize(v as u64))
     }
 }
 

@@ -150,22 +150,46 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     let mut mqtt = Vec::new();
     match (model.mqtt.embedded.is_some(), spool) {
         (true, None) => {
-            mqtt.push(tokio::spawn(mqtt::run_client(model.clone(), rx, stats.clone(), router)));
+            mqtt.push(tokio::spawn(mqtt::run_client(
+                model.clone(),
+                rx,
+                stats.clone(),
+                router,
+            )));
         }
         (false, Some(spool)) => {
-            mqtt.push(tokio::spawn(upstream_task(model.clone(), spool, rx, stats.clone(), upstream_router)));
+            mqtt.push(tokio::spawn(upstream_task(
+                model.clone(),
+                spool,
+                rx,
+                stats.clone(),
+                upstream_router,
+            )));
         }
         (true, Some(spool)) => {
             let (etx, erx) = mpsc::channel(OUT_CAPACITY);
             let (utx, urx) = mpsc::channel(OUT_CAPACITY);
             mqtt.push(tokio::spawn(fanout(rx, etx, utx)));
-            mqtt.push(tokio::spawn(mqtt::run_client(model.clone(), erx, stats.clone(), router)));
-            mqtt.push(tokio::spawn(upstream_task(model.clone(), spool, urx, stats.clone(), upstream_router)));
+            mqtt.push(tokio::spawn(mqtt::run_client(
+                model.clone(),
+                erx,
+                stats.clone(),
+                router,
+            )));
+            mqtt.push(tokio::spawn(upstream_task(
+                model.clone(),
+                spool,
+                urx,
+                stats.clone(),
+                upstream_router,
+            )));
         }
         // Validation requires a destination; drain so the buses never block.
         (false, None) => {
             let mut rx = rx;
-            mqtt.push(tokio::spawn(async move { while rx.recv().await.is_some() {} }));
+            mqtt.push(tokio::spawn(
+                async move { while rx.recv().await.is_some() {} },
+            ));
         }
     }
 

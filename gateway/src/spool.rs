@@ -403,6 +403,12 @@ impl Spool {
             spool.segments.push_back(seg);
         }
         spool.flushed_upto = spool.next_seq;
+        tracing::debug!(
+            head,
+            next_seq = spool.next_seq,
+            segments = spool.segments.len(),
+            "Queue opened."
+        );
         // Append to a fresh segment: the recovered ones stay as they are.
         Ok(spool)
     }
@@ -472,7 +478,10 @@ impl Spool {
                 if let Err(e) = fs::remove_file(seg_path(&self.dir, seg.id)) {
                     warn!(segment = seg.id, error = %e, "Cannot delete queue segment.");
                 }
-                warn!(dropped = unsent, "Upstream queue full: oldest messages dropped.");
+                warn!(
+                    dropped = unsent,
+                    "Upstream queue full: oldest messages dropped."
+                );
             } else if let Some(e) = self.mem.front() {
                 if e.seq < self.next_send || self.flushing && e.seq < self.flushed_upto {
                     // Handed out already (kept in flight) or being written: stop here.
@@ -492,7 +501,7 @@ impl Spool {
 
     /// The next message to send: first those whose connection was lost, then the queue in
     /// order. `None` when everything was handed out.
-    pub fn next(&mut self) -> Option<Arc<Entry>> {
+    pub fn take_next(&mut self) -> Option<Arc<Entry>> {
         if let Some(e) = self.resend.pop_front() {
             self.inflight.insert(e.seq, e.clone());
             return Some(e);
@@ -503,12 +512,12 @@ impl Spool {
         Some(e)
     }
 
-    /// Whether [`next`](Self::next) has something.
+    /// Whether [`take_next`](Self::take_next) has something.
     pub fn has_next(&mut self) -> bool {
         !self.resend.is_empty() || self.peek().is_some()
     }
 
-    /// Sequence number of the next message [`next`](Self::next) returns.
+    /// Sequence number of the next message [`take_next`](Self::take_next) returns.
     pub fn peek(&mut self) -> Option<u64> {
         if let Some(e) = self.resend.front() {
             return Some(e.seq);
@@ -655,7 +664,9 @@ impl Spool {
         let resend: std::collections::HashSet<u64> = self.resend.iter().map(|e| e.seq).collect();
         let acked = |seq: u64| {
             seq < head
-                || (seq < self.next_send && !self.inflight.contains_key(&seq) && !resend.contains(&seq))
+                || (seq < self.next_send
+                    && !self.inflight.contains_key(&seq)
+                    && !resend.contains(&seq))
         };
         let mut records = Vec::new();
         let mut count = 0;
@@ -690,8 +701,8 @@ impl Spool {
             }
         };
         let remaining_on_disk = self.segments.iter().any(|s| s.last >= head);
-        let head_update = (head != self.head_written && (remaining_on_disk || count > 0))
-            .then_some(head);
+        let head_update =
+            (head != self.head_written && (remaining_on_disk || count > 0)).then_some(head);
         if records.is_empty() && delete.is_empty() && head_update.is_none() {
             // Nothing to write; memory entries handed out and acknowledged can go.
             self.flushed_upto = upto;
@@ -704,6 +715,15 @@ impl Spool {
             self.file.take()
         };
         self.flushing = true;
+        tracing::debug!(
+            count,
+            head,
+            upto,
+            next_send = self.next_send,
+            in_flight = self.inflight.len(),
+            resend = self.resend.len(),
+            "Queue flush."
+        );
         Some(FlushJob {
             dir: self.dir.clone(),
             file,
@@ -823,13 +843,18 @@ mod tests {
 
     fn push_n(s: &mut Spool, from: usize, n: usize) {
         for i in from..from + n {
-            s.push(format!("t/{}", i % 3), format!("{i:06}").into_bytes(), 1, true);
+            s.push(
+                format!("t/{}", i % 3),
+                format!("{i:06}").into_bytes(),
+                1,
+                true,
+            );
         }
     }
 
     fn drain(s: &mut Spool) -> Vec<String> {
         let mut out = Vec::new();
-        while let Some(e) = s.next() {
+        while let Some(e) = s.take_next() {
             out.push(String::from_utf8_lossy(&e.payload).into_owned());
             s.ack(e.seq);
         }
@@ -895,7 +920,10 @@ mod tests {
             retain: false,
         }
         .encode(&mut partial);
-        let mut f = OpenOptions::new().append(true).open(&seg).expect("open seg");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("open seg");
         f.write_all(&partial[..partial.len() / 2]).expect("write");
         drop(f);
         let mut s = Spool::open(dir.path(), 1 << 20).expect("reopen");
@@ -954,14 +982,18 @@ mod tests {
         let mut s = Spool::open(dir.path(), 1 << 20).expect("open");
         push_n(&mut s, 0, 10);
         s.flush_blocking();
-        let sent: Vec<u64> = (0..6).filter_map(|_| s.next().map(|e| e.seq)).collect();
+        let sent: Vec<u64> = (0..6)
+            .filter_map(|_| s.take_next().map(|e| e.seq))
+            .collect();
         assert_eq!(sent, vec![0, 1, 2, 3, 4, 5]);
         s.ack(0);
         s.ack(1);
         s.ack(3);
         s.rewind(&|_| false);
         assert_eq!(s.head(), 2);
-        let again: Vec<u64> = (0..3).filter_map(|_| s.next().map(|e| e.seq)).collect();
+        let again: Vec<u64> = (0..3)
+            .filter_map(|_| s.take_next().map(|e| e.seq))
+            .collect();
         assert_eq!(again, vec![2, 4, 5]);
         s.ack(2);
         s.flush_blocking();

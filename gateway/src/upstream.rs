@@ -249,11 +249,15 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
                     {
                         return;
                     }
-                    if up_since.take().is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
+                    if up_since
+                        .take()
+                        .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
+                    {
                         backoff = Duration::from_millis(250);
                     }
                     let ms = backoff.as_millis() as u64;
-                    let wait = Duration::from_millis(ms / 2) + crate::mqtt::jitter(&mut seed, ms / 2 + 1);
+                    let wait =
+                        Duration::from_millis(ms / 2) + crate::mqtt::jitter(&mut seed, ms / 2 + 1);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     tokio::time::sleep(wait).await;
                     continue;
@@ -339,7 +343,14 @@ impl Up {
         self.spool.push(topic, m.payload, self.qos, m.retain);
     }
 
-    fn request(&mut self, topic: String, payload: Vec<u8>, q: u8, retain: bool, tag: Option<u64>) -> bool {
+    fn request(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        q: u8,
+        retain: bool,
+        tag: Option<u64>,
+    ) -> bool {
         match self.client.try_publish(topic, qos(q), retain, payload) {
             Ok(()) => {
                 self.requested.push_back(tag);
@@ -373,8 +384,16 @@ impl Up {
                             return Some(wait);
                         }
                     }
-                    let Some(e) = self.spool.next() else { break };
-                    let resend = !self.request(e.topic.clone(), e.payload.clone(), e.qos, e.retain, Some(e.seq));
+                    let Some(e) = self.spool.take_next() else {
+                        break;
+                    };
+                    let resend = !self.request(
+                        e.topic.clone(),
+                        e.payload.clone(),
+                        e.qos,
+                        e.retain,
+                        Some(e.seq),
+                    );
                     if resend {
                         self.spool.rewind(&|s| s != e.seq);
                         break;
@@ -413,7 +432,15 @@ impl Up {
         }
     }
 
-    fn on_link(&mut self, link: Link, router: Option<&Router>, subs: &[SubscribeFilter], url: &str, ever: &mut bool, failing: &mut Option<String>) -> bool {
+    fn on_link(
+        &mut self,
+        link: Link,
+        router: Option<&Router>,
+        subs: &[SubscribeFilter],
+        url: &str,
+        ever: &mut bool,
+        failing: &mut Option<String>,
+    ) -> bool {
         match link {
             Link::Connected => {
                 if *ever {
@@ -458,7 +485,11 @@ impl Up {
                     }
                 }
             }
-            Link::Lost { error, refused, unwritten } => {
+            Link::Lost {
+                error,
+                refused,
+                unwritten,
+            } => {
                 if self.connected {
                     warn!(broker = %url, error = %error, "Upstream connection lost.");
                 } else if failing.as_deref() != Some(error.as_str()) {
@@ -480,6 +511,13 @@ impl Up {
                 // Publishes rumqttc discarded unwritten, then everything unacknowledged:
                 // the queue sends them again, in order. Requests still in the channel go
                 // out after the reconnect as they are.
+                debug!(
+                    unwritten,
+                    requested = self.requested.len(),
+                    written = self.by_pkid.len(),
+                    in_flight = self.spool.in_flight(),
+                    "Upstream bookkeeping at loss."
+                );
                 for _ in 0..unwritten.min(self.requested.len()) {
                     self.requested.pop_front();
                 }
@@ -637,14 +675,20 @@ pub async fn run_upstream(
     if let Ok(spool) = spool_back {
         let depth = spool.depth();
         if depth > 0 {
-            info!(messages = depth, "Upstream queue kept on disk for the next start.");
+            info!(
+                messages = depth,
+                "Upstream queue kept on disk for the next start."
+            );
         }
     }
     if up.connected {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        let _ = up
-            .client
-            .try_publish(up.status_topic.clone(), QoS::AtLeastOnce, true, b"offline".to_vec());
+        let _ = up.client.try_publish(
+            up.status_topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            b"offline".to_vec(),
+        );
         let _ = tokio::time::timeout_at(deadline, up.client.disconnect()).await;
         loop {
             match tokio::time::timeout_at(deadline, link.recv()).await {

@@ -206,12 +206,17 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
         (true, r)
     } else if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
-    } else if let Some(r) = url.strip_prefix("ssl://").or_else(|| url.strip_prefix("tls://")) {
+    } else if let Some(r) = url
+        .strip_prefix("ssl://")
+        .or_else(|| url.strip_prefix("tls://"))
+    {
         (true, r)
     } else if let Some(r) = url.strip_prefix("tcp://") {
         (false, r)
     } else {
-        return Err(format!("`{url}` does not start with `mqtt://` or `mqtts://`"));
+        return Err(format!(
+            "`{url}` does not start with `mqtt://` or `mqtts://`"
+        ));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('@') {
@@ -467,7 +472,10 @@ impl Validator {
                     at(&u.url),
                     format!("{p}.url"),
                     e,
-                    Some("write it like `mqtts://broker.example.com:8883` or `mqtt://10.0.0.5:1883`".into()),
+                    Some(
+                        "write it like `mqtts://broker.example.com:8883` or `mqtt://10.0.0.5:1883`"
+                            .into(),
+                    ),
                 );
                 (false, String::new(), 0)
             }
@@ -511,7 +519,10 @@ impl Validator {
                         at(v),
                         format!("{p}.password_env"),
                         format!("environment variable `{}` is not set", v.value),
-                        Some("set it in the service's environment (systemd `EnvironmentFile=`)".into()),
+                        Some(
+                            "set it in the service's environment (systemd `EnvironmentFile=`)"
+                                .into(),
+                        ),
                     );
                     None
                 }
@@ -519,7 +530,11 @@ impl Validator {
             (None, None) => None,
         };
         if password.is_some() && u.username.is_none() {
-            let loc = u.password_file.as_ref().or(u.password_env.as_ref()).map_or((0, 0), at);
+            let loc = u
+                .password_file
+                .as_ref()
+                .or(u.password_env.as_ref())
+                .map_or((0, 0), at);
             self.error(
                 file,
                 loc,
@@ -556,18 +571,34 @@ impl Validator {
                     cert.zip(key)
                 }
                 (Some(c), None) => {
-                    self.error(file, at(c), format!("{p}.key_file"), "`cert_file` needs `key_file`", None);
+                    self.error(
+                        file,
+                        at(c),
+                        format!("{p}.key_file"),
+                        "`cert_file` needs `key_file`",
+                        None,
+                    );
                     None
                 }
                 (None, Some(k)) => {
-                    self.error(file, at(k), format!("{p}.cert_file"), "`key_file` needs `cert_file`", None);
+                    self.error(
+                        file,
+                        at(k),
+                        format!("{p}.cert_file"),
+                        "`key_file` needs `cert_file`",
+                        None,
+                    );
                     None
                 }
                 (None, None) => None,
             };
             tls_model = Some(Tls { ca, client });
         } else {
-            for (key, f) in [("ca_file", &u.ca_file), ("cert_file", &u.cert_file), ("key_file", &u.key_file)] {
+            for (key, f) in [
+                ("ca_file", &u.ca_file),
+                ("cert_file", &u.cert_file),
+                ("key_file", &u.key_file),
+            ] {
                 if let Some(f) = f {
                     self.error(
                         file,
@@ -587,7 +618,13 @@ impl Validator {
         );
         if keepalive < Duration::from_secs(1) || keepalive > Duration::from_secs(65535) {
             if let Some(k) = &u.keepalive {
-                self.error(file, at(k), format!("{p}.keepalive"), "keepalive must be 1s–18h", None);
+                self.error(
+                    file,
+                    at(k),
+                    format!("{p}.keepalive"),
+                    "keepalive must be 1s–18h",
+                    None,
+                );
             }
         }
         let qos = self.int_in(file, u.qos.as_ref(), &format!("{p}.qos"), "qos", (0, 2), 1) as u8;
@@ -606,7 +643,10 @@ impl Validator {
                         file,
                         at(x),
                         format!("{p}.prefix"),
-                        format!("prefix `{}` does not end with `/`: topics become `{}casa/...`", x.value, x.value),
+                        format!(
+                            "prefix `{}` does not end with `/`: topics become `{}casa/...`",
+                            x.value, x.value
+                        ),
                     );
                 }
                 x.value.clone()
@@ -650,7 +690,9 @@ impl Validator {
                     at(f),
                     format!("{qp}.flush_interval"),
                     "flush_interval above 60s risks a minute of data on a power cut",
-                    Some("use at most `60s`; the default `1s` costs one small write a second".into()),
+                    Some(
+                        "use at most `60s`; the default `1s` costs one small write a second".into(),
+                    ),
                 );
             }
         }

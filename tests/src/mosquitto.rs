@@ -10,25 +10,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
-};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 
 use crate::free_port;
 
 /// Find mosquitto, or decide the test cannot run: `None` skips (off CI), CI panics.
 pub fn mosquitto() -> Option<PathBuf> {
-    let found = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("mosquitto"))
-                    .find(|p| p.exists())
-            })
-        });
+    let found = [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("mosquitto"))
+                .find(|p| p.exists())
+        })
+    });
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),

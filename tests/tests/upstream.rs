@@ -17,8 +17,7 @@ use fieldlink_drivers::{
     sim::{SimDevice, SimServer},
 };
 use fieldlink_tests::{
-    eventually,
-    model_from,
+    eventually, model_from,
     mosquitto::{Broker, BrokerOpts, Pki},
     publisher, Gateway, Msg, Observer, Proxy,
 };
@@ -47,7 +46,10 @@ async fn device(points: usize, poll: &str) -> (Arc<SimDevice>, String) {
 /// A gateway file with an upstream section (and the embedded broker on or off).
 fn gateway_yaml(embedded: bool, upstream: &str, state: &Path) -> String {
     let emb = if embedded {
-        format!("  embedded:\n    listen: \"127.0.0.1:{}\"\n", fieldlink_tests::free_port())
+        format!(
+            "  embedded:\n    listen: \"127.0.0.1:{}\"\n",
+            fieldlink_tests::free_port()
+        )
     } else {
         "  embedded:\n    enabled: false\n".to_string()
     };
@@ -84,11 +86,19 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
         "    url: mqtt://127.0.0.1:{}\n    prefix: sites/t/\n    keepalive: 5s\n",
         broker.port
     );
-    let gw = Gateway::start(model_from(&gateway_yaml(false, &up, state.path()), &mapping)).await;
+    let gw = Gateway::start(model_from(
+        &gateway_yaml(false, &up, state.path()),
+        &mapping,
+    ))
+    .await;
     let mut obs = Observer::connect(broker.port, "#", QoS::AtLeastOnce).await;
     assert!(
-        obs.wait_seen("sites/t/fieldlink/t/status", "online", Duration::from_secs(10))
-            .await,
+        obs.wait_seen(
+            "sites/t/fieldlink/t/status",
+            "online",
+            Duration::from_secs(10)
+        )
+        .await,
         "status online under the prefix"
     );
     let m = obs
@@ -97,8 +107,12 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
         .expect("a reading under the prefix");
     assert!(m.payload.contains("\"value\":7"), "{}", m.payload);
     assert!(
-        obs.wait_seen("sites/t/fieldlink/t/meter/availability", "online", Duration::from_secs(5))
-            .await
+        obs.wait_seen(
+            "sites/t/fieldlink/t/meter/availability",
+            "online",
+            Duration::from_secs(5)
+        )
+        .await
     );
     // No topic outside the prefix.
     assert!(obs
@@ -114,7 +128,13 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     broker.restart();
     assert!(
-        eventually(Duration::from_secs(20), || gw.stats.upstream.connects.load(Relaxed) >= 2).await,
+        eventually(Duration::from_secs(20), || gw
+            .stats
+            .upstream
+            .connects
+            .load(Relaxed)
+            >= 2)
+        .await,
         "gateway reconnected"
     );
     let mut late = Observer::connect(broker.port, "sites/t/#", QoS::AtLeastOnce).await;
@@ -130,20 +150,34 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
         "sites/t/casa/p2",
         "sites/t/casa/setpoint",
     ] {
-        let m = snap.get(topic).unwrap_or_else(|| panic!("{topic} retained after restart: {snap:?}"));
+        let m = snap
+            .get(topic)
+            .unwrap_or_else(|| panic!("{topic} retained after restart: {snap:?}"));
         assert!(m.retain, "{topic} delivered as retained");
     }
     assert_eq!(snap["sites/t/fieldlink/t/status"].payload, "online");
     assert_eq!(snap["sites/t/casa/setpoint"].payload, "0");
     gw.stop().await;
     // Clean shutdown: offline, retained.
-    let mut after = Observer::connect(broker.port, "sites/t/fieldlink/t/status", QoS::AtLeastOnce).await;
-    assert!(after.wait_payload("sites/t/fieldlink/t/status", "offline", Duration::from_secs(5)).await);
+    let mut after =
+        Observer::connect(broker.port, "sites/t/fieldlink/t/status", QoS::AtLeastOnce).await;
+    assert!(
+        after
+            .wait_payload(
+                "sites/t/fieldlink/t/status",
+                "offline",
+                Duration::from_secs(5)
+            )
+            .await
+    );
 }
 
 /// Per topic: readings of `truth` missing from `got`, and whether `got`'s first occurrences
 /// are in order. Returns (missing, duplicates, out_of_order).
-fn compare(truth: &BTreeMap<String, Vec<String>>, got: &BTreeMap<String, Vec<String>>) -> (usize, usize, usize) {
+fn compare(
+    truth: &BTreeMap<String, Vec<String>>,
+    got: &BTreeMap<String, Vec<String>>,
+) -> (usize, usize, usize) {
     let (mut missing, mut dups, mut disorder) = (0, 0, 0);
     for (topic, readings) in truth {
         let empty = Vec::new();
@@ -178,10 +212,20 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
         "    url: mqtt://127.0.0.1:{}\n    prefix: sites/t/\n    keepalive: 5s\n",
         proxy.port
     );
-    let mut sub = Observer::connect_as(broker.port, "sites/t/casa/#", QoS::AtLeastOnce, "sub-outage", false).await;
+    let mut sub = Observer::connect_as(
+        broker.port,
+        "sites/t/casa/#",
+        QoS::AtLeastOnce,
+        "sub-outage",
+        false,
+    )
+    .await;
     let gw = Gateway::start(model_from(&gateway_yaml(true, &up, state.path()), &mapping)).await;
-    let mut local = Observer::connect(gw.broker_port(), "casa/#", QoS::AtLeastOnce).await;
-    assert!(sub.next_on("sites/t/casa/p0", Duration::from_secs(10)).await.is_some());
+    let local = Observer::connect(gw.broker_port(), "casa/#", QoS::AtLeastOnce).await;
+    assert!(sub
+        .next_on("sites/t/casa/p0", Duration::from_secs(10))
+        .await
+        .is_some());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Outage: the broker dies, and stays unreachable for 20 s.
@@ -198,7 +242,11 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     let back = Instant::now();
     eprintln!("broker back at {}", humantime_now());
     assert!(
-        eventually(Duration::from_secs(60), || gw.stats.upstream.connected.load(Relaxed)
+        eventually(Duration::from_secs(60), || gw
+            .stats
+            .upstream
+            .connected
+            .load(Relaxed)
             && gw.stats.upstream.queue_depth.load(Relaxed) < 20)
         .await,
         "backlog drained"
@@ -207,10 +255,19 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     // Stop the readings, let the last ones through, then compare everything.
     dev.set_responding(false);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(eventually(Duration::from_secs(20), || gw.stats.upstream.queue_depth.load(Relaxed) == 0).await);
+    assert!(
+        eventually(Duration::from_secs(20), || gw
+            .stats
+            .upstream
+            .queue_depth
+            .load(Relaxed)
+            == 0)
+        .await
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let truth = by_topic(&local.collect(Duration::from_millis(100)).await);
-    let upstream = sub.collect(Duration::from_millis(500)).await;
+    let truth = by_topic(&local.seen.lock().expect("lock").clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let upstream = sub.seen.lock().expect("lock").clone();
     let got: BTreeMap<String, Vec<String>> = by_topic(&upstream)
         .into_iter()
         .map(|(t, v)| (t.trim_start_matches("sites/t/").to_string(), v))
@@ -246,7 +303,10 @@ async fn upstream_gateway(url: &str, extra: &str, state: &Path, mapping: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password_and_a_wrong_password() {
     let Some(broker) = Broker::start(&BrokerOpts {
-        users: vec![("gw".into(), "s3cret pass".into()), ("obs".into(), "obs".into())],
+        users: vec![
+            ("gw".into(), "s3cret pass".into()),
+            ("obs".into(), "obs".into()),
+        ],
         ..BrokerOpts::default()
     }) else {
         return;
@@ -256,7 +316,15 @@ async fn user_and_password_and_a_wrong_password() {
     let pw = state.path().join("password");
     std::fs::write(&pw, "s3cret pass\n").expect("pw");
     let (_dev, mapping) = device(1, "200ms").await;
-    let mut obs = Observer::connect_with(broker.port, "#", QoS::AtLeastOnce, "obs-auth", true, Some(("obs", "obs"))).await;
+    let mut obs = Observer::connect_with(
+        broker.port,
+        "#",
+        QoS::AtLeastOnce,
+        "obs-auth",
+        true,
+        Some(("obs", "obs")),
+    )
+    .await;
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let good = upstream_gateway(
         &url,
@@ -265,7 +333,12 @@ async fn user_and_password_and_a_wrong_password() {
         &mapping,
     )
     .await;
-    assert!(obs.next_on("casa/p0", Duration::from_secs(10)).await.is_some(), "password from a file works");
+    assert!(
+        obs.next_on("casa/p0", Duration::from_secs(10))
+            .await
+            .is_some(),
+        "password from a file works"
+    );
 
     // The wrong password, from the environment: refused, retried with backoff, no crash.
     std::env::set_var("FIELDLINK_TEST_WRONG_PW", "not it");
@@ -279,13 +352,22 @@ async fn user_and_password_and_a_wrong_password() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let failures = bad.stats.upstream.connect_failures.load(Relaxed);
     assert!(!bad.stats.upstream.connected.load(Relaxed));
-    assert!((2..=12).contains(&failures), "retried with backoff: {failures} attempts in 6 s");
-    assert!(bad.stats.upstream.queue_depth.load(Relaxed) > 0, "readings wait in the queue");
+    assert!(
+        (2..=12).contains(&failures),
+        "retried with backoff: {failures} attempts in 6 s"
+    );
+    assert!(
+        bad.stats.upstream.queue_depth.load(Relaxed) > 0,
+        "readings wait in the queue"
+    );
     assert!(
         fieldlink_tests::logged("user name or password"),
         "the log says why"
     );
-    assert!(!fieldlink_tests::logged("not it"), "the password is never logged");
+    assert!(
+        !fieldlink_tests::logged("not it"),
+        "the password is never logged"
+    );
     bad.stop().await;
     good.stop().await;
 }
@@ -294,7 +376,11 @@ async fn user_and_password_and_a_wrong_password() {
 async fn tls_verifies_the_broker_and_mutual_tls_presents_a_certificate() {
     let certs = tempfile::tempdir().expect("tempdir");
     let pki = Pki::generate(certs.path());
-    let tls = Some((pki.ca.clone(), pki.server_cert.clone(), pki.server_key.clone()));
+    let tls = Some((
+        pki.ca.clone(),
+        pki.server_cert.clone(),
+        pki.server_key.clone(),
+    ));
     let Some(broker) = Broker::start(&BrokerOpts {
         tls: tls.clone(),
         ..BrokerOpts::default()
@@ -321,16 +407,46 @@ async fn tls_verifies_the_broker_and_mutual_tls_presents_a_certificate() {
     let mutual = upstream_gateway(&url(&mtls), &format!("    client_id: m-ok\n    prefix: m/\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n    queue: {{ dir: {s}/c }}\n", pki.ca.display(), pki.client_cert.display(), pki.client_key.display()), state.path(), &mapping).await;
     let no_cert = upstream_gateway(&url(&mtls), &format!("    client_id: m-none\n    prefix: none/\n    ca_file: {}\n    queue: {{ dir: {s}/d }}\n", pki.ca.display()), state.path(), &mapping).await;
 
-    assert!(obs.next_on("ok/casa/p0", Duration::from_secs(10)).await.is_some(), "TLS with the right CA");
-    assert!(obs_m.next_on("m/casa/p0", Duration::from_secs(10)).await.is_some(), "mutual TLS");
+    assert!(
+        obs.next_on("ok/casa/p0", Duration::from_secs(10))
+            .await
+            .is_some(),
+        "TLS with the right CA"
+    );
+    assert!(
+        obs_m
+            .next_on("m/casa/p0", Duration::from_secs(10))
+            .await
+            .is_some(),
+        "mutual TLS"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (name, gw) in [("wrong CA", &wrong_ca), ("no client certificate", &no_cert)] {
-        assert!(!gw.stats.upstream.connected.load(Relaxed), "{name}: refused");
-        assert!(gw.stats.upstream.connect_failures.load(Relaxed) >= 1, "{name}: retried");
+        assert!(
+            !gw.stats.upstream.connected.load(Relaxed),
+            "{name}: refused"
+        );
+        assert!(
+            gw.stats.upstream.connect_failures.load(Relaxed) >= 1,
+            "{name}: retried"
+        );
     }
-    assert!(obs.seen.lock().expect("lock").iter().all(|m| !m.topic.starts_with("wrong/")));
-    assert!(obs_m.seen.lock().expect("lock").iter().all(|m| !m.topic.starts_with("none/")));
-    assert!(fieldlink_tests::logged("UnknownIssuer"), "the log names the certificate problem");
+    assert!(obs
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|m| !m.topic.starts_with("wrong/")));
+    assert!(obs_m
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|m| !m.topic.starts_with("none/")));
+    assert!(
+        fieldlink_tests::logged("UnknownIssuer"),
+        "the log names the certificate problem"
+    );
     for gw in [ok, wrong_ca, mutual, no_cert] {
         gw.stop().await;
     }
@@ -351,8 +467,9 @@ async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
     let gw = Gateway::start(model_from(&gateway_yaml(true, &up, state.path()), &mapping)).await;
     let mut local = Observer::connect(gw.broker_port(), "#", QoS::AtLeastOnce).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let l = by_topic(&local.collect(Duration::from_millis(300)).await);
-    let r: BTreeMap<String, Vec<String>> = by_topic(&remote.collect(Duration::from_millis(300)).await)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let l = by_topic(&local.seen.lock().expect("lock").clone());
+    let r: BTreeMap<String, Vec<String>> = by_topic(&remote.seen.lock().expect("lock").clone())
         .into_iter()
         .map(|(t, v)| (t.trim_start_matches("sites/t/").to_string(), v))
         .collect();
@@ -363,9 +480,14 @@ async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
     // A command from upstream writes the register; the result goes back upstream and the
     // new value reaches both brokers.
     let cmd = publisher(broker.port).await;
-    cmd.publish("sites/t/casa/setpoint/set", QoS::AtLeastOnce, false, r#"{"value":25,"id":"c1"}"#)
-        .await
-        .expect("publish");
+    cmd.publish(
+        "sites/t/casa/setpoint/set",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"value":25,"id":"c1"}"#,
+    )
+    .await
+    .expect("publish");
     let res = remote
         .next_on("sites/t/casa/setpoint/set/result", Duration::from_secs(5))
         .await
@@ -373,8 +495,16 @@ async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
     let v: serde_json::Value = serde_json::from_str(&res.payload).expect("json");
     assert_eq!(v, serde_json::json!({"ok": true, "value": 25, "id": "c1"}));
     assert_eq!(dev.registers(Table::Holding, 100, 1), vec![25]);
-    assert!(local.wait_seen("casa/setpoint", "25", Duration::from_secs(5)).await);
-    assert!(remote.wait_seen("sites/t/casa/setpoint", "25", Duration::from_secs(5)).await);
+    assert!(
+        local
+            .wait_seen("casa/setpoint", "25", Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        remote
+            .wait_seen("sites/t/casa/setpoint", "25", Duration::from_secs(5))
+            .await
+    );
     // Out of range: rejected with the reason, nothing written.
     cmd.publish("sites/t/casa/setpoint/set", QoS::AtLeastOnce, false, "99")
         .await
@@ -419,7 +549,10 @@ impl Process {
         let child = std::process::Command::new(fieldlink_bin())
             .args(["run", "--config"])
             .arg(dir.join("gateway.yaml"))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CHILD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -450,7 +583,7 @@ fn process_config(dir: &Path, embedded: u16, upstream_port: u16, mapping: &str) 
     let gw = gateway_yaml(true, &up, &dir.join("state"))
         .replace("diagnostics_interval: 1h", "diagnostics_interval: 1s")
         .replace(
-            &format!("embedded:\n    listen: \"127.0.0.1:"),
+            "embedded:\n    listen: \"127.0.0.1:",
             &format!("embedded:\n    listen: \"127.0.0.1:{embedded}\"\n    #"),
         );
     std::fs::write(dir.join("gateway.yaml"), gw).expect("gateway.yaml");
@@ -460,7 +593,10 @@ fn process_config(dir: &Path, embedded: u16, upstream_port: u16, mapping: &str) 
 /// Wait for the process's embedded broker.
 async fn local_observer(port: u16) -> Observer {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "gateway process did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -485,7 +621,10 @@ async fn restart_during_outage(signal: &str) -> (usize, usize, usize, Duration) 
     let mut sub = Observer::connect(broker.port, "casa/#", QoS::AtLeastOnce).await;
     let mut p1 = Process::start(dir.path());
     let local1 = local_observer(embedded).await;
-    assert!(sub.next_on("casa/p0", Duration::from_secs(10)).await.is_some());
+    assert!(sub
+        .next_on("casa/p0", Duration::from_secs(10))
+        .await
+        .is_some());
     // The uplink goes down; readings queue up; the gateway is stopped in the middle.
     proxy.set_accepting(false);
     proxy.cut();
@@ -499,27 +638,42 @@ async fn restart_during_outage(signal: &str) -> (usize, usize, usize, Duration) 
     proxy.set_accepting(true);
     // Drained: the restarted gateway reports an empty queue.
     let drained = local2
-        .next_matching(|m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m).is_some_and(|d| d < 20), Duration::from_secs(60))
+        .next_matching(
+            |m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m).is_some_and(|d| d < 20),
+            Duration::from_secs(60),
+        )
         .await;
     assert!(drained.is_some(), "the queue was replayed");
     dev.set_responding(false);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = local2
-        .next_matching(|m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m) == Some(0), Duration::from_secs(20))
+        .next_matching(
+            |m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m) == Some(0),
+            Duration::from_secs(20),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut truth = truth1;
     truth.extend(local2.seen.lock().expect("lock").iter().cloned());
     let truth = by_topic(&truth);
-    let got = by_topic(&sub.collect(Duration::from_millis(300)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything the subscriber got (`seen` includes what `next_on` consumed).
+    let got = by_topic(&sub.seen.lock().expect("lock").clone());
     // What is missing, and how long before the stop each missing reading was taken.
-    let bound = humantime::format_rfc3339_millis(killed_at - Duration::from_millis(1300)).to_string();
+    let bound =
+        humantime::format_rfc3339_millis(killed_at - Duration::from_millis(1300)).to_string();
     let mut late = 0;
     for (topic, readings) in &truth {
-        let set: std::collections::HashSet<&String> = got.get(topic).map(|g| g.iter().collect()).unwrap_or_default();
+        let set: std::collections::HashSet<&String> = got
+            .get(topic)
+            .map(|g| g.iter().collect())
+            .unwrap_or_default();
         for r in readings.iter().filter(|r| !set.contains(r)) {
             if *r < bound {
-                eprintln!("missing beyond the bound: {topic} {r} (stopped {})", humantime::format_rfc3339_millis(killed_at));
+                eprintln!(
+                    "missing beyond the bound: {topic} {r} (stopped {})",
+                    humantime::format_rfc3339_millis(killed_at)
+                );
                 late += 1;
             }
         }
@@ -528,7 +682,10 @@ async fn restart_during_outage(signal: &str) -> (usize, usize, usize, Duration) 
     let total: usize = truth.values().map(Vec::len).sum();
     eprintln!("restart with {signal} during an outage: {total} readings, {missing} missing ({late} older than the last flush interval), {dups} duplicates, {disorder} out of order");
     assert_eq!(disorder, 0);
-    assert!(total > 300, "readings before and after the restart: {total}");
+    assert!(
+        total > 300,
+        "readings before and after the restart: {total}"
+    );
     p2.signal("-TERM");
     (missing, late, dups, Duration::ZERO)
 }
@@ -542,7 +699,10 @@ async fn sigterm_during_an_outage_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_an_outage_loses_at_most_the_last_batch() {
     let (_, beyond_bound, _, _) = restart_during_outage("-KILL").await;
-    assert_eq!(beyond_bound, 0, "only readings of the last flush interval may be lost");
+    assert_eq!(
+        beyond_bound, 0,
+        "only readings of the last flush interval may be lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,13 +716,20 @@ async fn kill_9_fires_the_last_will_upstream() {
     process_config(dir.path(), embedded, broker.port, &mapping);
     let mut sub = Observer::connect(broker.port, "fieldlink/t/status", QoS::AtLeastOnce).await;
     let mut p = Process::start(dir.path());
-    assert!(sub.wait_payload("fieldlink/t/status", "online", Duration::from_secs(20)).await);
+    assert!(
+        sub.wait_payload("fieldlink/t/status", "online", Duration::from_secs(20))
+            .await
+    );
     p.signal("-KILL");
     assert!(
-        sub.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10)).await,
+        sub.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10))
+            .await,
         "the Last Will"
     );
     let mut late = Observer::connect(broker.port, "fieldlink/t/status", QoS::AtLeastOnce).await;
-    let m = late.next_on("fieldlink/t/status", Duration::from_secs(5)).await.expect("retained");
+    let m = late
+        .next_on("fieldlink/t/status", Duration::from_secs(5))
+        .await
+        .expect("retained");
     assert_eq!((m.payload.as_str(), m.retain), ("offline", true));
 }
