@@ -425,13 +425,17 @@ impl TimedRtuSlave {
                         let wire = ct * (req.len() + reply.len()) as u32;
                         tokio::time::sleep_until((start + wire).into()).await;
                     }
+                    // On a pty the bytes are there as soon as the write starts: stamp the
+                    // reply's end before writing, so a task switch after the write cannot
+                    // make the next gap look shorter than it was.
+                    let reply_end = Instant::now();
                     if port.write_all(&reply).await.is_err() || port.flush().await.is_err() {
                         return;
                     }
                     lock(&log).push(Exchange {
                         unit: req[0],
                         request_start: start,
-                        reply_end: Instant::now(),
+                        reply_end,
                         request_len: req.len(),
                         reply_len: reply.len(),
                     });
