@@ -435,6 +435,11 @@ impl Spool {
         self.segments.iter().map(|s| s.bytes).sum::<u64>() + self.mem_bytes
     }
 
+    /// Bytes queued in memory, not yet written.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_bytes
+    }
+
     /// Messages not yet acknowledged.
     pub fn depth(&self) -> u64 {
         self.depth

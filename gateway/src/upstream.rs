@@ -639,7 +639,7 @@ pub async fn run_upstream(
                     for m in batch {
                         up.push(m);
                     }
-                    if job.is_none() && up.spool.bytes() > FLUSH_BYTES + up.spool.depth() {
+                    if job.is_none() && up.spool.mem_bytes() > FLUSH_BYTES {
                         job = up.spool.flush_job().map(|j| tokio::task::spawn_blocking(move || j.run()));
                     }
                 }

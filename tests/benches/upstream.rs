@@ -17,7 +17,11 @@ use fieldlink_tests::{
 const MESSAGES: usize = 50_000;
 
 fn payload(i: usize) -> Vec<u8> {
-    format!("{{\"value\":{}.5,\"unit\":\"°C\",\"ts\":\"2026-11-22T10:00:00.000Z\"}}", i % 400).into_bytes()
+    format!(
+        "{{\"value\":{}.5,\"unit\":\"°C\",\"ts\":\"2026-11-22T10:00:00.000Z\"}}",
+        i % 400
+    )
+    .into_bytes()
 }
 
 /// Queue cost per message and bytes written per message, uplink up (acknowledged within
@@ -28,7 +32,12 @@ fn spool_costs(up: bool) -> (f64, f64) {
     let t = Instant::now();
     for round in 0..(MESSAGES / 500) {
         for i in 0..500 {
-            s.push(format!("casa/sensor{}/temperatura", i % 100), payload(round * 500 + i), 1, true);
+            s.push(
+                format!("casa/sensor{}/temperatura", i % 100),
+                payload(round * 500 + i),
+                1,
+                true,
+            );
             if up {
                 if let Some(e) = s.take_next() {
                     s.ack(e.seq);
@@ -70,7 +79,12 @@ async fn replay() {
             {
                 let mut s = Spool::open(&qdir, 256 << 20).expect("open");
                 for i in 0..MESSAGES {
-                    s.push(format!("casa/sensor{}/temperatura", i % 100), payload(i), 1, true);
+                    s.push(
+                        format!("casa/sensor{}/temperatura", i % 100),
+                        payload(i),
+                        1,
+                        true,
+                    );
                 }
                 s.flush_blocking();
             }
@@ -95,7 +109,11 @@ async fn replay() {
             results.push(n as f64 / secs);
         }
         results.sort_by(f64::total_cmp);
-        let label = if rate == 0 { "unlimited".to_string() } else { format!("{rate}/s") };
+        let label = if rate == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{rate}/s")
+        };
         println!("replay to mosquitto, replay_rate {label}: {:.0} messages/s (median of 3; connect included)", results[1]);
     }
 }
