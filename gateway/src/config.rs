@@ -138,8 +138,9 @@ pub struct UpstreamFile {
     /// Keepalive towards the upstream broker. Default `30s`.
     #[serde(default)]
     pub keepalive: Option<Spanned<HumanDuration>>,
-    /// QoS of data messages upstream: 0, 1 (default) or 2. With 0 a message leaves the queue
-    /// once written to the socket (no delivery guarantee).
+    /// QoS of data messages upstream: 1 (default) or 0. With 0 a message leaves the queue
+    /// once written to the socket (no delivery guarantee). QoS 2 is not offered: delivery is
+    /// at least once, with the queue resending what was not acknowledged.
     #[serde(default)]
     pub qos: Option<Spanned<i64>>,
     /// Put in front of every topic upstream, e.g. `sites/casa/`, so many gateways share one

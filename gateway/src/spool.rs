@@ -227,9 +227,12 @@ impl FlushJob {
         let mut bytes = 0;
         if !self.records.is_empty() {
             if let Some(id) = self.new_segment {
+                // Truncate: a segment id is only reused after a failed write, whose torn
+                // bytes must not stay in front of the records written now.
                 let f = OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .write(true)
+                    .truncate(true)
                     .open(seg_path(&self.dir, id))?;
                 self.file = Some((id, f));
             }
@@ -488,7 +491,9 @@ impl Spool {
                     "Upstream queue full: oldest messages dropped."
                 );
             } else if let Some(e) = self.mem.front() {
-                if e.seq < self.next_send || self.flushing && e.seq < self.flushed_upto {
+                // Older unsent records on disk go first (the segment is dropped when the
+                // write under way is done); handed-out ones stay in flight.
+                if !self.segments.is_empty() || e.seq < self.next_send {
                     // Handed out already (kept in flight) or being written: stop here.
                     break;
                 }
@@ -817,9 +822,11 @@ impl Spool {
     pub fn flush_blocking(&mut self) {
         while let Some(job) = self.flush_job() {
             let done = job.run();
-            let failed = done.written.is_err();
+            // Stop on an error, and when nothing could be written or deleted (a read-only
+            // file system): the next start tries again.
+            let stuck = done.written.as_ref().map_or(true, |b| *b == 0) && done.deleted.is_empty();
             self.flush_done(done);
-            if failed {
+            if stuck {
                 break;
             }
         }

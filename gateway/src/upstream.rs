@@ -329,6 +329,9 @@ impl Up {
     fn push(&mut self, m: Outgoing) {
         let topic = format!("{}{}", self.prefix, m.topic);
         if m.retain {
+            // A newer value is queued: the retained state still to send for this topic
+            // would arrive after it.
+            self.state.retain(|(t, ..)| *t != topic);
             match self.retained.get_mut(&topic) {
                 Some(slot) => {
                     slot.0.clone_from(&m.payload);

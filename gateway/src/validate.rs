@@ -627,7 +627,9 @@ impl Validator {
                 );
             }
         }
-        let qos = self.int_in(file, u.qos.as_ref(), &format!("{p}.qos"), "qos", (0, 2), 1) as u8;
+        // QoS 2 is refused: after a reconnect the queue resends with new packet ids, which
+        // a broker holding the old id for its PUBREL could treat as a duplicate.
+        let qos = self.int_in(file, u.qos.as_ref(), &format!("{p}.qos"), "qos", (0, 1), 1) as u8;
         let prefix = match &u.prefix {
             Some(x) => {
                 if x.value.contains(['+', '#', '\0']) {
