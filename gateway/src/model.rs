@@ -34,14 +34,6 @@ impl Model {
         format!("{}/status", self.base_topic)
     }
 
-    /// `<base>/status` as the upstream broker sees it (with the prefix).
-    pub fn upstream_status_topic(&self) -> Option<String> {
-        self.mqtt
-            .upstream
-            .as_ref()
-            .map(|u| format!("{}{}", u.prefix, self.status_topic()))
-    }
-
     /// `<base>/diagnostics`.
     pub fn diagnostics_topic(&self) -> String {
         format!("{}/diagnostics", self.base_topic)

@@ -29,7 +29,8 @@ use crate::{
 /// Capacity of rumqttc's request channel.
 const CLIENT_CAPACITY: usize = 4096;
 
-fn qos(q: u8) -> QoS {
+/// The rumqttc QoS of a 0–2 level.
+pub(crate) fn qos(q: u8) -> QoS {
     match q {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -96,16 +97,7 @@ impl Conn {
 
     async fn send(&mut self, m: Outgoing) {
         if m.retain {
-            match self.retained.get_mut(&m.topic) {
-                Some(slot) => {
-                    slot.0.clone_from(&m.payload);
-                    slot.1 = m.qos;
-                }
-                None => {
-                    self.retained
-                        .insert(m.topic.clone(), (m.payload.clone(), m.qos));
-                }
-            }
+            remember(&mut self.retained, &m.topic, &m.payload, m.qos);
         }
         if self.connected {
             self.publish(&m).await;
@@ -143,6 +135,26 @@ impl Conn {
             if !self.publish(m).await {
                 break;
             }
+        }
+    }
+}
+
+/// Record the last retained payload of `topic` (republished after every connect), reusing
+/// the buffers of the previous value.
+pub(crate) fn remember(
+    retained: &mut HashMap<String, (Vec<u8>, u8)>,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+) {
+    match retained.get_mut(topic) {
+        Some(slot) => {
+            slot.0.clear();
+            slot.0.extend_from_slice(payload);
+            slot.1 = qos;
+        }
+        None => {
+            retained.insert(topic.to_string(), (payload.to_vec(), qos));
         }
     }
 }

@@ -522,11 +522,6 @@ impl Spool {
         Some(e)
     }
 
-    /// Whether [`take_next`](Self::take_next) has something.
-    pub fn has_next(&mut self) -> bool {
-        !self.resend.is_empty() || self.peek().is_some()
-    }
-
     /// Sequence number of the next message [`take_next`](Self::take_next) returns.
     pub fn peek(&mut self) -> Option<u64> {
         if let Some(e) = self.resend.front() {
@@ -655,11 +650,6 @@ impl Spool {
         } else {
             now.saturating_sub(oldest)
         }
-    }
-
-    /// A write is under way.
-    pub fn flushing(&self) -> bool {
-        self.flushing
     }
 
     /// Prepare the next disk write: unacknowledged messages still only in memory, the
@@ -873,6 +863,15 @@ mod tests {
         out
     }
 
+    fn segment_file(dir: &Path) -> PathBuf {
+        fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .expect("a segment")
+            .path()
+    }
+
     fn numbers(v: &[String]) -> Vec<usize> {
         v.iter().filter_map(|x| x.parse().ok()).collect()
     }
@@ -915,12 +914,7 @@ mod tests {
         s.flush_blocking();
         drop(s);
         // A crash in the middle of the next write: half a record at the end.
-        let seg = fs::read_dir(dir.path())
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            .expect("a segment")
-            .path();
+        let seg = segment_file(dir.path());
         let good = fs::metadata(&seg).expect("meta").len();
         let mut partial = Vec::new();
         Entry {
@@ -956,12 +950,7 @@ mod tests {
         push_n(&mut s, 0, 4);
         s.flush_blocking();
         drop(s);
-        let seg = fs::read_dir(dir.path())
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            .expect("a segment")
-            .path();
+        let seg = segment_file(dir.path());
         let mut b = fs::read(&seg).expect("read");
         let last = b.len() - 1;
         b[last] ^= 0x01;

@@ -30,6 +30,7 @@ use crate::{
     commands::Router,
     health::Stats,
     model::{Model, Tls, Upstream},
+    mqtt::{qos, remember},
     publish::{Batch, Outgoing},
     spool::{FlushDone, Spool},
 };
@@ -56,14 +57,6 @@ pub enum UpstreamError {
     /// The queue could not be opened.
     #[error(transparent)]
     Queue(#[from] crate::spool::SpoolError),
-}
-
-fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
 }
 
 /// The rustls client configuration (ring as the crypto provider).
@@ -135,7 +128,7 @@ enum Link {
     Connected,
     /// A publish was written with this packet id (0 for QoS 0).
     Written(u16),
-    /// The broker acknowledged this packet id (PUBACK, or PUBREC for QoS 2).
+    /// The broker acknowledged this packet id (PUBACK).
     Acked(u16),
     Message(String, Vec<u8>),
     /// The connection dropped; `unwritten` publishes were still in rumqttc's request
@@ -171,11 +164,10 @@ fn explain(e: &ConnectionError) -> (String, bool) {
 }
 
 /// The bookkeeping events among rumqttc's events.
-fn translate(ev: Result<Event, ()>) -> Option<Link> {
+fn translate(ev: Event) -> Option<Link> {
     match ev {
-        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Some(Link::Written(pkid)),
-        Ok(Event::Incoming(Packet::PubAck(a))) => Some(Link::Acked(a.pkid)),
-        Ok(Event::Incoming(Packet::PubRec(a))) => Some(Link::Acked(a.pkid)),
+        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => Some(Link::Written(pkid)),
+        Event::Incoming(Packet::PubAck(a)) => Some(Link::Acked(a.pkid)),
         _ => None,
     }
 }
@@ -196,7 +188,7 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
                 // just before the write failed): report them before the loss, in order.
                 let stale: Vec<Event> = eventloop.state.events.drain(..).collect();
                 for ev in stale {
-                    if let Some(l) = translate(Ok(ev)) {
+                    if let Some(l) = translate(ev) {
                         if tx.send(l).is_err() {
                             return;
                         }
@@ -208,15 +200,12 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
                     up_since = Some(Instant::now());
                     Link::Connected
                 }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Link::Written(pkid),
                 Ok(Event::Outgoing(rumqttc::Outgoing::AwaitAck(pkid))) => {
                     // Cannot happen with PKID_RANGE ≫ WINDOW; the message then waits in
                     // rumqttc and the bookkeeping below would be off by one.
                     warn!(pkid, "Upstream packet id collision.");
                     continue;
                 }
-                Ok(Event::Incoming(Packet::PubAck(a))) => Link::Acked(a.pkid),
-                Ok(Event::Incoming(Packet::PubRec(a))) => Link::Acked(a.pkid),
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     Link::Message(p.topic, p.payload.to_vec())
                 }
@@ -224,7 +213,10 @@ fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
                     let _ = tx.send(Link::Closed);
                     return;
                 }
-                Ok(_) => continue,
+                Ok(other) => match translate(other) {
+                    Some(l) => l,
+                    None => continue,
+                },
                 Err(e) => {
                     // Our queue sends again whatever was not acknowledged: empty rumqttc's
                     // retransmission list (keeping QoS 2 releases and subscriptions).
@@ -329,19 +321,7 @@ impl Up {
     fn push(&mut self, m: Outgoing) {
         let topic = format!("{}{}", self.prefix, m.topic);
         if m.retain {
-            // A newer value is queued: the retained state still to send for this topic
-            // would arrive after it.
-            self.state.retain(|(t, ..)| *t != topic);
-            match self.retained.get_mut(&topic) {
-                Some(slot) => {
-                    slot.0.clone_from(&m.payload);
-                    slot.1 = self.qos;
-                }
-                None => {
-                    self.retained
-                        .insert(topic.clone(), (m.payload.clone(), self.qos));
-                }
-            }
+            remember(&mut self.retained, &topic, &m.payload, self.qos);
         }
         self.spool.push(topic, m.payload, self.qos, m.retain);
     }
@@ -418,6 +398,10 @@ impl Up {
                     let Some((t, p, q)) = self.state.pop() else {
                         break;
                     };
+                    // A newer value was queued since: this one would arrive after it.
+                    if self.retained.get(&t).is_some_and(|(cur, _)| *cur != p) {
+                        continue;
+                    }
                     if !self.request(t.clone(), p.clone(), q, true, None) {
                         self.state.push((t, p, q));
                         break;

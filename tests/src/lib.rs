@@ -35,18 +35,7 @@ pub fn model(mapping: &str, gateway_extra: &str) -> Model {
     let gateway = format!(
         "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n  keepalive: 5s\ndiagnostics_interval: 1h\n{gateway_extra}"
     );
-    match fieldlink::validate::check_sources(Path::new("gateway.yaml"), &gateway, |_, _| {
-        vec![(PathBuf::from("mapping.yaml"), mapping.to_string())]
-    }) {
-        Ok(c) => c.model,
-        Err(d) => panic!(
-            "test mapping is invalid:\n{}",
-            d.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
-    }
+    model_from(&gateway, mapping)
 }
 
 /// Build a model from a whole gateway file and a mapping file (`mapping.yaml`).
