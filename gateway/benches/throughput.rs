@@ -115,7 +115,13 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
         format!("id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{mqtt_port}\"\ndiagnostics_interval: 10s\n"),
     )
     .expect("write gateway");
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+    // BENCH_WRAP="heaptrack" (or "perf record -g -o FILE", ...) runs the gateway under a
+    // profiler; the figures then include the profiler's overhead.
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut argv: Vec<String> = wrap.split_whitespace().map(String::from).collect();
+    argv.push(env!("CARGO_BIN_EXE_fieldlink").into());
+    let mut child: Child = Command::new(&argv[0])
+        .args(&argv[1..])
         .args(["run", "--config"])
         .arg(dir.path().join("gateway.yaml"))
         .env("RUST_LOG", "warn")
@@ -178,6 +184,18 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
         rss: status_mib(pid, "VmRSS:"),
     };
     sub.abort();
+    // SIGTERM to the gateway itself (not a wrapper), so a profiler writes its file.
+    let _ = Command::new("pkill")
+        .args(["-TERM", "-f"])
+        .arg(format!(
+            "run --config {}",
+            dir.path().join("gateway.yaml").display()
+        ))
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     r

@@ -31,7 +31,7 @@ use crate::{
 pub const STAGGER_SLOTS: u32 = 10;
 
 struct DeviceRun {
-    device: Device,
+    device: Arc<Device>,
     stats_index: usize,
     planner: Planner,
     states: Vec<PointState>,
@@ -61,7 +61,7 @@ pub struct BusIo {
 /// still share wakeups.
 pub async fn run_bus<T: ModbusTransport>(
     model: Arc<Model>,
-    bus: Bus,
+    bus: Arc<Bus>,
     first_stats_index: usize,
     mut transport: T,
     io: BusIo,

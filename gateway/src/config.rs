@@ -12,7 +12,43 @@ use std::{
 };
 
 use serde::{Deserialize, Deserializer};
-pub use serde_saphyr::Spanned;
+
+/// A value with the line and column where the file wrote it, for error messages.
+///
+/// serde-saphyr's own `Spanned` keeps two full locations per value (80 bytes); with every
+/// key of a point spanned, a mapping of 10 000 points held about 30 MB while it was read,
+/// and that start-up peak stayed in the process's resident set. This keeps 8 bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spanned<T> {
+    /// The value.
+    pub value: T,
+    line: u32,
+    column: u32,
+}
+
+impl<T> Spanned<T> {
+    /// 1-based line (0 when unknown).
+    pub fn line(&self) -> u64 {
+        u64::from(self.line)
+    }
+
+    /// 1-based column (0 when unknown).
+    pub fn column(&self) -> u64 {
+        u64::from(self.column)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Spanned {
+            line: clamp(s.referenced.line()),
+            column: clamp(s.referenced.column()),
+            value: s.value,
+        })
+    }
+}
 
 /// Longest duration accepted anywhere (keeps deadline arithmetic far from overflow).
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -73,6 +73,8 @@ pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
     let mut hooks = Hooks::default();
     let mut contacts = Vec::new();
     for bus in &mut model.buses {
+        // Not shared yet: the model is still being built.
+        let bus = std::sync::Arc::make_mut(bus);
         if let BusKind::Gpio { backend } = &mut bus.kind {
             *backend = GpioBackendKind::Simulated;
             let board = SimGpio::default();

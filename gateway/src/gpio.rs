@@ -49,7 +49,7 @@ struct Line {
 /// Run a gpio bus until shutdown, with `backend` driving the lines.
 pub async fn run_gpio(
     model: Arc<Model>,
-    bus: Bus,
+    bus: Arc<Bus>,
     first_stats_index: usize,
     mut backend: Box<dyn GpioBackend>,
     io: BusIo,

@@ -60,13 +60,39 @@ enum Command {
 }
 
 fn init_logs() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttd::router::routing=off")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(|m| {
+            !per_message_span(m)
+        }))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+}
+
+/// rumqttd's router opens a span at error level for every batch it reads and every
+/// PUBLISH it routes, formatting the topic each time: a fifth of the broker's CPU at
+/// 10 000 messages/s whenever `RUST_LOG` enables rumqttd at all (BENCHMARKS.md). Those
+/// spans are never created; the per-connection ones stay, as context for its warnings.
+fn per_message_span(m: &tracing::Metadata<'_>) -> bool {
+    m.is_span()
+        && m.target().starts_with("rumqttd::router")
+        && matches!(
+            m.name(),
+            "[>] incoming"
+                | "incoming_payload"
+                | "publish"
+                | "puback"
+                | "pubrec"
+                | "pubrel"
+                | "pubcomp"
+                | "[<] outgoing"
+                | "outgoing_ack"
+                | "outgoing_publish"
+        )
 }
 
 /// Keep glibc from creating one malloc arena per thread: the gateway does little
@@ -87,6 +113,21 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Give the heap that reading the configuration used back to the system: glibc keeps
+/// freed memory below its top chunk, and a large mapping's parse would otherwise stay in
+/// the resident set for the life of the process.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -98,14 +139,19 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(diags) => return report(&diags),
             };
-            for w in &checked.warnings {
+            let validate::Checked {
+                model, warnings, ..
+            } = checked;
+            for w in &warnings {
                 eprintln!("{w}");
             }
+            drop(warnings);
+            trim_heap();
             exit(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let (trigger, shutdown) = shutdown::channel();
                     tokio::spawn(signals(trigger));
-                    fieldlink::run(checked.model, shutdown).await?;
+                    fieldlink::run(model, shutdown).await?;
                     Ok(())
                 })
             }))

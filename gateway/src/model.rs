@@ -1,7 +1,7 @@
 //! The validated, immutable runtime model built from the configuration by
 //! [`crate::validate`]. Nothing in here can be invalid.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 pub use fieldlink_drivers::gpio::Pull;
 pub use fieldlink_drivers::modbus::rtu::{Parity, SerialSettings};
@@ -19,14 +19,16 @@ pub struct Model {
     pub mqtt: MqttModel,
     /// How often diagnostics are published.
     pub diagnostics_interval: Duration,
-    /// Buses, each with its devices.
-    pub buses: Vec<Bus>,
+    /// Buses, each with its devices (shared with the bus tasks, never copied).
+    pub buses: Vec<Arc<Bus>>,
 }
 
 impl Model {
     /// All devices of all buses.
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
-        self.buses.iter().flat_map(|b| b.devices.iter())
+        self.buses
+            .iter()
+            .flat_map(|b| b.devices.iter().map(|d| &**d))
     }
 
     /// `<base>/status`.
@@ -139,8 +141,8 @@ pub struct Bus {
     pub id: String,
     /// Kind and transport settings.
     pub kind: BusKind,
-    /// Devices on the bus.
-    pub devices: Vec<Device>,
+    /// Devices on the bus (shared with the bus task, never copied).
+    pub devices: Vec<Arc<Device>>,
 }
 
 /// Transport of a bus.
@@ -330,7 +332,7 @@ pub struct Point {
     pub gpio: Option<GpioPoint>,
     /// The field and command of a point on a `uart` bus (then `table` and `address` mean
     /// nothing).
-    pub uart: Option<UartPoint>,
+    pub uart: Option<Box<UartPoint>>,
 }
 
 /// A device on a `uart` bus.

@@ -8,7 +8,9 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{atomic::Ordering::Relaxed, Arc},
+    task::Poll,
     time::Duration,
 };
 
@@ -69,30 +71,25 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 
 impl Conn {
     /// Hand a message to the client, waiting for room: this is the back-pressure that
-    /// keeps a saturated bus from queueing without bound.
-    async fn publish(&mut self, m: &Outgoing) -> bool {
-        // Fast path without a timer: there is room in the request queue.
-        if self
-            .client
-            .try_publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone())
-            .is_ok()
-        {
-            self.stats.mqtt_sent.fetch_add(1, Relaxed);
-            return true;
-        }
-        let fut = self
-            .client
-            .publish(m.topic.clone(), qos(m.qos), m.retain, m.payload.clone());
-        match tokio::time::timeout(PUBLISH_WAIT, fut).await {
-            Ok(Ok(())) => {
-                self.stats.mqtt_sent.fetch_add(1, Relaxed);
-                true
-            }
-            Ok(Err(_)) | Err(_) => {
-                self.stats.mqtt_dropped.fetch_add(1, Relaxed);
-                false
-            }
-        }
+    /// keeps a saturated bus from queueing without bound. The topic and payload move into
+    /// the request (no copy); a timer is armed only when the queue is full.
+    async fn publish(&mut self, m: Outgoing) -> bool {
+        let fut =
+            self.client
+                .publish_bytes(m.topic, qos(m.qos), m.retain, bytes::Bytes::from(m.payload));
+        let mut fut = std::pin::pin!(fut);
+        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        let sent = match first {
+            Poll::Ready(r) => r.is_ok(),
+            Poll::Pending => matches!(tokio::time::timeout(PUBLISH_WAIT, fut).await, Ok(Ok(()))),
+        };
+        let counter = if sent {
+            &self.stats.mqtt_sent
+        } else {
+            &self.stats.mqtt_dropped
+        };
+        counter.fetch_add(1, Relaxed);
+        sent
     }
 
     async fn send(&mut self, m: Outgoing) {
@@ -100,7 +97,7 @@ impl Conn {
             remember(&mut self.retained, &m.topic, &m.payload, m.qos);
         }
         if self.connected {
-            self.publish(&m).await;
+            self.publish(m).await;
         } else if !m.retain {
             self.stats.mqtt_dropped.fetch_add(1, Relaxed);
         }
@@ -130,8 +127,8 @@ impl Conn {
             })
             .collect();
         state.sort_by(|a, b| a.topic.cmp(&b.topic));
-        self.publish(&online).await;
-        for m in &state {
+        self.publish(online).await;
+        for m in state {
             if !self.publish(m).await {
                 break;
             }

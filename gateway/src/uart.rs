@@ -85,7 +85,7 @@ struct Uart<'a> {
 }
 
 /// Run a uart bus until shutdown.
-pub async fn run_uart(model: Arc<Model>, bus: Bus, first_stats_index: usize, io: BusIo) {
+pub async fn run_uart(model: Arc<Model>, bus: Arc<Bus>, first_stats_index: usize, io: BusIo) {
     let BusIo {
         out: tx,
         mut commands,

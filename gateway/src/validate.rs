@@ -9,6 +9,7 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -193,7 +194,7 @@ pub fn check_sources(
             base_topic: h.base_topic,
             mqtt: h.mqtt,
             diagnostics_interval: h.diagnostics_interval,
-            buses,
+            buses: buses.into_iter().map(Arc::new).collect(),
         },
         warnings: v.diags,
         files,
@@ -263,7 +264,7 @@ fn noun(t: Table) -> &'static str {
 }
 
 fn at<T>(s: &Spanned<T>) -> (u64, u64) {
-    (s.referenced.line(), s.referenced.column())
+    (s.line(), s.column())
 }
 
 struct Header {
@@ -986,7 +987,7 @@ impl Validator {
                     );
                 }
                 if let Some(bus) = buses.iter_mut().find(|b| b.id == bus_id) {
-                    bus.devices.push(dev);
+                    bus.devices.push(Arc::new(dev));
                 }
             }
         }
@@ -1597,7 +1598,7 @@ impl Validator {
                 } else {
                     Table::Input
                 };
-                (table, 0, ty, WordOrder::Abcd, None, None, Some(u))
+                (table, 0, ty, WordOrder::Abcd, None, None, Some(Box::new(u)))
             }
             Class::Modbus => {
                 let (table, address, ty, order, bit) = self.modbus_part(file, path, p);
