@@ -188,13 +188,8 @@ async fn poll_device<T: ModbusTransport>(
                     match value {
                         Ok(v) => {
                             let r = reading(point, &v);
-                            if dev.states[m].should_publish(point, &r, Instant::now()) {
-                                messages.push(Outgoing {
-                                    topic: point.topic.clone(),
-                                    payload: payload(point, &r, now_wall),
-                                    retain: point.retain,
-                                    qos: point.qos,
-                                });
+                            if dev.states[m].should_publish(point, &r, started) {
+                                messages.push(Outgoing::value(point, payload(point, r, now_wall)));
                             }
                         }
                         Err(e) => {
@@ -292,12 +287,7 @@ async fn run_commands<T: ModbusTransport>(
         match outcome {
             Ok(r) => {
                 dev.states[c.point].force(&r, Instant::now());
-                messages.push(Outgoing {
-                    topic: point.topic.clone(),
-                    payload: payload(&point, &r, SystemTime::now()),
-                    retain: point.retain,
-                    qos: point.qos,
-                });
+                messages.push(Outgoing::value(&point, payload(&point, r.clone(), SystemTime::now())));
                 messages.push(commands::result(&point, Ok(r.json()), c.id.as_ref()));
                 info!(device = %dev.device.id, topic = %point.topic, value = %r.text(), "Command written.");
             }
@@ -388,5 +378,6 @@ pub fn availability(topic: &str, online: bool) -> Outgoing {
         },
         retain: true,
         qos: 1,
+        slot: None,
     }
 }

@@ -323,5 +323,6 @@ pub fn result(
         // QoS 0: a PUBACK from the embedded broker (which does not set TCP_NODELAY)
         // would hold back the next command to us by a delayed ACK (~40 ms).
         qos: 0,
+        slot: None,
     }
 }

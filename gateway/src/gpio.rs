@@ -272,12 +272,7 @@ fn publish(
     if publish {
         line.heartbeat_at = point.heartbeat.map(|h| now + h);
         out.count(line.device);
-        out.messages.push(Outgoing {
-            topic: point.topic.clone(),
-            payload: payload(point, &r, SystemTime::now()),
-            retain: point.retain,
-            qos: point.qos,
-        });
+        out.messages.push(Outgoing::value(point, payload(point, r, SystemTime::now())));
     }
 }
 

@@ -335,6 +335,7 @@ async fn diagnostics(
             payload: stats.to_json().to_string().into_bytes(),
             retain: true,
             qos: 0,
+            slot: None,
         };
         if tx.send(vec![m]).await.is_err() {
             return;

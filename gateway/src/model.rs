@@ -41,6 +41,11 @@ impl Model {
         format!("{}/diagnostics", self.base_topic)
     }
 
+    /// All points of all devices, in slot order.
+    pub fn points(&self) -> impl Iterator<Item = &Point> {
+        self.devices().flat_map(|d| d.points.iter())
+    }
+
     /// `<base>/<device>/availability`.
     pub fn availability_topic(&self, device: &str) -> String {
         format!("{}/{}/availability", self.base_topic, device)
@@ -291,6 +296,9 @@ pub enum PublishMode {
 pub struct Point {
     /// Topic.
     pub topic: String,
+    /// Index of the point among all points of the model, in bus, device and point order
+    /// (per-point state outside the bus task is a plain vector indexed by it).
+    pub slot: u32,
     /// Table.
     pub table: Table,
     /// First register/bit.

@@ -18,6 +18,21 @@ pub struct Outgoing {
     pub retain: bool,
     /// QoS 0–2.
     pub qos: u8,
+    /// The point's slot, for a point's value; `None` for the gateway's own topics.
+    pub slot: Option<u32>,
+}
+
+impl Outgoing {
+    /// A point's value on its topic, with its retain flag and QoS.
+    pub fn value(point: &Point, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic: point.topic.clone(),
+            payload,
+            retain: point.retain,
+            qos: point.qos,
+            slot: Some(point.slot),
+        }
+    }
 }
 
 /// The messages of one poll cycle, sent to the MQTT side in one channel operation.
@@ -145,10 +160,13 @@ fn fmt_float(v: f64, shortest: String) -> String {
     }
 }
 
-/// The payload bytes for a reading.
-pub fn payload(point: &Point, r: &Reading, now: SystemTime) -> Vec<u8> {
+/// The payload bytes for a reading (a plain payload reuses the reading's text).
+pub fn payload(point: &Point, r: Reading, now: SystemTime) -> Vec<u8> {
     match point.payload {
-        Payload::Plain => r.text().into_bytes(),
+        Payload::Plain => match r {
+            Reading::Number(_, s) | Reading::Text(s) => s.into_bytes(),
+            Reading::Bool(b) => b.to_string().into_bytes(),
+        },
         Payload::Json => {
             let mut m = serde_json::Map::new();
             m.insert("value".into(), r.json());
@@ -187,14 +205,28 @@ impl PointState {
             }
         };
         if publish {
-            self.last = Some((r.clone(), now));
+            self.force(r, now);
         }
         publish
     }
 
-    /// Record `r` as published now (a command's read-back is always published).
+    /// Record `r` as published now (a command's read-back is always published). The
+    /// previous text's buffer is reused: no allocation per poll.
     pub fn force(&mut self, r: &Reading, now: Instant) {
-        self.last = Some((r.clone(), now));
+        match (&mut self.last, r) {
+            (Some((Reading::Number(v, t), at)), Reading::Number(nv, nt)) => {
+                *v = *nv;
+                t.clear();
+                t.push_str(nt);
+                *at = now;
+            }
+            (Some((Reading::Text(t), at)), Reading::Text(nt)) => {
+                t.clear();
+                t.push_str(nt);
+                *at = now;
+            }
+            (last, r) => *last = Some((r.clone(), now)),
+        }
     }
 }
 
@@ -222,6 +254,7 @@ mod tests {
     fn point(ty: ValueType) -> Point {
         Point {
             topic: "t".into(),
+            slot: 0,
             table: Table::Holding,
             address: 0,
             ty,
@@ -258,6 +291,22 @@ mod tests {
             reading(&p, &Value::Float(f64::from(230.1f32))).text(),
             "230.1"
         );
+    }
+
+    #[test]
+    fn on_change_across_named_and_plain_values() {
+        let mut p = point(ValueType::U16);
+        p.value_map = vec![("ON".into(), 1.0), ("OFF".into(), 0.0)];
+        let mut s = PointState::default();
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        for v in [1, 1, 0, 2, 2, 3, 1, 1] {
+            let r = reading(&p, &Value::Int(v));
+            if s.should_publish(&p, &r, t0) {
+                seen.push(String::from_utf8(payload(&p, r, SystemTime::now())).expect("utf-8"));
+            }
+        }
+        assert_eq!(seen, ["ON", "OFF", "2", "3", "ON"]);
     }
 
     #[test]

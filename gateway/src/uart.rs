@@ -577,12 +577,7 @@ impl Uart<'_> {
     ) {
         self.devs[d].states[p].force(r, Instant::now());
         out.count(d);
-        out.messages.push(Outgoing {
-            topic: point.topic.clone(),
-            payload: payload(point, r, SystemTime::now()),
-            retain: point.retain,
-            qos: point.qos,
-        });
+        out.messages.push(Outgoing::value(point, payload(point, r.clone(), SystemTime::now())));
         out.messages.push(commands::result(point, Ok(r.json()), id));
         info!(topic = %point.topic, value = %r.text(), "Command written.");
     }
@@ -716,12 +711,7 @@ impl Uart<'_> {
                     let r = reading(point, &v);
                     if self.devs[d].states[p].should_publish(point, &r, now) {
                         out.count(d);
-                        out.messages.push(Outgoing {
-                            topic: point.topic.clone(),
-                            payload: payload(point, &r, wall),
-                            retain: point.retain,
-                            qos: point.qos,
-                        });
+                        out.messages.push(Outgoing::value(point, payload(point, r, wall)));
                     }
                 }
                 Err(e) => {

@@ -86,6 +86,24 @@ pub struct Checked {
     pub files: Vec<PathBuf>,
 }
 
+/// Give every point its slot (its index in [`Model::points`] order) and share the buses.
+fn number_points(buses: Vec<Bus>) -> Vec<Arc<Bus>> {
+    let mut slot = 0u32;
+    buses
+        .into_iter()
+        .map(|mut b| {
+            for d in &mut b.devices {
+                // Not shared yet: make_mut never copies here.
+                for p in &mut Arc::make_mut(d).points {
+                    p.slot = slot;
+                    slot += 1;
+                }
+            }
+            Arc::new(b)
+        })
+        .collect()
+}
+
 /// Load and validate the gateway file at `path` and every mapping file it names.
 pub fn load(path: &Path) -> Result<Checked, Vec<Diagnostic>> {
     let text = match std::fs::read_to_string(path) {
@@ -194,7 +212,7 @@ pub fn check_sources(
             base_topic: h.base_topic,
             mqtt: h.mqtt,
             diagnostics_interval: h.diagnostics_interval,
-            buses: buses.into_iter().map(Arc::new).collect(),
+            buses: number_points(buses),
         },
         warnings: v.diags,
         files,
@@ -1541,6 +1559,9 @@ impl Validator {
         if !bus_ok {
             return None;
         }
+        // Exactly as long as needed: the model lives as long as the process.
+        let mut points: Vec<Point> = points.into_iter().map(|(_, p)| p).collect();
+        points.shrink_to_fit();
         Some((
             d.bus.value.clone(),
             Device {
@@ -1552,7 +1573,7 @@ impl Validator {
                 write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
                 max_backoff,
                 uart,
-                points: points.into_iter().map(|(_, p)| p).collect(),
+                points,
             },
         ))
     }
@@ -1848,6 +1869,7 @@ impl Validator {
             return None;
         }
         Some(Point {
+            slot: 0,
             writable,
             min: p.min.as_ref().map(|v| v.value),
             max: p.max.as_ref().map(|v| v.value),
