@@ -287,7 +287,10 @@ async fn run_commands<T: ModbusTransport>(
         match outcome {
             Ok(r) => {
                 dev.states[c.point].force(&r, Instant::now());
-                messages.push(Outgoing::value(&point, payload(&point, r.clone(), SystemTime::now())));
+                messages.push(Outgoing::value(
+                    &point,
+                    payload(&point, r.clone(), SystemTime::now()),
+                ));
                 messages.push(commands::result(&point, Ok(r.json()), c.id.as_ref()));
                 info!(device = %dev.device.id, topic = %point.topic, value = %r.text(), "Command written.");
             }

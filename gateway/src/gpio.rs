@@ -272,7 +272,8 @@ fn publish(
     if publish {
         line.heartbeat_at = point.heartbeat.map(|h| now + h);
         out.count(line.device);
-        out.messages.push(Outgoing::value(point, payload(point, r, SystemTime::now())));
+        out.messages
+            .push(Outgoing::value(point, payload(point, r, SystemTime::now())));
     }
 }
 

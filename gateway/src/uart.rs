@@ -577,7 +577,10 @@ impl Uart<'_> {
     ) {
         self.devs[d].states[p].force(r, Instant::now());
         out.count(d);
-        out.messages.push(Outgoing::value(point, payload(point, r.clone(), SystemTime::now())));
+        out.messages.push(Outgoing::value(
+            point,
+            payload(point, r.clone(), SystemTime::now()),
+        ));
         out.messages.push(commands::result(point, Ok(r.json()), id));
         info!(topic = %point.topic, value = %r.text(), "Command written.");
     }
@@ -711,7 +714,8 @@ impl Uart<'_> {
                     let r = reading(point, &v);
                     if self.devs[d].states[p].should_publish(point, &r, now) {
                         out.count(d);
-                        out.messages.push(Outgoing::value(point, payload(point, r, wall)));
+                        out.messages
+                            .push(Outgoing::value(point, payload(point, r, wall)));
                     }
                 }
                 Err(e) => {
