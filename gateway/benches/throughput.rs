@@ -188,7 +188,8 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
     let _ = Command::new("pkill")
         .args(["-TERM", "-f"])
         .arg(format!(
-            "run --config {}",
+            "^{} run --config {}",
+            env!("CARGO_BIN_EXE_fieldlink"),
             dir.path().join("gateway.yaml").display()
         ))
         .status();

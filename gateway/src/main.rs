@@ -69,7 +69,11 @@ fn init_logs() {
         .with(tracing_subscriber::filter::filter_fn(|m| {
             !per_message_span(m)
         }))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .log_internal_errors(true),
+        )
         .init();
 }
 

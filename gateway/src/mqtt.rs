@@ -79,6 +79,13 @@ impl Conn {
     /// keeps a saturated bus from queueing without bound. The topic and payload move into
     /// the request (no copy); a timer is armed only when the queue is full.
     async fn publish(&mut self, m: Outgoing) -> bool {
+        // Validation already refuses wildcards in topics; `publish_bytes` does not check,
+        // and a broker disconnects a client that publishes one.
+        if !rumqttc::valid_topic(&m.topic) {
+            debug!(topic = %m.topic, "Invalid topic not published.");
+            self.stats.mqtt_dropped.fetch_add(1, Relaxed);
+            return false;
+        }
         let fut =
             self.client
                 .publish_bytes(m.topic, qos(m.qos), m.retain, bytes::Bytes::from(m.payload));
@@ -136,20 +143,16 @@ impl Conn {
                 qos: *qos,
                 slot: None,
             });
-        let values = self
-            .model
-            .points()
-            .zip(&self.values)
-            .filter_map(|(point, last)| {
-                let (payload, qos) = last.as_ref()?;
-                Some(Outgoing {
-                    topic: point.topic.clone(),
-                    payload: payload.clone(),
-                    retain: true,
-                    qos: *qos,
-                    slot: Some(point.slot),
-                })
-            });
+        let values = self.model.points().filter_map(|point| {
+            let (payload, qos) = self.values.get(point.slot as usize)?.as_ref()?;
+            Some(Outgoing {
+                topic: point.topic.clone(),
+                payload: payload.clone(),
+                retain: true,
+                qos: *qos,
+                slot: Some(point.slot),
+            })
+        });
         let mut state: Vec<Outgoing> = others.chain(values).collect();
         state.sort_by(|a, b| a.topic.cmp(&b.topic));
         self.publish(online).await;
@@ -270,7 +273,17 @@ pub async fn run_client(
     let mut conn = Conn {
         client,
         connected: false,
-        values: vec![None; model.points().count()],
+        // Slots as numbered by validation; a model numbered otherwise keeps every
+        // value in the map by topic instead.
+        values: if model
+            .points()
+            .enumerate()
+            .all(|(i, p)| p.slot as usize == i)
+        {
+            vec![None; model.points().count()]
+        } else {
+            Vec::new()
+        },
         model: model.clone(),
         others: HashMap::new(),
         stats,
