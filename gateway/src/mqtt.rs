@@ -345,13 +345,27 @@ pub async fn run_client(
             slot: None,
         })
         .await;
-        let _ = tokio::time::timeout_at(deadline, conn.client.disconnect()).await;
-        loop {
-            match tokio::time::timeout_at(deadline, link.recv()).await {
-                Ok(Some(Link::Closed)) | Ok(None) | Err(_) => break,
-                Ok(Some(_)) => {}
-            }
-        }
+        disconnect(&conn.client, &mut link, deadline, |l| {
+            matches!(l, Link::Closed)
+        })
+        .await;
         info!("MQTT disconnected.");
+    }
+}
+
+/// Ask rumqttc for a clean DISCONNECT and wait, until `deadline`, for the event-loop task
+/// to report it was written (`closed`) or to end.
+pub(crate) async fn disconnect<L>(
+    client: &AsyncClient,
+    link: &mut mpsc::UnboundedReceiver<L>,
+    deadline: tokio::time::Instant,
+    closed: impl Fn(&L) -> bool,
+) {
+    let _ = tokio::time::timeout_at(deadline, client.disconnect()).await;
+    loop {
+        match tokio::time::timeout_at(deadline, link.recv()).await {
+            Ok(Some(l)) if !closed(&l) => {}
+            _ => break,
+        }
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     commands::Router,
     health::Stats,
     model::{Model, Tls, Upstream},
-    mqtt::{qos, remember},
+    mqtt::{self, qos, remember},
     publish::{Batch, Outgoing},
     spool::{FlushDone, Spool},
 };
@@ -676,13 +676,10 @@ pub async fn run_upstream(
             true,
             b"offline".to_vec(),
         );
-        let _ = tokio::time::timeout_at(deadline, up.client.disconnect()).await;
-        loop {
-            match tokio::time::timeout_at(deadline, link.recv()).await {
-                Ok(Some(Link::Closed)) | Ok(None) | Err(_) => break,
-                Ok(Some(_)) => {}
-            }
-        }
+        mqtt::disconnect(&up.client, &mut link, deadline, |l| {
+            matches!(l, Link::Closed)
+        })
+        .await;
         info!("Upstream disconnected.");
     }
     Ok(())
