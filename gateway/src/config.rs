@@ -271,6 +271,20 @@ pub struct EmbeddedFile {
     /// Maximum simultaneous client connections. Default 32.
     #[serde(default)]
     pub max_connections: Option<Spanned<u32>>,
+    /// Users who may log in: a password file in Mosquitto's format, made with
+    /// `mosquitto_passwd -c /etc/fieldlink/users <user>`; relative to the gateway file.
+    /// Required when `listen` is not a loopback address, unless `allow_anonymous: true`.
+    #[serde(default)]
+    pub users_file: Option<Spanned<String>>,
+    /// Topic rights per user: a file in Mosquitto's `acl_file` format (`user`, `topic`,
+    /// `pattern` lines). Without it every admitted client may read everything and write
+    /// everything but the gateway's own topics; with it, only what it grants.
+    #[serde(default)]
+    pub acl_file: Option<Spanned<String>>,
+    /// Admit clients without a user name. Default: `true` on a loopback `listen`
+    /// address and without `users_file`, otherwise `false`.
+    #[serde(default)]
+    pub allow_anonymous: Option<Spanned<bool>>,
 }
 
 fn yes() -> bool {
@@ -283,6 +297,9 @@ impl Default for EmbeddedFile {
             enabled: true,
             listen: None,
             max_connections: None,
+            users_file: None,
+            acl_file: None,
+            allow_anonymous: None,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! Health: counters shared by the tasks and the JSON published on `<base>/diagnostics`.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed},
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -130,6 +133,29 @@ pub struct Stats {
     pub mqtt_connects: AtomicU64,
     /// The upstream broker.
     pub upstream: UpstreamStats,
+    /// The embedded broker.
+    pub broker: Arc<BrokerStats>,
+}
+
+/// Counters of the embedded broker (also its `$SYS` topics).
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Clients connected now, the gateway's own included.
+    pub clients: AtomicI64,
+    /// Connections accepted since start.
+    pub connects: AtomicU64,
+    /// Logins refused (wrong password, anonymous not allowed, reserved client id).
+    pub refused_logins: AtomicU64,
+    /// Publishes dropped for want of write rights.
+    pub denied_publishes: AtomicU64,
+    /// Subscriptions refused for want of read rights.
+    pub denied_subscriptions: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// Messages delivered to subscribers.
+    pub messages_sent: AtomicU64,
+    /// Times the broker failed and was rebuilt.
+    pub restarts: AtomicU64,
 }
 
 impl Stats {
@@ -159,6 +185,7 @@ impl Stats {
             mqtt_connected: AtomicBool::new(false),
             mqtt_connects: AtomicU64::new(0),
             upstream: UpstreamStats::default(),
+            broker: Arc::default(),
         }
     }
 
@@ -208,6 +235,7 @@ impl Stats {
             })
             .collect();
         let u = &self.upstream;
+        let b = &self.broker;
         let upstream = u.enabled.load(Relaxed).then(|| {
             json!({
                 "connected": u.connected.load(Relaxed),
@@ -238,6 +266,16 @@ impl Stats {
                 "queue_depth": self.mqtt_queue.load(Relaxed),
             },
             "upstream": upstream,
+            "broker": {
+                "clients": b.clients.load(Relaxed),
+                "connects": b.connects.load(Relaxed),
+                "refused_logins": b.refused_logins.load(Relaxed),
+                "denied_publishes": b.denied_publishes.load(Relaxed),
+                "denied_subscriptions": b.denied_subscriptions.load(Relaxed),
+                "messages_received": b.messages_received.load(Relaxed),
+                "messages_sent": b.messages_sent.load(Relaxed),
+                "restarts": b.restarts.load(Relaxed),
+            },
             "devices": devices,
             "serial": serial,
         })

@@ -125,13 +125,14 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
         }
         None => None,
     };
-    if let Some(e) = model.mqtt.embedded.clone() {
-        tokio::task::spawn_blocking(move || broker::start(&e))
+    let model = Arc::new(model);
+    let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
+    if model.mqtt.embedded.is_some() {
+        let (m, b) = (model.clone(), stats.broker.clone());
+        tokio::task::spawn_blocking(move || broker::start(m, b))
             .await
             .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
     }
-    let model = Arc::new(model);
-    let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
     let mut command_txs = Vec::new();
     let mut command_rxs = Vec::new();

@@ -61,42 +61,22 @@ enum Command {
 
 fn init_logs() {
     use tracing_subscriber::prelude::*;
+    // rmqtt logs (through `log`) every ordinary disconnect at INFO and more at DEBUG;
+    // the gateway logs connects, disconnects and refusals itself (broker::policy).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttd::router::routing=off")
+        tracing_subscriber::EnvFilter::new(
+            "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn,rmqtt_codec=warn",
+        )
     });
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::filter::filter_fn(|m| {
-            !per_message_span(m)
-        }))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .log_internal_errors(true),
         )
         .init();
-}
-
-/// rumqttd's router opens a span at error level for every batch it reads and every
-/// PUBLISH it routes, formatting the topic each time: a fifth of the broker's CPU at
-/// 10 000 messages/s whenever `RUST_LOG` enables rumqttd at all (BENCHMARKS.md). Those
-/// spans are never created; the per-connection ones stay, as context for its warnings.
-fn per_message_span(m: &tracing::Metadata<'_>) -> bool {
-    m.is_span()
-        && m.target().starts_with("rumqttd::router")
-        && matches!(
-            m.name(),
-            "[>] incoming"
-                | "incoming_payload"
-                | "publish"
-                | "puback"
-                | "pubrec"
-                | "pubrel"
-                | "pubcomp"
-                | "[<] outgoing"
-                | "outgoing_ack"
-                | "outgoing_publish"
-        )
+    fieldlink::broker::panic_policy();
 }
 
 /// Keep glibc from creating one malloc arena per thread: the gateway does little
@@ -351,7 +331,7 @@ async fn watch(filter: String, host: String, port: u16, count: Option<u64>) -> a
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     eprintln!("cannot reach the broker at {host}:{port}: {e}; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;

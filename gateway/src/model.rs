@@ -137,6 +137,31 @@ pub struct EmbeddedBroker {
     pub listen: SocketAddr,
     /// Maximum client connections.
     pub max_connections: usize,
+    /// Users who may log in (`users_file`), if any.
+    pub users: Option<Arc<crate::broker::passwd::Users>>,
+    /// Topic rights (`acl_file`); without it every admitted client may read all and
+    /// write all but the gateway's own topics.
+    pub acl: Option<Arc<crate::broker::acl::Acl>>,
+    /// Whether clients without a user name are admitted.
+    pub allow_anonymous: bool,
+    /// The gateway client's own password on this broker, new at every start.
+    pub secret: Secret,
+}
+
+impl Secret {
+    /// A new random secret (128 bits, hex).
+    pub fn random() -> Secret {
+        let mut b = [0u8; 16];
+        // Without the OS's randomness (never seen on Linux) the secret is still unique
+        // per process and start time, and only guards against local clients.
+        if getrandom::fill(&mut b).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            b = (t ^ u128::from(std::process::id()) << 64).to_le_bytes();
+        }
+        Secret(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
 }
 
 /// A bus: one task owns it.

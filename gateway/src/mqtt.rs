@@ -46,6 +46,10 @@ pub fn options(model: &Model) -> MqttOptions {
     let mut o = MqttOptions::new(m.client_id.clone(), m.host.clone(), m.port);
     o.set_keep_alive(m.keepalive.max(Duration::from_secs(1)));
     o.set_clean_session(true);
+    if let Some(e) = &m.embedded {
+        // The embedded broker admits the gateway's client id only with this secret.
+        o.set_credentials(m.client_id.clone(), e.secret.0.clone());
+    }
     o.set_max_packet_size(1024 * 1024, 1024 * 1024);
     o.set_inflight(200);
     o.set_last_will(LastWill::new(

@@ -7,13 +7,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use fieldlink_drivers::uart::{FieldPath, FieldRef, Template};
+
+mod embedded;
 
 use crate::{
     config::{
@@ -23,9 +24,9 @@ use crate::{
         Spanned, TableName, TypeName,
     },
     model::{
-        Bus, BusKind, Device, EmbeddedBroker, GpioBackendKind, GpioMode, GpioPoint, Model,
-        MqttModel, OnShutdown, Parity, Parser, Payload, Point, PublishMode, Pull, SerialSettings,
-        Table, UartCommand, UartDevice, UartPoint, ValueType, WordOrder,
+        Bus, BusKind, Device, GpioBackendKind, GpioMode, GpioPoint, Model, MqttModel, OnShutdown,
+        Parity, Parser, Payload, Point, PublishMode, Pull, SerialSettings, Table, UartCommand,
+        UartDevice, UartPoint, ValueType, WordOrder,
     },
     topics::{check_topic, is_id},
 };
@@ -206,14 +207,16 @@ pub fn check_sources(
     let Some(h) = header else {
         return Err(v.diags);
     };
+    let model = Model {
+        gateway_id: h.id,
+        base_topic: h.base_topic,
+        mqtt: h.mqtt,
+        diagnostics_interval: h.diagnostics_interval,
+        buses: number_points(buses),
+    };
+    embedded::warnings(&model, &gw_file, &mut v.diags);
     Ok(Checked {
-        model: Model {
-            gateway_id: h.id,
-            base_topic: h.base_topic,
-            mqtt: h.mqtt,
-            diagnostics_interval: h.diagnostics_interval,
-            buses: number_points(buses),
-        },
+        model,
         warnings: v.diags,
         files,
     })
@@ -815,36 +818,7 @@ impl Validator {
             .upstream
             .as_ref()
             .map(|u| self.upstream(file, &u.value, &id, &state_dir));
-        let listen = match &e.listen {
-            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
-            Some(l) => match l.value.parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    self.error(
-                        file,
-                        at(l),
-                        "mqtt.embedded.listen",
-                        format!("`{}` is not an IP address with a port", l.value),
-                        Some("write it like `127.0.0.1:1883` or `0.0.0.0:1883`".into()),
-                    );
-                    SocketAddr::from(([127, 0, 0, 1], 1883))
-                }
-            },
-        };
-        let max_connections = match &e.max_connections {
-            None => 32,
-            Some(m) if (1..=10_000).contains(&m.value) => m.value as usize,
-            Some(m) => {
-                self.error(
-                    file,
-                    at(m),
-                    "mqtt.embedded.max_connections",
-                    format!("max_connections {} is outside 1–10000", m.value),
-                    None,
-                );
-                32
-            }
-        };
+        let (listen, embedded) = self.embedded(file, e);
         let client_id = match &gw.mqtt.client_id {
             Some(c) if c.value.is_empty() || c.value.len() > 256 => {
                 self.error(
@@ -895,10 +869,7 @@ impl Validator {
             id,
             base_topic,
             mqtt: MqttModel {
-                embedded: e.enabled.then_some(EmbeddedBroker {
-                    listen,
-                    max_connections,
-                }),
+                embedded,
                 host,
                 port: listen.port(),
                 client_id,

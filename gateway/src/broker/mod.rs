@@ -1,0 +1,322 @@
+//! The embedded MQTT broker: rmqtt, hardened for a home network.
+//!
+//! rmqtt serves MQTT 3.1, 3.1.1 and 5 on one port, QoS 0–2, persistent sessions, Last
+//! Wills and (with its `rmqtt-retainer` plugin, in memory) retained messages. What it
+//! lacks for a house is built here around it:
+//!
+//! - [`passwd`]: logins from a `mosquitto_passwd` file;
+//! - [`acl`]: rights from a Mosquitto `acl_file`, and the topics only the gateway writes;
+//! - `policy`: the rmqtt hook that applies both, logs connects and refusals (refusals
+//!   rate-limited) and counts for diagnostics;
+//! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
+//! - supervision: the broker runs on its own thread and runtime; if it fails it is
+//!   rebuilt and listening again within a second, clients reconnect, and the gateway's
+//!   client republishes its retained state (as after any reconnect).
+
+pub mod acl;
+pub mod passwd;
+mod policy;
+mod sys;
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use rmqtt::{context::ServerContext, hook::Type, net::Builder, server::MqttServer};
+use thiserror::Error;
+use tracing::{error, info};
+
+use crate::{health::BrokerStats, model::EmbeddedBroker, Model};
+
+/// Why the embedded broker could not start.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The listen address is taken.
+    #[error("the embedded MQTT broker cannot listen on {addr}: address already in use (is another broker such as mosquitto running?); change `mqtt.embedded.listen` in the gateway file (e.g. 127.0.0.1:1884), or pass --listen to `fieldlink demo`")]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Any other bind error.
+    #[error(
+        "the embedded MQTT broker cannot listen on {addr}: {source}; check `mqtt.embedded.listen`"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The broker did not come up.
+    #[error("the embedded MQTT broker did not accept connections on {0} within 5s")]
+    NotReady(SocketAddr),
+    /// Thread or runtime start failed.
+    #[error("cannot start the embedded broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Largest MQTT packet a client may send (a remaining length beyond it closes the
+/// connection before anything is buffered).
+pub const MAX_PACKET: u32 = 1024 * 1024;
+/// Longest a client may take from TCP connect to a complete CONNECT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for one slow or offline (persistent-session) client.
+const MAX_QUEUE: usize = 10_000;
+/// How long a broker that failed waits before it is rebuilt, at first and at most.
+const RESTART_FIRST: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_millis(800);
+
+/// Most retained topics the broker keeps: every point of the gateway several times over,
+/// so that a client cannot fill the memory with retained messages.
+fn retained_limit(model: &Model) -> usize {
+    (model.points().count() * 4).max(50_000)
+}
+
+/// Build one rmqtt server (context, retainer, our hook) and its listener. A bind error
+/// is returned as the user should see it.
+async fn build(
+    model: &Model,
+    cfg: &EmbeddedBroker,
+    stats: &Arc<BrokerStats>,
+) -> Result<MqttServer, BrokerError> {
+    let addr = cfg.listen;
+    let retainer = format!(
+        "storage.type = \"ram\"\nmax_retained_messages = {}\nmax_payload_size = \"{}B\"\n",
+        retained_limit(model),
+        MAX_PACKET
+    );
+    let scx = ServerContext::new()
+        .mqtt_max_sessions(cfg.max_connections as isize + 1)
+        .plugins_config_map_add("rmqtt-retainer", retainer)
+        .build()
+        .await;
+    if let Err(e) = rmqtt_retainer::register(&scx, true, false).await {
+        return Err(BrokerError::Thread(std::io::Error::other(e.to_string())));
+    }
+    let policy = Arc::new(policy::Policy::new(model, cfg));
+    let register = scx.extends.hook_mgr().register();
+    for t in [
+        Type::ClientAuthenticate,
+        Type::ClientSubscribeCheckAcl,
+        Type::MessagePublishCheckAcl,
+        Type::ClientConnected,
+        Type::ClientDisconnected,
+        Type::MessagePublish,
+        Type::MessageDelivered,
+    ] {
+        register
+            .add(
+                t,
+                Box::new(policy::Guard::new(policy.clone(), stats.clone())),
+            )
+            .await;
+    }
+    register.start().await;
+    tokio::spawn(sys::publish(scx.clone(), stats.clone()));
+    let listener = Builder::new()
+        .name("mqtt")
+        .laddr(addr)
+        .reuseaddr(Some(true))
+        // The gateway's own client is one more connection.
+        .max_connections(cfg.max_connections + 1)
+        .max_handshaking_limit(64)
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
+        .max_packet_size(MAX_PACKET)
+        // Every login goes through our hook, anonymous ones included.
+        .allow_anonymous(false)
+        .max_mqueue_len(MAX_QUEUE)
+        .max_inflight(std::num::NonZeroU16::new(128).unwrap_or(std::num::NonZeroU16::MIN))
+        .max_clientid_len(256)
+        .bind()
+        .and_then(|l| l.tcp())
+        .map_err(|e| bind_error(addr, e))?;
+    Ok(MqttServer::new(scx).listener(listener).build())
+}
+
+fn bind_error(addr: SocketAddr, e: rmqtt::Error) -> BrokerError {
+    match e.downcast::<std::io::Error>() {
+        Ok(io) if io.kind() == std::io::ErrorKind::AddrInUse => BrokerError::AddrInUse { addr },
+        Ok(source) => BrokerError::Bind { addr, source },
+        Err(e) => BrokerError::Bind {
+            addr,
+            source: std::io::Error::other(e.to_string()),
+        },
+    }
+}
+
+/// Connect and wait for CONNACK with the gateway's credentials: proves the broker
+/// serves MQTT and admits the gateway.
+fn mqtt_probe(addr: SocketAddr, client_id: &str, secret: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    // Clean session, user name and password: the gateway's own identity.
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 10];
+    for f in [
+        client_id.as_bytes(),
+        client_id.as_bytes(),
+        secret.as_bytes(),
+    ] {
+        body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        body.extend_from_slice(f);
+    }
+    let mut pkt = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        pkt.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    pkt.extend_from_slice(&body);
+    s.write_all(&pkt)?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)?;
+    if ack[0] != 0x20 || ack[3] != 0 {
+        return Err(std::io::Error::other("unexpected CONNACK"));
+    }
+    let _ = s.write_all(&[0xE0, 0]);
+    Ok(())
+}
+
+fn probe_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+/// A panic inside rmqtt's code ends only the task it happened in (a connection, or the
+/// broker, which the supervisor rebuilds), and is logged; any other panic aborts the
+/// process as before (systemd restarts it), since the gateway's own tasks are not
+/// written to survive one. Call once, at start.
+pub fn panic_policy() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_broker = info.location().is_some_and(|l| l.file().contains("rmqtt"));
+        if in_broker {
+            error!(panic = %info, "Embedded broker task failed; it is restarted.");
+        } else {
+            default(info);
+            std::process::abort();
+        }
+    }));
+}
+
+/// Start the embedded broker on its own thread and runtime, supervised; returns once it
+/// accepts connections.
+pub fn start(model: Arc<Model>, stats: Arc<BrokerStats>) -> Result<(), BrokerError> {
+    let Some(cfg) = model.mqtt.embedded.clone() else {
+        return Ok(());
+    };
+    let addr = cfg.listen;
+    // A free address is checked here, so that the error reaches the caller.
+    match TcpListener::bind(addr) {
+        Ok(l) => drop(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(BrokerError::AddrInUse { addr })
+        }
+        Err(source) => return Err(BrokerError::Bind { addr, source }),
+    }
+    let client_id = model.mqtt.client_id.clone();
+    let secret = cfg.secret.0.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || supervise(&model, &cfg, &stats, ready_tx))
+        .map_err(BrokerError::Thread)?;
+    match ready_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(BrokerError::NotReady(addr)),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if mqtt_probe(probe_addr(addr), &client_id, &secret).is_ok() {
+            info!(listen = %addr, "Embedded broker listening.");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotReady(addr))
+}
+
+/// Run the broker; whenever it stops (an error, or a panic inside rmqtt), drop its
+/// runtime with every task and connection in it and build a new one.
+fn supervise(
+    model: &Model,
+    cfg: &EmbeddedBroker,
+    stats: &Arc<BrokerStats>,
+    ready: std::sync::mpsc::Sender<Result<(), BrokerError>>,
+) {
+    let mut ready = Some(ready);
+    let mut delay = RESTART_FIRST;
+    loop {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mqtt-broker-rt")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(BrokerError::Thread(e)));
+                    return;
+                }
+                error!(error = %e, "Embedded broker runtime failed; retrying.");
+                std::thread::sleep(RESTART_MAX);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(async {
+                let server = match build(model, cfg, stats).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(e),
+                };
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(()));
+                }
+                if let Err(e) = server.run().await {
+                    error!(error = %e, "Embedded broker stopped.");
+                }
+                Ok(())
+            })
+        }));
+        // Dropping the runtime ends every connection task of the failed broker.
+        rt.shutdown_timeout(Duration::from_millis(100));
+        match outcome {
+            Ok(Err(e)) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                error!(error = %e, "Embedded broker could not be rebuilt; retrying.");
+            }
+            Ok(Ok(())) => error!("Embedded broker stopped; restarting it."),
+            Err(_) => error!("Embedded broker failed (panic); restarting it."),
+        }
+        stats.restarts.fetch_add(1, Relaxed);
+        stats.clients.store(0, Relaxed);
+        if started.elapsed() > Duration::from_secs(30) {
+            delay = RESTART_FIRST;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(RESTART_MAX);
+    }
+}

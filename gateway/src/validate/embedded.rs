@@ -1,0 +1,207 @@
+//! `mqtt.embedded`: the listener, logins, rights and the safe default (no anonymous
+//! clients on a listener other machines can reach, as Mosquitto 2 does).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{at, Severity, Validator};
+use crate::{
+    broker::{acl::Acl, passwd::Users},
+    config::EmbeddedFile,
+    model::{EmbeddedBroker, Model, Secret},
+};
+
+impl Validator {
+    /// The embedded broker's model (when enabled), with every problem collected.
+    pub(super) fn embedded(
+        &mut self,
+        file: &Path,
+        e: &EmbeddedFile,
+    ) -> (SocketAddr, Option<EmbeddedBroker>) {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let listen = match &e.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
+            Some(l) => match l.value.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.error(
+                        file,
+                        at(l),
+                        "mqtt.embedded.listen",
+                        format!("`{}` is not an IP address with a port", l.value),
+                        Some("write it like `127.0.0.1:1883` or `0.0.0.0:1883`".into()),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 1883))
+                }
+            },
+        };
+        let max_connections = match &e.max_connections {
+            None => 32,
+            Some(m) if (1..=10_000).contains(&m.value) => m.value as usize,
+            Some(m) => {
+                self.error(
+                    file,
+                    at(m),
+                    "mqtt.embedded.max_connections",
+                    format!("max_connections {} is outside 1–10000", m.value),
+                    None,
+                );
+                32
+            }
+        };
+        let users = e.users_file.as_ref().and_then(|f| {
+            let path = dir.join(&f.value);
+            match Users::load(&path) {
+                Ok(u) if u.is_empty() => {
+                    self.error(
+                        file,
+                        at(f),
+                        "mqtt.embedded.users_file",
+                        format!("`{}` has no users", path.display()),
+                        Some("add one with `mosquitto_passwd <file> <user>`".into()),
+                    );
+                    None
+                }
+                Ok(u) => Some(Arc::new(u)),
+                Err(errors) => {
+                    self.file_errors(
+                        file,
+                        at(f),
+                        "mqtt.embedded.users_file",
+                        &path,
+                        errors.iter().map(|e| (e.line, e.message.as_str())),
+                        "make it with `mosquitto_passwd -c <file> <user>`",
+                    );
+                    None
+                }
+            }
+        });
+        let acl = e.acl_file.as_ref().and_then(|f| {
+            let path = dir.join(&f.value);
+            match Acl::load(&path) {
+                Ok(a) => Some(Arc::new(a)),
+                Err(errors) => {
+                    self.file_errors(file, at(f), "mqtt.embedded.acl_file", &path, errors.iter().map(|e| (e.line, e.message.as_str())),
+                        "lines are `user <name>`, `topic [read|write|readwrite|deny] <filter>`, `pattern [read|write|readwrite|deny] <filter>`");
+                    None
+                }
+            }
+        });
+        let loopback = listen.ip().is_loopback();
+        let allow_anonymous = match &e.allow_anonymous {
+            Some(a) => a.value,
+            None => loopback && e.users_file.is_none(),
+        };
+        if !allow_anonymous && e.users_file.is_none() && e.enabled {
+            let (loc, why) = match &e.allow_anonymous {
+                Some(a) => (at(a), "`allow_anonymous: false` and no `users_file`: no client could log in".to_string()),
+                None => (
+                    e.listen.as_ref().map_or((0, 0), at),
+                    format!("the embedded broker listens on {listen}, which other machines can reach, and has no `users_file`: anyone on the network could read the house and command its devices"),
+                ),
+            };
+            self.error(
+                file,
+                loc,
+                "mqtt.embedded.users_file",
+                why,
+                Some("add users with `mosquitto_passwd -c /etc/fieldlink/users <user>` and set `users_file: /etc/fieldlink/users`, or (on a trusted network only) `allow_anonymous: true`".into()),
+            );
+        }
+        if let (Some(users), Some(acl)) = (&users, &acl) {
+            for name in acl.user_names() {
+                if !users.contains(name) {
+                    if let Some(f) = &e.acl_file {
+                        self.warn(
+                            file,
+                            at(f),
+                            "mqtt.embedded.acl_file",
+                            format!(
+                                "the rights file names user `{name}`, who is not in the users file"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        let model = e.enabled.then(|| EmbeddedBroker {
+            listen,
+            max_connections,
+            users,
+            acl,
+            allow_anonymous,
+            secret: Secret::random(),
+        });
+        (listen, model)
+    }
+
+    /// Report the line errors of a users or rights file: at the file's own line and
+    /// column, with the gateway file's key as the path.
+    fn file_errors<'a>(
+        &mut self,
+        gateway: &Path,
+        key_at: (u64, u64),
+        key: &str,
+        path: &Path,
+        errors: impl Iterator<Item = (u64, &'a str)>,
+        hint: &str,
+    ) {
+        for (line, message) in errors {
+            if line == 0 {
+                self.error(
+                    gateway,
+                    key_at,
+                    key,
+                    format!("`{}`: {message}", path.display()),
+                    Some(hint.to_string()),
+                );
+            } else {
+                self.push(
+                    Severity::Error,
+                    &PathBuf::from(path),
+                    (line, 1),
+                    key,
+                    message.to_string(),
+                    Some(hint.to_string()),
+                );
+            }
+        }
+    }
+}
+
+/// Warnings that need the points: anonymous clients that may command devices from
+/// the network.
+pub(super) fn warnings(model: &Model, gateway: &Path, diags: &mut Vec<super::Diagnostic>) {
+    let Some(e) = &model.mqtt.embedded else {
+        return;
+    };
+    if !e.allow_anonymous || e.listen.ip().is_loopback() {
+        return;
+    }
+    let commands = match &e.acl {
+        None => model.points().any(|p| p.writable),
+        Some(acl) => acl.anonymous_may_command(
+            model
+                .points()
+                .filter(|p| p.writable)
+                .map(|p| p.topic.as_str()),
+        ),
+    };
+    if commands {
+        diags.push(super::Diagnostic {
+            severity: Severity::Warning,
+            file: gateway.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: "mqtt.embedded.allow_anonymous".into(),
+            message: format!(
+                "anonymous clients on {} may command devices (publish on `<topic>/set`)",
+                e.listen
+            ),
+            hint: Some("add `users_file` (and `acl_file` to limit who writes `/set`), or keep anonymous clients to a loopback listener".into()),
+        });
+    }
+}
