@@ -34,6 +34,21 @@ pub use health::Stats;
 pub use model::Model;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
+/// Return freed heap pages to the kernel (glibc keeps them otherwise): after loading a
+/// large configuration, and after the embedded broker served a burst of connections.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// [`trim_heap`] where glibc is not the allocator: nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim_heap() {}
+
 /// Why the gateway could not run.
 #[derive(Debug, Error)]
 pub enum RunError {

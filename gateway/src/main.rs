@@ -100,17 +100,9 @@ fn tune_allocator() {}
 /// Give the heap that reading the configuration used back to the system: glibc keeps
 /// freed memory below its top chunk, and a large mapping's parse would otherwise stay in
 /// the resident set for the life of the process.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 fn trim_heap() {
-    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    fieldlink::trim_heap();
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 fn main() -> ExitCode {
     tune_allocator();

@@ -4,6 +4,7 @@
 //! MQTT connection the way a network fault does.
 
 pub mod mosquitto;
+pub mod raw;
 
 use std::{
     collections::HashMap,

@@ -9,6 +9,8 @@
 //! - `policy`: the rmqtt hook that applies both, logs connects and refusals (refusals
 //!   rate-limited) and counts for diagnostics;
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
+//! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
+//!   handshake (they would fill `max_connections` and lock everyone out);
 //! - supervision: the broker runs on its own thread and runtime; if it fails it is
 //!   rebuilt and listening again within a second, clients reconnect, and the gateway's
 //!   client republishes its retained state (as after any reconnect).
@@ -16,6 +18,7 @@
 pub mod acl;
 pub mod passwd;
 mod policy;
+mod reaper;
 mod sys;
 
 use std::{
@@ -88,6 +91,9 @@ async fn build(
         MAX_PACKET
     );
     let scx = ServerContext::new()
+        // rmqtt refuses every new client while the machine's load average is high: on a
+        // busy Pi that would lock Home Assistant out. The gateway limits by count.
+        .busy_check_enable(false)
         .mqtt_max_sessions(cfg.max_connections as isize + 1)
         .plugins_config_map_add("rmqtt-retainer", retainer)
         .build()
@@ -115,6 +121,7 @@ async fn build(
     }
     register.start().await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone()));
+    tokio::spawn(reaper::run(scx.clone(), stats.clone()));
     let listener = Builder::new()
         .name("mqtt")
         .laddr(addr)

@@ -1,0 +1,70 @@
+//! Sessions whose client vanished during the handshake.
+//!
+//! rmqtt 0.24 registers a session before it sends the CONNACK; when that send fails
+//! (the client reset the connection right after its CONNECT, as an ESP on flaky Wi-Fi
+//! does) the connection task ends but the session stays registered. Each one counts
+//! against `max_connections` until the broker refuses every client (seen here: 1000
+//! connections reset after CONNECT left 61 such sessions and locked everyone out for
+//! good). Such a session is recognisable: its message channel has no receiver any more,
+//! which a live session (connected, or offline with a persistent session) always has.
+//! This task removes them every second.
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use rmqtt::{context::ServerContext, types::Id};
+
+use crate::health::BrokerStats;
+
+/// How often orphaned sessions are looked for.
+pub(crate) const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Remove every orphaned session now; returns how many.
+pub(crate) async fn reap(scx: &ServerContext, stats: &BrokerStats) -> usize {
+    let orphans: Vec<Id> = {
+        let shared = scx.extends.shared().await;
+        shared
+            .iter()
+            .filter(|e| e.tx().is_some_and(|t| t.is_closed()))
+            .map(|e| e.id())
+            .collect()
+    };
+    let mut removed = 0;
+    for id in orphans {
+        let entry = scx.extends.shared().await.entry(id.clone());
+        let Ok(mut locked) = entry.try_lock().await else {
+            continue;
+        };
+        // Still orphaned under the lock (a new connection may have taken the id).
+        if locked.tx().is_some_and(|t| t.is_closed())
+            && matches!(locked.remove_with(&id).await, Ok(Some(_)))
+        {
+            removed += 1;
+            stats.clients.fetch_sub(1, Relaxed);
+            tracing::debug!(client = %id.client_id, "Orphaned session removed.");
+        }
+    }
+    removed
+}
+
+/// Connections served since the last heap trim that make another one worthwhile.
+const TRIM_AFTER_CONNECTS: u64 = 20;
+
+/// Reap until the broker's runtime ends. After a burst of connections (a storm of
+/// reconnecting clients, or an attack) the freed connection buffers are given back to
+/// the kernel, so the resident set returns to where it was.
+pub(crate) async fn run(scx: ServerContext, stats: Arc<BrokerStats>) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    let mut trimmed_at = 0u64;
+    loop {
+        tick.tick().await;
+        let reaped = reap(&scx, &stats).await;
+        let connects = stats.connects.load(Relaxed) + stats.refused_logins.load(Relaxed);
+        if reaped > 0 || connects >= trimmed_at + TRIM_AFTER_CONNECTS {
+            trimmed_at = connects;
+            crate::trim_heap();
+        }
+    }
+}
