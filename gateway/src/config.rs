@@ -285,6 +285,9 @@ pub struct EmbeddedFile {
     /// address and without `users_file`, otherwise `false`.
     #[serde(default)]
     pub allow_anonymous: Option<Spanned<bool>>,
+    /// How often the `$SYS/broker/...` topics are refreshed. Default `10s`, as Mosquitto.
+    #[serde(default)]
+    pub sys_interval: Option<Spanned<HumanDuration>>,
 }
 
 fn yes() -> bool {
@@ -300,6 +303,7 @@ impl Default for EmbeddedFile {
             users_file: None,
             acl_file: None,
             allow_anonymous: None,
+            sys_interval: None,
         }
     }
 }

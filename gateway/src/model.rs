@@ -144,6 +144,8 @@ pub struct EmbeddedBroker {
     pub acl: Option<Arc<crate::broker::acl::Acl>>,
     /// Whether clients without a user name are admitted.
     pub allow_anonymous: bool,
+    /// How often the `$SYS` topics are refreshed.
+    pub sys_interval: Duration,
     /// The gateway client's own password on this broker, new at every start.
     pub secret: Secret,
 }

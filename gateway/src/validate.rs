@@ -214,7 +214,7 @@ pub fn check_sources(
         diagnostics_interval: h.diagnostics_interval,
         buses: number_points(buses),
     };
-    embedded::warnings(&model, &gw_file, &mut v.diags);
+    embedded::warnings(&model, &gw_file, &gw.mqtt.embedded, &mut v.diags);
     Ok(Checked {
         model,
         warnings: v.diags,

@@ -246,3 +246,21 @@ impl Drop for Broker {
         self.stop();
     }
 }
+
+/// Find one of Mosquitto's client tools (`mosquitto_pub`, `mosquitto_sub`,
+/// `mosquitto_passwd`): `None` skips (off CI), CI panics.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/local/bin", "/usr/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed, and CI is set: the interop suite must run \
+             (apt-get install -y mosquitto-clients)"
+        );
+        eprintln!("SKIPPED: {name} is not installed (apt-get install -y mosquitto-clients)");
+    }
+    found
+}

@@ -202,7 +202,7 @@ impl Acl {
                 other => errors.push(AclError {
                     line,
                     message: format!(
-                        "unknown directive `{other}`{}; a line is `user <name>`, `topic [read|write|readwrite|deny] <filter>` or `pattern [read|write|readwrite|deny] <filter>`",
+                        "unknown directive `{other}`{}",
                         crate::config::did_you_mean(other, ["user", "topic", "pattern"].into_iter())
                             .map(|s| format!(" (did you mean `{s}`?)"))
                             .unwrap_or_default()

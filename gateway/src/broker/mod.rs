@@ -102,6 +102,7 @@ async fn build(
         return Err(BrokerError::Thread(std::io::Error::other(e.to_string())));
     }
     let policy = Arc::new(policy::Policy::new(model, cfg));
+    let online = Arc::new(policy::Online::default());
     let register = scx.extends.hook_mgr().register();
     for t in [
         Type::ClientAuthenticate,
@@ -115,13 +116,17 @@ async fn build(
         register
             .add(
                 t,
-                Box::new(policy::Guard::new(policy.clone(), stats.clone())),
+                Box::new(policy::Guard::new(
+                    policy.clone(),
+                    stats.clone(),
+                    online.clone(),
+                )),
             )
             .await;
     }
     register.start().await;
-    tokio::spawn(sys::publish(scx.clone(), stats.clone()));
-    tokio::spawn(reaper::run(scx.clone(), stats.clone()));
+    tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
+    tokio::spawn(reaper::run(scx.clone(), stats.clone(), online));
     let listener = Builder::new()
         .name("mqtt")
         .laddr(addr)
@@ -136,6 +141,9 @@ async fn build(
         .max_mqueue_len(MAX_QUEUE)
         .max_inflight(std::num::NonZeroU16::new(128).unwrap_or(std::num::NonZeroU16::MIN))
         .max_clientid_len(256)
+        // A client silent for 1.5 × its keepalive is closed (MQTT 3.1.1 §3.1.2.10):
+        // rmqtt waits keepalive × backoff × 2.
+        .keepalive_backoff(0.75)
         .bind()
         .and_then(|l| l.tcp())
         .map_err(|e| bind_error(addr, e))?;

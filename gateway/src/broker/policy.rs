@@ -141,14 +141,42 @@ impl Refusals {
 pub(crate) struct Guard {
     policy: Arc<Policy>,
     stats: Arc<BrokerStats>,
+    online: Arc<Online>,
     refusals: Mutex<Refusals>,
 }
 
+/// The connected sessions (by client id and creation time), so that the count stays
+/// right whether a session ends with rmqtt's disconnect hook or is reaped.
+#[derive(Default)]
+pub(crate) struct Online(Mutex<HashSet<(String, i64)>>);
+
+impl Online {
+    fn insert(&self, id: &rmqtt::types::Id, stats: &BrokerStats) {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert((id.client_id.to_string(), id.create_time));
+            stats.clients.store(set.len() as i64, Relaxed);
+        }
+    }
+
+    /// Forget a session; whether it was counted.
+    pub(crate) fn remove(&self, id: &rmqtt::types::Id, stats: &BrokerStats) -> bool {
+        match self.0.lock() {
+            Ok(mut set) => {
+                let was = set.remove(&(id.client_id.to_string(), id.create_time));
+                stats.clients.store(set.len() as i64, Relaxed);
+                was
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 impl Guard {
-    pub(crate) fn new(policy: Arc<Policy>, stats: Arc<BrokerStats>) -> Guard {
+    pub(crate) fn new(policy: Arc<Policy>, stats: Arc<BrokerStats>, online: Arc<Online>) -> Guard {
         Guard {
             policy,
             stats,
+            online,
             refusals: Mutex::new(Refusals {
                 last: HashMap::new(),
             }),
@@ -205,7 +233,8 @@ impl Handler for Guard {
                                 id.remote_addr,
                                 "wrong user name or password",
                             );
-                            AuthResult::BadUsernameOrPassword
+                            // "Not authorised" (CONNACK 5), as Mosquitto answers it.
+                            AuthResult::NotAuthorized
                         }
                         Login::Refused(why) => {
                             self.refused(&id.client_id, user, id.remote_addr, why);
@@ -257,7 +286,7 @@ impl Handler for Guard {
                 }
             }
             Parameter::ClientConnected(s) => {
-                self.stats.clients.fetch_add(1, Relaxed);
+                self.online.insert(&s.id, &self.stats);
                 self.stats.connects.fetch_add(1, Relaxed);
                 if s.id.client_id != self.policy.gateway_client_id {
                     info!(
@@ -270,7 +299,7 @@ impl Handler for Guard {
                 (true, acc)
             }
             Parameter::ClientDisconnected(s, reason) => {
-                self.stats.clients.fetch_sub(1, Relaxed);
+                self.online.remove(&s.id, &self.stats);
                 if s.id.client_id != self.policy.gateway_client_id {
                     info!(
                         client = %s.id.client_id,

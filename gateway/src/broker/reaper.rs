@@ -16,13 +16,14 @@ use std::{
 
 use rmqtt::{context::ServerContext, types::Id};
 
+use super::policy::Online;
 use crate::health::BrokerStats;
 
 /// How often orphaned sessions are looked for.
 pub(crate) const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Remove every orphaned session now; returns how many.
-pub(crate) async fn reap(scx: &ServerContext, stats: &BrokerStats) -> usize {
+pub(crate) async fn reap(scx: &ServerContext, stats: &BrokerStats, online: &Online) -> usize {
     let orphans: Vec<Id> = {
         let shared = scx.extends.shared().await;
         shared
@@ -42,7 +43,7 @@ pub(crate) async fn reap(scx: &ServerContext, stats: &BrokerStats) -> usize {
             && matches!(locked.remove_with(&id).await, Ok(Some(_)))
         {
             removed += 1;
-            stats.clients.fetch_sub(1, Relaxed);
+            online.remove(&id, stats);
             tracing::debug!(client = %id.client_id, "Orphaned session removed.");
         }
     }
@@ -55,12 +56,12 @@ const TRIM_AFTER_CONNECTS: u64 = 20;
 /// Reap until the broker's runtime ends. After a burst of connections (a storm of
 /// reconnecting clients, or an attack) the freed connection buffers are given back to
 /// the kernel, so the resident set returns to where it was.
-pub(crate) async fn run(scx: ServerContext, stats: Arc<BrokerStats>) {
+pub(crate) async fn run(scx: ServerContext, stats: Arc<BrokerStats>, online: Arc<Online>) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     let mut trimmed_at = 0u64;
     loop {
         tick.tick().await;
-        let reaped = reap(&scx, &stats).await;
+        let reaped = reap(&scx, &stats, &online).await;
         let connects = stats.connects.load(Relaxed) + stats.refused_logins.load(Relaxed);
         if reaped > 0 || connects >= trimmed_at + TRIM_AFTER_CONNECTS {
             trimmed_at = connects;

@@ -1,4 +1,4 @@
-//! `$SYS/broker/...` topics as Mosquitto publishes them (retained, every 10 s), so the
+//! `$SYS/broker/...` topics as Mosquitto publishes them (retained, every `sys_interval`), so the
 //! tutorials and dashboards our users know work unchanged.
 
 use std::{
@@ -15,9 +15,6 @@ use rmqtt::{
 };
 
 use crate::health::BrokerStats;
-
-/// How often the `$SYS` topics are refreshed (Mosquitto's default `sys_interval`).
-pub(crate) const SYS_INTERVAL: Duration = Duration::from_secs(10);
 
 async fn put(scx: &ServerContext, topic: &str, payload: String) {
     let from = From::from_system(Id::new(
@@ -44,7 +41,7 @@ async fn put(scx: &ServerContext, topic: &str, payload: String) {
 }
 
 /// Publish the `$SYS` topics until the broker's runtime ends.
-pub(crate) async fn publish(scx: ServerContext, stats: Arc<BrokerStats>) {
+pub(crate) async fn publish(scx: ServerContext, stats: Arc<BrokerStats>, every: Duration) {
     let started = Instant::now();
     put(
         &scx,
@@ -52,7 +49,7 @@ pub(crate) async fn publish(scx: ServerContext, stats: Arc<BrokerStats>) {
         format!("fieldlink {} (rmqtt)", env!("CARGO_PKG_VERSION")),
     )
     .await;
-    let mut tick = tokio::time::interval(SYS_INTERVAL);
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let retained = scx.extends.retain().await.count().await.max(0);

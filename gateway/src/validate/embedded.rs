@@ -127,7 +127,14 @@ impl Validator {
                 }
             }
         }
+        let sys_interval = self.positive_duration(
+            file,
+            e.sys_interval.as_ref(),
+            "mqtt.embedded.sys_interval",
+            std::time::Duration::from_secs(10),
+        );
         let model = e.enabled.then(|| EmbeddedBroker {
+            sys_interval,
             listen,
             max_connections,
             users,
@@ -174,7 +181,12 @@ impl Validator {
 
 /// Warnings that need the points: anonymous clients that may command devices from
 /// the network.
-pub(super) fn warnings(model: &Model, gateway: &Path, diags: &mut Vec<super::Diagnostic>) {
+pub(super) fn warnings(
+    model: &Model,
+    gateway: &Path,
+    file: &EmbeddedFile,
+    diags: &mut Vec<super::Diagnostic>,
+) {
     let Some(e) = &model.mqtt.embedded else {
         return;
     };
@@ -194,8 +206,8 @@ pub(super) fn warnings(model: &Model, gateway: &Path, diags: &mut Vec<super::Dia
         diags.push(super::Diagnostic {
             severity: Severity::Warning,
             file: gateway.to_path_buf(),
-            line: 0,
-            column: 0,
+            line: file.allow_anonymous.as_ref().map_or(0, |a| a.line()),
+            column: file.allow_anonymous.as_ref().map_or(0, |a| a.column()),
             path: "mqtt.embedded.allow_anonymous".into(),
             message: format!(
                 "anonymous clients on {} may command devices (publish on `<topic>/set`)",
