@@ -288,6 +288,21 @@ pub struct EmbeddedFile {
     /// How often the `$SYS/broker/...` topics are refreshed. Default `10s`, as Mosquitto.
     #[serde(default)]
     pub sys_interval: Option<Spanned<HumanDuration>>,
+    /// A second listener that speaks MQTT over TLS, for clients on an untrusted network.
+    #[serde(default)]
+    pub tls: Option<Spanned<EmbeddedTlsFile>>,
+}
+
+/// `mqtt.embedded.tls:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTlsFile {
+    /// Address of the TLS listener, e.g. `0.0.0.0:8883`.
+    pub listen: Spanned<String>,
+    /// The server's certificate chain (PEM), relative to the gateway file.
+    pub cert_file: Spanned<String>,
+    /// The server's private key (PEM), relative to the gateway file.
+    pub key_file: Spanned<String>,
 }
 
 fn yes() -> bool {
@@ -304,6 +319,7 @@ impl Default for EmbeddedFile {
             acl_file: None,
             allow_anonymous: None,
             sys_interval: None,
+            tls: None,
         }
     }
 }

@@ -156,6 +156,9 @@ pub struct BrokerStats {
     pub messages_sent: AtomicU64,
     /// Times the broker failed and was rebuilt.
     pub restarts: AtomicU64,
+    /// Notified, the broker stops as if it had failed, and the supervisor rebuilds it
+    /// (tests use it to check the recovery path).
+    pub fault: tokio::sync::Notify,
 }
 
 impl Stats {

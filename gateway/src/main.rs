@@ -276,13 +276,20 @@ fn check(config: &std::path::Path) -> ExitCode {
             e.listen,
             e.users
                 .as_ref()
-                .map_or("no users file".to_string(), |u| format!("{} user(s)", u.len())),
+                .map_or("no users file".to_string(), |u| format!(
+                    "{} user(s)",
+                    u.len()
+                )),
             if e.acl.is_some() {
                 "rights from the acl file"
             } else {
                 "every admitted client may write all but the gateway's topics"
             },
-            if e.allow_anonymous { "admitted" } else { "refused" },
+            if e.allow_anonymous {
+                "admitted"
+            } else {
+                "refused"
+            },
         );
     }
     if let Some(u) = &m.mqtt.upstream {

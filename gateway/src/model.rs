@@ -108,6 +108,17 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The embedded broker's TLS listener.
+#[derive(Clone, Debug)]
+pub struct EmbeddedTls {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM, checked to parse).
+    pub cert: Vec<u8>,
+    /// Private key (PEM, checked to parse).
+    pub key: Secret,
+}
+
 /// TLS towards the upstream broker (PEM text, already checked to parse).
 #[derive(Clone, Debug)]
 pub struct Tls {
@@ -146,6 +157,8 @@ pub struct EmbeddedBroker {
     pub allow_anonymous: bool,
     /// How often the `$SYS` topics are refreshed.
     pub sys_interval: Duration,
+    /// The TLS listener, if any.
+    pub tls: Option<EmbeddedTls>,
     /// The gateway client's own password on this broker, new at every start.
     pub secret: Secret,
 }

@@ -189,3 +189,38 @@ async fn hostile_clients_leave_the_gateway_serving() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_broker_is_rebuilt_and_the_state_republished() {
+    let (dev, gw) = house("").await;
+    let port = gw.broker_port();
+    still_serving(&dev, &gw, 5).await;
+    let started = std::time::Instant::now();
+    gw.stats.broker.fault.notify_one();
+    let broker = gw.stats.broker.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || broker
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+        .await
+    );
+    let mut back = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if raw::try_login(port, "after-restart", 4, None).await == Some(0) {
+            back = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(back, "the broker serves again");
+    eprintln!("broker serving again after {:?}", started.elapsed());
+    // The gateway reconnected and republished its retained state to the new broker.
+    let mut obs = Observer::connect(port, "fieldlink/t/status", QoS::AtLeastOnce).await;
+    assert!(
+        obs.wait_payload("fieldlink/t/status", "online", Duration::from_secs(10))
+            .await
+    );
+    still_serving(&dev, &gw, 6).await;
+    gw.stop().await;
+}

@@ -203,9 +203,12 @@ impl Acl {
                     line,
                     message: format!(
                         "unknown directive `{other}`{}",
-                        crate::config::did_you_mean(other, ["user", "topic", "pattern"].into_iter())
-                            .map(|s| format!(" (did you mean `{s}`?)"))
-                            .unwrap_or_default()
+                        crate::config::did_you_mean(
+                            other,
+                            ["user", "topic", "pattern"].into_iter()
+                        )
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default()
                     ),
                 }),
             }

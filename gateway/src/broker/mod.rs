@@ -20,6 +20,7 @@ pub mod passwd;
 mod policy;
 mod reaper;
 mod sys;
+mod tls;
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
@@ -127,8 +128,46 @@ async fn build(
     register.start().await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
     tokio::spawn(reaper::run(scx.clone(), stats.clone(), online));
-    let listener = Builder::new()
+    let listener = listener_builder(cfg, addr)
         .name("mqtt")
+        .bind()
+        .and_then(|l| l.tcp())
+        .map_err(|e| bind_error(addr, e))?;
+    let mut server = MqttServer::new(scx).listener(listener);
+    if let Some(t) = &cfg.tls {
+        let (tls_listener, acceptor) = tls::bind(t).await?;
+        // rmqtt's side of the TLS listener: loopback, PROXY header first.
+        let inner = loopback_port().map_err(|source| BrokerError::Bind {
+            addr: t.listen,
+            source,
+        })?;
+        let inner_listener = listener_builder(cfg, inner)
+            .name("mqtt-tls")
+            .proxy_protocol(true)
+            .proxy_protocol_timeout(HANDSHAKE_TIMEOUT)
+            .bind()
+            .and_then(|l| l.tcp())
+            .map_err(|e| bind_error(inner, e))?;
+        server = server.listener(inner_listener);
+        tokio::spawn(tls::serve(
+            tls_listener,
+            acceptor,
+            inner,
+            cfg.max_connections,
+        ));
+        info!(listen = %t.listen, "Embedded broker TLS listener ready.");
+    }
+    Ok(server.build())
+}
+
+/// A free port on 127.0.0.1 for the TLS listener's inner side.
+fn loopback_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// The listener settings shared by the plain listener and the TLS listener's inner side.
+fn listener_builder(cfg: &EmbeddedBroker, addr: SocketAddr) -> Builder {
+    Builder::new()
         .laddr(addr)
         .reuseaddr(Some(true))
         // The gateway's own client is one more connection.
@@ -144,10 +183,6 @@ async fn build(
         // A client silent for 1.5 × its keepalive is closed (MQTT 3.1.1 §3.1.2.10):
         // rmqtt waits keepalive × backoff × 2.
         .keepalive_backoff(0.75)
-        .bind()
-        .and_then(|l| l.tcp())
-        .map_err(|e| bind_error(addr, e))?;
-    Ok(MqttServer::new(scx).listener(listener).build())
 }
 
 fn bind_error(addr: SocketAddr, e: rmqtt::Error) -> BrokerError {
@@ -280,9 +315,9 @@ fn supervise(
     let mut ready = Some(ready);
     let mut delay = RESTART_FIRST;
     loop {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("mqtt-broker-rt")
+        // One thread for the whole broker: no work stealing, no wakeups across threads
+        // inside it (measured cheaper than a one-worker multi-thread runtime).
+        let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
@@ -307,8 +342,13 @@ fn supervise(
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(()));
                 }
-                if let Err(e) = server.run().await {
-                    error!(error = %e, "Embedded broker stopped.");
+                tokio::select! {
+                    r = server.run() => {
+                        if let Err(e) = r {
+                            error!(error = %e, "Embedded broker stopped.");
+                        }
+                    }
+                    () = stats.fault.notified() => {}
                 }
                 Ok(())
             })

@@ -11,7 +11,8 @@ use super::{at, Severity, Validator};
 use crate::{
     broker::{acl::Acl, passwd::Users},
     config::EmbeddedFile,
-    model::{EmbeddedBroker, Model, Secret},
+    config::EmbeddedTlsFile,
+    model::{EmbeddedBroker, EmbeddedTls, Model, Secret},
 };
 
 impl Validator {
@@ -90,7 +91,14 @@ impl Validator {
                 }
             }
         });
-        let loopback = listen.ip().is_loopback();
+        let tls = e
+            .tls
+            .as_ref()
+            .and_then(|t| self.embedded_tls(file, &t.value));
+        let loopback = listen.ip().is_loopback()
+            && tls
+                .as_ref()
+                .is_none_or(|t: &EmbeddedTls| t.listen.ip().is_loopback());
         let allow_anonymous = match &e.allow_anonymous {
             Some(a) => a.value,
             None => loopback && e.users_file.is_none(),
@@ -100,7 +108,7 @@ impl Validator {
                 Some(a) => (at(a), "`allow_anonymous: false` and no `users_file`: no client could log in".to_string()),
                 None => (
                     e.listen.as_ref().map_or((0, 0), at),
-                    format!("the embedded broker listens on {listen}, which other machines can reach, and has no `users_file`: anyone on the network could read the house and command its devices"),
+                    format!("the embedded broker listens on {}, which other machines can reach, and has no `users_file`: anyone on the network could read the house and command its devices", tls.as_ref().filter(|t| !t.listen.ip().is_loopback()).map_or(listen, |t| t.listen)),
                 ),
             };
             self.error(
@@ -135,6 +143,7 @@ impl Validator {
         );
         let model = e.enabled.then(|| EmbeddedBroker {
             sys_interval,
+            tls,
             listen,
             max_connections,
             users,
@@ -143,6 +152,48 @@ impl Validator {
             secret: Secret::random(),
         });
         (listen, model)
+    }
+
+    /// `mqtt.embedded.tls`: the address, and a certificate and key that parse.
+    fn embedded_tls(&mut self, file: &Path, t: &EmbeddedTlsFile) -> Option<EmbeddedTls> {
+        use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+        let listen = match t.listen.value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    file,
+                    at(&t.listen),
+                    "mqtt.embedded.tls.listen",
+                    format!("`{}` is not an IP address with a port", t.listen.value),
+                    Some("write it like `0.0.0.0:8883`".into()),
+                );
+                None
+            }
+        };
+        let cert = self.certificates(file, &t.cert_file, "mqtt.embedded.tls.cert_file");
+        let key = self
+            .read_file(file, &t.key_file, "mqtt.embedded.tls.key_file")
+            .and_then(|b| match PrivateKeyDer::from_pem_slice(&b) {
+                Ok(_) => Some(Secret(String::from_utf8_lossy(&b).into_owned())),
+                Err(e) => {
+                    self.error(
+                        file,
+                        at(&t.key_file),
+                        "mqtt.embedded.tls.key_file",
+                        format!("`{}` holds no usable private key: {e}", t.key_file.value),
+                        Some(
+                            "expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`"
+                                .into(),
+                        ),
+                    );
+                    None
+                }
+            });
+        Some(EmbeddedTls {
+            listen: listen?,
+            cert: cert?,
+            key: key?,
+        })
     }
 
     /// Report the line errors of a users or rights file: at the file's own line and

@@ -1,0 +1,149 @@
+//! The TLS listener: rmqtt's own TLS feature would bring aws-lc (a C library that the
+//! cross builds for the Pi cannot take easily), so TLS ends here, in rustls with ring
+//! as the upstream side uses, and the plain MQTT stream goes on to an rmqtt listener on
+//! loopback that expects a PROXY protocol header first. That header carries the client's
+//! real address, so logs and the policy see the client, not 127.0.0.1.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use super::BrokerError;
+use crate::model::EmbeddedTls;
+
+/// Longest a client may take for the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The rustls server configuration for `t` (already checked to parse by validation).
+fn server_config(t: &EmbeddedTls) -> Result<rustls::ServerConfig, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&t.cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(t.key.0.as_bytes()).map_err(|e| e.to_string())?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())
+}
+
+/// A PROXY protocol v1 header for a connection from `src` to `dst`.
+fn proxy_header(src: SocketAddr, dst: SocketAddr) -> String {
+    let family = if src.is_ipv4() && dst.is_ipv4() {
+        "TCP4"
+    } else {
+        "TCP6"
+    };
+    let ip = |a: SocketAddr| match (family, a) {
+        ("TCP6", SocketAddr::V4(v4)) => v4.ip().to_ipv6_mapped().to_string(),
+        (_, a) => a.ip().to_string(),
+    };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        ip(src),
+        ip(dst),
+        src.port(),
+        dst.port()
+    )
+}
+
+/// Bind the TLS listener (so that a taken address is an error at start).
+pub(crate) async fn bind(t: &EmbeddedTls) -> Result<(TcpListener, TlsAcceptor), BrokerError> {
+    let config = server_config(t).map_err(|e| BrokerError::Bind {
+        addr: t.listen,
+        source: std::io::Error::other(format!("TLS certificate or key: {e}")),
+    })?;
+    let listener = TcpListener::bind(t.listen).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            BrokerError::AddrInUse { addr: t.listen }
+        } else {
+            BrokerError::Bind {
+                addr: t.listen,
+                source,
+            }
+        }
+    })?;
+    Ok((listener, TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Accept TLS clients and hand each one's plain stream to rmqtt at `inner`, at most
+/// `max` at a time.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    inner: SocketAddr,
+    max: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                debug!(error = %e, "TLS accept failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(addr = %peer, "TLS client refused: too many connections.");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let local = tcp.local_addr().unwrap_or(inner);
+            let mut tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(addr = %peer, error = %e, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    debug!(addr = %peer, "TLS handshake timed out.");
+                    return;
+                }
+            };
+            let Ok(mut plain) = TcpStream::connect(inner).await else {
+                return;
+            };
+            let _ = plain.set_nodelay(true);
+            if plain
+                .write_all(proxy_header(peer, local).as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_headers() {
+        let a: SocketAddr = "192.168.1.7:50000".parse().expect("addr");
+        let b: SocketAddr = "192.168.1.2:8883".parse().expect("addr");
+        assert_eq!(
+            proxy_header(a, b),
+            "PROXY TCP4 192.168.1.7 192.168.1.2 50000 8883\r\n"
+        );
+        let c: SocketAddr = "[fe80::1]:4000".parse().expect("addr");
+        assert_eq!(
+            proxy_header(c, b),
+            "PROXY TCP6 fe80::1 ::ffff:192.168.1.2 4000 8883\r\n"
+        );
+    }
+}
