@@ -56,6 +56,12 @@ enum Command {
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
+        /// Log in as this user (a broker with `users_file`).
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        /// Read the password from this file (first line), never from the command line.
+        #[arg(long, requires = "username")]
+        password_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -150,7 +156,12 @@ fn main() -> ExitCode {
             host,
             port,
             count,
-        } => exit(runtime().and_then(|rt| rt.block_on(watch(filter, host, port, count)))),
+            username,
+            password_file,
+        } => exit(runtime().and_then(|rt| {
+            let login = login(username, password_file)?;
+            rt.block_on(watch(filter, host, port, count, login))
+        })),
     }
 }
 
@@ -310,10 +321,39 @@ fn check(config: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn watch(filter: String, host: String, port: u16, count: Option<u64>) -> anyhow::Result<()> {
+/// The user name and the password read from its file, for `watch`.
+fn login(
+    username: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<(String, String)>> {
+    let Some(user) = username else {
+        return Ok(None);
+    };
+    let password = match password_file {
+        Some(f) => std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        None => String::new(),
+    };
+    Ok(Some((user, password)))
+}
+
+async fn watch(
+    filter: String,
+    host: String,
+    port: u16,
+    count: Option<u64>,
+    login: Option<(String, String)>,
+) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let id = format!("fieldlink-watch-{}", std::process::id());
     let mut o = MqttOptions::new(id, host.clone(), port);
+    if let Some((u, p)) = login {
+        o.set_credentials(u, p);
+    }
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(o, 16);
