@@ -429,6 +429,33 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
         }
     }
     assert!(gw.stats.broker.denied_publishes.load(Relaxed) >= 2);
+    // An MQTT 5 client learns why: PUBACK reason code 0x87 "not authorized".
+    let out = Command::new(&t.publ)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "intruso",
+            "-P",
+            "x",
+        ])
+        .args([
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-d",
+            "-t",
+            "marker/forged",
+            "-m",
+            "2",
+        ])
+        .output()
+        .expect("run mosquitto_pub");
+    let debug = String::from_utf8_lossy(&out.stdout);
+    assert!(debug.contains("PUBACK (Mid: 1, RC:135)"), "{debug}");
 
     // ha may command the set point; the register is written.
     assert_eq!(
