@@ -71,7 +71,7 @@ fn init_logs() {
     // the gateway logs connects, disconnects and refusals itself (broker::policy).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn,rmqtt_codec=warn",
+            "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=error,rmqtt_codec=warn",
         )
     });
     tracing_subscriber::registry()

@@ -97,14 +97,19 @@ pub fn covers(p: &str, f: &str) -> bool {
 }
 
 fn covers_levels(p: &[&str], f: &[&str]) -> bool {
-    match (p.first(), f.first()) {
-        (Some(&"#"), _) => true,
-        (None, None) => true,
-        (Some(p0), Some(f0)) => {
-            let ok = if *p0 == "+" { *f0 != "#" } else { p0 == f0 };
-            ok && covers_levels(&p[1..], &f[1..])
+    let (mut p, mut f) = (p, f);
+    loop {
+        match (p.first(), f.first()) {
+            (Some(&"#"), _) | (None, None) => return true,
+            (Some(p0), Some(f0)) => {
+                let ok = if *p0 == "+" { *f0 != "#" } else { p0 == f0 };
+                if !ok {
+                    return false;
+                }
+                (p, f) = (&p[1..], &f[1..]);
+            }
+            _ => return false,
         }
-        _ => false,
     }
 }
 
@@ -116,13 +121,15 @@ pub fn intersects(a: &str, b: &str) -> bool {
 }
 
 fn intersects_levels(a: &[&str], b: &[&str]) -> bool {
-    match (a.first(), b.first()) {
-        (Some(&"#"), _) | (_, Some(&"#")) => true,
-        (None, None) => true,
-        (Some(x), Some(y)) => {
-            (*x == "+" || *y == "+" || x == y) && intersects_levels(&a[1..], &b[1..])
+    let (mut a, mut b) = (a, b);
+    loop {
+        match (a.first(), b.first()) {
+            (Some(&"#"), _) | (_, Some(&"#")) | (None, None) => return true,
+            (Some(x), Some(y)) if *x == "+" || *y == "+" || x == y => {
+                (a, b) = (&a[1..], &b[1..]);
+            }
+            _ => return false,
         }
-        _ => false,
     }
 }
 

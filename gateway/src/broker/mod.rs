@@ -63,19 +63,24 @@ pub enum BrokerError {
 
 /// Largest MQTT packet a client may send (a remaining length beyond it closes the
 /// connection before anything is buffered).
-pub const MAX_PACKET: u32 = 1024 * 1024;
+pub const MAX_PACKET: u32 = 256 * 1024;
 /// Longest a client may take from TCP connect to a complete CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for one slow or offline (persistent-session) client.
-const MAX_QUEUE: usize = 10_000;
+const MAX_QUEUE: usize = 1_000;
+/// Longest an offline persistent session is kept (MQTT 5 clients may ask for less).
+const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+/// Longest a queued message waits for an offline client (rmqtt's default is 5 min).
+const MESSAGE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// How long a broker that failed waits before it is rebuilt, at first and at most.
 const RESTART_FIRST: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_millis(800);
 
-/// Most retained topics the broker keeps: every point of the gateway several times over,
-/// so that a client cannot fill the memory with retained messages.
+/// Most retained topics the broker keeps.
 fn retained_limit(model: &Model) -> usize {
-    (model.points().count() * 4).max(50_000)
+    // Point topics, device availability, status, diagnostics, $SYS; clients are held to
+    // their own bound by the policy, so they can never take the gateway's room.
+    model.points().count() + model.devices().count() + policy::CLIENT_RETAINED_TOPICS + 1000
 }
 
 /// Build one rmqtt server (context, retainer, our hook) and its listener. A bind error
@@ -87,7 +92,7 @@ async fn build(
 ) -> Result<MqttServer, BrokerError> {
     let addr = cfg.listen;
     let retainer = format!(
-        "storage.type = \"ram\"\nmax_retained_messages = {}\nmax_payload_size = \"{}B\"\n",
+        "storage.type = \"ram\"\nmax_retained_messages = {}\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
         retained_limit(model),
         MAX_PACKET
     );
@@ -95,7 +100,10 @@ async fn build(
         // rmqtt refuses every new client while the machine's load average is high: on a
         // busy Pi that would lock Home Assistant out. The gateway limits by count.
         .busy_check_enable(false)
-        .mqtt_max_sessions(cfg.max_connections as isize + 1)
+        // No session limit in rmqtt: it counts offline sessions too and checks before the
+        // login, so strangers could lock the gateway out. Connected clients are limited
+        // in the policy; offline sessions expire and are bounded by the reaper.
+        .mqtt_max_sessions(0)
         .plugins_config_map_add("rmqtt-retainer", retainer)
         .build()
         .await;
@@ -104,6 +112,7 @@ async fn build(
     }
     let policy = Arc::new(policy::Policy::new(model, cfg));
     let online = Arc::new(policy::Online::default());
+    let retained = Arc::new(policy::ClientRetained::default());
     let register = scx.extends.hook_mgr().register();
     for t in [
         Type::ClientAuthenticate,
@@ -121,13 +130,19 @@ async fn build(
                     policy.clone(),
                     stats.clone(),
                     online.clone(),
+                    retained.clone(),
                 )),
             )
             .await;
     }
     register.start().await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
-    tokio::spawn(reaper::run(scx.clone(), stats.clone(), online));
+    tokio::spawn(reaper::run(
+        scx.clone(),
+        stats.clone(),
+        online,
+        4 * cfg.max_connections,
+    ));
     let listener = listener_builder(cfg, addr)
         .name("mqtt")
         .bind()
@@ -183,6 +198,8 @@ fn listener_builder(cfg: &EmbeddedBroker, addr: SocketAddr) -> Builder {
         // A client silent for 1.5 × its keepalive is closed (MQTT 3.1.1 §3.1.2.10):
         // rmqtt waits keepalive × backoff × 2.
         .keepalive_backoff(0.75)
+        .max_session_expiry_interval(MAX_SESSION_EXPIRY)
+        .message_expiry_interval(MESSAGE_EXPIRY)
 }
 
 fn bind_error(addr: SocketAddr, e: rmqtt::Error) -> BrokerError {

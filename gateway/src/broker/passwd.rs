@@ -68,6 +68,22 @@ fn parse_hash(h: &str, line: u64) -> Result<Hash, PasswdError> {
         line,
         message: message.to_string(),
     };
+    let parsed = parse_parts(h, line)?;
+    let (Hash::Pbkdf2 { salt, hash, .. } | Hash::Sha512 { salt, hash }) = &parsed;
+    // An empty hash would match every password.
+    if salt.is_empty() || hash.len() != 64 {
+        return Err(err(
+            "the salt is empty or the hash is not 64 bytes (SHA-512)",
+        ));
+    }
+    Ok(parsed)
+}
+
+fn parse_parts(h: &str, line: u64) -> Result<Hash, PasswdError> {
+    let err = |message: &str| PasswdError {
+        line,
+        message: message.to_string(),
+    };
     let parts: Vec<&str> = h.split('$').collect();
     match parts.as_slice() {
         ["", "7", iterations, salt, hash] => {
@@ -238,6 +254,12 @@ mod tests {
         assert_eq!(lines, vec![4, 5, 6, 7]);
         assert!(e[0].message.contains("mosquitto_passwd -U"), "{}", e[0]);
         assert!(e[3].message.contains("twice"), "{}", e[3]);
+    }
+
+    #[test]
+    fn an_empty_hash_is_refused() {
+        assert!(Users::parse("u:$7$101$c2FsdA==$").is_err());
+        assert!(Users::parse("u:$6$$").is_err());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub(crate) struct Policy {
     /// Topics only the gateway publishes: points, their `/set/result`, status,
     /// availability and diagnostics.
     protected: HashSet<String>,
+    /// Clients connected at once, the gateway not counted.
+    max_connections: usize,
 }
 
 impl Policy {
@@ -54,6 +56,7 @@ impl Policy {
             gateway_client_id: model.mqtt.client_id.clone(),
             gateway_secret: e.secret.0.as_str().into(),
             protected,
+            max_connections: e.max_connections,
         }
     }
 
@@ -76,6 +79,12 @@ impl Policy {
             (_, None) | (None, Some(_)) if self.allow_anonymous => Login::User,
             (None, Some(_)) | (_, None) => Login::Refused("anonymous clients are not allowed"),
         }
+    }
+
+    /// The user name that rights apply to: without a users file nobody proved a name,
+    /// so every client is anonymous.
+    pub(crate) fn acl_user<'a>(&self, user: Option<&'a str>) -> Option<&'a str> {
+        self.users.as_ref().and(user)
     }
 
     /// Whether a client may publish on `topic` (the gateway is a superuser and never
@@ -109,7 +118,13 @@ enum Login {
 /// Refusals already logged, so that a client retrying every second logs once a minute.
 struct Refusals {
     last: HashMap<(String, &'static str), Instant>,
+    /// Start of the current minute and the lines logged in it.
+    window: Instant,
+    in_window: u32,
 }
+
+/// Most refusal lines logged per minute (the counter in diagnostics counts them all).
+const REFUSALS_PER_MINUTE: u32 = 20;
 
 /// How long one refusal (client id and reason) stays quiet after it was logged.
 const REFUSAL_QUIET: Duration = Duration::from_secs(60);
@@ -119,6 +134,14 @@ const REFUSALS_KEPT: usize = 1024;
 impl Refusals {
     fn should_log(&mut self, client_id: &str, reason: &'static str) -> bool {
         let now = Instant::now();
+        // At most REFUSALS_PER_MINUTE lines a minute in all, whatever the client ids.
+        if now.duration_since(self.window) >= REFUSAL_QUIET {
+            self.window = now;
+            self.in_window = 0;
+        }
+        if self.in_window >= REFUSALS_PER_MINUTE {
+            return false;
+        }
         if self.last.len() >= REFUSALS_KEPT {
             self.last
                 .retain(|_, t| now.duration_since(*t) < REFUSAL_QUIET);
@@ -131,6 +154,7 @@ impl Refusals {
             Some(t) if now.duration_since(*t) < REFUSAL_QUIET => false,
             _ => {
                 self.last.insert(key, now);
+                self.in_window += 1;
                 true
             }
         }
@@ -142,7 +166,49 @@ pub(crate) struct Guard {
     policy: Arc<Policy>,
     stats: Arc<BrokerStats>,
     online: Arc<Online>,
+    retained: Arc<ClientRetained>,
     refusals: Mutex<Refusals>,
+}
+
+/// Most retained topics that clients (not the gateway) may keep in the broker: a client
+/// can neither fill the memory nor the retained store the gateway's values need.
+pub(crate) const CLIENT_RETAINED_TOPICS: usize = 10_000;
+/// Most bytes of retained payload that clients may keep.
+pub(crate) const CLIENT_RETAINED_BYTES: usize = 16 * 1024 * 1024;
+
+/// The retained messages clients keep, by topic (payload length), and their total.
+#[derive(Default)]
+pub(crate) struct ClientRetained(Mutex<(HashMap<String, usize>, usize)>);
+
+impl ClientRetained {
+    /// Whether a client's publish may go on: a retained message fits the bounds, or
+    /// replaces or clears one already counted. Other messages always may.
+    fn admit(&self, topic: &str, retain: bool, len: usize) -> bool {
+        if !retain {
+            return true;
+        }
+        let Ok(mut guard) = self.0.lock() else {
+            return false;
+        };
+        let (topics, bytes) = &mut *guard;
+        let old = topics.get(topic).copied();
+        if len == 0 {
+            if let Some(o) = old {
+                topics.remove(topic);
+                *bytes -= o;
+            }
+            return true;
+        }
+        let after = *bytes - old.unwrap_or(0) + len;
+        if after > CLIENT_RETAINED_BYTES
+            || (old.is_none() && topics.len() >= CLIENT_RETAINED_TOPICS)
+        {
+            return false;
+        }
+        topics.insert(topic.to_string(), len);
+        *bytes = after;
+        true
+    }
 }
 
 /// The connected sessions (by client id and creation time), so that the count stays
@@ -151,8 +217,15 @@ pub(crate) struct Guard {
 pub(crate) struct Online(Mutex<HashSet<(String, i64)>>);
 
 impl Online {
+    fn len(&self) -> usize {
+        self.0.lock().map_or(0, |s| s.len())
+    }
+
     fn insert(&self, id: &rmqtt::types::Id, stats: &BrokerStats) {
         if let Ok(mut set) = self.0.lock() {
+            // A session taken over by a new connection with the same id ends without a
+            // disconnect hook: forget it here.
+            set.retain(|(c, _)| *c != *id.client_id);
             set.insert((id.client_id.to_string(), id.create_time));
             stats.clients.store(set.len() as i64, Relaxed);
         }
@@ -172,13 +245,21 @@ impl Online {
 }
 
 impl Guard {
-    pub(crate) fn new(policy: Arc<Policy>, stats: Arc<BrokerStats>, online: Arc<Online>) -> Guard {
+    pub(crate) fn new(
+        policy: Arc<Policy>,
+        stats: Arc<BrokerStats>,
+        online: Arc<Online>,
+        retained: Arc<ClientRetained>,
+    ) -> Guard {
         Guard {
             policy,
             stats,
             online,
+            retained,
             refusals: Mutex::new(Refusals {
                 last: HashMap::new(),
+                window: Instant::now(),
+                in_window: 0,
             }),
         }
     }
@@ -195,7 +276,7 @@ impl Guard {
             .refusals
             .lock()
             .map(|mut r| r.should_log(client_id, why))
-            .unwrap_or(true);
+            .unwrap_or(false);
         if log {
             warn!(
                 client = %client_id,
@@ -219,32 +300,53 @@ impl Handler for Guard {
             Parameter::ClientAuthenticate(c) => {
                 let id = c.id();
                 let user = c.username().map(|u| &**u);
-                let result =
-                    match self
-                        .policy
-                        .login(&id.client_id, user, c.password().map(|p| &p[..]))
+                let will = c.last_will().map(|w| match w {
+                    rmqtt::types::LastWill::V3(w) => w.topic.to_string(),
+                    rmqtt::types::LastWill::V5(w) => w.topic.to_string(),
+                });
+                let login = self
+                    .policy
+                    .login(&id.client_id, user, c.password().map(|p| &p[..]));
+                let login = match login {
+                    // The gateway's own session is one of `online`.
+                    Login::User if self.online.len() > self.policy.max_connections => {
+                        Login::Refused("too many clients (max_connections)")
+                    }
+                    // A Last Will is published by the broker without a publish check:
+                    // refuse a client whose Will it may not publish (as Mosquitto 2).
+                    Login::User
+                        if will.as_deref().is_some_and(|t| {
+                            !self
+                                .policy
+                                .may_publish(self.policy.acl_user(user), &id.client_id, t)
+                        }) =>
                     {
-                        Login::Gateway => AuthResult::Allow(true, None),
-                        Login::User => AuthResult::Allow(false, None),
-                        Login::BadPassword => {
-                            self.refused(
-                                &id.client_id,
-                                user,
-                                id.remote_addr,
-                                "wrong user name or password",
-                            );
-                            // "Not authorised" (CONNACK 5), as Mosquitto answers it.
-                            AuthResult::NotAuthorized
-                        }
-                        Login::Refused(why) => {
-                            self.refused(&id.client_id, user, id.remote_addr, why);
-                            AuthResult::NotAuthorized
-                        }
-                    };
+                        Login::Refused("Last Will on a topic the client may not publish")
+                    }
+                    other => other,
+                };
+                let result = match login {
+                    Login::Gateway => AuthResult::Allow(true, None),
+                    Login::User => AuthResult::Allow(false, None),
+                    Login::BadPassword => {
+                        self.refused(
+                            &id.client_id,
+                            user,
+                            id.remote_addr,
+                            "wrong user name or password",
+                        );
+                        // "Not authorised" (CONNACK 5), as Mosquitto answers it.
+                        AuthResult::NotAuthorized
+                    }
+                    Login::Refused(why) => {
+                        self.refused(&id.client_id, user, id.remote_addr, why);
+                        AuthResult::NotAuthorized
+                    }
+                };
                 (false, Some(HookResult::AuthResult(result)))
             }
             Parameter::ClientSubscribeCheckAcl(s, sub) => {
-                let user = s.id.username.as_deref();
+                let user = self.policy.acl_user(s.id.username.as_deref());
                 if self
                     .policy
                     .may_subscribe(user, &s.id.client_id, &sub.topic_filter)
@@ -267,8 +369,10 @@ impl Handler for Guard {
                 }
             }
             Parameter::MessagePublishCheckAcl(s, p) => {
-                let user = s.id.username.as_deref();
-                if self.policy.may_publish(user, &s.id.client_id, &p.topic) {
+                let user = self.policy.acl_user(s.id.username.as_deref());
+                let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
+                    && self.retained.admit(&p.topic, p.retain, p.payload.len());
+                if allowed {
                     (
                         false,
                         Some(HookResult::PublishAclResult(PublishAclResult::allow())),
@@ -321,5 +425,28 @@ impl Handler for Guard {
             }
             _ => (true, acc),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_retained_bounds() {
+        let r = ClientRetained::default();
+        assert!(
+            r.admit("a", false, CLIENT_RETAINED_BYTES * 2),
+            "not retained"
+        );
+        assert!(r.admit("a", true, CLIENT_RETAINED_BYTES));
+        assert!(!r.admit("b", true, 1), "bytes full");
+        assert!(r.admit("a", true, 10), "a replacement fits");
+        assert!(r.admit("a", true, 0), "a clear");
+        for i in 0..CLIENT_RETAINED_TOPICS {
+            assert!(r.admit(&format!("t/{i}"), true, 1));
+        }
+        assert!(!r.admit("one-more", true, 1), "topics full");
+        assert!(r.admit("t/0", true, 2), "an existing topic still updates");
     }
 }

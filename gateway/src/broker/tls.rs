@@ -101,7 +101,7 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let local = tcp.local_addr().unwrap_or(inner);
-            let mut tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     debug!(addr = %peer, error = %e, "TLS handshake failed.");
@@ -123,7 +123,15 @@ pub(crate) async fn serve(
             {
                 return;
             }
-            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            // Either side ending ends both (rmqtt closing a client that stays silent
+            // would otherwise hold the slot for ever).
+            let (mut tr, mut tw) = tokio::io::split(tls);
+            let (mut pr, mut pw) = plain.into_split();
+            tokio::select! {
+                _ = tokio::io::copy(&mut tr, &mut pw) => {}
+                _ = tokio::io::copy(&mut pr, &mut tw) => {}
+            }
+            let _ = tw.shutdown().await;
         });
     }
 }

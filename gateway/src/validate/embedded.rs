@@ -241,7 +241,9 @@ pub(super) fn warnings(
     let Some(e) = &model.mqtt.embedded else {
         return;
     };
-    if !e.allow_anonymous || e.listen.ip().is_loopback() {
+    let lan = !e.listen.ip().is_loopback()
+        || e.tls.as_ref().is_some_and(|t| !t.listen.ip().is_loopback());
+    if !e.allow_anonymous || !lan {
         return;
     }
     let commands = match &e.acl {
