@@ -34,15 +34,19 @@ fn tools() -> Option<Tools> {
     })
 }
 
-/// `mosquitto_pub` with `args` against the broker; its exit code.
-fn publish(t: &Tools, port: u16, args: &[&str]) -> i32 {
-    Command::new(&t.publ)
+/// One of Mosquitto's clients (`bin`) with `args` against the broker, run to its end.
+fn run(bin: &Path, port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
-        .status()
-        .expect("run mosquitto_pub")
-        .code()
-        .unwrap_or(-1)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()))
+}
+
+/// `mosquitto_pub` with `args` against the broker; its exit code.
+fn publish(t: &Tools, port: u16, args: &[&str]) -> i32 {
+    run(&t.publ, port, args).status.code().unwrap_or(-1)
 }
 
 /// `mosquitto_sub` with `args`, run to its end: (exit code, stdout lines).
@@ -53,11 +57,7 @@ fn subscribe_once(t: &Tools, port: u16, args: &[&str]) -> (i32, Vec<String>) {
 
 /// [`subscribe_once`] with its standard error.
 fn subscribe_full(t: &Tools, port: u16, args: &[&str]) -> (i32, Vec<String>, String) {
-    let out = Command::new(&t.sub)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("run mosquitto_sub");
+    let out = run(&t.sub, port, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout)
@@ -331,29 +331,24 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
     // A Last Will on a topic the user may not publish (no grant, a gateway topic) is
     // refused at login: the broker would publish it without a check.
     for will in ["forbidden/x", "h/temp"] {
-        let out = Command::new(&t.sub)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
+        let out = run(
+            &t.sub,
+            port,
+            &[
                 "-u",
                 "ha",
                 "-P",
                 "ha-secret",
-            ])
-            .args([
                 "-t",
-                "x",
+                "marker/x",
                 "-W",
                 "2",
                 "--will-topic",
                 will,
                 "--will-payload",
                 "ON",
-            ])
-            .output()
-            .expect("run mosquitto_sub");
+            ],
+        );
         assert_eq!(
             out.status.code(),
             Some(5),
@@ -449,18 +444,14 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
     }
     assert!(gw.stats.broker.denied_publishes.load(Relaxed) >= 2);
     // An MQTT 5 client learns why: PUBACK reason code 0x87 "not authorized".
-    let out = Command::new(&t.publ)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
+    let out = run(
+        &t.publ,
+        port,
+        &[
             "-u",
             "intruso",
             "-P",
             "x",
-        ])
-        .args([
             "-V",
             "mqttv5",
             "-q",
@@ -470,9 +461,8 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
             "marker/forged",
             "-m",
             "2",
-        ])
-        .output()
-        .expect("run mosquitto_pub");
+        ],
+    );
     let debug = String::from_utf8_lossy(&out.stdout);
     assert!(debug.contains("PUBACK (Mid: 1, RC:135)"), "{debug}");
 

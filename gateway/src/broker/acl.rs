@@ -22,17 +22,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use thiserror::Error;
-
-/// A problem in a rights file, with its 1-based line.
-#[derive(Debug, Error, PartialEq)]
-#[error("line {line}: {message}")]
-pub struct AclError {
-    /// 1-based line (0: the file as a whole).
-    pub line: u64,
-    /// What is wrong.
-    pub message: String,
-}
+use super::LineError;
 
 /// What a rule allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,8 +123,8 @@ fn intersects_levels(a: &[&str], b: &[&str]) -> bool {
     }
 }
 
-fn parse_rule(rest: &str, line: u64, pattern: bool) -> Result<Rule, AclError> {
-    let err = |message: String| AclError { line, message };
+fn parse_rule(rest: &str, line: u64, pattern: bool) -> Result<Rule, LineError> {
+    let err = |message: String| LineError { line, message };
     let rest = rest.trim();
     let (access, filter) = match rest.split_once(char::is_whitespace) {
         Some((a, t)) if ["read", "write", "readwrite", "deny"].contains(&a) => (
@@ -172,7 +162,7 @@ fn parse_rule(rest: &str, line: u64, pattern: bool) -> Result<Rule, AclError> {
 
 impl Acl {
     /// Parse a rights file's text, collecting every problem.
-    pub fn parse(text: &str) -> Result<Acl, Vec<AclError>> {
+    pub fn parse(text: &str) -> Result<Acl, Vec<LineError>> {
         let mut acl = Acl::default();
         let mut errors = Vec::new();
         let mut user: Option<String> = None;
@@ -187,7 +177,7 @@ impl Acl {
                 "user" => {
                     let name = rest.trim();
                     if name.is_empty() {
-                        errors.push(AclError {
+                        errors.push(LineError {
                             line,
                             message: "`user` needs a name".into(),
                         });
@@ -206,7 +196,7 @@ impl Acl {
                     Ok(r) => acl.patterns.push(r),
                     Err(e) => errors.push(e),
                 },
-                other => errors.push(AclError {
+                other => errors.push(LineError {
                     line,
                     message: format!(
                         "unknown directive `{other}`{}",
@@ -228,14 +218,8 @@ impl Acl {
     }
 
     /// Read and parse a rights file.
-    pub fn load(path: &Path) -> Result<Acl, Vec<AclError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![AclError {
-                line: 0,
-                message: format!("cannot read it: {e}"),
-            }]
-        })?;
-        Acl::parse(&text)
+    pub fn load(path: &Path) -> Result<Acl, Vec<LineError>> {
+        super::load_file(path, Acl::parse)
     }
 
     /// The user names that have a `user` block.

@@ -34,6 +34,30 @@ use tracing::{error, info};
 
 use crate::{health::BrokerStats, model::EmbeddedBroker, Model};
 
+/// A problem in a users or rights file, with its 1-based line (0: the file as a whole).
+#[derive(Debug, Error, PartialEq)]
+#[error("line {line}: {message}")]
+pub struct LineError {
+    /// 1-based line number (0: the file as a whole).
+    pub line: u64,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Read `path` and parse it; a file that cannot be read is one error at line 0.
+fn load_file<T>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T, Vec<LineError>>,
+) -> Result<T, Vec<LineError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![LineError {
+            line: 0,
+            message: format!("cannot read it: {e}"),
+        }]
+    })?;
+    parse(&text)
+}
+
 /// Why the embedded broker could not start.
 #[derive(Debug, Error)]
 pub enum BrokerError {

@@ -11,19 +11,9 @@
 
 use std::{collections::HashMap, fmt, path::Path};
 
+use super::LineError;
 use base64::{engine::general_purpose::STANDARD, Engine};
 use sha2::{Digest, Sha512};
-use thiserror::Error;
-
-/// A problem in a password file, with its 1-based line.
-#[derive(Debug, Error, PartialEq)]
-#[error("line {line}: {message}")]
-pub struct PasswdError {
-    /// 1-based line number (0: the file as a whole).
-    pub line: u64,
-    /// What is wrong.
-    pub message: String,
-}
 
 /// How one password is stored.
 #[derive(Clone, PartialEq)]
@@ -56,15 +46,15 @@ impl fmt::Debug for Users {
 /// second-long computation (`mosquitto_passwd` writes 101; Mosquitto itself caps lower).
 const MAX_ITERATIONS: u32 = 1_000_000;
 
-fn b64(s: &str, what: &str, line: u64) -> Result<Vec<u8>, PasswdError> {
-    STANDARD.decode(s).map_err(|_| PasswdError {
+fn b64(s: &str, what: &str, line: u64) -> Result<Vec<u8>, LineError> {
+    STANDARD.decode(s).map_err(|_| LineError {
         line,
         message: format!("the {what} is not base64"),
     })
 }
 
-fn parse_hash(h: &str, line: u64) -> Result<Hash, PasswdError> {
-    let err = |message: &str| PasswdError {
+fn parse_hash(h: &str, line: u64) -> Result<Hash, LineError> {
+    let err = |message: &str| LineError {
         line,
         message: message.to_string(),
     };
@@ -79,8 +69,8 @@ fn parse_hash(h: &str, line: u64) -> Result<Hash, PasswdError> {
     Ok(parsed)
 }
 
-fn parse_parts(h: &str, line: u64) -> Result<Hash, PasswdError> {
-    let err = |message: &str| PasswdError {
+fn parse_parts(h: &str, line: u64) -> Result<Hash, LineError> {
+    let err = |message: &str| LineError {
         line,
         message: message.to_string(),
     };
@@ -112,7 +102,7 @@ fn parse_parts(h: &str, line: u64) -> Result<Hash, PasswdError> {
 
 impl Users {
     /// Parse the text of a password file.
-    pub fn parse(text: &str) -> Result<Users, Vec<PasswdError>> {
+    pub fn parse(text: &str) -> Result<Users, Vec<LineError>> {
         let mut users = HashMap::new();
         let mut errors = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -122,14 +112,14 @@ impl Users {
                 continue;
             }
             let Some((name, hash)) = l.split_once(':') else {
-                errors.push(PasswdError {
+                errors.push(LineError {
                     line,
                     message: "expected `user:hash`, as `mosquitto_passwd` writes".into(),
                 });
                 continue;
             };
             if name.is_empty() {
-                errors.push(PasswdError {
+                errors.push(LineError {
                     line,
                     message: "empty user name".into(),
                 });
@@ -138,7 +128,7 @@ impl Users {
             match parse_hash(hash.trim(), line) {
                 Ok(h) => {
                     if users.insert(name.to_string(), h).is_some() {
-                        errors.push(PasswdError {
+                        errors.push(LineError {
                             line,
                             message: format!("user `{name}` appears twice"),
                         });
@@ -155,14 +145,8 @@ impl Users {
     }
 
     /// Read and parse a password file.
-    pub fn load(path: &Path) -> Result<Users, Vec<PasswdError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![PasswdError {
-                line: 0,
-                message: format!("cannot read it: {e}"),
-            }]
-        })?;
-        Users::parse(&text)
+    pub fn load(path: &Path) -> Result<Users, Vec<LineError>> {
+        super::load_file(path, Users::parse)
     }
 
     /// Number of users.

@@ -9,7 +9,7 @@ use std::{
 
 use super::{at, Severity, Validator};
 use crate::{
-    broker::{acl::Acl, passwd::Users},
+    broker::{acl::Acl, passwd::Users, LineError},
     config::EmbeddedFile,
     config::EmbeddedTlsFile,
     model::{EmbeddedBroker, EmbeddedTls, Model, Secret},
@@ -73,7 +73,7 @@ impl Validator {
                         at(f),
                         "mqtt.embedded.users_file",
                         &path,
-                        errors.iter().map(|e| (e.line, e.message.as_str())),
+                        &errors,
                         "make it with `mosquitto_passwd -c <file> <user>`",
                     );
                     None
@@ -85,7 +85,7 @@ impl Validator {
             match Acl::load(&path) {
                 Ok(a) => Some(Arc::new(a)),
                 Err(errors) => {
-                    self.file_errors(file, at(f), "mqtt.embedded.acl_file", &path, errors.iter().map(|e| (e.line, e.message.as_str())),
+                    self.file_errors(file, at(f), "mqtt.embedded.acl_file", &path, &errors,
                         "lines are `user <name>`, `topic [read|write|readwrite|deny] <filter>`, `pattern [read|write|readwrite|deny] <filter>`");
                     None
                 }
@@ -198,17 +198,17 @@ impl Validator {
 
     /// Report the line errors of a users or rights file: at the file's own line and
     /// column, with the gateway file's key as the path.
-    fn file_errors<'a>(
+    fn file_errors(
         &mut self,
         gateway: &Path,
         key_at: (u64, u64),
         key: &str,
         path: &Path,
-        errors: impl Iterator<Item = (u64, &'a str)>,
+        errors: &[LineError],
         hint: &str,
     ) {
-        for (line, message) in errors {
-            if line == 0 {
+        for LineError { line, message } in errors {
+            if *line == 0 {
                 self.error(
                     gateway,
                     key_at,
@@ -220,9 +220,9 @@ impl Validator {
                 self.push(
                     Severity::Error,
                     &PathBuf::from(path),
-                    (line, 1),
+                    (*line, 1),
                     key,
-                    message.to_string(),
+                    message.clone(),
                     Some(hint.to_string()),
                 );
             }
