@@ -206,6 +206,7 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
 async fn main() {
     // One simulated Modbus TCP device per endpoint, like a fleet of TCP meters.
     let mut ports = Vec::new();
+    let mut devices = Vec::new();
     for d in 0..DEVICES {
         let server = SimServer::new();
         let dev = server.add(1, SimDevice::new());
@@ -222,6 +223,23 @@ async fn main() {
             dev.set_registers(Table::Holding, 60 + 2 * k, &v);
         }
         ports.push(server.spawn_local().await.expect("sim"));
+        devices.push(dev);
+    }
+    // BENCH_CHANGING=1: every register changes four times a second, so every reading
+    // differs from the last one (the retained store is rewritten for every message).
+    if std::env::var("BENCH_CHANGING").is_ok_and(|v| v == "1") {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            for n in 0u16.. {
+                tick.tick().await;
+                for (d, dev) in devices.iter().enumerate() {
+                    let regs: Vec<u16> = (0..140)
+                        .map(|j| (d as u16).wrapping_mul(100).wrapping_add(j).wrapping_add(n))
+                        .collect();
+                    dev.set_registers(Table::Holding, 0, &regs);
+                }
+            }
+        });
     }
     let only = std::env::var("BENCH_ONLY").ok();
     let scenarios = [

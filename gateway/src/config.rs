@@ -128,10 +128,13 @@ pub struct MqttFile {
     /// The embedded broker (rumqttd), on by default.
     #[serde(default)]
     pub embedded: EmbeddedFile,
-    /// MQTT client id the gateway uses towards the broker. Default: `fieldlink-<id>`.
+    /// The gateway's client id on the embedded broker: reserved (no client may take it)
+    /// and used by the start-up check; the gateway itself is linked in process. Default:
+    /// `fieldlink-<id>`.
     #[serde(default)]
     pub client_id: Option<Spanned<String>>,
-    /// MQTT keepalive of the gateway's connection. Default `15s`.
+    /// No effect any more: the gateway has no MQTT connection to its embedded broker
+    /// (`check` warns). The upstream connection has `upstream.keepalive`.
     #[serde(default)]
     pub keepalive: Option<Spanned<HumanDuration>>,
     /// An upstream (cloud) broker. Every message also goes there, through a disk-backed

@@ -140,7 +140,7 @@ pub struct Stats {
 /// Counters of the embedded broker (also its `$SYS` topics).
 #[derive(Debug, Default)]
 pub struct BrokerStats {
-    /// Clients connected now, the gateway's own included.
+    /// Clients connected now (the gateway is not one: it is linked in process).
     pub clients: AtomicI64,
     /// Connections accepted since start.
     pub connects: AtomicU64,
@@ -150,10 +150,12 @@ pub struct BrokerStats {
     pub denied_publishes: AtomicU64,
     /// Subscriptions refused for want of read rights.
     pub denied_subscriptions: AtomicU64,
-    /// PUBLISH packets received from clients.
+    /// Messages received: PUBLISH packets from clients and the gateway's own messages.
     pub messages_received: AtomicU64,
     /// Messages delivered to subscribers.
     pub messages_sent: AtomicU64,
+    /// Client commands dropped because the gateway had 1024 waiting already.
+    pub dropped_commands: AtomicU64,
     /// Times the broker failed and was rebuilt.
     pub restarts: AtomicU64,
     /// Notified, the broker stops as if it had failed, and the supervisor rebuilds it
@@ -277,6 +279,7 @@ impl Stats {
                 "denied_subscriptions": b.denied_subscriptions.load(Relaxed),
                 "messages_received": b.messages_received.load(Relaxed),
                 "messages_sent": b.messages_sent.load(Relaxed),
+                "dropped_commands": b.dropped_commands.load(Relaxed),
                 "restarts": b.restarts.load(Relaxed),
             },
             "devices": devices,

@@ -142,12 +142,14 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     };
     let model = Arc::new(model);
     let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
-    if model.mqtt.embedded.is_some() {
+    let link = if model.mqtt.embedded.is_some() {
         let (m, b) = (model.clone(), stats.broker.clone());
         tokio::task::spawn_blocking(move || broker::start(m, b))
             .await
-            .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
-    }
+            .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
     let mut command_txs = Vec::new();
     let mut command_rxs = Vec::new();
@@ -164,16 +166,17 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
         .filter(|u| u.accept_commands)
         .map(|_| router.clone());
     let mut mqtt = Vec::new();
-    match (model.mqtt.embedded.is_some(), spool) {
-        (true, None) => {
+    match (link, spool) {
+        (Some(link), None) => {
             mqtt.push(tokio::spawn(mqtt::run_client(
                 model.clone(),
                 rx,
                 stats.clone(),
                 router,
+                link,
             )));
         }
-        (false, Some(spool)) => {
+        (None, Some(spool)) => {
             mqtt.push(tokio::spawn(upstream_task(
                 model.clone(),
                 spool,
@@ -182,7 +185,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 upstream_router,
             )));
         }
-        (true, Some(spool)) => {
+        (Some(link), Some(spool)) => {
             let (etx, erx) = mpsc::channel(OUT_CAPACITY);
             let (utx, urx) = mpsc::channel(OUT_CAPACITY);
             mqtt.push(tokio::spawn(fanout(rx, etx, utx)));
@@ -191,6 +194,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 erx,
                 stats.clone(),
                 router,
+                link,
             )));
             mqtt.push(tokio::spawn(upstream_task(
                 model.clone(),
@@ -201,7 +205,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
             )));
         }
         // Validation requires a destination; drain so the buses never block.
-        (false, None) => {
+        (None, None) => {
             let mut rx = rx;
             mqtt.push(tokio::spawn(
                 async move { while rx.recv().await.is_some() {} },

@@ -1,35 +1,31 @@
-//! The gateway's MQTT client (rumqttc), used for the embedded broker and (later) upstream.
+//! The gateway's side of its embedded broker, and MQTT helpers shared with the upstream
+//! client.
 //!
-//! One task owns the connection. It keeps the last retained message of every topic and,
-//! after every (re)connect, publishes `<base>/status = online` and then that state again,
-//! so a broker restart loses nothing that matters. The Last Will publishes `offline`
-//! (retained) when the connection dies without a DISCONNECT. While disconnected, value
-//! messages only update that state; reconnection uses exponential backoff with jitter.
+//! One task owns the link to the embedded broker ([`broker::Link`], in process: no MQTT
+//! client, no socket). It keeps the last retained message of every topic and, whenever a
+//! broker starts serving (at start, and after the supervisor rebuilt a failed one),
+//! publishes `<base>/status = online` and then that state again, so a broker restart loses
+//! nothing that matters. While no broker serves, value messages only update that state.
+//! Commands clients publish on `<topic>/set` arrive on the link after the broker's rights
+//! check. At the end the task publishes `offline` (retained) and waits until it is written.
 
 use std::{
     collections::HashMap,
-    future::Future,
     sync::{atomic::Ordering::Relaxed, Arc},
-    task::Poll,
     time::Duration,
 };
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
-    SubscribeFilter,
-};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
+    broker::{self, Routed, Serving},
     commands::Router,
     health::Stats,
     model::Model,
     publish::{Batch, Outgoing},
 };
-
-/// Capacity of rumqttc's request channel.
-const CLIENT_CAPACITY: usize = 4096;
 
 /// The rumqttc QoS of a 0–2 level.
 pub(crate) fn qos(q: u8) -> QoS {
@@ -40,33 +36,16 @@ pub(crate) fn qos(q: u8) -> QoS {
     }
 }
 
-/// Connection options for the gateway's client.
-pub fn options(model: &Model) -> MqttOptions {
-    let m = &model.mqtt;
-    let mut o = MqttOptions::new(m.client_id.clone(), m.host.clone(), m.port);
-    o.set_keep_alive(m.keepalive.max(Duration::from_secs(1)));
-    o.set_clean_session(true);
-    if let Some(e) = &m.embedded {
-        // The embedded broker admits the gateway's client id only with this secret.
-        o.set_credentials(m.client_id.clone(), e.secret.0.clone());
-    }
-    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
-    o.set_inflight(200);
-    o.set_last_will(LastWill::new(
-        model.status_topic(),
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
-    o
-}
-
 struct Conn {
-    client: AsyncClient,
+    inbox: broker::Inbox,
+    status_topic: String,
+    /// A broker is serving and has the state.
     connected: bool,
+    /// A batch was not taken: republish the whole state before the next one.
+    resync: bool,
     model: Arc<Model>,
-    /// Last retained payload and QoS of every point, by slot, republished after every
-    /// connect. A vector, not a map keyed by topic: no hashing per message, and 1 MB less
+    /// Last retained payload and QoS of every point, by slot, republished into every new
+    /// broker. A vector, not a map keyed by topic: no hashing per message, and 1 MB less
     /// at 10 000 points.
     values: Vec<Option<(Vec<u8>, u8)>>,
     /// The same for the gateway's own retained topics (status, availability, diagnostics).
@@ -74,59 +53,79 @@ struct Conn {
     stats: Arc<Stats>,
 }
 
-/// Longest wait for room in rumqttc's request queue before a message counts as dropped
-/// (retained state is still republished after the next connect).
+/// Longest wait for room in the broker's queue before a batch counts as dropped (retained
+/// state is still republished into the next broker).
 const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 
 impl Conn {
-    /// Hand a message to the client, waiting for room: this is the back-pressure that
-    /// keeps a saturated bus from queueing without bound. The topic and payload move into
-    /// the request (no copy); a timer is armed only when the queue is full.
-    async fn publish(&mut self, m: Outgoing) -> bool {
-        // Validation already refuses wildcards in topics; `publish_bytes` does not check,
-        // and a broker disconnects a client that publishes one.
-        if !rumqttc::valid_topic(&m.topic) {
-            debug!(topic = %m.topic, "Invalid topic not published.");
-            self.stats.mqtt_dropped.fetch_add(1, Relaxed);
-            return false;
+    /// Hand messages to the broker in one operation, waiting for room: this is the
+    /// back-pressure that keeps a saturated bus from queueing without bound.
+    async fn publish(&mut self, mut batch: Vec<Routed>) {
+        // Validation already refuses wildcards in topics; a broker would route one as a
+        // filter, so it is checked once more here.
+        let before = batch.len();
+        batch.retain(|r| rumqttc::valid_topic(&r.message.topic));
+        if batch.len() < before {
+            debug!("Invalid topic not published.");
+            self.stats
+                .mqtt_dropped
+                .fetch_add((before - batch.len()) as u64, Relaxed);
         }
-        let fut =
-            self.client
-                .publish_bytes(m.topic, qos(m.qos), m.retain, bytes::Bytes::from(m.payload));
-        let mut fut = std::pin::pin!(fut);
-        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-        let sent = match first {
-            Poll::Ready(r) => r.is_ok(),
-            Poll::Pending => matches!(tokio::time::timeout(PUBLISH_WAIT, fut).await, Ok(Ok(()))),
-        };
-        let counter = if sent {
-            &self.stats.mqtt_sent
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        if self.inbox.send(batch, PUBLISH_WAIT).await {
+            self.stats.mqtt_sent.fetch_add(n, Relaxed);
         } else {
-            &self.stats.mqtt_dropped
-        };
-        counter.fetch_add(1, Relaxed);
-        sent
+            self.stats.mqtt_dropped.fetch_add(n, Relaxed);
+            // The broker may now lack retained values it was told are unchanged.
+            self.resync = true;
+        }
     }
 
-    async fn send(&mut self, m: Outgoing) {
-        if m.retain {
-            match m.slot.and_then(|s| self.values.get_mut(s as usize)) {
-                Some(Some(last)) => overwrite(last, &m.payload, m.qos),
-                Some(empty) => *empty = Some((m.payload.clone(), m.qos)),
-                None => remember(&mut self.others, &m.topic, &m.payload, m.qos),
+    async fn send(&mut self, batch: Batch) {
+        let mut routed = Vec::with_capacity(batch.len());
+        for m in batch {
+            let mut store = m.retain;
+            if m.retain {
+                match m.slot.and_then(|s| self.values.get_mut(s as usize)) {
+                    Some(Some(last)) => {
+                        store = last.0 != m.payload || last.1 != m.qos;
+                        if store {
+                            overwrite(last, &m.payload, m.qos);
+                        }
+                    }
+                    Some(empty) => *empty = Some((m.payload.clone(), m.qos)),
+                    None => remember(&mut self.others, &m.topic, &m.payload, m.qos),
+                }
             }
+            routed.push(Routed { message: m, store });
+        }
+        if self.connected && self.resync {
+            self.resync = false;
+            self.republish().await;
         }
         if self.connected {
-            self.publish(m).await;
-        } else if !m.retain {
-            self.stats.mqtt_dropped.fetch_add(1, Relaxed);
+            self.publish(routed).await;
+        } else {
+            let lost = routed.iter().filter(|r| !r.message.retain).count() as u64;
+            self.stats.mqtt_dropped.fetch_add(lost, Relaxed);
         }
     }
 
-    async fn on_connack(&mut self, status_topic: &str) {
+    /// A broker serves: republish the state into it.
+    async fn on_serving(&mut self) {
         self.connected = true;
+        self.resync = false;
         self.stats.mqtt_connected.store(true, Relaxed);
         self.stats.mqtt_connects.fetch_add(1, Relaxed);
+        self.republish().await;
+    }
+
+    /// `online` first, then every retained message, sorted by topic, all stored.
+    async fn republish(&mut self) {
+        let status_topic = self.status_topic.as_str();
         let online = Outgoing {
             topic: status_topic.to_string(),
             payload: b"online".to_vec(),
@@ -159,12 +158,15 @@ impl Conn {
         });
         let mut state: Vec<Outgoing> = others.chain(values).collect();
         state.sort_by(|a, b| a.topic.cmp(&b.topic));
-        self.publish(online).await;
-        for m in state {
-            if !self.publish(m).await {
-                break;
-            }
-        }
+        state.insert(0, online);
+        let state = state
+            .into_iter()
+            .map(|message| Routed {
+                message,
+                store: true,
+            })
+            .collect();
+        self.publish(state).await;
     }
 }
 
@@ -199,84 +201,26 @@ pub(crate) fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
     Duration::from_millis(*seed % max_ms.max(1))
 }
 
-enum Link {
-    Connected,
-    Message(String, Vec<u8>),
-    Lost(String),
-    Closed,
-}
-
-/// Drive rumqttc's event loop in its own task: `EventLoop::poll` is not cancel-safe while
-/// connecting, so it must never sit in a `select!` next to other branches. Reconnects use
-/// exponential backoff with jitter (rumqttc has none).
-fn spawn_eventloop(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Link>) {
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        let mut seed = u64::from(std::process::id()) | 1;
-        loop {
-            if tx.is_closed() {
-                return;
-            }
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(100);
-                    if tx.send(Link::Connected).is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send(Link::Message(p.topic, p.payload.to_vec())).is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                    let _ = tx.send(Link::Closed);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if matches!(e, ConnectionError::ConnectionRefused(_)) {
-                        warn!(error = %e, "MQTT broker refused the connection.");
-                    }
-                    if tx.send(Link::Lost(e.to_string())).is_err() {
-                        return;
-                    }
-                    let wait = backoff + jitter(&mut seed, backoff.as_millis() as u64 / 2 + 1);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    });
-}
-
-/// Run the MQTT client until `rx` is closed (every producer stopped); then publish
-/// `offline` on the status topic and disconnect cleanly.
+/// Run the gateway's side of the embedded broker until `rx` is closed (every producer
+/// stopped); then publish `offline` on the status topic and wait until it is written.
 pub async fn run_client(
     model: Arc<Model>,
     mut rx: mpsc::Receiver<Batch>,
     stats: Arc<Stats>,
     router: Router,
+    link: broker::Link,
 ) {
-    let subscriptions: Vec<SubscribeFilter> = router
-        .subscriptions()
-        .into_iter()
-        .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
-        .collect();
-    let (client, mut eventloop) = AsyncClient::new(options(&model), CLIENT_CAPACITY);
-    // With writable points, a command's read-back and result are two small publishes in a
-    // row: Nagle would hold the second back by a delayed ACK (~40 ms). Without commands,
-    // Nagle stays on: TCP_NODELAY costs ~2 % of a core at 10 000 points/s (BENCHMARKS.md).
-    if !subscriptions.is_empty() {
-        eventloop.network_options.set_tcp_nodelay(true);
-    }
-    let (link_tx, mut link) = mpsc::unbounded_channel();
-    spawn_eventloop(eventloop, link_tx);
     let status_topic = model.status_topic();
-    let broker = format!("{}:{}", model.mqtt.host, model.mqtt.port);
+    let broker::Link {
+        inbox,
+        mut serving,
+        mut commands,
+    } = link;
     let mut conn = Conn {
-        client,
+        inbox,
+        status_topic: status_topic.clone(),
         connected: false,
+        resync: false,
         // Slots as numbered by validation; a model numbered otherwise keeps every
         // value in the map by topic instead.
         values: if model
@@ -292,68 +236,58 @@ pub async fn run_client(
         others: HashMap::new(),
         stats,
     };
-    let mut ever_connected = false;
+    let mut seen = Serving::default();
+    let mut linked = true;
+    let mut listening = true;
     loop {
         tokio::select! {
-            ev = link.recv() => match ev {
-                Some(Link::Connected) => {
-                    if ever_connected {
-                        info!(broker = %broker, "MQTT reconnected.");
-                    } else {
-                        info!(broker = %broker, "MQTT connected.");
-                    }
-                    ever_connected = true;
-                    // Clean session: subscriptions are gone after every reconnect.
-                    if !subscriptions.is_empty() {
-                        if let Err(e) = conn.client.subscribe_many(subscriptions.clone()).await {
-                            warn!(error = %e, "Cannot subscribe to command topics.");
-                        }
-                    }
-                    conn.on_connack(&status_topic).await;
+            changed = serving.changed(), if linked => {
+                if changed.is_err() {
+                    linked = false;
+                    continue;
                 }
-                Some(Link::Lost(e)) => {
-                    if conn.connected {
-                        warn!(broker = %broker, error = %e, "MQTT connection lost.");
+                let now = *serving.borrow_and_update();
+                if now.up && now.generation != seen.generation {
+                    if seen.generation > 0 {
+                        info!(generation = now.generation, "State republished to the rebuilt broker.");
                     } else {
-                        debug!(broker = %broker, error = %e, "MQTT connect failed.");
+                        debug!("Linked to the embedded broker.");
                     }
+                    seen = now;
+                    conn.on_serving().await;
+                } else if !now.up && conn.connected {
+                    warn!("Embedded broker down; the state is republished when it is back.");
                     conn.connected = false;
                     conn.stats.mqtt_connected.store(false, Relaxed);
                 }
-                Some(Link::Message(topic, payload)) => {
-                    if let Some(rejected) = router.handle(&topic, &payload) {
-                        debug!(topic = %topic, "Command rejected.");
-                        conn.send(rejected).await;
+            }
+            command = commands.recv(), if listening => match command {
+                Some(c) => {
+                    if let Some(rejected) = router.handle(&c.topic, &c.payload) {
+                        debug!(topic = %c.topic, "Command rejected.");
+                        conn.send(vec![rejected]).await;
                     }
                 }
-                Some(Link::Closed) | None => return,
+                None => listening = false,
             },
             batch = rx.recv() => match batch {
-                Some(batch) => {
-                    for m in batch {
-                        conn.send(m).await;
-                    }
-                }
+                Some(batch) => conn.send(batch).await,
                 None => break,
             },
         }
     }
-    // Clean shutdown: flush, publish offline, disconnect.
+    // Clean shutdown: publish offline and let the broker write it before the process ends.
     if conn.connected {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        conn.send(Outgoing {
-            topic: status_topic.clone(),
+        conn.send(vec![Outgoing {
+            topic: status_topic,
             payload: b"offline".to_vec(),
             retain: true,
             qos: 1,
             slot: None,
-        })
+        }])
         .await;
-        disconnect(&conn.client, &mut link, deadline, |l| {
-            matches!(l, Link::Closed)
-        })
-        .await;
-        info!("MQTT disconnected.");
+        conn.inbox.flush(Duration::from_secs(3)).await;
+        info!("Gateway status offline.");
     }
 }
 

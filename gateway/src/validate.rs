@@ -839,14 +839,23 @@ impl Validator {
             "mqtt.keepalive",
             Duration::from_secs(15),
         );
-        if keepalive < Duration::from_secs(1) {
-            if let Some(k) = &gw.mqtt.keepalive {
+        if let Some(k) = &gw.mqtt.keepalive {
+            if keepalive < Duration::from_secs(1) {
                 self.error(
                     file,
                     at(k),
                     "mqtt.keepalive",
                     "keepalive must be at least 1s",
                     None,
+                );
+            } else if k.value.0 > Duration::ZERO {
+                self.warn(
+                    file,
+                    at(k),
+                    "mqtt.keepalive",
+                    "has no effect: the gateway is linked to its embedded broker in process, \
+                     without an MQTT connection (the upstream connection has \
+                     `mqtt.upstream.keepalive`)",
                 );
             }
         }

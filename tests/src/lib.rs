@@ -34,7 +34,7 @@ pub fn free_port() -> u16 {
 pub fn model(mapping: &str, gateway_extra: &str) -> Model {
     let port = free_port();
     let gateway = format!(
-        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n  keepalive: 5s\ndiagnostics_interval: 1h\n{gateway_extra}"
+        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\ndiagnostics_interval: 1h\n{gateway_extra}"
     );
     model_from(&gateway, mapping)
 }

@@ -298,7 +298,7 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
     let acl = write(
         dir.path(),
         "acl",
-        "user ha\ntopic read h/#\ntopic read $SYS/#\ntopic write h/sp/set\ntopic readwrite marker/#\n\nuser intruso\ntopic read h/temp\ntopic write h/#\n",
+        "user ha\ntopic read h/#\ntopic read $SYS/#\ntopic write h/sp/set\ntopic readwrite marker/#\n\nuser intruso\ntopic read h/temp\ntopic write h/#\ntopic deny h/sp/set\n",
     );
     let (dev, gw) = gateway(&format!(
         "    users_file: {}\n    acl_file: {}\n",
@@ -466,6 +466,19 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
     let debug = String::from_utf8_lossy(&out.stdout);
     assert!(debug.contains("PUBACK (Mid: 1, RC:135)"), "{debug}");
 
+    // A command the rights deny never reaches the device: intruso's 41 is refused,
+    // ha's 42 after it is written, and 42 is the only write the device saw.
+    dev.clear_log();
+    let out = run(
+        &t.publ,
+        port,
+        &[
+            "-u", "intruso", "-P", "x", "-V", "mqttv5", "-q", "1", "-d", "-t", "h/sp/set", "-m",
+            "41",
+        ],
+    );
+    let debug = String::from_utf8_lossy(&out.stdout);
+    assert!(debug.contains("PUBACK (Mid: 1, RC:135)"), "{debug}");
     // ha may command the set point; the register is written.
     assert_eq!(
         publish(
@@ -482,6 +495,17 @@ async fn logins_from_mosquitto_passwd_and_rights_from_an_acl_file() {
             1
         ) == vec![42])
         .await
+    );
+    let writes: Vec<Vec<u16>> = dev
+        .log()
+        .into_iter()
+        .filter(|q| matches!(q.function, 6 | 16))
+        .map(|q| q.written)
+        .collect();
+    assert_eq!(
+        writes,
+        vec![vec![42]],
+        "only the allowed command was written"
     );
 
     // $SYS moves.

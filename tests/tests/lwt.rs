@@ -1,77 +1,79 @@
-//! Status topic and Last Will: `online` on connect; the broker publishes the retained
-//! `offline` Will when the gateway's connection dies without DISCONNECT; `online` again
-//! after the gateway reconnects (with its state republished); `offline` on clean stop.
+//! Status topic and retained state across a broker rebuild: `online` at start; when the
+//! embedded broker fails and the supervisor rebuilds it (its retained store empty), the
+//! gateway publishes `online` and its whole retained state into the new broker, values
+//! that changed meanwhile included; `offline` (retained) on a clean stop.
+//!
+//! The gateway is not a network client of its embedded broker (it is linked in process),
+//! so there is no connection of its own that could die while the process lives; the
+//! Last Will of the upstream connection is tested in `upstream.rs`.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use fieldlink_drivers::{
     modbus::Table,
     sim::{SimDevice, SimServer},
 };
-use fieldlink_tests::{model, Gateway, Observer, Proxy};
+use fieldlink_tests::{eventually, model, Gateway, Observer};
 use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_will_fires_when_the_connection_dies_and_online_returns() {
+async fn state_is_republished_into_a_rebuilt_broker_and_offline_on_stop() {
     let server = SimServer::new();
     let dev = server.add(1, SimDevice::new());
-    dev.set_registers(Table::Holding, 0, &[42]);
+    dev.set_registers(Table::Holding, 0, &[42, 7]);
     let sim_port = server.spawn_local().await.expect("sim");
+    // Two points: one changes while the broker is down, one never changes (an
+    // every_poll point whose value stays the same is still retained by the new broker).
     let mapping = format!(
-        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {sim_port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 200ms\n    points:\n      - {{ topic: casa/x, table: holding, address: 0 }}\n"
+        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {sim_port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 100ms\n    points:\n      - {{ topic: casa/x, table: holding, address: 0 }}\n      - {{ topic: casa/y, table: holding, address: 1, publish: every_poll }}\n"
     );
-    let mut m = model(&mapping, "");
-    let broker_port = m.mqtt.port;
-    // The gateway's client goes through a proxy we can cut.
-    let proxy = Proxy::start(broker_port).await;
-    m.mqtt.port = proxy.port;
-    let gw = Gateway::start(m).await;
-    let mut obs = Observer::connect(broker_port, "#", QoS::AtLeastOnce).await;
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let port = gw.broker_port();
+    let mut obs = Observer::connect(port, "#", QoS::AtLeastOnce).await;
     assert!(
         obs.wait_seen("fieldlink/t/status", "online", Duration::from_secs(10))
             .await
     );
     assert!(obs.wait_seen("casa/x", "42", Duration::from_secs(5)).await);
+    assert!(obs.wait_seen("casa/y", "7", Duration::from_secs(5)).await);
 
-    // Connection dies, reconnection impossible for a while.
-    proxy.set_accepting(false);
-    proxy.cut();
-    assert!(
-        obs.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10))
-            .await,
-        "the broker publishes the Last Will"
-    );
-    let mut fresh = Observer::connect(broker_port, "fieldlink/t/status", QoS::AtMostOnce).await;
-    let snap = fresh.snapshot(Duration::from_millis(300)).await;
-    assert_eq!(snap["fieldlink/t/status"].payload, "offline");
-    assert!(snap["fieldlink/t/status"].retain, "the Will is retained");
-
-    // While disconnected the value changes; after reconnecting the gateway republishes.
+    // The broker fails; the value changes before the new broker serves.
+    let broker = gw.stats.broker.clone();
     dev.set_registers(Table::Holding, 0, &[43]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.set_accepting(true);
+    broker.fault.notify_one();
     assert!(
-        obs.wait_payload("fieldlink/t/status", "online", Duration::from_secs(40))
+        eventually(Duration::from_secs(5), || broker.restarts.load(Relaxed)
+            == 1)
+        .await,
+        "the supervisor rebuilt the broker"
+    );
+    let mut fresh = Observer::connect(port, "#", QoS::AtLeastOnce).await;
+    assert!(
+        fresh
+            .wait_payload("casa/x", "43", Duration::from_secs(10))
             .await,
-        "online again after reconnect"
+        "the changed value reaches the new broker"
     );
-    assert!(
-        obs.wait_payload("casa/x", "43", Duration::from_secs(5))
-            .await
-    );
-    let mut fresh = Observer::connect(broker_port, "#", QoS::AtMostOnce).await;
-    let snap = fresh.snapshot(Duration::from_millis(300)).await;
-    assert_eq!(snap["casa/x"].payload, "43");
-    assert_eq!(snap["fieldlink/t/d/availability"].payload, "online");
+    // A subscriber arriving now gets every retained message from the new broker.
+    let mut late = Observer::connect(port, "#", QoS::AtMostOnce).await;
+    let got = late.collect(Duration::from_millis(300)).await;
+    for (topic, payload) in [
+        ("fieldlink/t/status", "online"),
+        ("fieldlink/t/d/availability", "online"),
+        ("casa/x", "43"),
+        ("casa/y", "7"),
+    ] {
+        assert!(
+            got.iter()
+                .any(|m| m.topic == topic && m.payload == payload && m.retain),
+            "{topic} = {payload} not retained by the new broker: {got:?}"
+        );
+    }
 
     gw.stop().await;
     assert!(
-        obs.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(5))
+        late.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(5))
             .await,
         "clean shutdown publishes offline"
     );
-    let mut fresh = Observer::connect(broker_port, "fieldlink/#", QoS::AtMostOnce).await;
-    let snap = fresh.snapshot(Duration::from_millis(300)).await;
-    assert_eq!(snap["fieldlink/t/status"].payload, "offline");
-    assert_eq!(snap["fieldlink/t/d/availability"].payload, "offline");
 }

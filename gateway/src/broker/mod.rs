@@ -11,11 +11,15 @@
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
+//! - `link`: the gateway's own side, in process: its messages go straight into the
+//!   router and retained store, and allowed client commands come back from the rights
+//!   check (the gateway is not a network client of its own broker);
 //! - supervision: the broker runs on its own thread and runtime; if it fails it is
-//!   rebuilt and listening again within a second, clients reconnect, and the gateway's
-//!   client republishes its retained state (as after any reconnect).
+//!   rebuilt and listening again within a second, clients reconnect, and the gateway
+//!   publishes its retained state into the new broker.
 
 pub mod acl;
+mod link;
 pub mod passwd;
 mod policy;
 mod reaper;
@@ -31,6 +35,8 @@ use std::{
 use rmqtt::{context::ServerContext, hook::Type, net::Builder, server::MqttServer};
 use thiserror::Error;
 use tracing::{error, info};
+
+pub use link::{ClientCommand, Inbox, Link, Routed, Serving};
 
 use crate::{health::BrokerStats, model::EmbeddedBroker, Model};
 
@@ -113,6 +119,7 @@ async fn build(
     model: &Model,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
+    end: &link::BrokerEnd,
 ) -> Result<MqttServer, BrokerError> {
     let addr = cfg.listen;
     let retainer = format!(
@@ -155,12 +162,14 @@ async fn build(
                     stats.clone(),
                     online.clone(),
                     retained.clone(),
+                    end.commands(),
                 )),
             )
             .await;
     }
     register.start().await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
+    tokio::spawn(end.serve(scx.clone(), stats.clone(), &model.mqtt.client_id));
     tokio::spawn(reaper::run(
         scx.clone(),
         stats.clone(),
@@ -209,7 +218,8 @@ fn listener_builder(cfg: &EmbeddedBroker, addr: SocketAddr) -> Builder {
     Builder::new()
         .laddr(addr)
         .reuseaddr(Some(true))
-        // The gateway's own client is one more connection.
+        // One more for the start-up check, which logs in with the gateway's id; clients are
+        // limited to `max_connections` by the policy.
         .max_connections(cfg.max_connections + 1)
         .max_handshaking_limit(64)
         .handshake_timeout(HANDSHAKE_TIMEOUT)
@@ -307,11 +317,11 @@ pub fn panic_policy() {
     }));
 }
 
-/// Start the embedded broker on its own thread and runtime, supervised; returns once it
-/// accepts connections.
-pub fn start(model: Arc<Model>, stats: Arc<BrokerStats>) -> Result<(), BrokerError> {
+/// Start the embedded broker on its own thread and runtime, supervised; returns, once
+/// it accepts connections, the gateway's link to it (`None` without an embedded broker).
+pub fn start(model: Arc<Model>, stats: Arc<BrokerStats>) -> Result<Option<Link>, BrokerError> {
     let Some(cfg) = model.mqtt.embedded.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let addr = cfg.listen;
     // A free address is checked here, so that the error reaches the caller.
@@ -325,9 +335,10 @@ pub fn start(model: Arc<Model>, stats: Arc<BrokerStats>) -> Result<(), BrokerErr
     let client_id = model.mqtt.client_id.clone();
     let secret = cfg.secret.0.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
+    let (link, end) = link::pair();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
-        .spawn(move || supervise(&model, &cfg, &stats, ready_tx))
+        .spawn(move || supervise(&model, &cfg, &stats, &end, ready_tx))
         .map_err(BrokerError::Thread)?;
     match ready_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(())) => {}
@@ -338,7 +349,7 @@ pub fn start(model: Arc<Model>, stats: Arc<BrokerStats>) -> Result<(), BrokerErr
     while Instant::now() < deadline {
         if mqtt_probe(probe_addr(addr), &client_id, &secret).is_ok() {
             info!(listen = %addr, "Embedded broker listening.");
-            return Ok(());
+            return Ok(Some(link));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -351,6 +362,7 @@ fn supervise(
     model: &Model,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
+    end: &link::BrokerEnd,
     ready: std::sync::mpsc::Sender<Result<(), BrokerError>>,
 ) {
     let mut ready = Some(ready);
@@ -376,10 +388,11 @@ fn supervise(
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
-                let server = match build(model, cfg, stats).await {
+                let server = match build(model, cfg, stats, end).await {
                     Ok(s) => s,
                     Err(e) => return Err(e),
                 };
+                end.announce(true);
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(()));
                 }
@@ -394,6 +407,7 @@ fn supervise(
                 Ok(())
             })
         }));
+        end.announce(false);
         // Dropping the runtime ends every connection task of the failed broker.
         rt.shutdown_timeout(Duration::from_millis(100));
         match outcome {

@@ -15,9 +15,10 @@ use rmqtt::{
     hook::{Handler, HookResult, Parameter, ReturnType},
     types::{AuthResult, PublishAclResult, SubscribeAclResult},
 };
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{acl::Acl, passwd::Users};
+use super::{acl::Acl, link::ClientCommand, passwd::Users};
 use crate::{broker::passwd::constant_eq, health::BrokerStats, model::EmbeddedBroker, Model};
 
 /// The decisions, from the validated configuration.
@@ -25,8 +26,8 @@ pub(crate) struct Policy {
     users: Option<Arc<Users>>,
     acl: Option<Arc<Acl>>,
     allow_anonymous: bool,
-    /// The gateway's own client: its id is reserved, and with the secret it may publish
-    /// the gateway's topics.
+    /// The gateway's client id is reserved; with the secret (known only to this process,
+    /// used by the start-up probe) a login is a superuser.
     gateway_client_id: String,
     gateway_secret: Arc<str>,
     /// Topics only the gateway publishes: points, their `/set/result`, status,
@@ -168,6 +169,8 @@ pub(crate) struct Guard {
     online: Arc<Online>,
     retained: Arc<ClientRetained>,
     refusals: Mutex<Refusals>,
+    /// Where allowed publishes on `.../set` go: the gateway's command router.
+    commands: mpsc::Sender<ClientCommand>,
 }
 
 /// Most retained topics that clients (not the gateway) may keep in the broker: a client
@@ -250,17 +253,33 @@ impl Guard {
         stats: Arc<BrokerStats>,
         online: Arc<Online>,
         retained: Arc<ClientRetained>,
+        commands: mpsc::Sender<ClientCommand>,
     ) -> Guard {
         Guard {
             policy,
             stats,
             online,
             retained,
+            commands,
             refusals: Mutex::new(Refusals {
                 last: HashMap::new(),
                 window: Instant::now(),
                 in_window: 0,
             }),
+        }
+    }
+
+    /// Hand an allowed command to the gateway (this is its only way in: the gateway is
+    /// not a subscriber of its own broker). Dropped and counted when the gateway is
+    /// that far behind.
+    fn command(&self, topic: &str, payload: &bytes::Bytes) {
+        let c = ClientCommand {
+            topic: topic.to_string(),
+            payload: payload.clone(),
+        };
+        if self.commands.try_send(c).is_err() {
+            self.stats.dropped_commands.fetch_add(1, Relaxed);
+            tracing::debug!(topic, "Command dropped: the gateway is busy.");
         }
     }
 
@@ -308,8 +327,8 @@ impl Handler for Guard {
                     .policy
                     .login(&id.client_id, user, c.password().map(|p| &p[..]));
                 let login = match login {
-                    // The gateway's own session is one of `online`.
-                    Login::User if self.online.len() > self.policy.max_connections => {
+                    // The gateway is not a client of its own broker (see `link`).
+                    Login::User if self.online.len() >= self.policy.max_connections => {
                         Login::Refused("too many clients (max_connections)")
                     }
                     // A Last Will is published by the broker without a publish check:
@@ -373,6 +392,9 @@ impl Handler for Guard {
                 let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
                     && self.retained.admit(&p.topic, p.retain, p.payload.len());
                 if allowed {
+                    if p.topic.ends_with("/set") {
+                        self.command(&p.topic, &p.payload);
+                    }
                     (
                         false,
                         Some(HookResult::PublishAclResult(PublishAclResult::allow())),
