@@ -19,6 +19,7 @@ use fieldlink_drivers::modbus::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::commands::CommandError;
 use crate::{
     commands::{self, Command},
     health::{Availability, Stats},
@@ -142,6 +143,19 @@ pub async fn run_bus<T: ModbusTransport>(
                 .min(dev.device.max_backoff.max(interval));
             now + wait
         };
+    }
+    let mut refused = Vec::new();
+    commands::refuse_queued(
+        &mut commands,
+        |c| {
+            devices
+                .get(c.device)
+                .and_then(|d| d.device.points.get(c.point))
+        },
+        &mut refused,
+    );
+    if !refused.is_empty() {
+        let _ = out.send(refused).await;
     }
     debug!(bus = %bus.id, "Bus stopped.");
 }
@@ -311,28 +325,28 @@ async fn execute<T: ModbusTransport>(
     point: &crate::model::Point,
     value: &fieldlink_drivers::modbus::Value,
     transport: &mut T,
-) -> Result<crate::publish::Reading, String> {
+) -> Result<crate::publish::Reading, CommandError> {
     use fieldlink_drivers::modbus::{Table, Value};
     let unit = dev.device.unit;
     let multiple = dev.device.write_multiple;
-    let d = commands::describe;
+    let d = |e: DriverError| CommandError::Device(e);
     match (point.table, point.bit) {
         (Table::Coil, _) => {
             let b = matches!(value, Value::Bool(true));
             transport
                 .write_coils(unit, point.address, &[b], multiple)
                 .await
-                .map_err(|e| d(&e))?;
+                .map_err(d)?;
         }
         (Table::Holding, Some(bit)) => {
             // Read-modify-write of one bit of a register.
             let cur = match transport
                 .read(unit, Table::Holding, point.address, 1)
                 .await
-                .map_err(|e| d(&e))?
+                .map_err(d)?
             {
                 ReadData::Registers(r) if !r.is_empty() => r[0],
-                _ => return Err("protocol error: empty reply".into()),
+                _ => return Err(CommandError::Protocol("empty reply".into())),
             };
             let new = if matches!(value, Value::Bool(true)) {
                 cur | 1 << bit
@@ -342,30 +356,30 @@ async fn execute<T: ModbusTransport>(
             transport
                 .write_registers(unit, point.address, &[new], multiple)
                 .await
-                .map_err(|e| d(&e))?;
+                .map_err(d)?;
         }
         (Table::Holding, None) => {
-            let regs = codec::encode(value, point.ty, point.order).map_err(|e| e.to_string())?;
+            let regs = codec::encode(value, point.ty, point.order)
+                .map_err(|e| CommandError::OutOfRange(e.to_string()))?;
             transport
                 .write_registers(unit, point.address, &regs, multiple)
                 .await
-                .map_err(|e| d(&e))?;
+                .map_err(d)?;
         }
-        (table, _) => return Err(format!("not writable: {table} is read-only")),
+        (table, _) => return Err(CommandError::NotWritable(format!("{table} is read-only"))),
     }
     // Read back what the device now holds.
     let data = transport
         .read(unit, point.table, point.address, point.count())
         .await
-        .map_err(|e| format!("written, but the read-back failed: {}", d(&e)))?;
+        .map_err(CommandError::ReadBack)?;
     let v = match data {
         ReadData::Bits(b) => b
             .first()
             .map(|b| fieldlink_drivers::modbus::Value::Bool(*b))
-            .ok_or_else(|| "protocol error: empty reply".to_string())?,
-        ReadData::Registers(r) => {
-            codec::decode(&r, point.ty, point.order, point.bit).map_err(|e| e.to_string())?
-        }
+            .ok_or_else(|| CommandError::Protocol("empty reply".into()))?,
+        ReadData::Registers(r) => codec::decode(&r, point.ty, point.order, point.bit)
+            .map_err(|e| CommandError::Protocol(format!("read-back: {e}")))?,
     };
     Ok(reading(point, &v))
 }

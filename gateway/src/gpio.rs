@@ -23,6 +23,7 @@ use fieldlink_drivers::{
 use tokio::{sync::mpsc, time::Instant as TokioInstant};
 use tracing::{debug, error, info, warn};
 
+use crate::commands::CommandError;
 use crate::{
     bus::{availability, BusIo},
     commands::{self, Command},
@@ -164,7 +165,17 @@ pub async fn run_gpio(
         out.send(&tx).await;
     }
 
-    // Shutdown: leave every output as configured and publish its final state.
+    // Shutdown: answer the commands still queued, leave every output as configured and
+    // publish its final state.
+    commands::refuse_queued(
+        &mut commands,
+        |c| {
+            bus.devices
+                .get(c.device)
+                .and_then(|d| d.points.get(c.point))
+        },
+        &mut out.messages,
+    );
     let now = TokioInstant::now();
     for line in &mut lines {
         let point = point_of(&bus, line);
@@ -311,7 +322,7 @@ fn command(
             warn!(topic = %point.topic, error = %e, "Command failed.");
             out.messages.push(commands::result(
                 point,
-                Err(format!("gpio error: {e}")),
+                Err(CommandError::Gpio(e.to_string())),
                 c.id.as_ref(),
             ));
         }

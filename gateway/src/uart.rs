@@ -34,6 +34,7 @@ use tokio::{
 use tokio_serial::SerialStream;
 use tracing::{debug, info, warn};
 
+use crate::commands::CommandError;
 use crate::{
     bus::{availability, BusIo},
     commands::{self, Command},
@@ -176,7 +177,7 @@ pub async fn run_uart(model: Arc<Model>, bus: Arc<Bus>, first_stats_index: usize
         if let Some(point) = u.point(&command) {
             out.messages.push(commands::result(
                 point,
-                Err("gateway shutting down before the acknowledgement".into()),
+                Err(CommandError::ShuttingDownUnacknowledged),
                 command.id.as_ref(),
             ));
         }
@@ -189,7 +190,7 @@ pub async fn run_uart(model: Arc<Model>, bus: Arc<Bus>, first_stats_index: usize
         if let Some(point) = u.point(&c) {
             out.messages.push(commands::result(
                 point,
-                Err("gateway shutting down; command not written".into()),
+                Err(CommandError::ShuttingDown),
                 c.id.as_ref(),
             ));
         }
@@ -211,8 +212,8 @@ impl Uart<'_> {
     }
 
     /// The result text of a command that cannot be written.
-    fn unavailable(&self) -> String {
-        format!("serial port {} is not available", self.settings.path)
+    fn unavailable(&self) -> CommandError {
+        CommandError::PortUnavailable(self.settings.path.clone())
     }
 
     fn count(&self, f: impl Fn(&SerialStats) -> &std::sync::atomic::AtomicU64) {
@@ -299,9 +300,7 @@ impl Uart<'_> {
                 if let Some(point) = self.point(&command) {
                     out.messages.push(commands::result(
                         point,
-                        Err(format!(
-                            "serial port lost ({why}) before the acknowledgement"
-                        )),
+                        Err(CommandError::PortLost(why.to_string())),
                         command.id.as_ref(),
                     ));
                 }
@@ -401,9 +400,8 @@ impl Uart<'_> {
                         warn!(topic = %point.topic, timeout = ?t, "No acknowledgement.");
                         out.messages.push(commands::result(
                             point,
-                            Err(format!(
-                                "no acknowledgement within {}",
-                                humantime::format_duration(t)
+                            Err(CommandError::NoAcknowledgement(
+                                humantime::format_duration(t).to_string(),
                             )),
                             command.id.as_ref(),
                         ));
@@ -535,7 +533,7 @@ impl Uart<'_> {
             if text.chars().any(char::is_control) {
                 out.messages.push(commands::result(
                     &point,
-                    Err("control characters (line breaks, NUL...) are not allowed in a UART command value".into()),
+                    Err(CommandError::ControlCharacters),
                     c.id.as_ref(),
                 ));
                 return;
@@ -670,7 +668,9 @@ impl Uart<'_> {
                     warn!(topic = %point.topic, line = %line.escape_debug(), "Wrong acknowledgement.");
                     out.messages.push(commands::result(
                         point,
-                        Err(format!("wrong acknowledgement: `{}`", line.escape_debug())),
+                        Err(CommandError::WrongAcknowledgement(
+                            line.escape_debug().to_string(),
+                        )),
                         command.id.as_ref(),
                     ));
                 }
@@ -777,11 +777,8 @@ pub fn to_value(point: &Point, fv: &FieldValue) -> Result<Value, String> {
                 (Some(n), _) => n != 0.0,
                 (None, FieldValue::Bool(b)) => *b,
                 (None, FieldValue::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
-                (None, FieldValue::Text(t)) => match t.trim().to_ascii_lowercase().as_str() {
-                    "true" | "on" | "1" | "yes" | "high" => true,
-                    "false" | "off" | "0" | "no" | "low" => false,
-                    other => return Err(format!("`{other}` is not a boolean")),
-                },
+                (None, FieldValue::Text(t)) => commands::parse_bool(t)
+                    .ok_or_else(|| format!("`{}` is not a boolean", t.trim()))?,
             };
             Ok(Value::Bool(b))
         }

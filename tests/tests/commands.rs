@@ -472,3 +472,65 @@ async fn a_command_goes_ahead_of_the_next_poll() {
     }
     gw.stop().await;
 }
+
+/// Commands still queued when the gateway stops are answered ("gateway shutting down"),
+/// not dropped; the one being written completes; nothing queued is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_queued_at_shutdown_are_answered() {
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    let port = server.spawn_local().await.expect("sim");
+    let mapping = format!(
+        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 3s }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 1h\n    points:\n      - {{ topic: q/a, table: holding, address: 0, writable: true }}\n      - {{ topic: q/b, table: holding, address: 1, writable: true }}\n      - {{ topic: q/c, table: holding, address: 2, writable: true }}\n"
+    );
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "q/#", QoS::AtLeastOnce).await;
+    assert!(obs.wait_seen("q/a", "0", Duration::from_secs(10)).await);
+    let client = publisher(gw.broker_port()).await;
+    // The device takes 600 ms to answer: A is being written while B and C queue.
+    dev.set_reply_delay(Duration::from_millis(600));
+    dev.clear_log();
+    client
+        .publish("q/a/set", QoS::AtLeastOnce, false, "1")
+        .await
+        .expect("pub");
+    assert!(
+        fieldlink_tests::eventually(Duration::from_secs(5), || dev
+            .log()
+            .iter()
+            .any(|q| q.function == 6))
+        .await,
+        "A reaches the device"
+    );
+    for (t, v) in [("q/b/set", "2"), ("q/c/set", "3")] {
+        client
+            .publish(t, QoS::AtLeastOnce, false, v)
+            .await
+            .expect("pub");
+    }
+    // The broker routed both (the gateway takes a command at the same step).
+    assert!(obs.wait_seen("q/b/set", "2", Duration::from_secs(5)).await);
+    assert!(obs.wait_seen("q/c/set", "3", Duration::from_secs(5)).await);
+    gw.stop().await;
+    let results = obs.collect(Duration::from_millis(300)).await;
+    let result = |topic: &str| {
+        results
+            .iter()
+            .find(|m| m.topic == topic)
+            .map(|m| json(&m.payload))
+            .unwrap_or_else(|| panic!("no {topic}: {results:?}"))
+    };
+    assert_eq!(result("q/a/set/result")["ok"], true);
+    for t in ["q/b/set/result", "q/c/set/result"] {
+        let r = result(t);
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"], "gateway shutting down; command not written");
+    }
+    let writes: Vec<u16> = dev
+        .log()
+        .iter()
+        .filter(|q| q.function == 6)
+        .map(|q| q.address)
+        .collect();
+    assert_eq!(writes, vec![0], "only A was written");
+}

@@ -255,10 +255,13 @@ pub fn decode(
         ValueType::F64 => Value::Float(f64::from_be_bytes(arr(&b))),
         ValueType::String { len } => {
             let bytes = &b[..usize::from(len).min(b.len())];
+            // The text ends at the first NUL (devices pad with NULs) and trailing spaces
+            // are padding too; anything else, control characters included, is the
+            // device's data and kept.
             let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
             Value::Str(
                 String::from_utf8_lossy(&bytes[..end])
-                    .trim_end()
+                    .trim_end_matches(' ')
                     .to_string(),
             )
         }
@@ -424,6 +427,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn strings_end_at_the_first_nul_and_lose_trailing_spaces_only() {
+        let ty = ValueType::String { len: 8 };
+        let regs = |b: &[u8; 8]| -> Vec<u16> {
+            b.chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect()
+        };
+        let text = |b: &[u8; 8]| decode(&regs(b), ty, WordOrder::Abcd, None);
+        assert_eq!(text(b"abc  \0\0\0").ok(), Some(Value::Str("abc".into())));
+        assert_eq!(text(b"ab\0cdefg").ok(), Some(Value::Str("ab".into())));
+        assert_eq!(text(b" ab\r\n   ").ok(), Some(Value::Str(" ab\r\n".into())));
+        assert_eq!(text(b"ab\x0c     ").ok(), Some(Value::Str("ab\x0c".into())));
     }
 
     #[test]
