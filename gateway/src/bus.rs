@@ -171,6 +171,8 @@ async fn poll_device<T: ModbusTransport>(
     st.polls.fetch_add(1, Relaxed);
     let started = Instant::now();
     let now_wall = SystemTime::now();
+    // What was learned from exception 02 and is due is checked again in this cycle.
+    dev.planner.refresh(tokio::time::Instant::now());
     let mut queue: VecDeque<ReadRequest> = dev.planner.plan().iter().cloned().collect();
     let mut answered = false;
     let mut last_error: Option<DriverError> = None;
@@ -183,6 +185,12 @@ async fn poll_device<T: ModbusTransport>(
         {
             Ok(data) => {
                 answered = true;
+                for m in dev.planner.read_ok(&req) {
+                    if std::mem::replace(&mut dev.bad_points[m], false) {
+                        let p = &dev.device.points[m];
+                        info!(device = %dev.device.id, topic = %p.topic, "Address readable again.");
+                    }
+                }
                 for &m in &req.members {
                     let point = &dev.device.points[m];
                     let off = usize::from(point.address - req.start);
@@ -215,13 +223,15 @@ async fn poll_device<T: ModbusTransport>(
             Err(e) if e.is_illegal_address() => {
                 answered = true;
                 st.request_errors.fetch_add(1, Relaxed);
-                let replacements = dev.planner.learn_illegal_address(&req);
+                let replacements = dev
+                    .planner
+                    .learn_illegal_address(&req, tokio::time::Instant::now());
                 if replacements.is_empty() {
                     for &m in &req.members {
                         if !dev.bad_points[m] {
                             dev.bad_points[m] = true;
                             let p = &dev.device.points[m];
-                            warn!(device = %dev.device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02).");
+                            warn!(device = %dev.device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02); checked again with backoff.");
                         }
                     }
                 } else {
@@ -247,6 +257,12 @@ async fn poll_device<T: ModbusTransport>(
             }
         }
     }
+    let unreadable: Vec<String> = dev
+        .planner
+        .unreadable()
+        .map(|m| dev.device.points[m].topic.clone())
+        .collect();
+    st.set_unreadable(unreadable);
     if answered {
         st.last_poll_us
             .store(started.elapsed().as_micros() as u64, Relaxed);

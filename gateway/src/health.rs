@@ -42,6 +42,9 @@ pub struct DeviceStats {
     pub last_poll_us: AtomicU64,
     /// Values published.
     pub published: AtomicU64,
+    /// Topics of the points the device answers with exception 02 (illegal data address)
+    /// when read alone; they are probed again with backoff.
+    unreadable: std::sync::Mutex<Vec<String>>,
 }
 
 impl DeviceStats {
@@ -56,6 +59,21 @@ impl DeviceStats {
     /// Record availability.
     pub fn set_availability(&self, a: Availability) {
         self.availability.store(a as u8, Relaxed);
+    }
+    /// Record the points currently unreadable (exception 02).
+    pub fn set_unreadable(&self, topics: Vec<String>) {
+        if let Ok(mut u) = self.unreadable.lock() {
+            if *u != topics {
+                *u = topics;
+            }
+        }
+    }
+    /// The points currently unreadable.
+    pub fn unreadable(&self) -> Vec<String> {
+        self.unreadable
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -219,6 +237,7 @@ impl Stats {
                         "request_errors": d.request_errors.load(Relaxed),
                         "last_poll_ms": d.last_poll_us.load(Relaxed) as f64 / 1000.0,
                         "published": d.published.load(Relaxed),
+                        "unreadable": d.unreadable(),
                     }),
                 )
             })

@@ -1,5 +1,5 @@
-//! The read planner seen from the device: the fewest requests per cycle, and a merged
-//! read that hits exception 02 is split once and never retried.
+//! The read planner seen from the device: the fewest requests per cycle; a merged
+//! read that hits exception 02 is split, and retried only after its check (10 s, doubling).
 
 use std::time::Duration;
 
@@ -142,4 +142,59 @@ devices:
     assert!(log
         .iter()
         .all(|r| !(r.address <= 12 && 12 < r.address + r.count) || r.count == 5));
+}
+
+/// An address that really does not exist inside a block: only its point leaves the merged
+/// read (it is probed alone with backoff, first after 10 s, and listed as `unreadable` in
+/// diagnostics); its neighbours are read together again, one request per cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_address_costs_its_neighbours_nothing() {
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    dev.set_registers(Table::Holding, 28, &[1, 2, 3, 4]);
+    dev.add_holes(Table::Holding, [32, 33]);
+    let port = server.spawn_local().await.expect("sim");
+    let mapping = format!(
+        r#"
+buses:
+  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}
+devices:
+  - id: d
+    bus: b
+    poll_interval: 100ms
+    points:
+      - {{ topic: m/a, table: holding, address: 28 }}
+      - {{ topic: m/b, table: holding, address: 29 }}
+      - {{ topic: m/c, table: holding, address: 30 }}
+      - {{ topic: m/d, table: holding, address: 31 }}
+      - {{ topic: m/e, table: holding, address: 32, type: u32 }}
+"#
+    );
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let stats = gw.stats.clone();
+    assert!(
+        fieldlink_tests::eventually(Duration::from_secs(10), || stats.devices[0].unreadable()
+            == vec!["m/e".to_string()])
+        .await,
+        "the missing point is listed as unreadable"
+    );
+    let diag = stats.to_json();
+    assert_eq!(
+        diag["devices"]["d"]["unreadable"],
+        serde_json::json!(["m/e"])
+    );
+    // Wait out the cycle that found it, then watch a second of polling.
+    let mut obs = Observer::connect(gw.broker_port(), "m/#", QoS::AtMostOnce).await;
+    let snap = obs.snapshot(Duration::from_millis(300)).await;
+    assert_eq!(snap.get("m/d").map(|m| m.payload.as_str()), Some("4"));
+    dev.clear_log();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let log = dev.log();
+    gw.stop().await;
+    let reads: Vec<(u16, u16)> = log.iter().map(|r| (r.address, r.count)).collect();
+    assert!(reads.len() >= 8, "about 10 cycles: {reads:?}");
+    assert!(
+        reads.iter().all(|&r| r == (28, 4)),
+        "one merged read of 28-31 per cycle and no probe of 32 before 10 s: {reads:?}"
+    );
 }

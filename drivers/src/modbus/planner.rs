@@ -4,10 +4,23 @@
 //! `max_gap` registers (bits for coils/discretes), never beyond the PDU limit (125
 //! registers, 2000 bits). When a merged read is answered with exception 02 (illegal data
 //! address), [`Planner::learn_illegal_address`] records why: the bridged gap registers
-//! become known holes that are never bridged again, or, for a gap-less read, its points
-//! are read one by one from then on. Later cycles therefore never repeat a failing merge.
+//! become holes that are not bridged, or, for a gap-less read, its points are read one by
+//! one to find the culprit. A point that fails alone is *unreadable*: it leaves the plan
+//! (its neighbours merge again without it) and is probed alone from time to time.
+//!
+//! Nothing learned is permanent: a device that answers 02 for a moment (booting, busy)
+//! must not be read point by point forever. Every hole and every unreadable point is
+//! checked again after a backoff (10 s, doubling up to an hour, [`RECHECK_FIRST`] and
+//! [`RECHECK_MAX`]); a hole whose merged read then succeeds is bridged again, and an
+//! unreadable point that answers goes back into the merged reads. Time is passed in
+//! ([`Planner::refresh`]), so tests run on a paused clock.
 
-use std::collections::{BTreeSet, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use tokio::time::Instant;
 
 use super::Table;
 
@@ -69,13 +82,50 @@ impl ReadRequest {
 /// A complete plan for one poll cycle.
 pub type Plan = Vec<ReadRequest>;
 
+/// First wait before something learned from an exception 02 is checked again.
+pub const RECHECK_FIRST: Duration = Duration::from_secs(10);
+/// Longest wait between two checks.
+pub const RECHECK_MAX: Duration = Duration::from_secs(3600);
+
+/// Something learned from an exception 02, valid until `until`.
+#[derive(Clone, Copy, Debug)]
+struct Learned {
+    /// Until then the fact is used; from then on it is checked again.
+    until: Instant,
+    /// The wait after the next confirmation (doubles each time, up to [`RECHECK_MAX`]).
+    next: Duration,
+    /// The fact is in force (false: it expired and is being checked again).
+    active: bool,
+}
+
+impl Learned {
+    fn new(now: Instant) -> Self {
+        Learned {
+            until: now + RECHECK_FIRST,
+            next: (RECHECK_FIRST * 2).min(RECHECK_MAX),
+            active: true,
+        }
+    }
+
+    /// Seen again: in force once more, for longer.
+    fn confirm(&mut self, now: Instant) {
+        self.until = now + self.next;
+        self.next = (self.next * 2).min(RECHECK_MAX);
+        self.active = true;
+    }
+}
+
 /// Plans reads for one device and learns from illegal-address exceptions.
 #[derive(Clone, Debug)]
 pub struct Planner {
     items: Vec<PlanItem>,
     max_gap: u16,
-    holes: BTreeSet<(Table, u16)>,
-    isolated: HashSet<usize>,
+    /// Gap addresses not to bridge.
+    holes: BTreeMap<(Table, u16), Learned>,
+    /// Items being read alone to find which of a failed gap-less read is at fault.
+    suspects: HashSet<usize>,
+    /// Items that failed alone: out of the plan until their check is due.
+    unreadable: BTreeMap<usize, Learned>,
     plan: Plan,
 }
 
@@ -85,8 +135,9 @@ impl Planner {
         let mut p = Planner {
             items,
             max_gap,
-            holes: BTreeSet::new(),
-            isolated: HashSet::new(),
+            holes: BTreeMap::new(),
+            suspects: HashSet::new(),
+            unreadable: BTreeMap::new(),
             plan: Vec::new(),
         };
         p.replan();
@@ -98,9 +149,56 @@ impl Planner {
         &self.plan
     }
 
-    /// Addresses learned to be holes.
+    /// Addresses currently treated as holes.
     pub fn holes(&self) -> impl Iterator<Item = &(Table, u16)> {
-        self.holes.iter()
+        self.holes.iter().filter(|(_, l)| l.active).map(|(k, _)| k)
+    }
+
+    /// Items currently out of the plan because they failed alone (indices).
+    pub fn unreadable(&self) -> impl Iterator<Item = usize> + '_ {
+        self.unreadable
+            .iter()
+            .filter(|(_, l)| l.active)
+            .map(|(i, _)| *i)
+    }
+
+    /// Call at the start of every poll cycle: what learned facts are due is checked again
+    /// in this cycle's plan (holes bridged, unreadable items read alone).
+    pub fn refresh(&mut self, now: Instant) {
+        let mut changed = false;
+        for l in self.holes.values_mut().chain(self.unreadable.values_mut()) {
+            if l.active && now >= l.until {
+                l.active = false;
+                changed = true;
+            }
+        }
+        if changed {
+            self.replan();
+        }
+    }
+
+    /// A request was answered: what it covered is readable. Holes it bridged and
+    /// unreadable items it served are forgotten (a later failure starts the backoff
+    /// anew); items read alone as suspects merge again. Returns the indices of items that
+    /// were unreadable and now answered.
+    pub fn read_ok(&mut self, req: &ReadRequest) -> Vec<usize> {
+        let start = u32::from(req.start);
+        let end = start + u32::from(req.count);
+        let before = self.holes.len() + self.suspects.len() + self.unreadable.len();
+        self.holes.retain(|(t, a), l| {
+            l.active || *t != req.table || !(start..end).contains(&u32::from(*a))
+        });
+        let mut recovered = Vec::new();
+        for m in &req.members {
+            self.suspects.remove(m);
+            if self.unreadable.remove(m).is_some() {
+                recovered.push(*m);
+            }
+        }
+        if self.holes.len() + self.suspects.len() + self.unreadable.len() != before {
+            self.replan();
+        }
+        recovered
     }
 
     fn replan(&mut self) {
@@ -116,7 +214,10 @@ impl Planner {
         let mut cur: Option<(ReadRequest, u32)> = None;
         for i in order {
             let it = self.items[i];
-            if self.isolated.contains(&i) {
+            if self.unreadable.get(&i).is_some_and(|l| l.active) {
+                continue;
+            }
+            if self.suspects.contains(&i) || self.unreadable.contains_key(&i) {
                 plan.push(ReadRequest {
                     table: it.table,
                     start: it.address,
@@ -130,7 +231,8 @@ impl Planner {
                 let new_end = (*end).max(it.end());
                 let bridge_ok = u32::from(it.address) <= *end + u32::from(self.max_gap)
                     && !(*end..u32::from(it.address)).any(|a| {
-                        u16::try_from(a).is_ok_and(|a| self.holes.contains(&(it.table, a)))
+                        u16::try_from(a)
+                            .is_ok_and(|a| self.holes.get(&(it.table, a)).is_some_and(|l| l.active))
                     });
                 if req.table == it.table && bridge_ok && new_end - u32::from(req.start) <= max {
                     *end = new_end;
@@ -159,15 +261,29 @@ impl Planner {
         self.plan = plan;
     }
 
-    /// Learn from an exception 02 on `req`. Returns the requests that now replace it
-    /// (empty when the request was already a single point: that point itself is invalid).
-    pub fn learn_illegal_address(&mut self, req: &ReadRequest) -> Vec<ReadRequest> {
+    /// Learn from an exception 02 on `req` at `now`. Returns the requests that now
+    /// replace it in this cycle (empty when the request was a single point: that point is
+    /// unreadable until its next check).
+    pub fn learn_illegal_address(&mut self, req: &ReadRequest, now: Instant) -> Vec<ReadRequest> {
         let gaps = req.gaps(&self.items);
         if !gaps.is_empty() {
-            self.holes.extend(gaps.into_iter().map(|a| (req.table, a)));
+            for a in gaps {
+                self.holes
+                    .entry((req.table, a))
+                    .and_modify(|l| l.confirm(now))
+                    .or_insert_with(|| Learned::new(now));
+            }
         } else if req.members.len() > 1 {
-            self.isolated.extend(req.members.iter().copied());
+            self.suspects.extend(req.members.iter().copied());
         } else {
+            for &m in &req.members {
+                self.suspects.remove(&m);
+                self.unreadable
+                    .entry(m)
+                    .and_modify(|l| l.confirm(now))
+                    .or_insert_with(|| Learned::new(now));
+            }
+            self.replan();
             return Vec::new();
         }
         self.replan();
@@ -234,20 +350,128 @@ mod tests {
         assert_eq!(p.plan()[0].members.len(), 2);
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     #[test]
     fn exception_02_learns_holes_then_isolates() {
+        let t = now();
         let mut p = Planner::new(vec![reg(0, 1), reg(4, 1)], 8);
         let req = p.plan()[0].clone();
         assert_eq!(req.count, 5);
-        let replaced = p.learn_illegal_address(&req);
+        let replaced = p.learn_illegal_address(&req, t);
         assert_eq!(replaced.len(), 2);
         assert_eq!(p.plan().len(), 2);
         assert_eq!(p.holes().count(), 3);
-        // Contiguous points that still fail are read one by one.
+        // Contiguous points that fail together are read alone to find the culprit.
         let mut p = Planner::new(vec![reg(0, 1), reg(1, 1)], 8);
         let req = p.plan()[0].clone();
-        assert_eq!(p.learn_illegal_address(&req).len(), 2);
+        assert_eq!(p.learn_illegal_address(&req, t).len(), 2);
         let single = p.plan()[0].clone();
-        assert!(p.learn_illegal_address(&single).is_empty());
+        assert!(p.learn_illegal_address(&single, t).is_empty());
+        assert_eq!(p.unreadable().collect::<Vec<_>>(), vec![0]);
+    }
+
+    /// A device that answers 02 to everything for a moment: the layout it causes is
+    /// undone once the checks are due and the device answers again.
+    #[test]
+    fn a_transient_burst_of_02_does_not_stay() {
+        let t0 = now();
+        let items: Vec<_> = (20..32)
+            .map(|a| reg(a, 1))
+            .chain([PlanItem {
+                table: Table::Input,
+                address: 0,
+                count: 4,
+            }])
+            .collect();
+        let mut p = Planner::new(items, 8);
+        let layout = p.plan().clone();
+        assert_eq!(layout.len(), 2);
+        // Every read fails: split, then every point fails alone.
+        let mut queue: Vec<ReadRequest> = layout.clone();
+        while let Some(r) = queue.pop() {
+            queue.extend(p.learn_illegal_address(&r, t0));
+        }
+        assert_eq!(p.unreadable().count(), 13);
+        assert!(p.plan().is_empty(), "nothing readable is planned");
+        // Before the check nothing changes; at the check every point is read alone.
+        p.refresh(t0 + RECHECK_FIRST / 2);
+        assert!(p.plan().is_empty());
+        p.refresh(t0 + RECHECK_FIRST);
+        assert_eq!(p.plan().len(), 13);
+        // The device answers now: the reads merge again into the original layout.
+        for r in p.plan().clone() {
+            p.read_ok(&r);
+        }
+        assert_eq!(p.plan(), &layout);
+        assert_eq!(p.unreadable().count(), 0);
+    }
+
+    /// An address that really does not exist inside a block: only that point leaves the
+    /// merged read; it is probed alone with a doubling backoff (up to an hour).
+    #[test]
+    fn a_missing_address_is_isolated_and_probed_with_backoff() {
+        let t0 = now();
+        // 28..31 as u16, 32 as a u32 (32-33) that the device does not have.
+        let mut p = Planner::new(
+            vec![reg(28, 1), reg(29, 1), reg(30, 1), reg(31, 1), reg(32, 2)],
+            8,
+        );
+        let merged = p.plan()[0].clone();
+        assert_eq!((merged.start, merged.count), (28, 6));
+        let singles = p.learn_illegal_address(&merged, t0);
+        assert_eq!(singles.len(), 5);
+        for r in singles {
+            if r.start == 32 {
+                assert!(p.learn_illegal_address(&r, t0).is_empty());
+            } else {
+                p.read_ok(&r);
+            }
+        }
+        // Steady state: one read of 28-31, the bad point out of the plan.
+        let plan: Vec<_> = p.plan().iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(plan, vec![(28, 4)]);
+        // Probed at 10 s, still missing: next probe 20 s later, then 40 s, ... ≤ 1 h.
+        let mut t = t0;
+        let mut waits = Vec::new();
+        let mut wait = RECHECK_FIRST;
+        for _ in 0..12 {
+            t += wait;
+            p.refresh(t);
+            let probe = p
+                .plan()
+                .iter()
+                .find(|r| r.start == 32)
+                .cloned()
+                .expect("probe due");
+            assert!(p.learn_illegal_address(&probe, t).is_empty());
+            assert!(p.plan().iter().all(|r| r.start != 32));
+            waits.push(wait);
+            wait = (wait * 2).min(RECHECK_MAX);
+        }
+        assert_eq!(waits[1], RECHECK_FIRST * 2);
+        assert_eq!(*waits.last().expect("waits"), RECHECK_MAX);
+        // Just before the next check the point stays out.
+        p.refresh(t + RECHECK_MAX - Duration::from_secs(1));
+        assert!(p.plan().iter().all(|r| r.start != 32));
+    }
+
+    /// A bridged gap that is a hole: the hole is tried again later, and bridged again if
+    /// the device then answers the merged read.
+    #[test]
+    fn holes_are_bridged_again_after_their_check() {
+        let t0 = now();
+        let mut p = Planner::new(vec![reg(0, 1), reg(4, 1)], 8);
+        let merged = p.plan()[0].clone();
+        p.learn_illegal_address(&merged, t0);
+        assert_eq!(p.plan().len(), 2);
+        p.refresh(t0 + RECHECK_FIRST);
+        assert_eq!(p.plan().len(), 1, "the hole is tried again");
+        let again = p.plan()[0].clone();
+        p.read_ok(&again);
+        assert_eq!(p.holes().count(), 0);
+        assert_eq!(p.plan().len(), 1);
     }
 }
