@@ -435,3 +435,32 @@ impl Point {
         }
     }
 }
+
+/// A read-only holding-register point on topic `t`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_point(ty: ValueType) -> Point {
+    Point {
+        topic: "t".into(),
+        slot: 0,
+        table: fieldlink_drivers::modbus::Table::Holding,
+        address: 0,
+        ty,
+        order: fieldlink_drivers::modbus::WordOrder::Abcd,
+        bit: None,
+        scale: 1.0,
+        offset: 0.0,
+        precision: None,
+        unit: None,
+        retain: true,
+        qos: 0,
+        payload: Payload::Plain,
+        publish: PublishMode::OnChange { deadband: 0.0 },
+        heartbeat: None,
+        writable: false,
+        min: None,
+        max: None,
+        value_map: Vec::new(),
+        gpio: None,
+        uart: None,
+    }
+}

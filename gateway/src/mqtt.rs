@@ -7,7 +7,8 @@
 //! publishes `<base>/status = online` and then that state again, so a broker restart loses
 //! nothing that matters. While no broker serves, value messages only update that state.
 //! Commands clients publish on `<topic>/set` arrive on the link after the broker's rights
-//! check. At the end the task publishes `offline` (retained) and waits until it is written.
+//! check. At the end the task publishes `offline` (retained), waits until the broker routed
+//! it, and gives the broker's sessions a moment (50 ms) to write it.
 
 use std::{
     collections::HashMap,
@@ -170,7 +171,8 @@ impl Conn {
     }
 }
 
-/// Record the last retained payload of `topic` (republished after every connect), reusing
+/// Record the last retained payload of `topic` (republished into every new embedded
+/// broker and after every upstream connect), reusing
 /// the buffers of the previous value.
 pub(crate) fn remember(
     retained: &mut HashMap<String, (Vec<u8>, u8)>,
@@ -276,7 +278,8 @@ pub async fn run_client(
             },
         }
     }
-    // Clean shutdown: publish offline and let the broker write it before the process ends.
+    // Clean shutdown: publish offline and give the broker time to write it before the
+    // process ends.
     if conn.connected {
         conn.send(vec![Outgoing {
             topic: status_topic,

@@ -248,34 +248,10 @@ fn changed(last: &Reading, new: &Reading, deadband: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Table, WordOrder};
     use std::time::Duration;
 
     fn point(ty: ValueType) -> Point {
-        Point {
-            topic: "t".into(),
-            slot: 0,
-            table: Table::Holding,
-            address: 0,
-            ty,
-            order: WordOrder::Abcd,
-            bit: None,
-            scale: 1.0,
-            offset: 0.0,
-            precision: None,
-            unit: None,
-            retain: true,
-            qos: 0,
-            payload: Payload::Plain,
-            publish: PublishMode::OnChange { deadband: 0.0 },
-            heartbeat: None,
-            writable: false,
-            min: None,
-            max: None,
-            value_map: Vec::new(),
-            gpio: None,
-            uart: None,
-        }
+        crate::model::test_point(ty)
     }
 
     #[test]

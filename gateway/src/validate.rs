@@ -833,32 +833,23 @@ impl Validator {
             Some(c) => c.value.clone(),
             None => format!("fieldlink-{id}"),
         };
-        let keepalive = self.positive_duration(
-            file,
-            gw.mqtt.keepalive.as_ref(),
-            "mqtt.keepalive",
-            Duration::from_secs(15),
-        );
+        // No effect any more: a warning only, whatever the value, so an older file never
+        // stops the gateway for it.
         if let Some(k) = &gw.mqtt.keepalive {
-            if keepalive < Duration::from_secs(1) {
-                self.error(
-                    file,
-                    at(k),
-                    "mqtt.keepalive",
-                    "keepalive must be at least 1s",
-                    None,
-                );
-            } else if k.value.0 > Duration::ZERO {
-                self.warn(
-                    file,
-                    at(k),
-                    "mqtt.keepalive",
-                    "has no effect: the gateway is linked to its embedded broker in process, \
-                     without an MQTT connection (the upstream connection has \
-                     `mqtt.upstream.keepalive`)",
-                );
-            }
+            self.warn(
+                file,
+                at(k),
+                "mqtt.keepalive",
+                "has no effect: the gateway is linked to its embedded broker in process, \
+                 without an MQTT connection (the upstream connection has \
+                 `mqtt.upstream.keepalive`)",
+            );
         }
+        let keepalive = gw
+            .mqtt
+            .keepalive
+            .as_ref()
+            .map_or(Duration::from_secs(15), |k| k.value.0);
         let diagnostics_interval = self.positive_duration(
             file,
             gw.diagnostics_interval.as_ref(),

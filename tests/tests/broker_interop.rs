@@ -115,7 +115,7 @@ async fn gateway(embedded: &str) -> (std::sync::Arc<SimDevice>, Gateway) {
     let sim = server.spawn_local().await.expect("sim");
     let port = free_port();
     let gw = format!(
-        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n    sys_interval: 1s\n{embedded}  keepalive: 5s\ndiagnostics_interval: 1h\n"
+        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n    sys_interval: 1s\n{embedded}diagnostics_interval: 1h\n"
     );
     let mapping = format!(
         "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {sim} }}\n\
@@ -215,7 +215,7 @@ async fn retained_set_cleared_and_persistent_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_will_on_kill_and_on_keepalive_expiry() {
     let Some(t) = tools() else { return };
-    let (_dev, gw) = gateway("").await;
+    let (dev, gw) = gateway("").await;
     let port = gw.broker_port();
     let mut obs = Observer::connect(port, "will/#", QoS::AtLeastOnce).await;
     // Each client subscribes to a retained topic: when it prints it, it is connected.
@@ -243,6 +243,26 @@ async fn last_will_on_kill_and_on_keepalive_expiry() {
         obs.wait_payload("will/kill", "gone", Duration::from_secs(10))
             .await,
         "will on kill -9"
+    );
+
+    // A Will on a command topic is a command: a fail-safe value reaches the device.
+    let failsafe = connected(&[
+        "-i",
+        "w-cmd",
+        "--will-topic",
+        "h/sp/set",
+        "--will-payload",
+        "55",
+    ]);
+    drop(failsafe);
+    assert!(
+        eventually(Duration::from_secs(10), || dev.registers(
+            Table::Holding,
+            1,
+            1
+        ) == vec![55])
+        .await,
+        "the Will on h/sp/set was written to the device"
     );
 
     let frozen = connected(&[

@@ -54,7 +54,7 @@ fn gateway_yaml(embedded: bool, upstream: &str, state: &Path) -> String {
         "  embedded:\n    enabled: false\n".to_string()
     };
     format!(
-        "id: t\nmappings: mapping.yaml\nstate_dir: {}\ndiagnostics_interval: 1h\nmqtt:\n{emb}  keepalive: 5s\n  upstream:\n{upstream}",
+        "id: t\nmappings: mapping.yaml\nstate_dir: {}\ndiagnostics_interval: 1h\nmqtt:\n{emb}  upstream:\n{upstream}",
         state.display()
     )
 }

@@ -224,7 +224,9 @@ impl Inbox {
         }
     }
 
-    /// Wait, up to `wait`, until everything sent so far was routed and written.
+    /// Wait, up to `wait`, until everything sent so far was routed, and the broker's
+    /// sessions then had [`FLUSH_GRACE`] to write it (a grace, not a confirmation: rmqtt
+    /// does not tell when a session's socket write is done).
     pub(crate) async fn flush(&self, wait: Duration) {
         let (tx, rx) = oneshot::channel();
         let _ = tokio::time::timeout(wait, async {

@@ -169,7 +169,17 @@ async fn build(
     }
     register.start().await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
-    tokio::spawn(end.serve(scx.clone(), stats.clone(), &model.mqtt.client_id));
+    // The gateway's messages: if their task fails (a panic in rmqtt's routing ends only
+    // that task), the broker is rebuilt, as for any other failure; nothing would carry
+    // the gateway's messages otherwise.
+    let serve = tokio::spawn(end.serve(scx.clone(), stats.clone(), &model.mqtt.client_id));
+    let watch = stats.clone();
+    tokio::spawn(async move {
+        if serve.await.is_err() {
+            error!("Embedded broker routing task failed; rebuilding the broker.");
+            watch.fault.notify_one();
+        }
+    });
     tokio::spawn(reaper::run(
         scx.clone(),
         stats.clone(),

@@ -33,6 +33,8 @@ pub(crate) struct Policy {
     /// Topics only the gateway publishes: points, their `/set/result`, status,
     /// availability and diagnostics.
     protected: HashSet<String>,
+    /// `<topic>/set` of every writable point: publishes there go to the gateway.
+    commands: HashSet<String>,
     /// Clients connected at once, the gateway not counted.
     max_connections: usize,
 }
@@ -41,9 +43,13 @@ impl Policy {
     /// The policy for `model`'s embedded broker.
     pub(crate) fn new(model: &Model, e: &EmbeddedBroker) -> Policy {
         let mut protected: HashSet<String> = HashSet::new();
+        let mut commands: HashSet<String> = HashSet::new();
         for p in model.points() {
             protected.insert(p.topic.clone());
             protected.insert(p.result_topic());
+            if p.writable {
+                commands.insert(p.set_topic());
+            }
         }
         for d in model.devices() {
             protected.insert(model.availability_topic(&d.id));
@@ -57,6 +63,7 @@ impl Policy {
             gateway_client_id: model.mqtt.client_id.clone(),
             gateway_secret: e.secret.0.as_str().into(),
             protected,
+            commands,
             max_connections: e.max_connections,
         }
     }
@@ -270,7 +277,8 @@ impl Guard {
     }
 
     /// Hand an allowed command to the gateway (this is its only way in: the gateway is
-    /// not a subscriber of its own broker). Dropped and counted when the gateway is
+    /// not a subscriber of its own broker). Only the writable points' `/set` topics are
+    /// taken; other applications' `.../set` traffic is none of the gateway's business. Dropped and counted when the gateway is
     /// that far behind.
     fn command(&self, topic: &str, payload: &bytes::Bytes) {
         let c = ClientCommand {
@@ -392,7 +400,7 @@ impl Handler for Guard {
                 let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
                     && self.retained.admit(&p.topic, p.retain, p.payload.len());
                 if allowed {
-                    if p.topic.ends_with("/set") {
+                    if self.policy.commands.contains(&*p.topic) {
                         self.command(&p.topic, &p.payload);
                     }
                     (
@@ -437,8 +445,16 @@ impl Handler for Guard {
                 }
                 (true, acc)
             }
-            Parameter::MessagePublish(..) => {
+            Parameter::MessagePublish(_, from, p) => {
                 self.stats.messages_received.fetch_add(1, Relaxed);
+                // A Last Will skips the publish check (its topic was checked at login), so
+                // a Will on a command topic (a fail-safe "pump off") reaches the gateway
+                // here.
+                if matches!(from.typ(), rmqtt::types::FromType::LastWill)
+                    && self.policy.commands.contains(&*p.topic)
+                {
+                    self.command(&p.topic, &p.payload);
+                }
                 (true, acc)
             }
             Parameter::MessageDelivered(..) => {

@@ -376,33 +376,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Payload, PublishMode, Table, WordOrder};
 
     fn point(ty: ValueType) -> Point {
-        Point {
-            topic: "t".into(),
-            slot: 0,
-            table: Table::Holding,
-            address: 0,
-            ty,
-            order: WordOrder::Abcd,
-            bit: None,
-            scale: 1.0,
-            offset: 0.0,
-            precision: None,
-            unit: None,
-            retain: true,
-            qos: 0,
-            payload: Payload::Plain,
-            publish: PublishMode::OnChange { deadband: 0.0 },
-            heartbeat: None,
-            writable: true,
-            min: None,
-            max: None,
-            value_map: Vec::new(),
-            gpio: None,
-            uart: None,
-        }
+        let mut p = crate::model::test_point(ty);
+        p.writable = true;
+        p
     }
 
     fn err(p: &Point, v: serde_json::Value) -> String {
