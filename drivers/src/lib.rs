@@ -5,9 +5,11 @@
 //! - [`gpio`]: the GPIO backend trait, a simulated board and the Raspberry Pi (rppal) backend.
 //! - [`serial`]: serial port settings; [`uart`]: line framing, parsers and command
 //!   templates of UART line devices.
+//! - [`backoff`]: the reconnection backoff every transport uses.
 //! - [`sim`]: Modbus device simulators (tokio-modbus [`Service`](tokio_modbus::server::Service)s)
 //!   used by the tests and by `fieldlink demo`.
 
+pub mod backoff;
 pub mod gpio;
 pub mod modbus;
 pub mod serial;

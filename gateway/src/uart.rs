@@ -23,7 +23,8 @@ use std::{
 };
 
 use fieldlink_drivers::{
-    modbus::{codec, tcp::Backoff, Value},
+    backoff::Backoff,
+    modbus::{codec, Value},
     serial::SerialSettings,
     uart::{FieldValue, Frame, LineFramer, Parsed},
 };

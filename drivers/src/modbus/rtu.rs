@@ -27,9 +27,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     client::{exception_name, DriverError, ModbusTransport},
-    tcp::Backoff,
     ReadData, Table,
 };
+use crate::backoff::Backoff;
 
 pub use crate::serial::{Parity, SerialSettings};
 

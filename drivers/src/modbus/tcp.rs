@@ -11,35 +11,7 @@ use super::{
     client::{exception_name, DriverError, ModbusTransport},
     ReadData, Table,
 };
-
-/// Exponential backoff between connection attempts.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    /// Starts at `min`, doubles on every failure up to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            current: min,
-        }
-    }
-    /// The next delay; doubles the following one.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        d
-    }
-    /// Back to the minimum after a success.
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-}
+use crate::backoff::Backoff;
 
 /// A Modbus TCP endpoint (one TCP connection, any number of unit ids behind it).
 pub struct TcpTransport {
