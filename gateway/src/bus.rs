@@ -54,6 +54,11 @@ pub struct BusIo {
     pub shutdown: Shutdown,
 }
 
+/// After its second failed poll in a row on a bus with several devices, a device waits
+/// this many times the failed poll's duration before its next try (its tries then take
+/// at most 1/20 of the bus time).
+const FAILING_SHARE: u32 = 19;
+
 /// Run one bus until shutdown.
 ///
 /// Devices are spread over [`STAGGER_SLOTS`] start offsets inside their poll interval, so
@@ -124,11 +129,23 @@ pub async fn run_bus<T: ModbusTransport>(
             }
             () = tokio::time::sleep_until(devices[idx].next_due) => {}
         }
+        let shared = devices.len() > 1;
         let dev = &mut devices[idx];
+        let began = tokio::time::Instant::now();
         let ok = poll_device(dev, &mut transport, &out, &stats, &bus.id).await;
         let interval = dev.device.poll_interval;
         let now = tokio::time::Instant::now();
-        dev.next_due = if ok || dev.failures < dev.device.offline_after {
+        // A unit that does not answer holds a shared bus for its whole timeout (twice
+        // on RTU, which listens for a late reply). From its second failure in a row (one
+        // lost reply is line noise, not a dead unit) its next try waits until its tries
+        // take at most 1/20 of the bus time, so its neighbours keep their cadence. The
+        // price: it goes offline later (README "Modbus RTU").
+        let fair = if ok || !shared || dev.failures < 2 {
+            now
+        } else {
+            now + (now - began) * FAILING_SHARE
+        };
+        dev.next_due = fair.max(if ok || dev.failures < dev.device.offline_after {
             let next = dev.next_due + interval;
             if next < now {
                 now
@@ -142,7 +159,7 @@ pub async fn run_bus<T: ModbusTransport>(
                 .saturating_mul(1 << k)
                 .min(dev.device.max_backoff.max(interval));
             now + wait
-        };
+        });
     }
     let mut refused = Vec::new();
     commands::refuse_queued(
