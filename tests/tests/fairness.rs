@@ -123,8 +123,7 @@ async fn polls_with(
 #[tokio::test(start_paused = true)]
 async fn a_dead_unit_leaves_its_neighbours_nine_tenths_of_their_polls() {
     // (timeout, window, longest time until the dead unit is offline)
-    for (timeout, window, offline_within) in [("1s", 120, 50), ("150ms", 20, 8), ("3s", 300, 150)]
-    {
+    for (timeout, window, offline_within) in [("1s", 120, 50), ("150ms", 20, 8), ("3s", 300, 150)] {
         let (counts, stats) = polls(timeout, Duration::from_secs(window)).await;
         eprintln!("timeout {timeout}, {window} s: {counts:?}");
         for (i, &n) in counts[..2].iter().enumerate() {
