@@ -42,6 +42,73 @@ struct DeviceRun {
     availability_topic: String,
 }
 
+impl DeviceRun {
+    /// Decode the values of an answered read and queue those due for publishing.
+    fn publish_reply(
+        &mut self,
+        req: &ReadRequest,
+        data: &ReadData,
+        started: Instant,
+        now_wall: SystemTime,
+        messages: &mut Vec<Outgoing>,
+    ) {
+        for m in self.planner.read_ok(req) {
+            if std::mem::replace(&mut self.bad_points[m], false) {
+                let p = &self.device.points[m];
+                info!(device = %self.device.id, topic = %p.topic, "Address readable again.");
+            }
+        }
+        for &m in &req.members {
+            let point = &self.device.points[m];
+            let off = usize::from(point.address - req.start);
+            let value = match data {
+                ReadData::Bits(bits) => bits
+                    .get(off)
+                    .map(|b| fieldlink_drivers::modbus::Value::Bool(*b))
+                    .ok_or_else(|| "short reply".to_string()),
+                ReadData::Registers(regs) => regs
+                    .get(off..)
+                    .ok_or_else(|| "short reply".to_string())
+                    .and_then(|r| {
+                        codec::decode(r, point.ty, point.order, point.bit)
+                            .map_err(|e| e.to_string())
+                    }),
+            };
+            match value {
+                Ok(v) => {
+                    let r = reading(point, &v);
+                    if self.states[m].should_publish(point, &r, started) {
+                        messages.push(Outgoing::value(point, payload(point, r, now_wall)));
+                    }
+                }
+                Err(e) => {
+                    warn!(device = %self.device.id, topic = %point.topic, error = %e, "Cannot decode value.");
+                }
+            }
+        }
+    }
+
+    /// Learn from an exception 02 on `req`; returns the reads that replace it in this
+    /// cycle (none when its point fails alone: it is unreadable until its next check).
+    fn illegal_address(&mut self, req: &ReadRequest) -> Vec<ReadRequest> {
+        let replacements = self
+            .planner
+            .learn_illegal_address(req, tokio::time::Instant::now());
+        if replacements.is_empty() {
+            for &m in &req.members {
+                if !self.bad_points[m] {
+                    self.bad_points[m] = true;
+                    let p = &self.device.points[m];
+                    warn!(device = %self.device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02); checked again with backoff.");
+                }
+            }
+        } else {
+            debug!(device = %self.device.id, start = req.start, count = req.count, split_into = replacements.len(), "Merged read hit illegal address; split it.");
+        }
+        replacements
+    }
+}
+
 /// The channels a bus task talks through.
 pub struct BusIo {
     /// Messages for the MQTT side, one batch per poll or command.
@@ -202,60 +269,13 @@ async fn poll_device<T: ModbusTransport>(
         {
             Ok(data) => {
                 answered = true;
-                for m in dev.planner.read_ok(&req) {
-                    if std::mem::replace(&mut dev.bad_points[m], false) {
-                        let p = &dev.device.points[m];
-                        info!(device = %dev.device.id, topic = %p.topic, "Address readable again.");
-                    }
-                }
-                for &m in &req.members {
-                    let point = &dev.device.points[m];
-                    let off = usize::from(point.address - req.start);
-                    let value = match &data {
-                        ReadData::Bits(bits) => bits
-                            .get(off)
-                            .map(|b| fieldlink_drivers::modbus::Value::Bool(*b))
-                            .ok_or_else(|| "short reply".to_string()),
-                        ReadData::Registers(regs) => regs
-                            .get(off..)
-                            .ok_or_else(|| "short reply".to_string())
-                            .and_then(|r| {
-                                codec::decode(r, point.ty, point.order, point.bit)
-                                    .map_err(|e| e.to_string())
-                            }),
-                    };
-                    match value {
-                        Ok(v) => {
-                            let r = reading(point, &v);
-                            if dev.states[m].should_publish(point, &r, started) {
-                                messages.push(Outgoing::value(point, payload(point, r, now_wall)));
-                            }
-                        }
-                        Err(e) => {
-                            warn!(device = %dev.device.id, topic = %point.topic, error = %e, "Cannot decode value.");
-                        }
-                    }
-                }
+                dev.publish_reply(&req, &data, started, now_wall, &mut messages);
             }
             Err(e) if e.is_illegal_address() => {
                 answered = true;
                 st.request_errors.fetch_add(1, Relaxed);
-                let replacements = dev
-                    .planner
-                    .learn_illegal_address(&req, tokio::time::Instant::now());
-                if replacements.is_empty() {
-                    for &m in &req.members {
-                        if !dev.bad_points[m] {
-                            dev.bad_points[m] = true;
-                            let p = &dev.device.points[m];
-                            warn!(device = %dev.device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02); checked again with backoff.");
-                        }
-                    }
-                } else {
-                    debug!(device = %dev.device.id, start = req.start, count = req.count, split_into = replacements.len(), "Merged read hit illegal address; split it.");
-                    for r in replacements.into_iter().rev() {
-                        queue.push_front(r);
-                    }
+                for r in dev.illegal_address(&req).into_iter().rev() {
+                    queue.push_front(r);
                 }
             }
             Err(e @ DriverError::Exception { .. }) => {

@@ -188,7 +188,11 @@ devices:
     let snap = obs.snapshot(Duration::from_millis(300)).await;
     assert_eq!(snap.get("m/d").map(|m| m.payload.as_str()), Some("4"));
     dev.clear_log();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Ten cycles' worth of requests (100 ms polls; the first probe of 32 is due at 10 s).
+    assert!(
+        fieldlink_tests::eventually(Duration::from_secs(10), || dev.log().len() >= 10).await,
+        "polling goes on"
+    );
     let log = dev.log();
     gw.stop().await;
     let reads: Vec<(u16, u16)> = log.iter().map(|r| (r.address, r.count)).collect();
