@@ -82,6 +82,8 @@ impl DeviceStats {
 pub struct SerialStats {
     /// Bus id.
     pub bus: String,
+    /// Times the port was opened (the first open included).
+    pub opened: AtomicU64,
     /// Lines received (blank lines not counted).
     pub lines: AtomicU64,
     /// Lines no device took (no parser accepted them, not UTF-8).
@@ -249,6 +251,7 @@ impl Stats {
                 (
                     s.bus.clone(),
                     json!({
+                        "opened": s.opened.load(Relaxed),
                         "lines": s.lines.load(Relaxed),
                         "garbage": s.garbage.load(Relaxed),
                         "overlong": s.overlong.load(Relaxed),

@@ -4,11 +4,10 @@
 //! [`Model`](model::Model) and a [`Shutdown`](shutdown::Shutdown) signal.
 
 pub mod broker;
-pub mod bus;
+pub mod buses;
 pub mod commands;
 pub mod config;
 pub mod demo;
-pub mod gpio;
 pub mod health;
 pub mod model;
 pub mod mqtt;
@@ -16,7 +15,6 @@ pub mod publish;
 pub mod shutdown;
 pub mod spool;
 pub mod topics;
-pub mod uart;
 pub mod upstream;
 pub mod validate;
 
@@ -217,7 +215,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     let mut first = 0;
     for (bus, commands) in model.buses.iter().zip(command_rxs) {
         let n = bus.devices.len();
-        let io = bus::BusIo {
+        let io = buses::BusIo {
             out: tx.clone(),
             commands,
             stats: stats.clone(),
@@ -230,7 +228,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 timeout,
             } => {
                 let transport = TcpTransport::new(host.clone(), *port, *timeout);
-                buses.push(tokio::spawn(bus::run_bus(
+                buses.push(tokio::spawn(buses::run_modbus(
                     model.clone(),
                     bus.clone(),
                     first,
@@ -244,7 +242,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 frame_delay,
             } => {
                 let transport = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
-                buses.push(tokio::spawn(bus::run_bus(
+                buses.push(tokio::spawn(buses::run_modbus(
                     model.clone(),
                     bus.clone(),
                     first,
@@ -253,7 +251,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 )));
             }
             model::BusKind::Uart { .. } => {
-                buses.push(tokio::spawn(uart::run_uart(
+                buses.push(tokio::spawn(buses::run_uart(
                     model.clone(),
                     bus.clone(),
                     first,
@@ -263,7 +261,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
             model::BusKind::Gpio { .. } => {
                 // Opened above for every gpio bus.
                 if let Some(backend) = gpio.remove(&bus.id) {
-                    buses.push(tokio::spawn(gpio::run_gpio(
+                    buses.push(tokio::spawn(buses::run_gpio(
                         model.clone(),
                         bus.clone(),
                         first,
@@ -296,7 +294,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     let _ = diag.await;
     let offline = model
         .devices()
-        .map(|d| bus::availability(&model.availability_topic(&d.id), false))
+        .map(|d| buses::availability(&model.availability_topic(&d.id), false))
         .collect();
     let _ = tx.send(offline).await;
     drop(tx);

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use fieldlink::{bus, shutdown, Stats};
+use fieldlink::{buses, shutdown, Stats};
 use fieldlink_drivers::modbus::{DriverError, ModbusTransport, ReadData, Table};
 use fieldlink_tests::model;
 use tokio::sync::mpsc;
@@ -90,14 +90,14 @@ async fn polls_with(
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let (_commands_tx, commands) = mpsc::channel(16);
     let (trigger, sd) = shutdown::channel();
-    let io = bus::BusIo {
+    let io = buses::BusIo {
         out,
         commands,
         stats: stats.clone(),
         shutdown: sd,
     };
     let busm = model.buses[0].clone();
-    let task = tokio::spawn(bus::run_bus(
+    let task = tokio::spawn(buses::run_modbus(
         model.clone(),
         busm,
         0,

@@ -1,0 +1,395 @@
+//! The device actor: the one loop every bus kind runs.
+//!
+//! A bus kind is a [`Driver`]: it reads a device, writes a point and waits for its own
+//! events and timers. Everything else is here, once: when each device is polled, what a
+//! failed poll means (offline after `offline_after` in a row, then exponential backoff up
+//! to `max_backoff`; on a shared bus a failing device's tries take at most 1/20 of the bus
+//! time), availability messages with their logs and counters, command batches (collapsed
+//! per point, run ahead of the next poll, answered on `<topic>/set/result`), and the
+//! shutdown path, which answers every command still queued.
+
+use std::{
+    future::Future,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Instant, SystemTime},
+};
+
+use fieldlink_drivers::modbus::Value;
+use tokio::time::Instant as TokioInstant;
+use tracing::{debug, info, warn};
+
+use super::{availability, BusIo};
+use crate::{
+    commands::{self, Command, CommandError},
+    health::{Availability, DeviceStats, Stats},
+    model::{Bus, Device, Model, Point},
+    publish::{payload, reading, Outgoing, PointState, Reading},
+    shutdown::Shutdown,
+};
+
+/// Number of start offsets the polled devices are spread over inside their poll
+/// interval, so a gateway with many devices does not burst all of them at every tick
+/// (bursts cost memory in the broker and make slow subscribers skip), while devices in
+/// the same slot still share wakeups.
+pub const STAGGER_SLOTS: u32 = 10;
+
+/// After its second failed poll in a row on a bus with several polled devices, a device
+/// waits this many times the failed poll's duration before its next try (its tries then
+/// take at most 1/20 of the bus time).
+const FAILING_SHARE: u32 = 19;
+
+/// How a poll went.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// The device answered (at least one read).
+    Answered,
+    /// No good reply; the reason, for the logs.
+    Failed(String),
+    /// The poll did not run (the port is gone, shutdown): not counted either way.
+    Skipped,
+}
+
+/// What a bus kind supplies to the actor: its I/O, and nothing of the loop.
+pub(crate) trait Driver: Send {
+    /// What [`Driver::event`] yields (a line's bytes, an edge).
+    type Event: Send;
+
+    /// Where the bus is, for the start log.
+    fn endpoint(&self) -> String;
+
+    /// Set up at start (open lines, publish initial states).
+    fn start(&mut self, _cx: &mut Cx) {}
+
+    /// Whether device `d` is polled on its schedule now (a uart device sending on its own,
+    /// a gpio line or a closed port: not).
+    fn polls(&self, d: usize) -> bool;
+
+    /// Poll device `d`: read it and publish its values through `cx`.
+    fn poll(&mut self, d: usize, cx: &mut Cx) -> impl Future<Output = Polled> + Send;
+
+    /// Write a command; the reading the point holds afterwards.
+    fn write(
+        &mut self,
+        c: &Command,
+        cx: &mut Cx,
+    ) -> impl Future<Output = Result<Reading, CommandError>> + Send;
+
+    /// Wait for the next event; never ready when the kind has none.
+    fn event(&mut self) -> impl Future<Output = Self::Event> + Send;
+
+    /// Handle an event.
+    fn on_event(&mut self, _event: Self::Event, _cx: &mut Cx) {}
+
+    /// The driver's next own timer (debounce, pulse, reopening a port).
+    fn next_timer(&self) -> Option<TokioInstant> {
+        None
+    }
+
+    /// Run the timers due at `now`.
+    fn on_timer(&mut self, _now: TokioInstant, _cx: &mut Cx) {}
+
+    /// Leave the bus at shutdown (outputs as configured), after the queue was answered.
+    fn stop(&mut self, _cx: &mut Cx) {}
+}
+
+/// What a driver publishes through: the bus's devices, their point states, counters and
+/// the messages of the current turn (sent as one batch when the turn ends).
+pub(crate) struct Cx {
+    /// The bus.
+    pub(crate) bus: Arc<Bus>,
+    /// Shared counters.
+    pub(crate) stats: Arc<Stats>,
+    /// The shutdown signal (a driver waiting for a reply stops waiting on it).
+    pub(crate) shutdown: Shutdown,
+    /// Stats index of the bus's first device.
+    first: usize,
+    /// Publish state of every point, by device and point.
+    states: Vec<Vec<PointState>>,
+    /// `<base>/<device>/availability` of every device.
+    availability_topics: Vec<String>,
+    /// Messages of this turn.
+    messages: Vec<Outgoing>,
+}
+
+impl Cx {
+    /// Device `d` of the bus.
+    pub(crate) fn device(&self, d: usize) -> &Arc<Device> {
+        &self.bus.devices[d]
+    }
+
+    /// Point `p` of device `d`, if both exist.
+    pub(crate) fn point(&self, d: usize, p: usize) -> Option<&Point> {
+        self.bus.devices.get(d)?.points.get(p)
+    }
+
+    /// Counters of device `d`.
+    pub(crate) fn stats_of(&self, d: usize) -> &DeviceStats {
+        &self.stats.devices[self.first + d]
+    }
+
+    /// Publish point `p` of device `d` reading `value` if its publish policy says so
+    /// (`started`: when the read began). Returns whether it was published.
+    pub(crate) fn value(
+        &mut self,
+        d: usize,
+        p: usize,
+        value: &Value,
+        started: Instant,
+        wall: SystemTime,
+    ) -> bool {
+        let point = &self.bus.devices[d].points[p];
+        let r = reading(point, value);
+        if !self.states[d][p].should_publish(point, &r, started) {
+            return false;
+        }
+        self.messages
+            .push(Outgoing::value(point, payload(point, r, wall)));
+        self.stats.devices[self.first + d]
+            .published
+            .fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Publish point `p` of device `d` reading `r`, changed or not (a command's read-back,
+    /// a heartbeat, an output's state at start).
+    pub(crate) fn force(&mut self, d: usize, p: usize, r: Reading) {
+        let point = &self.bus.devices[d].points[p];
+        self.states[d][p].force(&r, Instant::now());
+        self.messages
+            .push(Outgoing::value(point, payload(point, r, SystemTime::now())));
+        self.stats.devices[self.first + d]
+            .published
+            .fetch_add(1, Relaxed);
+    }
+
+    /// Device `d` is online or offline (`why`: the reason, for the log). Publishes the
+    /// retained availability when it changes: `online` ahead of this turn's values (a
+    /// subscriber sees the device available before its state), `offline` after them.
+    pub(crate) fn set_online(&mut self, d: usize, online: bool, why: Option<&str>) {
+        let st = &self.stats.devices[self.first + d];
+        let want = if online {
+            Availability::Online
+        } else {
+            Availability::Offline
+        };
+        if st.availability() == want {
+            return;
+        }
+        let (id, bus) = (&self.bus.devices[d].id, &self.bus.id);
+        if online {
+            info!(device = %id, bus = %bus, "Device online.");
+        } else {
+            warn!(device = %id, bus = %bus, error = why.unwrap_or(""), "Device offline.");
+        }
+        st.set_availability(want);
+        let m = availability(&self.availability_topics[d], online);
+        if online {
+            self.messages.insert(0, m);
+        } else {
+            self.messages.push(m);
+        }
+    }
+
+    /// Answer command `c` on its result topic.
+    pub(crate) fn answer(&mut self, c: &Command, outcome: Result<serde_json::Value, CommandError>) {
+        if let Some(point) = self
+            .bus
+            .devices
+            .get(c.device)
+            .and_then(|d| d.points.get(c.point))
+        {
+            self.messages
+                .push(commands::result(point, outcome, c.id.as_ref()));
+        }
+    }
+
+    /// Send this turn's messages as one batch (nothing when there are none).
+    async fn flush(&mut self, out: &tokio::sync::mpsc::Sender<crate::publish::Batch>) {
+        if !self.messages.is_empty() {
+            let _ = out.send(std::mem::take(&mut self.messages)).await;
+        }
+    }
+}
+
+/// The schedule of one device.
+struct Schedule {
+    next_due: TokioInstant,
+    failures: u32,
+}
+
+/// Run one bus with `driver` until shutdown.
+pub(crate) async fn run<D: Driver>(
+    model: Arc<Model>,
+    bus: Arc<Bus>,
+    first_stats_index: usize,
+    mut driver: D,
+    io: BusIo,
+) {
+    let BusIo {
+        out,
+        mut commands,
+        stats,
+        mut shutdown,
+    } = io;
+    if bus.devices.is_empty() {
+        return;
+    }
+    let start = TokioInstant::now();
+    let slots = STAGGER_SLOTS.min(model.devices().count().max(1) as u32);
+    let mut schedule: Vec<Schedule> = (0..bus.devices.len())
+        .map(|i| Schedule {
+            next_due: start
+                + bus.devices[i].poll_interval / slots * ((first_stats_index + i) as u32 % slots),
+            failures: 0,
+        })
+        .collect();
+    let mut cx = Cx {
+        states: bus
+            .devices
+            .iter()
+            .map(|d| vec![PointState::default(); d.points.len()])
+            .collect(),
+        availability_topics: bus
+            .devices
+            .iter()
+            .map(|d| model.availability_topic(&d.id))
+            .collect(),
+        bus: bus.clone(),
+        stats,
+        shutdown: shutdown.clone(),
+        first: first_stats_index,
+        messages: Vec::new(),
+    };
+    info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
+    driver.start(&mut cx);
+    cx.flush(&out).await;
+    loop {
+        let due = (0..schedule.len())
+            .filter(|&d| driver.polls(d))
+            .min_by_key(|&d| schedule[d].next_due);
+        let timer = driver.next_timer();
+        let wake = [due.map(|d| schedule[d].next_due), timer]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            biased;
+            () = shutdown.recv() => break,
+            // A closed channel disables the branch (no busy loop).
+            Some(first) = commands.recv() => {
+                // Everything queued now goes ahead of the next poll; several commands
+                // for the same point collapse to the newest.
+                let batch = commands::drain(first, &mut commands);
+                run_commands(&mut driver, &mut cx, batch).await;
+            }
+            event = driver.event() => driver.on_event(event, &mut cx),
+            () = sleep_until(wake) => {
+                let now = TokioInstant::now();
+                if timer.is_some_and(|t| t <= now) {
+                    driver.on_timer(now, &mut cx);
+                }
+                if let Some(d) = due.filter(|&d| schedule[d].next_due <= now) {
+                    let shared = (0..schedule.len()).filter(|&i| driver.polls(i)).count() > 1;
+                    poll(&mut driver, &mut cx, d, &mut schedule[d], shared).await;
+                }
+            }
+        }
+        cx.flush(&out).await;
+    }
+    let mut refused = Vec::new();
+    commands::refuse_queued(&mut commands, |c| cx.point(c.device, c.point), &mut refused);
+    cx.messages.extend(refused);
+    driver.stop(&mut cx);
+    cx.flush(&out).await;
+    debug!(bus = %bus.id, "Bus stopped.");
+}
+
+async fn sleep_until(t: Option<TokioInstant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Poll device `d` and schedule its next poll.
+async fn poll<D: Driver>(
+    driver: &mut D,
+    cx: &mut Cx,
+    d: usize,
+    sched: &mut Schedule,
+    shared: bool,
+) {
+    let began = TokioInstant::now();
+    let started = Instant::now();
+    let outcome = driver.poll(d, cx).await;
+    let device = cx.device(d).clone();
+    if !matches!(outcome, Polled::Skipped) {
+        cx.stats_of(d).polls.fetch_add(1, Relaxed);
+    }
+    let ok = match outcome {
+        Polled::Answered => {
+            cx.stats_of(d)
+                .last_poll_us
+                .store(started.elapsed().as_micros() as u64, Relaxed);
+            sched.failures = 0;
+            cx.set_online(d, true, None);
+            true
+        }
+        Polled::Failed(error) => {
+            cx.stats_of(d).failed_polls.fetch_add(1, Relaxed);
+            sched.failures = sched.failures.saturating_add(1);
+            debug!(device = %device.id, failures = sched.failures, error = %error, "Poll failed.");
+            if sched.failures >= device.offline_after {
+                cx.set_online(d, false, Some(&error));
+            }
+            false
+        }
+        Polled::Skipped => true,
+    };
+    let interval = device.poll_interval;
+    let now = TokioInstant::now();
+    // A unit that does not answer holds a shared bus for its whole timeout (twice on
+    // RTU, which listens for a late reply). From its second failure in a row (one lost
+    // reply is line noise, not a dead unit) its next try waits until its tries take at
+    // most 1/20 of the bus time, so its neighbours keep their cadence. The price: it goes
+    // offline later (README "Modbus RTU").
+    let fair = if ok || !shared || sched.failures < 2 {
+        now
+    } else {
+        now + (now - began) * FAILING_SHARE
+    };
+    sched.next_due = fair.max(if ok || sched.failures < device.offline_after {
+        (sched.next_due + interval).max(now)
+    } else {
+        // Offline: exponential backoff from the poll interval, capped.
+        let k = (sched.failures - device.offline_after).min(16);
+        now + interval
+            .saturating_mul(1 << k)
+            .min(device.max_backoff.max(interval))
+    });
+}
+
+/// Run a batch of commands in order; each is answered on its result topic.
+async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, batch: Vec<Command>) {
+    let mut superseded = Vec::new();
+    let run = commands::collapse(batch, |c| cx.point(c.device, c.point), &mut superseded);
+    cx.messages.extend(superseded);
+    for c in run {
+        let Some(topic) = cx.point(c.device, c.point).map(|p| p.topic.clone()) else {
+            continue;
+        };
+        let device = cx.device(c.device).id.clone();
+        match driver.write(&c, cx).await {
+            Ok(r) => {
+                info!(device = %device, topic = %topic, value = %r.text(), "Command written.");
+                let json = r.json();
+                cx.force(c.device, c.point, r);
+                cx.answer(&c, Ok(json));
+            }
+            Err(e) => {
+                warn!(device = %device, topic = %topic, error = %e, "Command failed.");
+                cx.answer(&c, Err(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The bus tasks: one task owns each bus (the actor pattern) and serialises all traffic
+//! on it.
+//!
+//! # Layout
+//!
+//! - [`actor`](self): the one device actor every bus kind runs. It owns the poll schedule
+//!   (devices spread over [`STAGGER_SLOTS`] offsets), availability changes with their logs
+//!   and counters, the offline backoff and the fair share of a shared bus, command intake
+//!   (a batch collapsed per point and run ahead of the next poll) and the shutdown path
+//!   that answers every command still queued.
+//! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
+//!   device, write a point, wait for an event (a line, an edge), and its own timers.
+//!
+//! A fourth bus kind is one new file here implementing [`Driver`] and one under
+//! `config/` for its schema.
+
+mod actor;
+mod gpio;
+mod modbus;
+mod uart;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::{commands::Command, health::Stats, publish::Outgoing, shutdown::Shutdown};
+
+pub use actor::STAGGER_SLOTS;
+use actor::{Cx, Driver, Polled};
+pub use gpio::run_gpio;
+pub use modbus::run_modbus;
+pub use uart::run_uart;
+
+/// The channels a bus task talks through.
+pub struct BusIo {
+    /// Messages for the MQTT side, one batch per poll, event or command batch.
+    pub out: mpsc::Sender<crate::publish::Batch>,
+    /// Validated commands for this bus's devices.
+    pub commands: mpsc::Receiver<Command>,
+    /// Shared counters.
+    pub stats: Arc<Stats>,
+    /// The shutdown signal.
+    pub shutdown: Shutdown,
+}
+
+/// The retained availability message of a device.
+pub fn availability(topic: &str, online: bool) -> Outgoing {
+    Outgoing {
+        topic: topic.to_string(),
+        payload: if online {
+            b"online".to_vec()
+        } else {
+            b"offline".to_vec()
+        },
+        retain: true,
+        qos: 1,
+        slot: None,
+    }
+}

@@ -1,0 +1,281 @@
+//! Modbus buses (TCP and RTU): what they supply to the device actor.
+//!
+//! A poll runs the read planner's requests for the device (merged blocks, split again
+//! where the device answers exception 02, with what was learned re-checked on backoff),
+//! decodes each reply and publishes through the point's policy. A command is a write
+//! (FC05/FC06, or FC15/FC16 when `write_multiple` or the value needs several registers; a
+//! bit of a register is a read-modify-write) followed by a read-back of what the device
+//! now holds.
+
+use std::{
+    collections::VecDeque,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Instant, SystemTime},
+};
+
+use fieldlink_drivers::modbus::{
+    codec, DriverError, ModbusTransport, PlanItem, Planner, ReadData, ReadRequest, Table, Value,
+};
+use tracing::{debug, info, warn};
+
+use super::{actor, BusIo, Cx, Driver, Polled};
+use crate::{
+    commands::{Command, CommandError},
+    model::{Bus, Device, Model, Point},
+    publish::{reading, Reading},
+};
+
+/// Run a Modbus bus over `transport` until shutdown.
+pub async fn run_modbus<T: ModbusTransport + Send>(
+    model: Arc<Model>,
+    bus: Arc<Bus>,
+    first_stats_index: usize,
+    transport: T,
+    io: BusIo,
+) {
+    let devices = bus
+        .devices
+        .iter()
+        .map(|d| Unit {
+            planner: Planner::new(
+                d.points
+                    .iter()
+                    .map(|p| PlanItem {
+                        table: p.table,
+                        address: p.address,
+                        count: p.count(),
+                    })
+                    .collect(),
+                d.max_gap,
+            ),
+            bad_points: vec![false; d.points.len()],
+        })
+        .collect();
+    let driver = Modbus { transport, devices };
+    actor::run(model, bus, first_stats_index, driver, io).await;
+}
+
+/// A Modbus bus: its transport and what the planner learned of each device.
+struct Modbus<T> {
+    transport: T,
+    devices: Vec<Unit>,
+}
+
+/// One device's read plan.
+struct Unit {
+    planner: Planner,
+    /// Points the device says do not exist (exception 02 when read alone).
+    bad_points: Vec<bool>,
+}
+
+impl<T: ModbusTransport + Send> Driver for Modbus<T> {
+    type Event = std::convert::Infallible;
+
+    fn endpoint(&self) -> String {
+        self.transport.endpoint()
+    }
+
+    fn polls(&self, _d: usize) -> bool {
+        true
+    }
+
+    async fn poll(&mut self, d: usize, cx: &mut Cx) -> Polled {
+        let device = cx.device(d).clone();
+        let unit = &mut self.devices[d];
+        let started = Instant::now();
+        let wall = SystemTime::now();
+        // What was learned from exception 02 and is due is checked again in this cycle.
+        unit.planner.refresh(tokio::time::Instant::now());
+        let mut queue: VecDeque<ReadRequest> = unit.planner.plan().iter().cloned().collect();
+        let mut answered = false;
+        let mut last_error: Option<DriverError> = None;
+        while let Some(req) = queue.pop_front() {
+            cx.stats_of(d).requests.fetch_add(1, Relaxed);
+            let reply = self
+                .transport
+                .read(device.unit, req.table, req.start, req.count)
+                .await;
+            if reply.is_err() {
+                cx.stats_of(d).request_errors.fetch_add(1, Relaxed);
+            }
+            match reply {
+                Ok(data) => {
+                    answered = true;
+                    unit.publish_reply(&device, d, &req, &data, started, wall, cx);
+                }
+                Err(e) if e.is_illegal_address() => {
+                    answered = true;
+                    for r in unit.illegal_address(&device, &req).into_iter().rev() {
+                        queue.push_front(r);
+                    }
+                }
+                Err(e @ DriverError::Exception { .. }) => {
+                    // The device is there but refused this read: those points publish
+                    // nothing.
+                    answered = true;
+                    debug!(device = %device.id, start = req.start, error = %e, "Read refused.");
+                    last_error = Some(e);
+                }
+                Err(e) => {
+                    // Timeout or transport failure: the rest of this cycle would fail too.
+                    last_error = Some(e);
+                    answered = false;
+                    break;
+                }
+            }
+        }
+        let unreadable: Vec<String> = unit
+            .planner
+            .unreadable()
+            .map(|m| device.points[m].topic.clone())
+            .collect();
+        cx.stats_of(d).set_unreadable(unreadable);
+        if answered {
+            Polled::Answered
+        } else {
+            Polled::Failed(last_error.map(|e| e.to_string()).unwrap_or_default())
+        }
+    }
+
+    async fn write(&mut self, c: &Command, cx: &mut Cx) -> Result<Reading, CommandError> {
+        let device = cx.device(c.device).clone();
+        let Some(point) = device.points.get(c.point) else {
+            return Err(CommandError::NotWritable("no such point".into()));
+        };
+        write_point(&mut self.transport, &device, point, &c.value).await
+    }
+
+    async fn event(&mut self) -> Self::Event {
+        std::future::pending().await
+    }
+}
+
+impl Unit {
+    /// Decode the values of an answered read and publish those due.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_reply(
+        &mut self,
+        device: &Device,
+        d: usize,
+        req: &ReadRequest,
+        data: &ReadData,
+        started: Instant,
+        wall: SystemTime,
+        cx: &mut Cx,
+    ) {
+        for m in self.planner.read_ok(req) {
+            if std::mem::replace(&mut self.bad_points[m], false) {
+                let p = &device.points[m];
+                info!(device = %device.id, topic = %p.topic, "Address readable again.");
+            }
+        }
+        for &m in &req.members {
+            let point = &device.points[m];
+            let off = usize::from(point.address - req.start);
+            let value = match data {
+                ReadData::Bits(bits) => bits
+                    .get(off)
+                    .map(|b| Value::Bool(*b))
+                    .ok_or_else(|| "short reply".to_string()),
+                ReadData::Registers(regs) => regs
+                    .get(off..)
+                    .ok_or_else(|| "short reply".to_string())
+                    .and_then(|r| {
+                        codec::decode(r, point.ty, point.order, point.bit)
+                            .map_err(|e| e.to_string())
+                    }),
+            };
+            match value {
+                Ok(v) => {
+                    cx.value(d, m, &v, started, wall);
+                }
+                Err(e) => {
+                    warn!(device = %device.id, topic = %point.topic, error = %e, "Cannot decode value.");
+                }
+            }
+        }
+    }
+
+    /// Learn from an exception 02 on `req`; returns the reads that replace it in this
+    /// cycle (none when its point fails alone: it is unreadable until its next check).
+    fn illegal_address(&mut self, device: &Device, req: &ReadRequest) -> Vec<ReadRequest> {
+        let replacements = self
+            .planner
+            .learn_illegal_address(req, tokio::time::Instant::now());
+        if replacements.is_empty() {
+            for &m in &req.members {
+                if !self.bad_points[m] {
+                    self.bad_points[m] = true;
+                    let p = &device.points[m];
+                    warn!(device = %device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02); checked again with backoff.");
+                }
+            }
+        } else {
+            debug!(device = %device.id, start = req.start, count = req.count, split_into = replacements.len(), "Merged read hit illegal address; split it.");
+        }
+        replacements
+    }
+}
+
+/// Write one value and read back what the device now holds.
+async fn write_point<T: ModbusTransport>(
+    transport: &mut T,
+    device: &Device,
+    point: &Point,
+    value: &Value,
+) -> Result<Reading, CommandError> {
+    let unit = device.unit;
+    let multiple = device.write_multiple;
+    let d = |e: DriverError| CommandError::Device(e);
+    match (point.table, point.bit) {
+        (Table::Coil, _) => {
+            let b = matches!(value, Value::Bool(true));
+            transport
+                .write_coils(unit, point.address, &[b], multiple)
+                .await
+                .map_err(d)?;
+        }
+        (Table::Holding, Some(bit)) => {
+            // Read-modify-write of one bit of a register.
+            let cur = match transport
+                .read(unit, Table::Holding, point.address, 1)
+                .await
+                .map_err(d)?
+            {
+                ReadData::Registers(r) if !r.is_empty() => r[0],
+                _ => return Err(CommandError::Protocol("empty reply".into())),
+            };
+            let new = if matches!(value, Value::Bool(true)) {
+                cur | 1 << bit
+            } else {
+                cur & !(1 << bit)
+            };
+            transport
+                .write_registers(unit, point.address, &[new], multiple)
+                .await
+                .map_err(d)?;
+        }
+        (Table::Holding, None) => {
+            let regs = codec::encode(value, point.ty, point.order)
+                .map_err(|e| CommandError::OutOfRange(e.to_string()))?;
+            transport
+                .write_registers(unit, point.address, &regs, multiple)
+                .await
+                .map_err(d)?;
+        }
+        (table, _) => return Err(CommandError::NotWritable(format!("{table} is read-only"))),
+    }
+    let data = transport
+        .read(unit, point.table, point.address, point.count())
+        .await
+        .map_err(CommandError::ReadBack)?;
+    let v = match data {
+        ReadData::Bits(b) => b
+            .first()
+            .map(|b| Value::Bool(*b))
+            .ok_or_else(|| CommandError::Protocol("empty reply".into()))?,
+        ReadData::Registers(r) => codec::decode(&r, point.ty, point.order, point.bit)
+            .map_err(|e| CommandError::Protocol(format!("read-back: {e}")))?,
+    };
+    Ok(reading(point, &v))
+}
