@@ -1,7 +1,9 @@
 //! From a decoded value to an MQTT message: scale/offset, precision, payload format and
 //! the publish policy (on change with deadband, every poll, heartbeat).
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use fieldlink_drivers::modbus::Value;
 

@@ -277,6 +277,24 @@ impl Observer {
         out
     }
 
+    /// Everything received until a message matching `last` (included) or `timeout`.
+    pub async fn collect_until(
+        &mut self,
+        mut last: impl FnMut(&Msg) -> bool,
+        timeout: Duration,
+    ) -> Vec<Msg> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            let done = last(&m);
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
     /// Latest payload per topic of everything received during `d`.
     pub async fn snapshot(&mut self, d: Duration) -> HashMap<String, Msg> {
         self.collect(d)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fieldlink::Hooks;
-use fieldlink_drivers::gpio::{SimGpio, SimMode};
+use fieldlink_drivers::gpio::SimGpio;
 use fieldlink_tests::{model, publisher, Gateway, Observer};
 use rumqttc::QoS;
 
@@ -23,72 +23,7 @@ async fn start(mapping: &str, board: &SimGpio) -> Gateway {
 
 const HEAD: &str = "buses:\n  - id: io\n    kind: gpio\n    backend: simulated\ndevices:\n  - id: pi\n    bus: io\n    points:\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_edges_publish_once_per_debounced_change() {
-    let board = SimGpio::default();
-    let mapping = format!(
-        "{HEAD}      - topic: casa/porta\n        pin: 17\n        pull: up\n        active_low: true\n        debounce: 60ms\n        values: {{FECHADA: true, ABERTA: false}}\n      - topic: casa/botao\n        pin: 5\n        pull: down\n        debounce: 0s\n"
-    );
-    let gw = start(&mapping, &board).await;
-    let mut obs = Observer::connect(gw.broker_port(), "casa/#", QoS::AtMostOnce).await;
-    // Pull-up, active-low, nothing driving the line: high = OFF = ABERTA.
-    assert!(obs.wait_seen("casa/porta", "ABERTA", T).await);
-    assert!(obs.wait_seen("casa/botao", "false", T).await);
-    assert_eq!(board.mode(17), SimMode::Input(fieldlink::model::Pull::Up));
-    obs.collect(Duration::from_millis(200)).await; // the retained states
-
-    // The contact closes and bounces 5 times within the debounce time: one message.
-    for _ in 0..5 {
-        board.drive(17, Some(false));
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        board.drive(17, Some(true));
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
-    board.drive(17, Some(false));
-    let msgs = obs.collect(Duration::from_millis(600)).await;
-    let porta: Vec<&str> = msgs
-        .iter()
-        .filter(|m| m.topic == "casa/porta")
-        .map(|m| m.payload.as_str())
-        .collect();
-    assert_eq!(porta, vec!["FECHADA"], "one message per debounced change");
-
-    // A glitch shorter than the debounce that returns to the old level: nothing.
-    board.drive(17, Some(true));
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    board.drive(17, Some(false));
-    let msgs = obs.collect(Duration::from_millis(400)).await;
-    assert!(
-        msgs.iter().all(|m| m.topic != "casa/porta"),
-        "a glitch must not publish: {msgs:?}"
-    );
-
-    // Without debounce every edge is a change.
-    board.drive(5, Some(true));
-    board.drive(5, Some(false));
-    board.drive(5, Some(true));
-    let msgs = obs.collect(Duration::from_millis(400)).await;
-    let botao: Vec<&str> = msgs
-        .iter()
-        .filter(|m| m.topic == "casa/botao")
-        .map(|m| m.payload.as_str())
-        .collect();
-    assert_eq!(botao, vec!["true", "false", "true"]);
-    gw.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_heartbeat_republishes_the_unchanged_state() {
-    let board = SimGpio::default();
-    let mapping =
-        format!("{HEAD}      - topic: casa/porta\n        pin: 4\n        heartbeat: 300ms\n");
-    let gw = start(&mapping, &board).await;
-    let mut obs = Observer::connect(gw.broker_port(), "casa/porta", QoS::AtMostOnce).await;
-    let msgs = obs.collect(Duration::from_millis(1700)).await;
-    let n = msgs.iter().filter(|m| m.payload == "false").count();
-    assert!((3..=7).contains(&n), "heartbeats in 1.7 s: {n}");
-    gw.stop().await;
-}
+// Debounce and heartbeat run on tokio's paused clock in `actor.rs`.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_follow_set_with_active_low_initial_and_shutdown_states() {

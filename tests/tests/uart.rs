@@ -63,8 +63,9 @@ devices:
     );
     let gw = Gateway::start(model(&mapping, "")).await;
     let mut obs = Observer::connect(gw.broker_port(), "casa/#", QoS::AtMostOnce).await;
-    // Give the gateway time to open its end.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bytes written before the gateway opens its end are flushed away on open.
+    let opened = &gw.stats.serial[0].opened;
+    assert!(fieldlink_tests::eventually(T, || opened.load(Relaxed) == 1).await);
     let writes: Vec<&[u8]> = vec![
         b"T=23.4;H=51\n",
         b"\x01\x02zz\xff\n", // not UTF-8: garbage
@@ -82,9 +83,13 @@ devices:
     for w in writes {
         sensor.write_all(w).await.expect("write");
         sensor.flush().await.expect("flush");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Pacing, not synchronisation: separate writes make separate reads likely, so
+        // the split line is reassembled across reads (the assertions hold either way).
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let msgs = obs.collect(Duration::from_millis(900)).await;
+    let msgs = obs
+        .collect_until(|m| m.topic == "casa/sala/umidade" && m.payload == "48", T)
+        .await;
     assert_eq!(
         values(&msgs, "casa/sala/temperatura"),
         ["23.4", "24.5", "25.0"],
@@ -286,7 +291,9 @@ devices:
     set("casa/jardim/painel/set", r#"{"value":"oi\r\nRELAY3 ON"}"#).await;
     let v = result(&mut obs, "casa/jardim/painel").await;
     assert_eq!(v["ok"], false, "{v}");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Both were answered; the next line written after them is the next query.
+    let n = before.len();
+    assert!(fieldlink_tests::eventually(T, || received.lock().expect("lock").len() > n).await);
     let after = received.lock().expect("lock").clone();
     assert!(
         after[before.len()..].iter().all(|l| l == "READ"),
@@ -335,7 +342,8 @@ devices:
     let gw = Gateway::start(model(&mapping, "")).await;
     let availability = gw.model.availability_topic("co2");
     let mut obs = Observer::connect(gw.broker_port(), "#", QoS::AtMostOnce).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let opened = &gw.stats.serial[0].opened;
+    assert!(fieldlink_tests::eventually(T, || opened.load(Relaxed) == 1).await);
     sensor
         .write_all(b"CO2 0815 ppm T 19.5\n")
         .await

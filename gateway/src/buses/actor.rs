@@ -134,7 +134,7 @@ impl Cx {
         d: usize,
         p: usize,
         value: &Value,
-        started: Instant,
+        started: TokioInstant,
         wall: SystemTime,
     ) -> bool {
         let point = &self.bus.devices[d].points[p];
@@ -154,7 +154,7 @@ impl Cx {
     /// a heartbeat, an output's state at start).
     pub(crate) fn force(&mut self, d: usize, p: usize, r: Reading) {
         let point = &self.bus.devices[d].points[p];
-        self.states[d][p].force(&r, Instant::now());
+        self.states[d][p].force(&r, TokioInstant::now());
         self.messages
             .push(Outgoing::value(point, payload(point, r, SystemTime::now())));
         self.stats.devices[self.first + d]

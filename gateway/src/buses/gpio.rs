@@ -297,7 +297,7 @@ impl Gpio {
                 line.device,
                 line.point,
                 &Value::Bool(on),
-                std::time::Instant::now(),
+                now,
                 std::time::SystemTime::now(),
             )
         };

@@ -10,7 +10,7 @@
 use std::{
     collections::VecDeque,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use fieldlink_drivers::modbus::{
@@ -82,7 +82,7 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
     async fn poll(&mut self, d: usize, cx: &mut Cx) -> Polled {
         let device = cx.device(d).clone();
         let unit = &mut self.devices[d];
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let wall = SystemTime::now();
         // What was learned from exception 02 and is due is checked again in this cycle.
         unit.planner.refresh(tokio::time::Instant::now());
@@ -159,7 +159,7 @@ impl Unit {
         d: usize,
         req: &ReadRequest,
         data: &ReadData,
-        started: Instant,
+        started: tokio::time::Instant,
         wall: SystemTime,
         cx: &mut Cx,
     ) {

@@ -1,10 +1,7 @@
 //! Where a line goes: the awaited acknowledgement, the awaited reply, a device sending on
 //! its own, or nobody.
 
-use std::{
-    sync::atomic::Ordering::Relaxed,
-    time::{Instant, SystemTime},
-};
+use std::{sync::atomic::Ordering::Relaxed, time::SystemTime};
 
 use fieldlink_drivers::uart::{FieldValue, Parsed};
 use tracing::debug;
@@ -75,7 +72,7 @@ impl Uart {
         if found.is_empty() {
             return false;
         }
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let wall = SystemTime::now();
         for (p, fv) in found {
             let point = &dev.points[p];

@@ -1,0 +1,263 @@
+//! The device actor driven through its I/O seam on tokio's paused clock: a Modbus bus task
+//! over a scripted transport and a gpio bus task over the simulated board. Debounce,
+//! heartbeat, `offline_after` and the offline backoff are checked to the millisecond of
+//! virtual time, so minutes of schedule run in milliseconds and nothing depends on the
+//! machine's load.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fieldlink::{buses, publish::Outgoing, shutdown, Model, Stats};
+use fieldlink_drivers::{
+    gpio::{SimGpio, SimMode},
+    modbus::{DriverError, ModbusTransport, ReadData, Table},
+};
+use fieldlink_tests::model;
+use tokio::{sync::mpsc, time::Instant};
+
+/// A message and the virtual time since the test began when the bus task sent it.
+type Log = Arc<Mutex<Vec<(Duration, Outgoing)>>>;
+
+/// Start `run` on the bus of `model`, recording every message with its virtual time.
+fn record(model: &Model) -> (buses::BusIo, Log, Arc<Stats>, shutdown::ShutdownTrigger) {
+    let stats = Arc::new(Stats::new(model));
+    let (out, mut rx) = mpsc::channel::<Vec<Outgoing>>(1024);
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let t0 = Instant::now();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            let at = t0.elapsed();
+            l.lock()
+                .expect("lock")
+                .extend(batch.into_iter().map(|m| (at, m)));
+        }
+    });
+    let (_commands_tx, commands) = mpsc::channel(16);
+    // The command side is closed at once: these tests are about the schedule.
+    drop(_commands_tx);
+    let (trigger, sd) = shutdown::channel();
+    let io = buses::BusIo {
+        out,
+        commands,
+        stats: stats.clone(),
+        shutdown: sd,
+    };
+    (io, log, stats, trigger)
+}
+
+/// The payloads on `topic` with the whole milliseconds of virtual time they were sent at.
+fn on(log: &Log, topic: &str) -> Vec<(u128, String)> {
+    log.lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, m)| m.topic == topic)
+        .map(|(t, m)| {
+            (
+                t.as_millis(),
+                String::from_utf8_lossy(&m.payload).into_owned(),
+            )
+        })
+        .collect()
+}
+
+const GPIO: &str = "buses:\n  - id: io\n    kind: gpio\n    backend: simulated\ndevices:\n  - id: pi\n    bus: io\n    points:\n";
+
+async fn gpio(mapping: &str, board: &SimGpio) -> (Log, shutdown::ShutdownTrigger) {
+    let m = Arc::new(model(&format!("{GPIO}{mapping}"), ""));
+    let (io, log, _stats, trigger) = record(&m);
+    let bus = m.buses[0].clone();
+    tokio::spawn(buses::run_gpio(m, bus, 0, Box::new(board.clone()), io));
+    // The task sets the lines up and publishes their states before it waits.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    (log, trigger)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bouncing_contact_publishes_once_and_a_glitch_not_at_all() {
+    let board = SimGpio::default();
+    let (log, _stop) = gpio(
+        "      - topic: casa/porta\n        pin: 17\n        pull: up\n        active_low: true\n        debounce: 60ms\n        values: {FECHADA: true, ABERTA: false}\n      - topic: casa/botao\n        pin: 5\n        pull: down\n        debounce: 0s\n",
+        &board,
+    )
+    .await;
+    // Pull-up, active-low, nothing driving the line: high = OFF = ABERTA.
+    assert_eq!(board.mode(17), SimMode::Input(fieldlink::model::Pull::Up));
+    assert_eq!(on(&log, "casa/porta"), [(0, "ABERTA".to_string())]);
+    // Closes at 1 ms and bounces 5 times, 3 ms apart: the level is stable from 31 ms, so
+    // it is published once, 60 ms later.
+    for _ in 0..5 {
+        board.drive(17, Some(false));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        board.drive(17, Some(true));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    board.drive(17, Some(false));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        on(&log, "casa/porta"),
+        [(0, "ABERTA".to_string()), (91, "FECHADA".to_string())]
+    );
+    // A 10 ms glitch that returns to the old level: nothing.
+    board.drive(17, Some(true));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    board.drive(17, Some(false));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(on(&log, "casa/porta").len(), 2, "a glitch must not publish");
+    // Without debounce every edge is a change, at once.
+    board.drive(5, Some(true));
+    board.drive(5, Some(false));
+    board.drive(5, Some(true));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let botao: Vec<String> = on(&log, "casa/botao").into_iter().map(|(_, p)| p).collect();
+    assert_eq!(botao, ["false", "true", "false", "true"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gpio_heartbeat_republishes_on_time_and_a_change_restarts_it() {
+    let board = SimGpio::default();
+    let (log, _stop) = gpio(
+        "      - topic: casa/porta\n        pin: 4\n        heartbeat: 300ms\n",
+        &board,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    board.drive(4, Some(true));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let times: Vec<(u128, String)> = on(&log, "casa/porta");
+    let expect: Vec<(u128, String)> = [
+        (0, "false"),
+        (300, "false"),
+        (600, "false"),
+        (900, "false"),
+        // The default debounce of an input is 20 ms.
+        (1021, "true"),
+        (1321, "true"),
+        (1621, "true"),
+    ]
+    .into_iter()
+    .map(|(t, p)| (t, p.to_string()))
+    .collect();
+    assert_eq!(times, expect);
+}
+
+/// A Modbus unit that answers only while `up` says so; every read is logged with its
+/// virtual time.
+struct Unit {
+    up: Arc<Mutex<bool>>,
+    reads: Arc<Mutex<Vec<Duration>>>,
+    t0: Instant,
+}
+
+impl ModbusTransport for Unit {
+    async fn read(
+        &mut self,
+        _unit: u8,
+        _table: Table,
+        _addr: u16,
+        count: u16,
+    ) -> Result<ReadData, DriverError> {
+        self.reads.lock().expect("lock").push(self.t0.elapsed());
+        if *self.up.lock().expect("lock") {
+            Ok(ReadData::Registers(vec![42; usize::from(count)]))
+        } else {
+            Err(DriverError::Timeout(Duration::ZERO))
+        }
+    }
+
+    async fn write_registers(
+        &mut self,
+        _unit: u8,
+        _addr: u16,
+        _values: &[u16],
+        _multiple: bool,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn write_coils(
+        &mut self,
+        _unit: u8,
+        _addr: u16,
+        _values: &[bool],
+        _multiple: bool,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    fn endpoint(&self) -> String {
+        "scripted unit".into()
+    }
+}
+
+/// The scripted unit's log, its switch, its reads, and the model.
+type Scripted = (Log, Arc<Mutex<bool>>, Arc<Mutex<Vec<Duration>>>, Arc<Model>);
+
+async fn modbus(device: &str, up: bool) -> Scripted {
+    let mapping = format!(
+        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }}\ndevices:\n  - {{ id: u, bus: b, unit: 1, {device} }}\n"
+    );
+    let m = Arc::new(model(&mapping, ""));
+    let (io, log, _stats, trigger) = record(&m);
+    // Kept alive by the task for the whole test.
+    std::mem::forget(trigger);
+    let (up, reads) = (Arc::new(Mutex::new(up)), Arc::default());
+    let unit = Unit {
+        up: Arc::clone(&up),
+        reads: Arc::clone(&reads),
+        t0: Instant::now(),
+    };
+    let bus = m.buses[0].clone();
+    tokio::spawn(buses::run_modbus(m.clone(), bus, 0, unit, io));
+    (log, up, reads, m)
+}
+
+fn secs(reads: &Mutex<Vec<Duration>>) -> Vec<u64> {
+    reads
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|d| d.as_secs())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_after_failed_polls_then_backoff_to_the_cap_and_back_on_the_first_reply() {
+    let (log, up, reads, m) = modbus(
+        "poll_interval: 1s, offline_after: 3, max_backoff: 8s, points: [{ topic: f/t, table: holding, address: 0 }]",
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(40_500)).await;
+    // Polls at 0, 1 and 2 s fail; offline after the third. Then 1, 2, 4, 8, 8, 8 s apart.
+    assert_eq!(secs(&reads), [0, 1, 2, 3, 5, 9, 17, 25, 33]);
+    assert_eq!(
+        on(&log, &m.availability_topic("u")),
+        [(2000, "offline".to_string())]
+    );
+    *up.lock().expect("lock") = true;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The try at 41 s answers: online, and the poll interval again.
+    assert_eq!(secs(&reads)[9..], [41, 42, 43]);
+    assert_eq!(
+        on(&log, &m.availability_topic("u"))[1..],
+        [(41_000, "online".to_string())]
+    );
+    assert_eq!(on(&log, "f/t"), [(41_000, "42".to_string())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_value_is_republished_at_its_heartbeat_only() {
+    let (log, _up, reads, _m) = modbus(
+        "poll_interval: 1s, points: [{ topic: f/t, table: holding, address: 0, heartbeat: 5s }]",
+        true,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    assert_eq!(secs(&reads).len(), 13, "polled every second");
+    let times: Vec<u128> = on(&log, "f/t").into_iter().map(|(t, _)| t).collect();
+    assert_eq!(times, [0, 5000, 10_000]);
+}
