@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use fieldlink::{buses, publish::Outgoing, shutdown, Model, Stats};
+use fieldlink::{buses, shutdown, Model, Outgoing, Stats};
 use fieldlink_drivers::{
     gpio::{SimGpio, SimMode},
     modbus::{DriverError, ModbusTransport, ReadData, Table},

@@ -1,0 +1,341 @@
+//! Running the gateway: [`run`] (and [`run_with`] for tests, benchmarks and the demo)
+//! starts every part in order and stops them in reverse on shutdown.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use fieldlink_drivers::{
+    gpio::{GpioBackend, GpioError, SimGpio},
+    modbus::{rtu::RtuTransport, tcp::TcpTransport},
+};
+use thiserror::Error;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::info;
+
+use crate::{
+    broker, buses, commands,
+    health::Stats,
+    model::{BusKind, GpioBackendKind, Model},
+    mqtt, publish,
+    shutdown::Shutdown,
+    spool, upstream,
+};
+
+/// Why the gateway could not run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The embedded broker did not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The upstream broker's TLS settings or queue.
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    /// A gpio bus could not open its controller.
+    #[error("bus `{bus}`: {error}")]
+    Gpio {
+        /// Bus id.
+        bus: String,
+        /// What failed.
+        error: GpioError,
+    },
+}
+
+/// Handles a caller can give [`run_with`]: tests, benchmarks and the demo use them.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Counters to share (otherwise fresh ones).
+    pub stats: Option<Arc<Stats>>,
+    /// Simulated GPIO boards by bus id, for buses with `backend: simulated`; such a bus
+    /// without an entry gets a board of its own.
+    pub gpio: HashMap<String, SimGpio>,
+}
+
+/// Commands that may wait for one bus task.
+const COMMAND_CAPACITY: usize = 256;
+
+/// Capacity (in poll batches) of the channel from the bus tasks to the MQTT task.
+const OUT_CAPACITY: usize = 1024;
+
+/// Run the gateway until `shutdown` fires: the embedded broker (if enabled), one task per
+/// bus, the MQTT client and the diagnostics publisher. On shutdown the bus tasks finish
+/// their transaction, devices and the gateway are published `offline` (retained) and the
+/// MQTT connection is closed with a DISCONNECT.
+pub async fn run(model: Model, shutdown: Shutdown) -> Result<(), RunError> {
+    run_with_stats(model, shutdown, None).await
+}
+
+/// [`run`], sharing the counters with the caller (benchmarks and tests read them).
+pub async fn run_with_stats(
+    model: Model,
+    shutdown: Shutdown,
+    stats: Option<Arc<Stats>>,
+) -> Result<(), RunError> {
+    run_with(
+        model,
+        shutdown,
+        Hooks {
+            stats,
+            ..Hooks::default()
+        },
+    )
+    .await
+}
+
+/// [`run`] with [`Hooks`], in named steps: open what can fail first (GPIO controllers,
+/// the upstream queue and TLS settings, the embedded broker), then the MQTT sides, then
+/// one task per bus and the diagnostics; on shutdown, stop them in the reverse order.
+pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Result<(), RunError> {
+    // Off a Pi, `backend: rppal` fails here, before anything else starts.
+    let mut gpio = open_gpio(&model, &hooks)?;
+    // A queue directory that cannot be written stops the gateway here, with the reason.
+    let spool = match &model.mqtt.upstream {
+        Some(u) => {
+            upstream::options(&model, u)?;
+            Some(upstream::open_queue(u)?)
+        }
+        None => None,
+    };
+    let model = Arc::new(model);
+    let stats = hooks
+        .stats
+        .clone()
+        .unwrap_or_else(|| Arc::new(Stats::new(&model)));
+    let link = start_broker(&model, &stats).await?;
+    let (tx, rx) = mpsc::channel(OUT_CAPACITY);
+    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = model
+        .buses
+        .iter()
+        .map(|_| mpsc::channel(COMMAND_CAPACITY))
+        .unzip();
+    let router = commands::Router::new(model.clone(), command_txs, stats.clone());
+    let mqtt = start_mqtt(&model, &stats, rx, router, link, spool);
+    let buses = spawn_buses(&model, &stats, &tx, command_rxs, &shutdown, &mut gpio);
+    let diag = tokio::spawn(diagnostics(
+        model.clone(),
+        tx.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    info!(
+        gateway = %model.gateway_id,
+        buses = model.buses.len(),
+        devices = model.devices().count(),
+        points = model.points().count(),
+        "Gateway running."
+    );
+    shutdown.recv().await;
+    info!("Shutting down.");
+    for b in buses {
+        let _ = b.await;
+    }
+    let _ = diag.await;
+    let offline = model
+        .devices()
+        .map(|d| buses::availability(&model.availability_topic(&d.id), false))
+        .collect();
+    let _ = tx.send(offline).await;
+    drop(tx);
+    for m in mqtt {
+        // The upstream side writes its queue to disk before it disconnects.
+        let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
+    }
+    info!("Gateway stopped.");
+    Ok(())
+}
+
+/// Open the controller of every gpio bus (a simulated board from `hooks`, or rppal).
+fn open_gpio(
+    model: &Model,
+    hooks: &Hooks,
+) -> Result<HashMap<String, Box<dyn GpioBackend>>, RunError> {
+    let mut gpio: HashMap<String, Box<dyn GpioBackend>> = HashMap::new();
+    for bus in &model.buses {
+        if let BusKind::Gpio { backend } = bus.kind {
+            let b: Box<dyn GpioBackend> = match backend {
+                GpioBackendKind::Simulated => {
+                    Box::new(hooks.gpio.get(&bus.id).cloned().unwrap_or_default())
+                }
+                GpioBackendKind::Rppal => {
+                    fieldlink_drivers::gpio::open_rppal().map_err(|error| RunError::Gpio {
+                        bus: bus.id.clone(),
+                        error,
+                    })?
+                }
+            };
+            gpio.insert(bus.id.clone(), b);
+        }
+    }
+    Ok(gpio)
+}
+
+/// Start the embedded broker, when enabled: the gateway's link into it.
+async fn start_broker(
+    model: &Arc<Model>,
+    stats: &Arc<Stats>,
+) -> Result<Option<broker::Link>, RunError> {
+    if model.mqtt.embedded.is_none() {
+        return Ok(None);
+    }
+    let (m, b) = (model.clone(), stats.broker.clone());
+    Ok(tokio::task::spawn_blocking(move || broker::start(m, b))
+        .await
+        .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??)
+}
+
+/// Start the MQTT sides the model has (embedded, upstream, or both with a fan-out).
+fn start_mqtt(
+    model: &Arc<Model>,
+    stats: &Arc<Stats>,
+    rx: mpsc::Receiver<publish::Batch>,
+    router: commands::Router,
+    link: Option<broker::Link>,
+    spool: Option<spool::Spool>,
+) -> Vec<JoinHandle<()>> {
+    let upstream_router = model
+        .mqtt
+        .upstream
+        .as_ref()
+        .filter(|u| u.accept_commands)
+        .map(|_| router.clone());
+    let embedded = |rx, link| {
+        tokio::spawn(mqtt::run_client(
+            model.clone(),
+            rx,
+            stats.clone(),
+            router,
+            link,
+        ))
+    };
+    let upstream = |rx, spool| {
+        tokio::spawn(upstream_task(
+            model.clone(),
+            spool,
+            rx,
+            stats.clone(),
+            upstream_router,
+        ))
+    };
+    match (link, spool) {
+        (Some(link), None) => vec![embedded(rx, link)],
+        (None, Some(spool)) => vec![upstream(rx, spool)],
+        (Some(link), Some(spool)) => {
+            let (etx, erx) = mpsc::channel(OUT_CAPACITY);
+            let (utx, urx) = mpsc::channel(OUT_CAPACITY);
+            vec![
+                tokio::spawn(fanout(rx, etx, utx)),
+                embedded(erx, link),
+                upstream(urx, spool),
+            ]
+        }
+        // Validation requires a destination; drain so the buses never block.
+        (None, None) => {
+            let mut rx = rx;
+            vec![tokio::spawn(
+                async move { while rx.recv().await.is_some() {} },
+            )]
+        }
+    }
+}
+
+/// One task per bus, each with its kind's I/O.
+fn spawn_buses(
+    model: &Arc<Model>,
+    stats: &Arc<Stats>,
+    tx: &mpsc::Sender<publish::Batch>,
+    command_rxs: Vec<mpsc::Receiver<commands::Command>>,
+    shutdown: &Shutdown,
+    gpio: &mut HashMap<String, Box<dyn GpioBackend>>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let mut first = 0;
+    for (bus, commands) in model.buses.iter().zip(command_rxs) {
+        let io = buses::BusIo {
+            out: tx.clone(),
+            commands,
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let (m, b) = (model.clone(), bus.clone());
+        match &bus.kind {
+            BusKind::ModbusTcp {
+                host,
+                port,
+                timeout,
+            } => {
+                let t = TcpTransport::new(host.clone(), *port, *timeout);
+                tasks.push(tokio::spawn(buses::run_modbus(m, b, first, t, io)));
+            }
+            BusKind::ModbusRtu {
+                serial,
+                timeout,
+                frame_delay,
+            } => {
+                let t = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
+                tasks.push(tokio::spawn(buses::run_modbus(m, b, first, t, io)));
+            }
+            BusKind::Uart { .. } => tasks.push(tokio::spawn(buses::run_uart(m, b, first, io))),
+            BusKind::Gpio { .. } => {
+                // Opened by `open_gpio` for every gpio bus.
+                if let Some(backend) = gpio.remove(&bus.id) {
+                    tasks.push(tokio::spawn(buses::run_gpio(m, b, first, backend, io)));
+                }
+            }
+        }
+        first += bus.devices.len();
+    }
+    tasks
+}
+
+/// Every batch to both MQTT sides (embedded and upstream).
+async fn fanout(
+    mut rx: mpsc::Receiver<publish::Batch>,
+    embedded: mpsc::Sender<publish::Batch>,
+    upstream: mpsc::Sender<publish::Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let _ = embedded.send(batch.clone()).await;
+        let _ = upstream.send(batch).await;
+    }
+}
+
+async fn upstream_task(
+    model: Arc<Model>,
+    spool: spool::Spool,
+    rx: mpsc::Receiver<publish::Batch>,
+    stats: Arc<Stats>,
+    router: Option<commands::Router>,
+) {
+    if let Err(e) = upstream::run_upstream(model, spool, rx, stats, router).await {
+        tracing::error!(error = %e, "Upstream link stopped.");
+    }
+}
+
+async fn diagnostics(
+    model: Arc<Model>,
+    tx: mpsc::Sender<publish::Batch>,
+    stats: Arc<Stats>,
+    mut shutdown: Shutdown,
+) {
+    let topic = model.diagnostics_topic();
+    let mut tick = tokio::time::interval(model.diagnostics_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        stats.mqtt_queue.store(
+            (tx.max_capacity() - tx.capacity()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let m = publish::Outgoing {
+            topic: topic.clone(),
+            payload: stats.to_json().to_string().into_bytes(),
+            retain: true,
+            qos: 0,
+            slot: None,
+        };
+        if tx.send(vec![m]).await.is_err() {
+            return;
+        }
+    }
+}
