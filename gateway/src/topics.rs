@@ -1,4 +1,63 @@
-//! MQTT topic rules: what a point topic may look like.
+//! MQTT topic rules: what a point topic may look like, and the topic contract of a model
+//! (which topics only the gateway publishes, which `<topic>/set` carry commands and where
+//! each goes), computed in one place for the broker's rights check and the command router.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::model::Model;
+
+/// Where a `<topic>/set` goes: bus, device and point indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PointRef {
+    /// Bus index in the model.
+    pub(crate) bus: usize,
+    /// Device index in its bus.
+    pub(crate) device: usize,
+    /// Point index in its device.
+    pub(crate) point: usize,
+    /// The device's index among all devices of the model (its counters).
+    pub(crate) stats_index: usize,
+}
+
+/// The topic contract of a model.
+#[derive(Debug, Default)]
+pub(crate) struct Contract {
+    /// Topics only the gateway publishes: points, their `/set/result`, status,
+    /// availability and diagnostics.
+    pub(crate) protected: HashSet<String>,
+    /// `<topic>/set` of every writable point, and its point.
+    pub(crate) commands: HashMap<String, PointRef>,
+}
+
+impl Contract {
+    /// The contract of `model`.
+    pub(crate) fn new(model: &Model) -> Contract {
+        let mut c = Contract::default();
+        let mut stats_index = 0;
+        for (b, bus) in model.buses.iter().enumerate() {
+            for (d, dev) in bus.devices.iter().enumerate() {
+                for (p, point) in dev.points.iter().enumerate() {
+                    c.protected.insert(point.topic.clone());
+                    c.protected.insert(point.result_topic());
+                    if point.writable {
+                        let at = PointRef {
+                            bus: b,
+                            device: d,
+                            point: p,
+                            stats_index,
+                        };
+                        c.commands.insert(point.set_topic(), at);
+                    }
+                }
+                c.protected.insert(model.availability_topic(&dev.id));
+                stats_index += 1;
+            }
+        }
+        c.protected.insert(model.status_topic());
+        c.protected.insert(model.diagnostics_topic());
+        c
+    }
+}
 
 /// Maximum length of an MQTT topic in bytes.
 pub const MAX_TOPIC_BYTES: usize = 65_535;
@@ -71,5 +130,40 @@ mod tests {
         assert!(check_topic("casa//x").is_err());
         assert!(check_topic("casa/").is_err());
         assert!(check_topic(&"a".repeat(70_000)).is_err());
+    }
+
+    #[test]
+    fn the_contract_commands_only_writable_points_and_protects_the_gateways_topics() {
+        let gateway =
+            "id: t\nmappings: m.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:1883\"\n";
+        let mapping = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }\ndevices:\n  - id: d1\n    bus: b\n    points:\n      - { topic: casa/a, table: holding, address: 0 }\n      - { topic: casa/b, table: holding, address: 1, writable: true }\n  - id: d2\n    bus: b\n    unit: 2\n    points:\n      - { topic: casa/c, table: coil, address: 0, writable: true }\n";
+        let checked =
+            crate::validate::check_sources(std::path::Path::new("/g.yaml"), gateway, |_, _| {
+                vec![("m.yaml".into(), mapping.to_string())]
+            })
+            .expect("valid");
+        let c = Contract::new(&checked.model);
+        let mut commands: Vec<_> = c.commands.iter().collect();
+        commands.sort_by_key(|(t, _)| t.as_str());
+        let b = |device, point, stats_index| PointRef {
+            bus: 0,
+            device,
+            point,
+            stats_index,
+        };
+        assert_eq!(
+            commands,
+            [
+                (&"casa/b/set".to_string(), &b(0, 1, 0)),
+                (&"casa/c/set".to_string(), &b(1, 0, 1))
+            ]
+        );
+        for t in ["casa/a", "casa/a/set/result", "casa/c"] {
+            assert!(c.protected.contains(t), "{t}");
+        }
+        let m = &checked.model;
+        assert!(c.protected.contains(&m.availability_topic("d2")));
+        assert!(c.protected.contains(&m.status_topic()));
+        assert!(!c.protected.contains("casa/b/set"));
     }
 }

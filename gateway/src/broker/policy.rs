@@ -42,20 +42,11 @@ pub(crate) struct Policy {
 impl Policy {
     /// The policy for `model`'s embedded broker.
     pub(crate) fn new(model: &Model, e: &EmbeddedBroker) -> Policy {
-        let mut protected: HashSet<String> = HashSet::new();
-        let mut commands: HashSet<String> = HashSet::new();
-        for p in model.points() {
-            protected.insert(p.topic.clone());
-            protected.insert(p.result_topic());
-            if p.writable {
-                commands.insert(p.set_topic());
-            }
-        }
-        for d in model.devices() {
-            protected.insert(model.availability_topic(&d.id));
-        }
-        protected.insert(model.status_topic());
-        protected.insert(model.diagnostics_topic());
+        let crate::topics::Contract {
+            protected,
+            commands,
+        } = crate::topics::Contract::new(model);
+        let commands = commands.into_keys().collect();
         Policy {
             users: e.users.clone(),
             acl: e.acl.clone(),

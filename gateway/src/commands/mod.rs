@@ -16,6 +16,7 @@ use crate::{
     health::{Availability, Stats},
     model::{Model, Point, ValueType},
     publish::Outgoing,
+    topics::PointRef,
 };
 
 /// A validated command for a bus task.
@@ -31,20 +32,11 @@ pub struct Command {
     pub id: Option<serde_json::Value>,
 }
 
-/// Where a `<topic>/set` goes.
-#[derive(Clone, Debug)]
-struct Route {
-    bus: usize,
-    device: usize,
-    point: usize,
-    stats_index: usize,
-}
-
 /// Routes `<topic>/set` messages to the bus tasks.
 #[derive(Clone)]
 pub struct Router {
     model: Arc<Model>,
-    routes: HashMap<String, Route>,
+    routes: HashMap<String, PointRef>,
     buses: Vec<mpsc::Sender<Command>>,
     stats: Arc<Stats>,
 }
@@ -52,26 +44,7 @@ pub struct Router {
 impl Router {
     /// A router for the writable points of `model`; `buses[i]` feeds bus `i`'s task.
     pub fn new(model: Arc<Model>, buses: Vec<mpsc::Sender<Command>>, stats: Arc<Stats>) -> Self {
-        let mut routes = HashMap::new();
-        let mut stats_index = 0;
-        for (b, bus) in model.buses.iter().enumerate() {
-            for (d, dev) in bus.devices.iter().enumerate() {
-                for (p, point) in dev.points.iter().enumerate() {
-                    if point.writable {
-                        routes.insert(
-                            point.set_topic(),
-                            Route {
-                                bus: b,
-                                device: d,
-                                point: p,
-                                stats_index,
-                            },
-                        );
-                    }
-                }
-                stats_index += 1;
-            }
-        }
+        let routes = crate::topics::Contract::new(&model).commands;
         Router {
             model,
             routes,
