@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use rmqtt::{
     codec::v5::SubscribeAckReason,
     hook::{Handler, HookResult, Parameter, ReturnType},
-    types::{AuthResult, PublishAclResult, SubscribeAclResult},
+    session::Session,
+    types::{AuthResult, ConnectInfo, Publish, PublishAclResult, Subscribe, SubscribeAclResult},
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -311,129 +312,132 @@ fn addr_text(a: Option<SocketAddr>) -> String {
     a.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
+impl Guard {
+    /// The login check: user and password, the connection limit, the Last Will's topic.
+    fn authenticate(&self, c: &ConnectInfo) -> AuthResult {
+        let id = c.id();
+        let user = c.username().map(|u| &**u);
+        let will = c.last_will().map(|w| match w {
+            rmqtt::types::LastWill::V3(w) => w.topic.to_string(),
+            rmqtt::types::LastWill::V5(w) => w.topic.to_string(),
+        });
+        let login = self
+            .policy
+            .login(&id.client_id, user, c.password().map(|p| &p[..]));
+        let login = match login {
+            // The gateway is not a client of its own broker (see `link`).
+            Login::User if self.online.len() >= self.policy.max_connections => {
+                Login::Refused("too many clients (max_connections)")
+            }
+            // A Last Will is published by the broker without a publish check: refuse a
+            // client whose Will it may not publish (as Mosquitto 2).
+            Login::User
+                if will.as_deref().is_some_and(|t| {
+                    !self
+                        .policy
+                        .may_publish(self.policy.acl_user(user), &id.client_id, t)
+                }) =>
+            {
+                Login::Refused("Last Will on a topic the client may not publish")
+            }
+            other => other,
+        };
+        match login {
+            Login::Gateway => AuthResult::Allow(true, None),
+            Login::User => AuthResult::Allow(false, None),
+            Login::BadPassword => {
+                self.refused(
+                    &id.client_id,
+                    user,
+                    id.remote_addr,
+                    "wrong user name or password",
+                );
+                // "Not authorised" (CONNACK 5), as Mosquitto answers it.
+                AuthResult::NotAuthorized
+            }
+            Login::Refused(why) => {
+                self.refused(&id.client_id, user, id.remote_addr, why);
+                AuthResult::NotAuthorized
+            }
+        }
+    }
+
+    /// The rights check of a subscription.
+    fn subscribe(&self, s: &Session, sub: &Subscribe) -> SubscribeAclResult {
+        let user = self.policy.acl_user(s.id.username.as_deref());
+        if self
+            .policy
+            .may_subscribe(user, &s.id.client_id, &sub.topic_filter)
+        {
+            SubscribeAclResult::new_success(sub.opts.qos(), None)
+        } else {
+            self.stats.denied_subscriptions.fetch_add(1, Relaxed);
+            tracing::debug!(client = %s.id.client_id, filter = %sub.topic_filter, "Subscription denied.");
+            SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
+        }
+    }
+
+    /// The rights check of a publish; an allowed one on a command topic goes to the
+    /// gateway (a denied one is never written).
+    fn publish(&self, s: &Session, p: &Publish) -> PublishAclResult {
+        let user = self.policy.acl_user(s.id.username.as_deref());
+        let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
+            && self.retained.admit(&p.topic, p.retain, p.payload.len());
+        if allowed {
+            if self.policy.commands.contains(&*p.topic) {
+                self.command(&p.topic, &p.payload);
+            }
+            PublishAclResult::allow()
+        } else {
+            self.stats.denied_publishes.fetch_add(1, Relaxed);
+            tracing::debug!(client = %s.id.client_id, topic = %p.topic, "Publish denied.");
+            PublishAclResult::rejected(false, Some("not authorized".into()))
+        }
+    }
+
+    /// A client connected (`up`) or disconnected (with `reason`).
+    fn presence(&self, s: &Session, up: bool, reason: Option<&dyn std::fmt::Display>) {
+        if up {
+            self.online.insert(&s.id, &self.stats);
+            self.stats.connects.fetch_add(1, Relaxed);
+        } else {
+            self.online.remove(&s.id, &self.stats);
+        }
+        if s.id.client_id == self.policy.gateway_client_id {
+            return;
+        }
+        let (client, user) = (&s.id.client_id, s.id.username.as_deref().unwrap_or("-"));
+        let addr = addr_text(s.id.remote_addr);
+        match reason {
+            None => info!(client = %client, user, addr = %addr, "Client connected."),
+            Some(r) => {
+                info!(client = %client, user, addr = %addr, reason = %r, "Client disconnected.");
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Handler for Guard {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::ClientAuthenticate(c) => {
-                let id = c.id();
-                let user = c.username().map(|u| &**u);
-                let will = c.last_will().map(|w| match w {
-                    rmqtt::types::LastWill::V3(w) => w.topic.to_string(),
-                    rmqtt::types::LastWill::V5(w) => w.topic.to_string(),
-                });
-                let login = self
-                    .policy
-                    .login(&id.client_id, user, c.password().map(|p| &p[..]));
-                let login = match login {
-                    // The gateway is not a client of its own broker (see `link`).
-                    Login::User if self.online.len() >= self.policy.max_connections => {
-                        Login::Refused("too many clients (max_connections)")
-                    }
-                    // A Last Will is published by the broker without a publish check:
-                    // refuse a client whose Will it may not publish (as Mosquitto 2).
-                    Login::User
-                        if will.as_deref().is_some_and(|t| {
-                            !self
-                                .policy
-                                .may_publish(self.policy.acl_user(user), &id.client_id, t)
-                        }) =>
-                    {
-                        Login::Refused("Last Will on a topic the client may not publish")
-                    }
-                    other => other,
-                };
-                let result = match login {
-                    Login::Gateway => AuthResult::Allow(true, None),
-                    Login::User => AuthResult::Allow(false, None),
-                    Login::BadPassword => {
-                        self.refused(
-                            &id.client_id,
-                            user,
-                            id.remote_addr,
-                            "wrong user name or password",
-                        );
-                        // "Not authorised" (CONNACK 5), as Mosquitto answers it.
-                        AuthResult::NotAuthorized
-                    }
-                    Login::Refused(why) => {
-                        self.refused(&id.client_id, user, id.remote_addr, why);
-                        AuthResult::NotAuthorized
-                    }
-                };
-                (false, Some(HookResult::AuthResult(result)))
+                (false, Some(HookResult::AuthResult(self.authenticate(c))))
             }
-            Parameter::ClientSubscribeCheckAcl(s, sub) => {
-                let user = self.policy.acl_user(s.id.username.as_deref());
-                if self
-                    .policy
-                    .may_subscribe(user, &s.id.client_id, &sub.topic_filter)
-                {
-                    (
-                        false,
-                        Some(HookResult::SubscribeAclResult(
-                            SubscribeAclResult::new_success(sub.opts.qos(), None),
-                        )),
-                    )
-                } else {
-                    self.stats.denied_subscriptions.fetch_add(1, Relaxed);
-                    tracing::debug!(client = %s.id.client_id, filter = %sub.topic_filter, "Subscription denied.");
-                    (
-                        false,
-                        Some(HookResult::SubscribeAclResult(
-                            SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized),
-                        )),
-                    )
-                }
-            }
-            Parameter::MessagePublishCheckAcl(s, p) => {
-                let user = self.policy.acl_user(s.id.username.as_deref());
-                let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
-                    && self.retained.admit(&p.topic, p.retain, p.payload.len());
-                if allowed {
-                    if self.policy.commands.contains(&*p.topic) {
-                        self.command(&p.topic, &p.payload);
-                    }
-                    (
-                        false,
-                        Some(HookResult::PublishAclResult(PublishAclResult::allow())),
-                    )
-                } else {
-                    self.stats.denied_publishes.fetch_add(1, Relaxed);
-                    tracing::debug!(client = %s.id.client_id, topic = %p.topic, "Publish denied.");
-                    (
-                        false,
-                        Some(HookResult::PublishAclResult(PublishAclResult::rejected(
-                            false,
-                            Some("not authorized".into()),
-                        ))),
-                    )
-                }
-            }
+            Parameter::ClientSubscribeCheckAcl(s, sub) => (
+                false,
+                Some(HookResult::SubscribeAclResult(self.subscribe(s, sub))),
+            ),
+            Parameter::MessagePublishCheckAcl(s, p) => (
+                false,
+                Some(HookResult::PublishAclResult(self.publish(s, p))),
+            ),
             Parameter::ClientConnected(s) => {
-                self.online.insert(&s.id, &self.stats);
-                self.stats.connects.fetch_add(1, Relaxed);
-                if s.id.client_id != self.policy.gateway_client_id {
-                    info!(
-                        client = %s.id.client_id,
-                        user = s.id.username.as_deref().unwrap_or("-"),
-                        addr = %addr_text(s.id.remote_addr),
-                        "Client connected."
-                    );
-                }
+                self.presence(s, true, None);
                 (true, acc)
             }
             Parameter::ClientDisconnected(s, reason) => {
-                self.online.remove(&s.id, &self.stats);
-                if s.id.client_id != self.policy.gateway_client_id {
-                    info!(
-                        client = %s.id.client_id,
-                        user = s.id.username.as_deref().unwrap_or("-"),
-                        addr = %addr_text(s.id.remote_addr),
-                        reason = %reason,
-                        "Client disconnected."
-                    );
-                }
+                self.presence(s, false, Some(reason));
                 (true, acc)
             }
             Parameter::MessagePublish(_, from, p) => {
