@@ -80,8 +80,7 @@ pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
             let board = SimGpio::default();
             for (i, p) in bus.devices.iter().flat_map(|d| d.points.iter()).enumerate() {
                 if let Some(g) = p
-                    .gpio
-                    .as_ref()
+                    .gpio()
                     .filter(|g| matches!(g.mode, GpioMode::Input { .. }))
                 {
                     contacts.push((board.clone(), g.pin, g.active_low, 20 + 7 * i as u64));
@@ -228,24 +227,25 @@ fn wave(p: &Point, i: usize, t: f64) -> f64 {
 fn animate(dev: &Arc<SimDevice>, points: &[Point], t: f64) {
     for (i, p) in points.iter().enumerate() {
         // Writable points keep what a command wrote; they only get a starting value.
+        let Some(m) = p.modbus() else { continue };
         if p.writable && t > 0.0 {
             continue;
         }
         if p.ty == ValueType::Bool {
             let period = 10.0 + 5.0 * (i % 4) as f64;
             let on = ((t / period) as u64 + i as u64) % 2 == 1;
-            match (p.table, p.bit) {
-                (Table::Coil | Table::Discrete, _) => dev.set_bit(p.table, p.address, on),
+            match (m.table, m.bit) {
+                (Table::Coil | Table::Discrete, _) => dev.set_bit(m.table, m.address, on),
                 (table, Some(bit)) => {
-                    let cur = dev.registers(table, p.address, 1)[0];
+                    let cur = dev.registers(table, m.address, 1)[0];
                     let v = if on {
                         cur | 1 << bit
                     } else {
                         cur & !(1 << bit)
                     };
-                    dev.set_registers(table, p.address, &[v]);
+                    dev.set_registers(table, m.address, &[v]);
                 }
-                (table, None) => dev.set_registers(table, p.address, &[u16::from(on)]),
+                (table, None) => dev.set_registers(table, m.address, &[u16::from(on)]),
             }
             continue;
         }
@@ -254,8 +254,8 @@ fn animate(dev: &Arc<SimDevice>, points: &[Point], t: f64) {
             ValueType::F32 | ValueType::F64 => Value::Float((wave(p, i, t) - p.offset) / p.scale),
             _ => Value::Int(((wave(p, i, t) - p.offset) / p.scale).round() as i64),
         };
-        if let Ok(regs) = codec::encode(&value, p.ty, p.order) {
-            dev.set_registers(p.table, p.address, &regs);
+        if let Ok(regs) = codec::encode(&value, p.ty, m.order) {
+            dev.set_registers(m.table, m.address, &regs);
         }
     }
 }

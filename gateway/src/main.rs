@@ -258,10 +258,12 @@ fn check(config: &std::path::Path) -> ExitCode {
         let items = d
             .points
             .iter()
-            .map(|p| fieldlink_drivers::modbus::PlanItem {
-                table: p.table,
-                address: p.address,
-                count: p.count(),
+            .filter_map(|p| {
+                p.modbus().map(|m| fieldlink_drivers::modbus::PlanItem {
+                    table: m.table,
+                    address: m.address,
+                    count: m.count(p.ty),
+                })
             })
             .collect();
         let n = Planner::new(items, d.max_gap).plan().len();

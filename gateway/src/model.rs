@@ -1,5 +1,6 @@
 //! The validated, immutable runtime model built from the configuration by
-//! [`crate::validate`]. Nothing in here can be invalid.
+//! [`crate::validate`]. Nothing in here can be invalid, and nothing is a placeholder: a
+//! point has the fields every point has plus one [`Source`] variant for its bus kind.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -331,7 +332,7 @@ pub enum PublishMode {
     EveryPoll,
 }
 
-/// A point: one value, one topic (a Modbus value or a GPIO line).
+/// A point: one value, one topic, and where it comes from on its bus.
 #[derive(Clone, Debug)]
 pub struct Point {
     /// Topic.
@@ -339,16 +340,8 @@ pub struct Point {
     /// Index of the point among all points of the model, in bus, device and point order
     /// (per-point state outside the bus task is a plain vector indexed by it).
     pub slot: u32,
-    /// Table.
-    pub table: Table,
-    /// First register/bit.
-    pub address: u16,
-    /// Value type.
+    /// Value type (`bool` for a GPIO line).
     pub ty: ValueType,
-    /// Word order.
-    pub order: WordOrder,
-    /// Bit inside the register, for `bool` on a register table.
-    pub bit: Option<u8>,
     /// Multiplier.
     pub scale: f64,
     /// Added after scaling.
@@ -375,12 +368,43 @@ pub struct Point {
     pub max: Option<f64>,
     /// Named values (`ON` → 1), for commands and publishing.
     pub value_map: Vec<(String, f64)>,
-    /// The GPIO line, for points on a `gpio` bus (then `table` is `Discrete` for an input
-    /// or `Coil` for an output, `address` is the pin and `ty` is `Bool`).
-    pub gpio: Option<GpioPoint>,
-    /// The field and command of a point on a `uart` bus (then `table` and `address` mean
-    /// nothing).
-    pub uart: Option<Box<UartPoint>>,
+    /// Where the value lives on the point's bus.
+    pub source: Source,
+}
+
+/// Where a point's value lives, one variant per bus kind.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Registers or bits of a Modbus device.
+    Modbus(ModbusPoint),
+    /// A GPIO line of the board.
+    Gpio(GpioPoint),
+    /// A field of a UART line and/or the line a command writes.
+    Uart(Box<UartPoint>),
+}
+
+/// A point on a Modbus bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModbusPoint {
+    /// Table.
+    pub table: Table,
+    /// First register/bit.
+    pub address: u16,
+    /// Word order.
+    pub order: WordOrder,
+    /// Bit inside the register, for `bool` on a register table.
+    pub bit: Option<u8>,
+}
+
+impl ModbusPoint {
+    /// Registers (or bits) a value of type `ty` occupies here.
+    pub fn count(&self, ty: ValueType) -> u16 {
+        if self.table.is_bits() {
+            1
+        } else {
+            ty.registers()
+        }
+    }
 }
 
 /// A device on a `uart` bus.
@@ -426,12 +450,27 @@ impl Point {
         format!("{}/set/result", self.topic)
     }
 
-    /// Registers (or bits) the point occupies.
-    pub fn count(&self) -> u16 {
-        if self.table.is_bits() {
-            1
-        } else {
-            self.ty.registers()
+    /// The Modbus registers or bits of a point on a Modbus bus.
+    pub fn modbus(&self) -> Option<&ModbusPoint> {
+        match &self.source {
+            Source::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The line of a point on a `gpio` bus.
+    pub fn gpio(&self) -> Option<&GpioPoint> {
+        match &self.source {
+            Source::Gpio(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The field and command of a point on a `uart` bus.
+    pub fn uart(&self) -> Option<&UartPoint> {
+        match &self.source {
+            Source::Uart(u) => Some(u),
+            _ => None,
         }
     }
 }
@@ -442,11 +481,7 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
     Point {
         topic: "t".into(),
         slot: 0,
-        table: fieldlink_drivers::modbus::Table::Holding,
-        address: 0,
         ty,
-        order: fieldlink_drivers::modbus::WordOrder::Abcd,
-        bit: None,
         scale: 1.0,
         offset: 0.0,
         precision: None,
@@ -460,7 +495,11 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
         min: None,
         max: None,
         value_map: Vec::new(),
-        gpio: None,
-        uart: None,
+        source: Source::Modbus(ModbusPoint {
+            table: Table::Holding,
+            address: 0,
+            order: WordOrder::Abcd,
+            bit: None,
+        }),
     }
 }

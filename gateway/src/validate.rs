@@ -24,9 +24,9 @@ use crate::{
         Spanned, TableName, TypeName,
     },
     model::{
-        Bus, BusKind, Device, GpioBackendKind, GpioMode, GpioPoint, Model, MqttModel, OnShutdown,
-        Parity, Parser, Payload, Point, PublishMode, Pull, SerialSettings, Table, UartCommand,
-        UartDevice, UartPoint, ValueType, WordOrder,
+        Bus, BusKind, Device, GpioBackendKind, GpioMode, GpioPoint, ModbusPoint, Model, MqttModel,
+        OnShutdown, Parity, Parser, Payload, Point, PublishMode, Pull, SerialSettings, Source,
+        Table, UartCommand, UartDevice, UartPoint, ValueType, WordOrder,
     },
     topics::{check_topic, is_id},
 };
@@ -1491,29 +1491,27 @@ impl Validator {
             );
         }
         // Overlapping registers with different interpretations: a warning.
-        let modbus_points = if class == Class::Modbus {
-            points.len()
-        } else {
-            0
-        };
-        for a in 0..modbus_points {
+        for a in 0..points.len() {
             for b in a + 1..points.len() {
                 let (_, pa) = &points[a];
                 let (ib, pb) = &points[b];
-                if pa.table != pb.table {
+                let (Some(ma), Some(mb)) = (pa.modbus(), pb.modbus()) else {
+                    continue;
+                };
+                if ma.table != mb.table {
                     continue;
                 }
                 let (sa, ea) = (
-                    u32::from(pa.address),
-                    u32::from(pa.address) + u32::from(pa.count()),
+                    u32::from(ma.address),
+                    u32::from(ma.address) + u32::from(ma.count(pa.ty)),
                 );
                 let (sb, eb) = (
-                    u32::from(pb.address),
-                    u32::from(pb.address) + u32::from(pb.count()),
+                    u32::from(mb.address),
+                    u32::from(mb.address) + u32::from(mb.count(pb.ty)),
                 );
                 let overlap = sa < eb && sb < ea;
-                let same = pa.ty == pb.ty && pa.order == pb.order && pa.address == pb.address;
-                let both_bits = pa.bit.is_some() && pb.bit.is_some();
+                let same = pa.ty == pb.ty && ma.order == mb.order && ma.address == mb.address;
+                let both_bits = ma.bit.is_some() && mb.bit.is_some();
                 if overlap && !same && !both_bits {
                     self.warn(
                         file,
@@ -1521,7 +1519,7 @@ impl Validator {
                         format!("{path}.points[{ib}].address"),
                         format!(
                             "points `{}` ({} at {} {}) and `{}` ({} at {} {}) read overlapping registers differently",
-                            pa.topic, pa.ty, pa.table, pa.address, pb.topic, pb.ty, pb.table, pb.address
+                            pa.topic, pa.ty, ma.table, ma.address, pb.topic, pb.ty, mb.table, mb.address
                         ),
                     );
                 }
@@ -1839,6 +1837,16 @@ impl Validator {
         if self.error_count() > errors_before {
             return None;
         }
+        let source = match (gpio, uart) {
+            (Some(g), _) => Source::Gpio(g),
+            (None, Some(u)) => Source::Uart(u),
+            (None, None) => Source::Modbus(ModbusPoint {
+                table,
+                address,
+                order,
+                bit,
+            }),
+        };
         Some(Point {
             slot: 0,
             writable,
@@ -1846,11 +1854,7 @@ impl Validator {
             max: p.max.as_ref().map(|v| v.value),
             value_map,
             topic,
-            table,
-            address,
             ty,
-            order,
-            bit,
             scale: p.scale.as_ref().map_or(1.0, |s| s.value),
             offset: p.offset.as_ref().map_or(0.0, |s| s.value),
             precision: u8::try_from(precision).ok(),
@@ -1863,8 +1867,7 @@ impl Validator {
             },
             publish,
             heartbeat,
-            gpio,
-            uart,
+            source,
         })
     }
 

@@ -86,7 +86,7 @@ impl Driver for Gpio {
         for (d, dev) in bus.devices.iter().enumerate() {
             let mut ok = true;
             for (p, point) in dev.points.iter().enumerate() {
-                let Some(g) = &point.gpio else { continue };
+                let Some(g) = point.gpio() else { continue };
                 let setup = match &g.mode {
                     GpioMode::Input { pull, .. } => {
                         self.backend.input(g.pin, *pull, edge_tx.clone())

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{actor, BusIo, Cx, Driver, Polled};
 use crate::{
     commands::{Command, CommandError},
-    model::{Bus, Device, Model, Point},
+    model::{Bus, Device, ModbusPoint, Model, Point},
     publish::{reading, Reading},
 };
 
@@ -33,24 +33,7 @@ pub async fn run_modbus<T: ModbusTransport + Send>(
     transport: T,
     io: BusIo,
 ) {
-    let devices = bus
-        .devices
-        .iter()
-        .map(|d| Unit {
-            planner: Planner::new(
-                d.points
-                    .iter()
-                    .map(|p| PlanItem {
-                        table: p.table,
-                        address: p.address,
-                        count: p.count(),
-                    })
-                    .collect(),
-                d.max_gap,
-            ),
-            bad_points: vec![false; d.points.len()],
-        })
-        .collect();
+    let devices = bus.devices.iter().map(|d| Unit::new(d)).collect();
     let driver = Modbus { transport, devices };
     actor::run(model, bus, first_stats_index, driver, io).await;
 }
@@ -61,10 +44,12 @@ struct Modbus<T> {
     devices: Vec<Unit>,
 }
 
-/// One device's read plan.
+/// One device's read plan. The planner sees only the Modbus points: its item `i` is
+/// point `points[i]` of the device.
 struct Unit {
     planner: Planner,
-    /// Points the device says do not exist (exception 02 when read alone).
+    points: Vec<(usize, ModbusPoint)>,
+    /// Planner items the device says do not exist (exception 02 when read alone).
     bad_points: Vec<bool>,
 }
 
@@ -127,7 +112,7 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         let unreadable: Vec<String> = unit
             .planner
             .unreadable()
-            .map(|m| device.points[m].topic.clone())
+            .map(|m| device.points[unit.points[m].0].topic.clone())
             .collect();
         cx.stats_of(d).set_unreadable(unreadable);
         if answered {
@@ -139,10 +124,14 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
 
     async fn write(&mut self, c: &Command, cx: &mut Cx) -> Result<Reading, CommandError> {
         let device = cx.device(c.device).clone();
-        let Some(point) = device.points.get(c.point) else {
-            return Err(CommandError::NotWritable("no such point".into()));
+        let Some((point, at)) = device
+            .points
+            .get(c.point)
+            .and_then(|p| p.modbus().map(|m| (p, *m)))
+        else {
+            return Err(CommandError::NotWritable("not a Modbus point".into()));
         };
-        write_point(&mut self.transport, &device, point, &c.value).await
+        write_point(&mut self.transport, &device, point, at, &c.value).await
     }
 
     async fn event(&mut self) -> Self::Event {
@@ -151,6 +140,31 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
 }
 
 impl Unit {
+    fn new(d: &Device) -> Unit {
+        let points: Vec<(usize, ModbusPoint)> = d
+            .points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.modbus().map(|m| (i, *m)))
+            .collect();
+        let items = d
+            .points
+            .iter()
+            .filter_map(|p| {
+                p.modbus().map(|m| PlanItem {
+                    table: m.table,
+                    address: m.address,
+                    count: m.count(p.ty),
+                })
+            })
+            .collect();
+        Unit {
+            planner: Planner::new(items, d.max_gap),
+            bad_points: vec![false; points.len()],
+            points,
+        }
+    }
+
     /// Decode the values of an answered read and publish those due.
     #[allow(clippy::too_many_arguments)]
     fn publish_reply(
@@ -165,13 +179,14 @@ impl Unit {
     ) {
         for m in self.planner.read_ok(req) {
             if std::mem::replace(&mut self.bad_points[m], false) {
-                let p = &device.points[m];
+                let p = &device.points[self.points[m].0];
                 info!(device = %device.id, topic = %p.topic, "Address readable again.");
             }
         }
         for &m in &req.members {
-            let point = &device.points[m];
-            let off = usize::from(point.address - req.start);
+            let (i, mp) = self.points[m];
+            let point = &device.points[i];
+            let off = usize::from(mp.address - req.start);
             let value = match data {
                 ReadData::Bits(bits) => bits
                     .get(off)
@@ -181,13 +196,12 @@ impl Unit {
                     .get(off..)
                     .ok_or_else(|| "short reply".to_string())
                     .and_then(|r| {
-                        codec::decode(r, point.ty, point.order, point.bit)
-                            .map_err(|e| e.to_string())
+                        codec::decode(r, point.ty, mp.order, mp.bit).map_err(|e| e.to_string())
                     }),
             };
             match value {
                 Ok(v) => {
-                    cx.value(d, m, &v, started, wall);
+                    cx.value(d, i, &v, started, wall);
                 }
                 Err(e) => {
                     warn!(device = %device.id, topic = %point.topic, error = %e, "Cannot decode value.");
@@ -206,8 +220,9 @@ impl Unit {
             for &m in &req.members {
                 if !self.bad_points[m] {
                     self.bad_points[m] = true;
-                    let p = &device.points[m];
-                    warn!(device = %device.id, topic = %p.topic, table = %p.table, address = p.address, "Device says the address does not exist (exception 02); checked again with backoff.");
+                    let (i, mp) = self.points[m];
+                    let p = &device.points[i];
+                    warn!(device = %device.id, topic = %p.topic, table = %mp.table, address = mp.address, "Device says the address does not exist (exception 02); checked again with backoff.");
                 }
             }
         } else {
@@ -222,23 +237,30 @@ async fn write_point<T: ModbusTransport>(
     transport: &mut T,
     device: &Device,
     point: &Point,
+    at: ModbusPoint,
     value: &Value,
 ) -> Result<Reading, CommandError> {
+    let ModbusPoint {
+        table,
+        address,
+        order,
+        bit,
+    } = at;
     let unit = device.unit;
     let multiple = device.write_multiple;
     let d = |e: DriverError| CommandError::Device(e);
-    match (point.table, point.bit) {
+    match (table, bit) {
         (Table::Coil, _) => {
             let b = matches!(value, Value::Bool(true));
             transport
-                .write_coils(unit, point.address, &[b], multiple)
+                .write_coils(unit, address, &[b], multiple)
                 .await
                 .map_err(d)?;
         }
         (Table::Holding, Some(bit)) => {
             // Read-modify-write of one bit of a register.
             let cur = match transport
-                .read(unit, Table::Holding, point.address, 1)
+                .read(unit, Table::Holding, address, 1)
                 .await
                 .map_err(d)?
             {
@@ -251,22 +273,22 @@ async fn write_point<T: ModbusTransport>(
                 cur & !(1 << bit)
             };
             transport
-                .write_registers(unit, point.address, &[new], multiple)
+                .write_registers(unit, address, &[new], multiple)
                 .await
                 .map_err(d)?;
         }
         (Table::Holding, None) => {
-            let regs = codec::encode(value, point.ty, point.order)
+            let regs = codec::encode(value, point.ty, order)
                 .map_err(|e| CommandError::OutOfRange(e.to_string()))?;
             transport
-                .write_registers(unit, point.address, &regs, multiple)
+                .write_registers(unit, address, &regs, multiple)
                 .await
                 .map_err(d)?;
         }
         (table, _) => return Err(CommandError::NotWritable(format!("{table} is read-only"))),
     }
     let data = transport
-        .read(unit, point.table, point.address, point.count())
+        .read(unit, table, address, at.count(point.ty))
         .await
         .map_err(CommandError::ReadBack)?;
     let v = match data {
@@ -274,7 +296,7 @@ async fn write_point<T: ModbusTransport>(
             .first()
             .map(|b| Value::Bool(*b))
             .ok_or_else(|| CommandError::Protocol("empty reply".into()))?,
-        ReadData::Registers(r) => codec::decode(&r, point.ty, point.order, point.bit)
+        ReadData::Registers(r) => codec::decode(&r, point.ty, order, bit)
             .map_err(|e| CommandError::Protocol(format!("read-back: {e}")))?,
     };
     Ok(reading(point, &v))

@@ -215,7 +215,7 @@ pub fn to_raw(point: &Point, value: &serde_json::Value) -> Result<Value, Command
             let raw = (v - point.offset) / point.scale;
             if matches!(ty, ValueType::F32 | ValueType::F64) {
                 let raw = Value::Float(raw);
-                codec::encode(&raw, ty, point.order)
+                codec::encode(&raw, ty, fieldlink_drivers::modbus::WordOrder::Abcd)
                     .map_err(|_| OutOfRange(format!("value {} does not fit {ty}", fmt_num(v))))?;
                 return Ok(raw);
             }

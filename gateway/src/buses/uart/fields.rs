@@ -3,7 +3,7 @@
 //! commands use).
 
 use fieldlink_drivers::{
-    modbus::{codec, Value},
+    modbus::{codec, Value, WordOrder},
     uart::FieldValue,
 };
 
@@ -71,7 +71,7 @@ pub fn to_value(point: &Point, fv: &FieldValue) -> Result<Value, String> {
                 (_, v) => v,
             };
             if !matches!(ty, ValueType::F32 | ValueType::F64) {
-                codec::encode(&v, ty, point.order)
+                codec::encode(&v, ty, WordOrder::Abcd)
                     .map_err(|e| format!("{} does not fit `{ty}` ({e})", raw_text(&v)))?;
             }
             Ok(v)

@@ -98,7 +98,7 @@ fn fields_of(dev: &Device, parsed: &Parsed<'_>) -> Vec<(usize, FieldValue)> {
         .iter()
         .enumerate()
         .filter_map(|(i, p)| {
-            let f = p.uart.as_ref()?.field.as_ref()?;
+            let f = p.uart()?.field.as_ref()?;
             parsed.get(f).map(|v| (i, v))
         })
         .collect()

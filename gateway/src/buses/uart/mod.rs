@@ -175,7 +175,7 @@ impl Driver for Uart {
         else {
             return Err(CommandError::NotWritable("no such point".into()));
         };
-        let Some(cmd) = point.uart.as_ref().and_then(|u| u.command.as_ref()) else {
+        let Some(cmd) = point.uart().and_then(|u| u.command.as_ref()) else {
             return Err(CommandError::NotWritable("the point has no command".into()));
         };
         if self.port.is_none() {
@@ -491,8 +491,7 @@ impl Uart {
 
 fn ack_timeout(point: &Point, bus_timeout: Duration) -> Duration {
     point
-        .uart
-        .as_ref()
+        .uart()
         .and_then(|u| u.command.as_ref())
         .and_then(|c| c.ack_timeout)
         .unwrap_or(bus_timeout)
