@@ -18,7 +18,6 @@ pub mod spool;
 pub mod topics;
 pub mod uart;
 pub mod upstream;
-pub mod validate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

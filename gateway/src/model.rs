@@ -1,5 +1,5 @@
 //! The validated, immutable runtime model built from the configuration by
-//! [`crate::validate`]. Nothing in here can be invalid.
+//! [`crate::config`]. Nothing in here can be invalid.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

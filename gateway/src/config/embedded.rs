@@ -7,11 +7,9 @@ use std::{
     sync::Arc,
 };
 
-use super::{at, Severity, Validator};
+use super::{at, Diagnostic, EmbeddedFile, EmbeddedTlsFile, Severity, Validator};
 use crate::{
     broker::{acl::Acl, passwd::Users, LineError},
-    config::EmbeddedFile,
-    config::EmbeddedTlsFile,
     model::{EmbeddedBroker, EmbeddedTls, Model, Secret},
 };
 
@@ -155,7 +153,7 @@ impl Validator {
     }
 
     /// `mqtt.embedded.tls`: the address, and a certificate and key that parse.
-    fn embedded_tls(&mut self, file: &Path, t: &EmbeddedTlsFile) -> Option<EmbeddedTls> {
+    pub(super) fn embedded_tls(&mut self, file: &Path, t: &EmbeddedTlsFile) -> Option<EmbeddedTls> {
         use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
         let listen = match t.listen.value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -198,7 +196,7 @@ impl Validator {
 
     /// Report the line errors of a users or rights file: at the file's own line and
     /// column, with the gateway file's key as the path.
-    fn file_errors(
+    pub(super) fn file_errors(
         &mut self,
         gateway: &Path,
         key_at: (u64, u64),
@@ -236,7 +234,7 @@ pub(super) fn warnings(
     model: &Model,
     gateway: &Path,
     file: &EmbeddedFile,
-    diags: &mut Vec<super::Diagnostic>,
+    diags: &mut Vec<Diagnostic>,
 ) {
     let Some(e) = &model.mqtt.embedded else {
         return;
@@ -256,7 +254,7 @@ pub(super) fn warnings(
         ),
     };
     if commands {
-        diags.push(super::Diagnostic {
+        diags.push(Diagnostic {
             severity: Severity::Warning,
             file: gateway.to_path_buf(),
             line: file.allow_anonymous.as_ref().map_or(0, |a| a.line()),
