@@ -1,14 +1,11 @@
-//! One device: the keys its bus kind takes, its points, overlapping registers.
+//! One device: the keys its bus kind takes, its bus, its settings and its points (each
+//! topic once across all files).
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::time::Duration;
 
-use super::{at, did_you_mean, Class, DeviceFile, Validator};
+use super::{at, did_you_mean, mapping::Topics, Class, Cx, DeviceFile, Validator};
 use crate::{
-    model::{Device, Point, UartDevice},
+    model::{Device, Parser, Point},
     topics::is_id,
 };
 
@@ -16,62 +13,22 @@ use crate::{
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Validator {
+    /// One device on a bus of `class`; `None` when its bus does not exist (its problems
+    /// are reported all the same). Returns the bus id with the device.
     pub(super) fn device(
         &mut self,
-        file: &Path,
-        path: &str,
+        cx: &Cx,
         d: &DeviceFile,
         bus_ids: &[String],
         class: Class,
-        topics: &mut BTreeMap<String, (PathBuf, (u64, u64), String)>,
+        topics: &mut Topics,
     ) -> Option<(String, Device)> {
-        if class != Class::Uart {
-            self.reject_keys(
-                file,
-                path,
-                &[
-                    ("query", d.query.as_ref().map(at)),
-                    ("parser", d.parser.as_ref().map(|p| at(&p.kind))),
-                ],
-                |key| format!("`{key}` applies to devices on a uart bus only"),
-                "put the device on a `kind: uart` bus, or remove the key",
-            );
-        }
-        if class == Class::Uart {
-            self.reject_keys(
-                file,
-                path,
-                &[
-                ("unit", d.unit.as_ref().map(at)),
-                ("max_gap", d.max_gap.as_ref().map(at)),
-                ("write_multiple", d.write_multiple.as_ref().map(at)),
-            ],
-                |key| format!("`{key}` does not apply to a device on a uart bus"),
-                "a uart device takes `parser`, `query`, `poll_interval`, `offline_after`, `max_backoff`",
-            );
-        }
-        if class == Class::Gpio {
-            self.reject_keys(
-                file,
-                path,
-                &[
-                ("unit", d.unit.as_ref().map(at)),
-                ("poll_interval", d.poll_interval.as_ref().map(at)),
-                ("offline_after", d.offline_after.as_ref().map(at)),
-                ("max_gap", d.max_gap.as_ref().map(at)),
-                ("write_multiple", d.write_multiple.as_ref().map(at)),
-                ("max_backoff", d.max_backoff.as_ref().map(at)),
-            ],
-                |key| format!("`{key}` does not apply to a device on a gpio bus"),
-                "GPIO inputs are interrupt-driven, not polled; use a point's `heartbeat` to republish",
-            );
-        }
+        self.device_keys(cx, d, class);
         let id = d.id.value.clone();
         if !is_id(&id) {
             self.error(
-                file,
-                at(&d.id),
-                format!("{path}.id"),
+                &cx.at("id"),
+                &d.id,
                 format!("device id `{id}` may only use letters, digits, `-` and `_`"),
                 Some("it becomes a topic level of `<base>/<device>/availability`".into()),
             );
@@ -85,153 +42,50 @@ impl Validator {
                 None => format!("defined buses: {}", bus_ids.join(", ")),
             };
             self.error(
-                file,
-                at(&d.bus),
-                format!("{path}.bus"),
+                &cx.at("bus"),
+                &d.bus,
                 format!("unknown bus `{}`", d.bus.value),
                 Some(hint),
             );
         }
-        let unit = self.int_in(
-            file,
-            d.unit.as_ref(),
-            &format!("{path}.unit"),
-            "unit id",
-            (1, 247),
-            1,
-        );
+        let unit = self.int_in(&cx.at("unit"), d.unit.as_ref(), "unit id", (1, 247), 1);
         let poll_interval = self.positive_duration(
-            file,
+            &cx.at("poll_interval"),
             d.poll_interval.as_ref(),
-            &format!("{path}.poll_interval"),
             Duration::from_secs(1),
         );
         let offline_after = self.int_in(
-            file,
+            &cx.at("offline_after"),
             d.offline_after.as_ref(),
-            &format!("{path}.offline_after"),
             "offline_after",
             (1, 1000),
             3,
         );
         let max_gap = self.int_in(
-            file,
+            &cx.at("max_gap"),
             d.max_gap.as_ref(),
-            &format!("{path}.max_gap"),
             "max_gap",
             (0, 124),
             8,
         );
         let max_backoff = self.positive_duration(
-            file,
+            &cx.at("max_backoff"),
             d.max_backoff.as_ref(),
-            &format!("{path}.max_backoff"),
             DEFAULT_MAX_BACKOFF,
         );
-        let uart = if class == Class::Uart {
-            let parser = d.parser.as_ref().and_then(|pf| self.parser(file, path, pf));
-            let query = match &d.query {
-                Some(q) if q.value.is_empty() => {
-                    self.error(
-                        file,
-                        at(q),
-                        format!("{path}.query"),
-                        "the query is empty",
-                        Some("remove `query` for a device that sends on its own".into()),
-                    );
-                    None
-                }
-                Some(q) => {
-                    if d.parser.is_none() {
-                        self.error(
-                            file,
-                            at(q),
-                            format!("{path}.query"),
-                            "a `query` needs a `parser` to read the reply",
-                            Some("add e.g. `parser: {kind: key_value}`".into()),
-                        );
-                    }
-                    Some(q.value.as_bytes().to_vec())
-                }
-                None => None,
-            };
-            Some(UartDevice { parser, query })
-        } else {
-            None
-        };
+        let uart = (class == Class::Uart).then(|| self.uart_device(cx, d));
         let parser = uart.as_ref().and_then(|u| u.parser.as_ref());
         let parser_failed = class == Class::Uart && d.parser.is_some() && parser.is_none();
-        let mut points = Vec::new();
-        for (i, p) in d.points.iter().enumerate() {
-            let ppath = format!("{path}.points[{i}]");
-            if let Some(pt) = self.point(file, &ppath, p, class, parser, parser_failed) {
-                if let Some((f0, l0, _)) = topics.get(&pt.topic) {
-                    self.error(
-                        file,
-                        at(&p.topic),
-                        format!("{ppath}.topic"),
-                        format!(
-                            "duplicate topic `{}` (first used at {}:{}:{})",
-                            pt.topic,
-                            f0.display(),
-                            l0.0,
-                            l0.1
-                        ),
-                        Some("every point needs its own topic".into()),
-                    );
-                    continue;
-                }
-                topics.insert(
-                    pt.topic.clone(),
-                    (file.to_path_buf(), at(&p.topic), format!("{ppath}.topic")),
-                );
-                points.push((i, pt));
-            }
-        }
+        let points = self.device_points(cx, d, class, parser, parser_failed, topics);
         if d.points.is_empty() {
             self.warn(
-                file,
-                at(&d.id),
-                format!("{path}.points"),
+                &cx.at("points"),
+                &d.id,
                 format!("device `{id}` has no points"),
             );
         }
-        // Overlapping registers with different interpretations: a warning.
-        let modbus_points = if class == Class::Modbus {
-            points.len()
-        } else {
-            0
-        };
-        for a in 0..modbus_points {
-            for b in a + 1..points.len() {
-                let (_, pa) = &points[a];
-                let (ib, pb) = &points[b];
-                if pa.table != pb.table {
-                    continue;
-                }
-                let (sa, ea) = (
-                    u32::from(pa.address),
-                    u32::from(pa.address) + u32::from(pa.count()),
-                );
-                let (sb, eb) = (
-                    u32::from(pb.address),
-                    u32::from(pb.address) + u32::from(pb.count()),
-                );
-                let overlap = sa < eb && sb < ea;
-                let same = pa.ty == pb.ty && pa.order == pb.order && pa.address == pb.address;
-                let both_bits = pa.bit.is_some() && pb.bit.is_some();
-                if overlap && !same && !both_bits {
-                    self.warn(
-                        file,
-                        d.points[*ib].address.as_ref().map_or(at(&d.points[*ib].topic), at),
-                        format!("{path}.points[{ib}].address"),
-                        format!(
-                            "points `{}` ({} at {} {}) and `{}` ({} at {} {}) read overlapping registers differently",
-                            pa.topic, pa.ty, pa.table, pa.address, pb.topic, pb.ty, pb.table, pb.address
-                        ),
-                    );
-                }
-            }
+        if class == Class::Modbus {
+            self.overlapping_registers(cx, d, &points);
         }
         if !bus_ok {
             return None;
@@ -253,5 +107,88 @@ impl Validator {
                 points,
             },
         ))
+    }
+
+    /// The device keys that do not apply to its bus kind.
+    fn device_keys(&mut self, cx: &Cx, d: &DeviceFile, class: Class) {
+        if class != Class::Uart {
+            self.reject_keys(
+                cx,
+                &[
+                    ("query", d.query.as_ref().map(at)),
+                    ("parser", d.parser.as_ref().map(|p| at(&p.kind))),
+                ],
+                |key| format!("`{key}` applies to devices on a uart bus only"),
+                "put the device on a `kind: uart` bus, or remove the key",
+            );
+        }
+        if class == Class::Uart {
+            self.reject_keys(
+                cx,
+                &[
+                ("unit", d.unit.as_ref().map(at)),
+                ("max_gap", d.max_gap.as_ref().map(at)),
+                ("write_multiple", d.write_multiple.as_ref().map(at)),
+            ],
+                |key| format!("`{key}` does not apply to a device on a uart bus"),
+                "a uart device takes `parser`, `query`, `poll_interval`, `offline_after`, `max_backoff`",
+            );
+        }
+        if class == Class::Gpio {
+            self.reject_keys(
+                cx,
+                &[
+                ("unit", d.unit.as_ref().map(at)),
+                ("poll_interval", d.poll_interval.as_ref().map(at)),
+                ("offline_after", d.offline_after.as_ref().map(at)),
+                ("max_gap", d.max_gap.as_ref().map(at)),
+                ("write_multiple", d.write_multiple.as_ref().map(at)),
+                ("max_backoff", d.max_backoff.as_ref().map(at)),
+            ],
+                |key| format!("`{key}` does not apply to a device on a gpio bus"),
+                "GPIO inputs are interrupt-driven, not polled; use a point's `heartbeat` to republish",
+            );
+        }
+    }
+
+    /// The valid points of a device, with their index; each topic once across all files.
+    fn device_points(
+        &mut self,
+        cx: &Cx,
+        d: &DeviceFile,
+        class: Class,
+        parser: Option<&Parser>,
+        parser_failed: bool,
+        topics: &mut Topics,
+    ) -> Vec<(usize, Point)> {
+        let mut points = Vec::new();
+        for (i, p) in d.points.iter().enumerate() {
+            let pcx = cx.item("points", i);
+            let Some(pt) = self.point(&pcx, p, class, parser, parser_failed) else {
+                continue;
+            };
+            let tcx = pcx.at("topic");
+            if let Some((f0, l0, _)) = topics.get(&pt.topic) {
+                self.error(
+                    &tcx,
+                    &p.topic,
+                    format!(
+                        "duplicate topic `{}` (first used at {}:{}:{})",
+                        pt.topic,
+                        f0.display(),
+                        l0.0,
+                        l0.1
+                    ),
+                    Some("every point needs its own topic".into()),
+                );
+                continue;
+            }
+            topics.insert(
+                pt.topic.clone(),
+                (cx.file.to_path_buf(), at(&p.topic), tcx.path),
+            );
+            points.push((i, pt));
+        }
+        points
     }
 }

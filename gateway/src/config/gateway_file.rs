@@ -175,6 +175,7 @@ pub struct EmbeddedTlsFile {
     pub key_file: Spanned<String>,
 }
 
+/// `serde(default)` of `enabled`.
 fn yes() -> bool {
     true
 }

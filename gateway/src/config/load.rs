@@ -7,8 +7,8 @@ use std::{
 };
 
 use super::{
-    at, embedded, parse_yaml, resolve_mappings, Diagnostic, GatewayFile, MappingFile, Severity,
-    Validator,
+    embedded, parse_yaml, resolve_mappings, Cx, Diagnostic, GatewayFile, MappingFile, ParseProblem,
+    Severity, Validator,
 };
 use crate::model::{Bus, Model};
 
@@ -91,21 +91,14 @@ pub fn check_sources(
     let gw: GatewayFile = match parse_yaml(gateway_text) {
         Ok(g) => g,
         Err(p) => {
-            v.push(
-                Severity::Error,
-                &gw_file,
-                (p.line, p.column),
-                p.path,
-                p.message,
-                p.hint,
-            );
+            v.parse_problem(&gw_file, p);
             return Err(v.diags);
         }
     };
     let mut problems = Vec::new();
     let sources = resolve(&gw.mappings.value.to_vec(), &mut problems);
     for (msg, hint) in problems {
-        v.error(&gw_file, at(&gw.mappings), "mappings", msg, hint);
+        v.error(&Cx::new(&gw_file).at("mappings"), &gw.mappings, msg, hint);
     }
     let mut files = vec![gw_file.clone()];
     let mut mappings = Vec::new();
@@ -113,17 +106,10 @@ pub fn check_sources(
         files.push(path.clone());
         match parse_yaml::<MappingFile>(&text) {
             Ok(m) => mappings.push((path, m)),
-            Err(p) => v.push(
-                Severity::Error,
-                &path,
-                (p.line, p.column),
-                p.path,
-                p.message,
-                p.hint,
-            ),
+            Err(p) => v.parse_problem(&path, p),
         }
     }
-    let header = v.gateway(&gw_file, &gw);
+    let header = v.gateway(&Cx::new(&gw_file), &gw);
     v.parse_failed = files.len() - 1 != mappings.len();
     let buses = v.mappings(&mappings, header.as_ref().map(|h| h.base_topic.as_str()));
     // Report in file order, then by position.
@@ -156,4 +142,18 @@ pub fn check_sources(
         warnings: v.diags,
         files,
     })
+}
+
+impl Validator {
+    /// A file that did not parse: its first structural problem.
+    fn parse_problem(&mut self, file: &Path, p: ParseProblem) {
+        self.push(
+            Severity::Error,
+            file,
+            (p.line, p.column),
+            p.path,
+            p.message,
+            p.hint,
+        );
+    }
 }

@@ -24,7 +24,7 @@
 //! | `embedded.rs` | `mqtt.embedded`: listener, users, rights, TLS, and the warnings that need the points |
 //! | `mapping.rs` | all mapping files together: bus and device ids, reserved and command topics |
 //! | `device.rs` | one device |
-//! | `point.rs` | one point: the keys every bus kind shares |
+//! | `point.rs` | one point: the keys every bus kind shares; `non_modbus_parts`, the placeholder Modbus fields (`table`, `address`) of GPIO and UART points |
 //! | `modbus.rs` | Modbus: its key values, `modbus_tcp`/`modbus_rtu` buses, the Modbus half of a point |
 //! | `serial.rs` | a serial line (`modbus_rtu`, `uart`): port and framing |
 //! | `uart.rs` | UART: its key values, the bus, the line parser, the UART half of a point |
@@ -75,4 +75,4 @@ pub use values::{ByteSize, HumanDuration, OneOrMany, Spanned, MAX_DURATION};
 use mapping::Class;
 use modbus::noun;
 use point::value_type;
-use validator::{at, Validator};
+use validator::{at, Cx, Validator};

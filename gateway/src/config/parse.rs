@@ -64,6 +64,8 @@ pub fn parse_yaml<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ParsePr
     })
 }
 
+/// The message of a serde-saphyr error without its "error: line L:" prefix and its
+/// trailing " at line L, column C".
 fn strip_location_prefix(raw: &str) -> String {
     let first = raw.lines().next().unwrap_or(raw).trim();
     let mut s = first.strip_prefix("error: ").unwrap_or(first);

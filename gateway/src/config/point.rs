@@ -1,10 +1,14 @@
-//! One point: its topic and the keys every bus kind shares (scale, publish, writable, ...).
+//! One point: its topic, the half its bus kind decides (`modbus.rs`, `gpio.rs`,
+//! `uart.rs`), and the keys every kind shares (scale, publish, writable, values, ...).
 
-use std::path::Path;
-
-use super::{at, noun, Class, MapValue, PayloadName, PointFile, PublishName, TypeName, Validator};
+use super::{
+    noun, Class, Cx, MapValue, PayloadName, PointFile, PublishName, Spanned, TypeName, Validator,
+};
 use crate::{
-    model::{GpioMode, Parser, Payload, Point, PublishMode, Table, ValueType, WordOrder},
+    model::{
+        GpioMode, GpioPoint, Parser, Payload, Point, PublishMode, Table, UartPoint, ValueType,
+        WordOrder,
+    },
     topics::check_topic,
 };
 
@@ -24,11 +28,70 @@ pub(super) fn value_type(name: TypeName, string: impl FnOnce() -> ValueType) -> 
     }
 }
 
+/// The fields of a [`Point`] that its bus kind decides.
+pub(super) struct KindParts {
+    /// Modbus table (a placeholder on GPIO and UART points).
+    pub(super) table: Table,
+    /// Modbus address (a placeholder on GPIO and UART points).
+    pub(super) address: u16,
+    /// Value type.
+    pub(super) ty: ValueType,
+    /// Word order.
+    pub(super) order: WordOrder,
+    /// Bit of a register.
+    pub(super) bit: Option<u8>,
+    /// The GPIO half.
+    pub(super) gpio: Option<GpioPoint>,
+    /// The UART half.
+    pub(super) uart: Option<Box<UartPoint>>,
+}
+
+/// The half of a point that is not Modbus.
+enum NonModbus {
+    /// A GPIO line.
+    Gpio(GpioPoint),
+    /// A UART field or command, with its value type.
+    Uart(ValueType, UartPoint),
+}
+
+/// GPIO and UART points in today's Modbus-shaped [`Point`]: the Modbus fields get
+/// placeholders. A GPIO input is a discrete input and an output a coil, at the pin's
+/// number; a UART point is an input register at 0, or a holding register with a command.
+fn non_modbus_parts(part: NonModbus) -> KindParts {
+    match part {
+        NonModbus::Gpio(g) => KindParts {
+            table: match g.mode {
+                GpioMode::Input { .. } => Table::Discrete,
+                GpioMode::Output { .. } => Table::Coil,
+            },
+            address: u16::from(g.pin),
+            ty: ValueType::Bool,
+            order: WordOrder::Abcd,
+            bit: None,
+            gpio: Some(g),
+            uart: None,
+        },
+        NonModbus::Uart(ty, u) => KindParts {
+            table: if u.command.is_some() {
+                Table::Holding
+            } else {
+                Table::Input
+            },
+            address: 0,
+            ty,
+            order: WordOrder::Abcd,
+            bit: None,
+            gpio: None,
+            uart: Some(Box::new(u)),
+        },
+    }
+}
+
 impl Validator {
+    /// One point (`cx`) of a device on a bus of `class`; `None` when it has an error.
     pub(super) fn point(
         &mut self,
-        file: &Path,
-        path: &str,
+        cx: &Cx,
         p: &PointFile,
         class: Class,
         parser: Option<&Parser>,
@@ -36,282 +99,55 @@ impl Validator {
     ) -> Option<Point> {
         let errors_before = self.error_count();
         let topic = p.topic.value.clone();
+        let tcx = cx.at("topic");
         match check_topic(&topic) {
-            Err(e) => self.error(file, at(&p.topic), format!("{path}.topic"), e, None),
-            Ok(Some(w)) => self.warn(file, at(&p.topic), format!("{path}.topic"), w),
+            Err(e) => self.error(&tcx, &p.topic, e, None),
+            Ok(Some(w)) => self.warn(&tcx, &p.topic, w),
             Ok(None) => {}
         }
-        let (table, address, ty, order, bit, gpio, uart) = match class {
-            Class::Gpio => {
-                let g = self.gpio_part(file, path, p);
-                let table = match g.mode {
-                    GpioMode::Input { .. } => Table::Discrete,
-                    GpioMode::Output { .. } => Table::Coil,
-                };
-                let pin = u16::from(g.pin);
-                (
-                    table,
-                    pin,
-                    ValueType::Bool,
-                    WordOrder::Abcd,
-                    None,
-                    Some(g),
-                    None,
-                )
-            }
+        let KindParts {
+            table,
+            address,
+            ty,
+            order,
+            bit,
+            gpio,
+            uart,
+        } = match class {
+            Class::Gpio => non_modbus_parts(NonModbus::Gpio(self.gpio_part(cx, p))),
             Class::Uart => {
-                let (ty, u) = self.uart_part(file, path, p, parser, parser_failed);
-                let table = if u.command.is_some() {
-                    Table::Holding
-                } else {
-                    Table::Input
-                };
-                (table, 0, ty, WordOrder::Abcd, None, None, Some(Box::new(u)))
+                let (ty, u) = self.uart_part(cx, p, parser, parser_failed);
+                non_modbus_parts(NonModbus::Uart(ty, u))
             }
-            Class::Modbus => {
-                let (table, address, ty, order, bit) = self.modbus_part(file, path, p);
-                (table, address, ty, order, bit, None, None)
-            }
+            Class::Modbus => self.modbus_part(cx, p),
         };
-        let numeric = ty.is_numeric();
-        for (name, f) in [("scale", &p.scale), ("offset", &p.offset)] {
-            if let Some(s) = f {
-                if gpio.is_some() {
-                    // Reported by `gpio_part`.
-                } else if !numeric {
-                    self.error(
-                        file,
-                        at(s),
-                        format!("{path}.{name}"),
-                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
-                        None,
-                    );
-                } else if !s.value.is_finite() {
-                    self.error(
-                        file,
-                        at(s),
-                        format!("{path}.{name}"),
-                        format!("`{name}` must be a finite number"),
-                        None,
-                    );
-                }
-            }
-        }
+        // The type the numeric keys are checked against; GPIO points reject those keys
+        // in `gpio_part`.
+        let numeric_ty = gpio.is_none().then_some(ty);
+        self.numeric_keys(cx, [("scale", &p.scale), ("offset", &p.offset)], numeric_ty);
         if let Some(s) = &p.scale {
             if s.value == 0.0 {
                 self.error(
-                    file,
-                    at(s),
-                    format!("{path}.scale"),
+                    &cx.at("scale"),
+                    s,
                     "scale 0 would publish 0 for every reading",
                     Some("use e.g. `scale: 0.1` for tenths".into()),
                 );
             }
         }
         let precision = self.int_in(
-            file,
+            &cx.at("precision"),
             p.precision.as_ref(),
-            &format!("{path}.precision"),
             "precision",
             (0, 12),
             -1,
         );
-        let qos = self.int_in(
-            file,
-            p.qos.as_ref(),
-            &format!("{path}.qos"),
-            "qos",
-            (0, 2),
-            0,
-        );
-        let publish = match p.publish.as_ref().map(|s| s.value) {
-            Some(PublishName::EveryPoll) if gpio.is_some() => {
-                if let Some(e) = &p.publish {
-                    self.error(
-                        file,
-                        at(e),
-                        format!("{path}.publish"),
-                        "GPIO points are not polled: inputs publish every debounced change",
-                        Some(
-                            "remove `publish`; add `heartbeat: 5m` to republish an unchanged state"
-                                .into(),
-                        ),
-                    );
-                }
-                PublishMode::OnChange { deadband: 0.0 }
-            }
-            Some(PublishName::EveryPoll) => {
-                if let Some(db) = &p.deadband {
-                    self.error(
-                        file,
-                        at(db),
-                        format!("{path}.deadband"),
-                        "`deadband` only applies to `publish: on_change`",
-                        Some("remove `deadband` or use `publish: on_change`".into()),
-                    );
-                }
-                PublishMode::EveryPoll
-            }
-            _ => {
-                let deadband = match &p.deadband {
-                    None => 0.0,
-                    Some(db) if db.value.is_finite() && db.value >= 0.0 => {
-                        if gpio.is_some() {
-                            // Reported by `gpio_part`.
-                        } else if !numeric {
-                            self.error(
-                                file,
-                                at(db),
-                                format!("{path}.deadband"),
-                                format!("`deadband` only applies to numeric types, this point is `{ty}`"),
-                                None,
-                            );
-                        }
-                        db.value
-                    }
-                    Some(db) => {
-                        self.error(
-                            file,
-                            at(db),
-                            format!("{path}.deadband"),
-                            format!("deadband {} must be zero or positive", db.value),
-                            None,
-                        );
-                        0.0
-                    }
-                };
-                PublishMode::OnChange { deadband }
-            }
-        };
-        let heartbeat = match &p.heartbeat {
-            Some(h) if h.value.0.is_zero() => {
-                self.error(
-                    file,
-                    at(h),
-                    format!("{path}.heartbeat"),
-                    "heartbeat must be greater than zero",
-                    Some("remove it to publish only on change".into()),
-                );
-                None
-            }
-            Some(h) => Some(h.value.0),
-            None => None,
-        };
-        let writable = match (&gpio, &p.writable) {
-            // GPIO outputs are writable unless the mapping says otherwise.
-            (Some(g), w) => {
-                let out = matches!(g.mode, GpioMode::Output { .. });
-                let w_val = w.as_ref().map_or(out, |w| w.value);
-                if let (Some(w), true) = (w, w_val && !out) {
-                    self.error(
-                        file,
-                        at(w),
-                        format!("{path}.writable"),
-                        "a GPIO input cannot be written",
-                        Some("use `mode: output` for a line the gateway drives".into()),
-                    );
-                }
-                w_val && out
-            }
-            (None, w) if uart.is_some() => {
-                let has_command = uart.as_ref().is_some_and(|u| u.command.is_some());
-                let w_val = w.as_ref().map_or(has_command, |w| w.value);
-                if let (Some(w), true) = (w, w_val && !has_command) {
-                    self.error(
-                        file,
-                        at(w),
-                        format!("{path}.writable"),
-                        "a UART point needs `command` to be writable",
-                        Some(r#"add e.g. `command: "SET {value}\n"`"#.into()),
-                    );
-                }
-                w_val && has_command
-            }
-            (None, w) => w.as_ref().is_some_and(|w| w.value),
-        };
-        if let (Some(w), true) = (
-            &p.writable,
-            gpio.is_none()
-                && uart.is_none()
-                && writable
-                && matches!(table, Table::Input | Table::Discrete),
-        ) {
-            self.error(
-                file,
-                at(w),
-                format!("{path}.writable"),
-                format!("{}s are read-only in Modbus", noun(table)),
-                Some(
-                    "use `table: holding` (registers) or `table: coil` (bits) for writable points"
-                        .into(),
-                ),
-            );
-        }
-        for (name, f) in [("min", &p.min), ("max", &p.max)] {
-            if let Some(v) = f {
-                if gpio.is_some() {
-                    // Reported by `gpio_part`.
-                } else if !numeric {
-                    self.error(
-                        file,
-                        at(v),
-                        format!("{path}.{name}"),
-                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
-                        None,
-                    );
-                } else if !v.value.is_finite() {
-                    self.error(
-                        file,
-                        at(v),
-                        format!("{path}.{name}"),
-                        format!("`{name}` must be a finite number"),
-                        None,
-                    );
-                }
-            }
-        }
-        if let (Some(lo), Some(hi)) = (&p.min, &p.max) {
-            if lo.value > hi.value {
-                self.error(
-                    file,
-                    at(hi),
-                    format!("{path}.max"),
-                    format!("max {} is below min {}", hi.value, lo.value),
-                    Some("swap them".into()),
-                );
-            }
-        }
-        let mut value_map = Vec::new();
-        if let Some(vm) = &p.values {
-            if matches!(ty, ValueType::String { .. }) {
-                self.error(
-                    file,
-                    at(vm),
-                    format!("{path}.values"),
-                    "`values` does not apply to `string` points",
-                    None,
-                );
-            }
-            for (k, v) in &vm.value {
-                let n = match v {
-                    MapValue::Bool(b) => f64::from(u8::from(*b)),
-                    MapValue::Number(n) => *n,
-                };
-                if k.trim().is_empty()
-                    || !n.is_finite()
-                    || (ty == ValueType::Bool && n != 0.0 && n != 1.0)
-                {
-                    self.error(
-                        file,
-                        at(vm),
-                        format!("{path}.values.{k}"),
-                        format!("`{k}: {n}` is not a usable value for a `{ty}` point"),
-                        Some("use e.g. `values: {ON: 1, OFF: 0}`".into()),
-                    );
-                }
-                value_map.push((k.clone(), n));
-            }
-        }
+        let qos = self.int_in(&cx.at("qos"), p.qos.as_ref(), "qos", (0, 2), 0);
+        let publish = self.publish_mode(cx, p, numeric_ty, gpio.is_some());
+        let heartbeat = self.heartbeat(cx, p);
+        let writable = self.writable(cx, p, gpio.as_ref(), uart.as_deref(), table);
+        self.min_max(cx, p, numeric_ty);
+        let value_map = self.value_map(cx, p, ty);
         if self.error_count() > errors_before {
             return None;
         }
@@ -344,22 +180,298 @@ impl Validator {
         })
     }
 
-    /// `length` on a point that is not a `string`.
-    pub(super) fn length_only_for_strings(
+    /// `heartbeat`: republish an unchanged value this often.
+    fn heartbeat(&mut self, cx: &Cx, p: &PointFile) -> Option<std::time::Duration> {
+        match &p.heartbeat {
+            Some(h) if h.value.0.is_zero() => {
+                self.error(
+                    &cx.at("heartbeat"),
+                    h,
+                    "heartbeat must be greater than zero",
+                    Some("remove it to publish only on change".into()),
+                );
+                None
+            }
+            Some(h) => Some(h.value.0),
+            None => None,
+        }
+    }
+
+    /// `min` and `max` of a command: finite numbers on a numeric point, in order.
+    fn min_max(&mut self, cx: &Cx, p: &PointFile, numeric_ty: Option<ValueType>) {
+        self.numeric_keys(cx, [("min", &p.min), ("max", &p.max)], numeric_ty);
+        if let (Some(lo), Some(hi)) = (&p.min, &p.max) {
+            if lo.value > hi.value {
+                self.error(
+                    &cx.at("max"),
+                    hi,
+                    format!("max {} is below min {}", hi.value, lo.value),
+                    Some("swap them".into()),
+                );
+            }
+        }
+    }
+
+    /// Keys that take a finite number on a numeric point of type `ty` (`None`: checked
+    /// elsewhere).
+    fn numeric_keys(
         &mut self,
-        file: &Path,
-        path: &str,
-        p: &PointFile,
-        ty: ValueType,
+        cx: &Cx,
+        keys: [(&str, &Option<Spanned<f64>>); 2],
+        ty: Option<ValueType>,
     ) {
+        let Some(ty) = ty else {
+            return;
+        };
+        for (name, f) in keys {
+            if let Some(v) = f {
+                if !ty.is_numeric() {
+                    self.error(
+                        &cx.at(name),
+                        v,
+                        format!("`{name}` only applies to numeric types, this point is `{ty}`"),
+                        None,
+                    );
+                } else if !v.value.is_finite() {
+                    self.error(
+                        &cx.at(name),
+                        v,
+                        format!("`{name}` must be a finite number"),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    /// `publish` and `deadband`; `ty` is `None` on GPIO points (checked in `gpio_part`).
+    fn publish_mode(
+        &mut self,
+        cx: &Cx,
+        p: &PointFile,
+        ty: Option<ValueType>,
+        gpio: bool,
+    ) -> PublishMode {
+        match p.publish.as_ref().map(|s| s.value) {
+            Some(PublishName::EveryPoll) if gpio => {
+                if let Some(e) = &p.publish {
+                    self.error(
+                        &cx.at("publish"),
+                        e,
+                        "GPIO points are not polled: inputs publish every debounced change",
+                        Some(
+                            "remove `publish`; add `heartbeat: 5m` to republish an unchanged state"
+                                .into(),
+                        ),
+                    );
+                }
+                PublishMode::OnChange { deadband: 0.0 }
+            }
+            Some(PublishName::EveryPoll) => {
+                if let Some(db) = &p.deadband {
+                    self.error(
+                        &cx.at("deadband"),
+                        db,
+                        "`deadband` only applies to `publish: on_change`",
+                        Some("remove `deadband` or use `publish: on_change`".into()),
+                    );
+                }
+                PublishMode::EveryPoll
+            }
+            _ => {
+                let deadband = match &p.deadband {
+                    None => 0.0,
+                    Some(db) if db.value.is_finite() && db.value >= 0.0 => {
+                        if let Some(ty) = ty.filter(|t| !t.is_numeric()) {
+                            self.error(
+                                &cx.at("deadband"),
+                                db,
+                                format!("`deadband` only applies to numeric types, this point is `{ty}`"),
+                                None,
+                            );
+                        }
+                        db.value
+                    }
+                    Some(db) => {
+                        self.error(
+                            &cx.at("deadband"),
+                            db,
+                            format!("deadband {} must be zero or positive", db.value),
+                            None,
+                        );
+                        0.0
+                    }
+                };
+                PublishMode::OnChange { deadband }
+            }
+        }
+    }
+
+    /// Whether `<topic>/set` writes the point: GPIO outputs and UART points with a
+    /// `command` are writable by default; Modbus inputs and discretes never are.
+    fn writable(
+        &mut self,
+        cx: &Cx,
+        p: &PointFile,
+        gpio: Option<&GpioPoint>,
+        uart: Option<&UartPoint>,
+        table: Table,
+    ) -> bool {
+        let wcx = cx.at("writable");
+        let writable = match (gpio, &p.writable) {
+            // GPIO outputs are writable unless the mapping says otherwise.
+            (Some(g), w) => {
+                let out = matches!(g.mode, GpioMode::Output { .. });
+                let w_val = w.as_ref().map_or(out, |w| w.value);
+                if let (Some(w), true) = (w, w_val && !out) {
+                    self.error(
+                        &wcx,
+                        w,
+                        "a GPIO input cannot be written",
+                        Some("use `mode: output` for a line the gateway drives".into()),
+                    );
+                }
+                w_val && out
+            }
+            (None, w) if uart.is_some() => {
+                let has_command = uart.is_some_and(|u| u.command.is_some());
+                let w_val = w.as_ref().map_or(has_command, |w| w.value);
+                if let (Some(w), true) = (w, w_val && !has_command) {
+                    self.error(
+                        &wcx,
+                        w,
+                        "a UART point needs `command` to be writable",
+                        Some(r#"add e.g. `command: "SET {value}\n"`"#.into()),
+                    );
+                }
+                w_val && has_command
+            }
+            (None, w) => w.as_ref().is_some_and(|w| w.value),
+        };
+        if let (Some(w), true) = (
+            &p.writable,
+            gpio.is_none()
+                && uart.is_none()
+                && writable
+                && matches!(table, Table::Input | Table::Discrete),
+        ) {
+            self.error(
+                &wcx,
+                w,
+                format!("{}s are read-only in Modbus", noun(table)),
+                Some(
+                    "use `table: holding` (registers) or `table: coil` (bits) for writable points"
+                        .into(),
+                ),
+            );
+        }
+        writable
+    }
+
+    /// `values`: names for values, each usable for a point of type `ty`.
+    fn value_map(&mut self, cx: &Cx, p: &PointFile, ty: ValueType) -> Vec<(String, f64)> {
+        let mut value_map = Vec::new();
+        let Some(vm) = &p.values else {
+            return value_map;
+        };
+        let vcx = cx.at("values");
+        if matches!(ty, ValueType::String { .. }) {
+            self.error(&vcx, vm, "`values` does not apply to `string` points", None);
+        }
+        for (k, v) in &vm.value {
+            let n = match v {
+                MapValue::Bool(b) => f64::from(u8::from(*b)),
+                MapValue::Number(n) => *n,
+            };
+            if k.trim().is_empty()
+                || !n.is_finite()
+                || (ty == ValueType::Bool && n != 0.0 && n != 1.0)
+            {
+                self.error(
+                    &vcx.at(k),
+                    vm,
+                    format!("`{k}: {n}` is not a usable value for a `{ty}` point"),
+                    Some("use e.g. `values: {ON: 1, OFF: 0}`".into()),
+                );
+            }
+            value_map.push((k.clone(), n));
+        }
+        value_map
+    }
+
+    /// `length` on a point that is not a `string`.
+    pub(super) fn length_only_for_strings(&mut self, cx: &Cx, p: &PointFile, ty: ValueType) {
         if let (Some(l), false) = (&p.length, matches!(ty, ValueType::String { .. })) {
             self.error(
-                file,
-                at(l),
-                format!("{path}.length"),
+                &cx.at("length"),
+                l,
                 format!("`length` only applies to `string` points, this one is `{ty}`"),
                 Some("remove `length` or set `type: string`".into()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fieldlink_drivers::uart::Template;
+
+    use super::*;
+    use crate::model::{OnShutdown, Pull, UartCommand};
+
+    #[test]
+    fn gpio_points_get_the_pin_as_address_and_a_bit_table_by_direction() {
+        let input = GpioPoint {
+            pin: 17,
+            active_low: false,
+            mode: GpioMode::Input {
+                pull: Pull::Up,
+                debounce: Duration::from_millis(20),
+            },
+        };
+        let parts = non_modbus_parts(NonModbus::Gpio(input));
+        assert_eq!(
+            (parts.table, parts.address, parts.ty),
+            (Table::Discrete, 17, ValueType::Bool)
+        );
+        assert!(parts.gpio.is_some() && parts.uart.is_none());
+        let output = GpioPoint {
+            pin: 4,
+            active_low: true,
+            mode: GpioMode::Output {
+                initial: false,
+                on_shutdown: OnShutdown::Keep,
+                pulse: None,
+            },
+        };
+        let parts = non_modbus_parts(NonModbus::Gpio(output));
+        assert_eq!((parts.table, parts.address), (Table::Coil, 4));
+    }
+
+    #[test]
+    fn uart_points_are_input_registers_unless_they_take_commands() {
+        let read = UartPoint {
+            field: None,
+            command: None,
+        };
+        let parts = non_modbus_parts(NonModbus::Uart(ValueType::F64, read));
+        assert_eq!(
+            (parts.table, parts.address, parts.ty),
+            (Table::Input, 0, ValueType::F64)
+        );
+        assert!(parts.uart.is_some() && parts.gpio.is_none());
+        let write = UartPoint {
+            field: None,
+            command: Some(UartCommand {
+                template: Template::parse("SET {value}\n").unwrap(),
+                params: Default::default(),
+                ack: None,
+                ack_timeout: None,
+            }),
+        };
+        let parts = non_modbus_parts(NonModbus::Uart(ValueType::Bool, write));
+        assert_eq!(parts.table, Table::Holding);
     }
 }

@@ -1,10 +1,8 @@
 //! Serial lines, shared by `modbus_rtu` and `uart` buses: the port and its framing.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
-use super::{at, BusFile, Validator};
+use super::{at, BusFile, Cx, Validator};
 use crate::model::{Parity, SerialSettings};
 
 /// Parity of a serial line.
@@ -20,22 +18,22 @@ pub enum ParityName {
 }
 
 impl Validator {
-    /// Port and framing of a serial bus (modbus_rtu, uart); each port belongs to one bus.
+    /// Port and framing of a serial bus (`kind` is modbus_rtu or uart); each port belongs
+    /// to one bus.
     pub(super) fn serial(
         &mut self,
-        file: &Path,
-        path: &str,
+        cx: &Cx,
         b: &BusFile,
         kind: &str,
         id: &str,
     ) -> Option<SerialSettings> {
+        let path_at = b.path.as_ref().map_or(at(&b.kind), at);
         let port_path = match &b.path {
             Some(p) if !p.value.trim().is_empty() => p.value.trim().to_string(),
             _ => {
                 self.error(
-                    file,
-                    b.path.as_ref().map_or(at(&b.kind), at),
-                    format!("{path}.path"),
+                    &cx.at("path"),
+                    path_at,
                     format!("a {kind} bus needs the serial port's `path`"),
                     Some("add `path: /dev/ttyUSB0` (better: a /dev/serial/by-id/... link, stable across reboots)".into()),
                 );
@@ -43,25 +41,22 @@ impl Validator {
             }
         };
         let baud = self.int_in(
-            file,
+            &cx.at("baud"),
             b.baud.as_ref(),
-            &format!("{path}.baud"),
             "baud rate",
             (300, 4_000_000),
             9600,
         );
         let data_bits = self.int_in(
-            file,
+            &cx.at("data_bits"),
             b.data_bits.as_ref(),
-            &format!("{path}.data_bits"),
             "data_bits",
             (7, 8),
             8,
         );
         let stop_bits = self.int_in(
-            file,
+            &cx.at("stop_bits"),
             b.stop_bits.as_ref(),
-            &format!("{path}.stop_bits"),
             "stop_bits",
             (1, 2),
             1,
@@ -74,9 +69,8 @@ impl Validator {
                 l0.1
             );
             self.error(
-                file,
-                b.path.as_ref().map_or(at(&b.kind), at),
-                format!("{path}.path"),
+                &cx.at("path"),
+                path_at,
                 msg,
                 Some(
                     "one task owns each port: put every device of one serial line on one bus"
@@ -86,11 +80,7 @@ impl Validator {
         } else {
             self.ports.insert(
                 port_path.clone(),
-                (
-                    file.to_path_buf(),
-                    b.path.as_ref().map_or(at(&b.kind), at),
-                    id.to_string(),
-                ),
+                (cx.file.to_path_buf(), path_at, id.to_string()),
             );
         }
         Some(SerialSettings {

@@ -1,13 +1,15 @@
-//! UART (`uart` buses, text lines): the device's parser, the values of its keys and the
-//! UART half of a point.
+//! UART (`uart` buses, text lines): the values of its keys, the bus, the device's query
+//! and line parser, and the UART half of a point (field and command).
 
-use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use fieldlink_drivers::uart::{FieldPath, FieldRef, Template};
 use serde::Deserialize;
 
-use super::{at, did_you_mean, value_type, PointFile, Spanned, TypeName, Validator};
-use crate::model::{Parser, UartCommand, UartPoint, ValueType};
+use super::{
+    at, did_you_mean, value_type, BusFile, Cx, DeviceFile, PointFile, Spanned, TypeName, Validator,
+};
+use crate::model::{BusKind, Parser, UartCommand, UartDevice, UartPoint, ValueType};
 
 /// `parser:` of a uart device.
 #[derive(Debug, Deserialize)]
@@ -65,7 +67,7 @@ impl fmt::Display for ParamValue {
 }
 
 /// The keys only UART points take, with where they are.
-pub(super) fn uart_point_keys(p: &PointFile) -> [(&'static str, Option<(u64, u64)>); 5] {
+fn uart_point_keys(p: &PointFile) -> [(&'static str, Option<(u64, u64)>); 5] {
     [
         ("field", p.field.as_ref().map(at)),
         ("command", p.command.as_ref().map(at)),
@@ -78,20 +80,107 @@ pub(super) fn uart_point_keys(p: &PointFile) -> [(&'static str, Option<(u64, u64
 /// Default longest line of a uart bus.
 pub const DEFAULT_MAX_LINE: usize = 256;
 
+/// The keys of a `uart` bus.
+pub(super) const BUS_KEYS: &[&str] = &[
+    "path",
+    "baud",
+    "parity",
+    "data_bits",
+    "stop_bits",
+    "timeout",
+    "delimiter",
+    "max_line",
+];
+
+/// The keys of a UART point that only make sense on other bus kinds, with where they are.
+fn foreign_point_keys(p: &PointFile) -> [(&'static str, Option<(u64, u64)>); 12] {
+    [
+        ("table", p.table.as_ref().map(at)),
+        ("address", p.address.as_ref().map(at)),
+        ("word_order", p.word_order.as_ref().map(at)),
+        ("bit", p.bit.as_ref().map(at)),
+        ("pin", p.pin.as_ref().map(at)),
+        ("mode", p.mode.as_ref().map(at)),
+        ("pull", p.pull.as_ref().map(at)),
+        ("active_low", p.active_low.as_ref().map(at)),
+        ("debounce", p.debounce.as_ref().map(at)),
+        ("initial", p.initial.as_ref().map(at)),
+        ("on_shutdown", p.on_shutdown.as_ref().map(at)),
+        ("pulse", p.pulse.as_ref().map(at)),
+    ]
+}
+
 impl Validator {
-    /// UART keys on a point of another bus kind.
-    pub(super) fn no_uart_keys(&mut self, file: &Path, path: &str, p: &PointFile, bus: &str) {
-        self.reject_keys(
-            file,
-            path,
-            &uart_point_keys(p),
-            |key| format!("`{key}` applies to UART points only; this device is on {bus} bus"),
-            "put the point on a device of a `kind: uart` bus, or remove the key",
+    /// A `uart` bus: a serial line, `timeout`, `delimiter`, `max_line`.
+    pub(super) fn uart_bus(&mut self, cx: &Cx, b: &BusFile, id: &str) -> Option<BusKind> {
+        let serial = self.serial(cx, b, "uart", id)?;
+        let timeout = self.positive_duration(
+            &cx.at("timeout"),
+            b.timeout.as_ref(),
+            Duration::from_secs(1),
         );
+        let delimiter = match &b.delimiter {
+            None => b"\n".to_vec(),
+            Some(d) if d.value.is_empty() => {
+                self.error(
+                    &cx.at("delimiter"),
+                    d,
+                    "the delimiter is empty",
+                    Some(r#"write it in double quotes: `delimiter: "\r\n"`"#.into()),
+                );
+                b"\n".to_vec()
+            }
+            Some(d) => d.value.as_bytes().to_vec(),
+        };
+        let max_line = self.int_in(
+            &cx.at("max_line"),
+            b.max_line.as_ref(),
+            "max_line",
+            (1, 65536),
+            DEFAULT_MAX_LINE as i64,
+        ) as usize;
+        Some(BusKind::Uart {
+            serial,
+            delimiter,
+            max_line,
+            timeout,
+        })
     }
 
-    /// The `parser:` of a uart device.
-    pub(super) fn parser(&mut self, file: &Path, path: &str, pf: &ParserFile) -> Option<Parser> {
+    /// The UART part of a device (`cx`): its `parser` and `query`.
+    pub(super) fn uart_device(&mut self, cx: &Cx, d: &DeviceFile) -> UartDevice {
+        let parser = d
+            .parser
+            .as_ref()
+            .and_then(|pf| self.parser(&cx.at("parser"), pf));
+        let query = match &d.query {
+            Some(q) if q.value.is_empty() => {
+                self.error(
+                    &cx.at("query"),
+                    q,
+                    "the query is empty",
+                    Some("remove `query` for a device that sends on its own".into()),
+                );
+                None
+            }
+            Some(q) => {
+                if d.parser.is_none() {
+                    self.error(
+                        &cx.at("query"),
+                        q,
+                        "a `query` needs a `parser` to read the reply",
+                        Some("add e.g. `parser: {kind: key_value}`".into()),
+                    );
+                }
+                Some(q.value.as_bytes().to_vec())
+            }
+            None => None,
+        };
+        UartDevice { parser, query }
+    }
+
+    /// The `parser:` of a uart device; `cx` is `parser`.
+    fn parser(&mut self, cx: &Cx, pf: &ParserFile) -> Option<Parser> {
         let kind = pf.kind.value;
         let not_for = |key: &str| {
             format!(
@@ -116,69 +205,27 @@ impl Validator {
             foreign.extend(pf.pattern.as_ref().map(|x| ("pattern", at(x))));
         }
         for (key, loc) in foreign {
-            self.error(
-                file,
-                loc,
-                format!("{path}.parser.{key}"),
-                not_for(key),
-                None,
-            );
+            self.error(&cx.at(key), loc, not_for(key), None);
         }
         let parser = match kind {
-            ParserKindName::KeyValue => {
-                let pair = pf.pair_separator.as_ref().map_or(";", |x| x.value.as_str());
-                let kv = pf.kv_separator.as_ref().map_or("=", |x| x.value.as_str());
-                if let Some(x) = pf.pair_separator.as_ref().filter(|x| x.value.is_empty()) {
-                    self.error(
-                        file,
-                        at(x),
-                        format!("{path}.parser.pair_separator"),
-                        "the pair separator is empty",
-                        Some(r#"e.g. `pair_separator: ";"`, or `" "` for whitespace"#.into()),
-                    );
-                }
-                if let Some(x) = pf
-                    .kv_separator
-                    .as_ref()
-                    .filter(|x| x.value.trim().is_empty())
-                {
-                    self.error(
-                        file,
-                        at(x),
-                        format!("{path}.parser.kv_separator"),
-                        "the key/value separator is blank",
-                        Some(r#"e.g. `kv_separator: "="` or `":"`"#.into()),
-                    );
-                }
-                Parser::KeyValue {
-                    pair_separator: pair.to_string(),
-                    kv_separator: kv.to_string(),
-                }
-            }
+            ParserKindName::KeyValue => self.key_value_parser(cx, pf),
             ParserKindName::Json => Parser::Json,
             ParserKindName::Regex => {
                 let Some(pat) = &pf.pattern else {
                     self.error(
-                        file,
-                        at(&pf.kind),
-                        format!("{path}.parser"),
+                        cx,
+                        &pf.kind,
                         "a `regex` parser needs `pattern`",
                         Some(r#"add e.g. `pattern: '^CO2=(?P<co2>\d+)'`"#.into()),
                     );
                     return None;
                 };
-                let re = self.regex(
-                    file,
-                    at(pat),
-                    format!("{path}.parser.pattern"),
-                    "pattern",
-                    &pat.value,
-                )?;
+                let pcx = cx.at("pattern");
+                let re = self.regex(&pcx, pat, "pattern", &pat.value)?;
                 if re.capture_names().flatten().next().is_none() {
                     self.error(
-                        file,
-                        at(pat),
-                        format!("{path}.parser.pattern"),
+                        &pcx,
+                        pat,
                         "the pattern has no named group, so it yields no field",
                         Some("name each value: `(?P<temp>[-0-9.]+)`".into()),
                     );
@@ -189,118 +236,73 @@ impl Validator {
         Some(parser)
     }
 
+    /// A `key_value` parser: its two separators.
+    fn key_value_parser(&mut self, cx: &Cx, pf: &ParserFile) -> Parser {
+        let pair = pf.pair_separator.as_ref().map_or(";", |x| x.value.as_str());
+        let kv = pf.kv_separator.as_ref().map_or("=", |x| x.value.as_str());
+        if let Some(x) = pf.pair_separator.as_ref().filter(|x| x.value.is_empty()) {
+            self.error(
+                &cx.at("pair_separator"),
+                x,
+                "the pair separator is empty",
+                Some(r#"e.g. `pair_separator: ";"`, or `" "` for whitespace"#.into()),
+            );
+        }
+        if let Some(x) = pf
+            .kv_separator
+            .as_ref()
+            .filter(|x| x.value.trim().is_empty())
+        {
+            self.error(
+                &cx.at("kv_separator"),
+                x,
+                "the key/value separator is blank",
+                Some(r#"e.g. `kv_separator: "="` or `":"`"#.into()),
+            );
+        }
+        Parser::KeyValue {
+            pair_separator: pair.to_string(),
+            kv_separator: kv.to_string(),
+        }
+    }
+
+    /// UART keys on a point of another bus kind (`bus`: "a Modbus", "a gpio").
+    pub(super) fn no_uart_keys(&mut self, cx: &Cx, p: &PointFile, bus: &str) {
+        self.reject_keys(
+            cx,
+            &uart_point_keys(p),
+            |key| format!("`{key}` applies to UART points only; this device is on {bus} bus"),
+            "put the point on a device of a `kind: uart` bus, or remove the key",
+        );
+    }
+
     /// The UART half of a point: type, field and command.
     pub(super) fn uart_part(
         &mut self,
-        file: &Path,
-        path: &str,
+        cx: &Cx,
         p: &PointFile,
         parser: Option<&Parser>,
         parser_failed: bool,
     ) -> (ValueType, UartPoint) {
         self.reject_keys(
-            file,
-            path,
-            &[
-            ("table", p.table.as_ref().map(at)),
-            ("address", p.address.as_ref().map(at)),
-            ("word_order", p.word_order.as_ref().map(at)),
-            ("bit", p.bit.as_ref().map(at)),
-            ("pin", p.pin.as_ref().map(at)),
-            ("mode", p.mode.as_ref().map(at)),
-            ("pull", p.pull.as_ref().map(at)),
-            ("active_low", p.active_low.as_ref().map(at)),
-            ("debounce", p.debounce.as_ref().map(at)),
-            ("initial", p.initial.as_ref().map(at)),
-            ("on_shutdown", p.on_shutdown.as_ref().map(at)),
-            ("pulse", p.pulse.as_ref().map(at)),
-        ],
+            cx,
+            &foreign_point_keys(p),
             |key| format!("`{key}` does not apply to a UART point"),
             "a UART point reads `field` of a parsed line; `command`, `params`, `ack`, `ack_timeout` make it writable",
         );
         let ty = value_type(p.ty.as_ref().map_or(TypeName::F64, |t| t.value), || {
             ValueType::String {
                 len: self.int_in(
-                    file,
+                    &cx.at("length"),
                     p.length.as_ref(),
-                    &format!("{path}.length"),
                     "string length",
                     (1, 65535),
                     255,
                 ) as u16,
             }
         });
-        self.length_only_for_strings(file, path, p, ty);
-        let field = match (&p.field, parser) {
-            (None, _) => {
-                if p.command.is_none() {
-                    self.error(
-                        file,
-                        at(&p.topic),
-                        path.to_string(),
-                        "a UART point needs `field` (or `command`, for a write-only point)",
-                        Some("add `field: <key, group name or JSON path>`".into()),
-                    );
-                }
-                None
-            }
-            (Some(_), None) if parser_failed => None,
-            (Some(f), None) => {
-                self.error(
-                    file,
-                    at(f),
-                    format!("{path}.field"),
-                    "`field` needs the device's `parser`",
-                    Some("add e.g. `parser: {kind: key_value}` to the device".into()),
-                );
-                None
-            }
-            (Some(f), Some(Parser::KeyValue { .. })) if f.value.trim().is_empty() => {
-                self.error(
-                    file,
-                    at(f),
-                    format!("{path}.field"),
-                    "the field is empty",
-                    None,
-                );
-                None
-            }
-            (Some(f), Some(Parser::KeyValue { .. })) => {
-                Some(FieldRef::Name(f.value.trim().to_string()))
-            }
-            (Some(f), Some(Parser::Json)) => match FieldPath::parse(&f.value) {
-                Ok(fp) => Some(FieldRef::Path(fp)),
-                Err(e) => {
-                    self.error(
-                        file,
-                        at(f),
-                        format!("{path}.field"),
-                        e.to_string(),
-                        Some("write a JSON path like `co2`, `sensor.temp` or `ch[0].value`".into()),
-                    );
-                    None
-                }
-            },
-            (Some(f), Some(re @ Parser::Regex(_))) => {
-                let groups = re.group_names();
-                if groups.contains(&f.value) {
-                    Some(FieldRef::Name(f.value.clone()))
-                } else {
-                    let hint = match did_you_mean(&f.value, groups.iter().map(String::as_str)) {
-                        Some(g) => format!("did you mean `{g}`?"),
-                        None => format!("its named groups: {}", groups.join(", ")),
-                    };
-                    self.error(
-                        file,
-                        at(f),
-                        format!("{path}.field"),
-                        format!("the parser's pattern has no group named `{}`", f.value),
-                        Some(hint),
-                    );
-                    None
-                }
-            }
-        };
+        self.length_only_for_strings(cx, p, ty);
+        let field = self.uart_field(cx, p, parser, parser_failed);
         let params: BTreeMap<String, String> = p
             .params
             .as_ref()
@@ -318,9 +320,8 @@ impl Validator {
                 .filter(|k| matches!(k.as_str(), "value" | "raw"))
             {
                 self.error(
-                    file,
-                    at(m),
-                    format!("{path}.params.{k}"),
+                    &cx.at("params").at(k),
+                    m,
                     format!("`{k}` is filled in by the command itself"),
                     Some("give the parameter another name".into()),
                 );
@@ -329,8 +330,7 @@ impl Validator {
         let command = match &p.command {
             None => {
                 self.reject_keys(
-                    file,
-                    path,
+                    cx,
                     &[
                         ("params", p.params.as_ref().map(at)),
                         ("ack", p.ack.as_ref().map(at)),
@@ -341,67 +341,137 @@ impl Validator {
                 );
                 None
             }
-            Some(c) => match Template::parse(&c.value) {
+            Some(c) => self.uart_command(cx, p, c, params),
+        };
+        (ty, UartPoint { field, command })
+    }
+
+    /// `field`: what it names depends on the device's parser.
+    fn uart_field(
+        &mut self,
+        cx: &Cx,
+        p: &PointFile,
+        parser: Option<&Parser>,
+        parser_failed: bool,
+    ) -> Option<FieldRef> {
+        let fcx = cx.at("field");
+        match (&p.field, parser) {
+            (None, _) => {
+                if p.command.is_none() {
+                    self.error(
+                        cx,
+                        &p.topic,
+                        "a UART point needs `field` (or `command`, for a write-only point)",
+                        Some("add `field: <key, group name or JSON path>`".into()),
+                    );
+                }
+                None
+            }
+            (Some(_), None) if parser_failed => None,
+            (Some(f), None) => {
+                self.error(
+                    &fcx,
+                    f,
+                    "`field` needs the device's `parser`",
+                    Some("add e.g. `parser: {kind: key_value}` to the device".into()),
+                );
+                None
+            }
+            (Some(f), Some(Parser::KeyValue { .. })) if f.value.trim().is_empty() => {
+                self.error(&fcx, f, "the field is empty", None);
+                None
+            }
+            (Some(f), Some(Parser::KeyValue { .. })) => {
+                Some(FieldRef::Name(f.value.trim().to_string()))
+            }
+            (Some(f), Some(Parser::Json)) => match FieldPath::parse(&f.value) {
+                Ok(fp) => Some(FieldRef::Path(fp)),
                 Err(e) => {
                     self.error(
-                        file,
-                        at(c),
-                        format!("{path}.command"),
-                        format!("command template: {e}"),
-                        None,
+                        &fcx,
+                        f,
+                        e.to_string(),
+                        Some("write a JSON path like `co2`, `sensor.temp` or `ch[0].value`".into()),
                     );
                     None
                 }
-                Ok(template) => {
-                    let mut known: Vec<&str> = vec!["value", "raw"];
-                    known.extend(params.keys().map(String::as_str));
-                    for f in template.fields() {
-                        if !known.contains(&f) {
-                            let hint = match did_you_mean(f, known.iter().copied()) {
-                                Some(k) => format!("did you mean `{k}`?"),
-                                None => format!(
-                                    "known fields: {}; add `params: {{{f}: ...}}` for a fixed one",
-                                    known.join(", ")
-                                ),
-                            };
-                            self.error(
-                                file,
-                                at(c),
-                                format!("{path}.command"),
-                                format!("the command template names an unknown field `{{{f}}}`"),
-                                Some(hint),
-                            );
-                        }
-                    }
-                    let ack = p.ack.as_ref().and_then(|a| {
-                        self.regex(file, at(a), format!("{path}.ack"), "ack pattern", &a.value)
-                    });
-                    let ack_timeout = p.ack_timeout.as_ref().map(|t| {
-                        self.positive_duration(
-                            file,
-                            Some(t),
-                            &format!("{path}.ack_timeout"),
-                            Duration::from_secs(1),
-                        )
-                    });
-                    if let (Some(t), None) = (&p.ack_timeout, &p.ack) {
-                        self.error(
-                            file,
-                            at(t),
-                            format!("{path}.ack_timeout"),
-                            "`ack_timeout` needs `ack`",
-                            Some("add `ack: '^OK'` (the device's acknowledgement line)".into()),
-                        );
-                    }
-                    Some(UartCommand {
-                        template,
-                        params,
-                        ack,
-                        ack_timeout,
-                    })
-                }
             },
+            (Some(f), Some(re @ Parser::Regex(_))) => {
+                let groups = re.group_names();
+                if groups.contains(&f.value) {
+                    Some(FieldRef::Name(f.value.clone()))
+                } else {
+                    let hint = match did_you_mean(&f.value, groups.iter().map(String::as_str)) {
+                        Some(g) => format!("did you mean `{g}`?"),
+                        None => format!("its named groups: {}", groups.join(", ")),
+                    };
+                    self.error(
+                        &fcx,
+                        f,
+                        format!("the parser's pattern has no group named `{}`", f.value),
+                        Some(hint),
+                    );
+                    None
+                }
+            }
+        }
+    }
+
+    /// `command` (a template over `value`, `raw` and `params`), `ack`, `ack_timeout`.
+    fn uart_command(
+        &mut self,
+        cx: &Cx,
+        p: &PointFile,
+        c: &Spanned<String>,
+        params: BTreeMap<String, String>,
+    ) -> Option<UartCommand> {
+        let ccx = cx.at("command");
+        let template = match Template::parse(&c.value) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(&ccx, c, format!("command template: {e}"), None);
+                return None;
+            }
         };
-        (ty, UartPoint { field, command })
+        let mut known: Vec<&str> = vec!["value", "raw"];
+        known.extend(params.keys().map(String::as_str));
+        for f in template.fields() {
+            if !known.contains(&f) {
+                let hint = match did_you_mean(f, known.iter().copied()) {
+                    Some(k) => format!("did you mean `{k}`?"),
+                    None => format!(
+                        "known fields: {}; add `params: {{{f}: ...}}` for a fixed one",
+                        known.join(", ")
+                    ),
+                };
+                self.error(
+                    &ccx,
+                    c,
+                    format!("the command template names an unknown field `{{{f}}}`"),
+                    Some(hint),
+                );
+            }
+        }
+        let ack = p
+            .ack
+            .as_ref()
+            .and_then(|a| self.regex(&cx.at("ack"), a, "ack pattern", &a.value));
+        let ack_timeout = p.ack_timeout.as_ref().map(|t| {
+            self.positive_duration(&cx.at("ack_timeout"), Some(t), Duration::from_secs(1))
+        });
+        if let (Some(t), None) = (&p.ack_timeout, &p.ack) {
+            self.error(
+                &cx.at("ack_timeout"),
+                t,
+                "`ack_timeout` needs `ack`",
+                Some("add `ack: '^OK'` (the device's acknowledgement line)".into()),
+            );
+        }
+        Some(UartCommand {
+            template,
+            params,
+            ack,
+            ack_timeout,
+        })
     }
 }

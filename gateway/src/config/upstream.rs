@@ -2,7 +2,8 @@
 
 use std::{path::Path, time::Duration};
 
-use super::{at, UpstreamFile, Validator};
+use super::{at, Cx, QueueFile, Spanned, UpstreamFile, Validator};
+use crate::model::{QueueSettings, Secret, Tls, Upstream};
 
 /// `mqtt://host[:port]` or `mqtts://host[:port]` → (tls, host, port).
 pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
@@ -61,22 +62,20 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
 pub const DEFAULT_QUEUE_SIZE: u64 = 64 << 20;
 
 impl Validator {
+    /// `mqtt.upstream`; `cx` is that section.
     pub(super) fn upstream(
         &mut self,
-        file: &Path,
+        cx: &Cx,
         u: &UpstreamFile,
         id: &str,
         state_dir: &Path,
-    ) -> crate::model::Upstream {
-        use crate::model::{QueueSettings, Secret, Tls, Upstream};
-        let p = "mqtt.upstream";
+    ) -> Upstream {
         let (tls, host, port) = match parse_url(&u.url.value) {
             Ok(v) => v,
             Err(e) => {
                 self.error(
-                    file,
-                    at(&u.url),
-                    format!("{p}.url"),
+                    &cx.at("url"),
+                    &u.url,
                     e,
                     Some(
                         "write it like `mqtts://broker.example.com:8883` or `mqtt://10.0.0.5:1883`"
@@ -86,44 +85,67 @@ impl Validator {
                 (false, String::new(), 0)
             }
         };
-        let client_id = match &u.client_id {
-            Some(c) if c.value.is_empty() || c.value.len() > 256 => {
-                self.error(
-                    file,
-                    at(c),
-                    format!("{p}.client_id"),
-                    "client id must be 1–256 bytes",
-                    None,
-                );
-                String::new()
+        let client_id = self.client_id(&cx.at("client_id"), u.client_id.as_ref(), id);
+        let password = self.upstream_password(cx, u);
+        let tls = self.upstream_tls(cx, u, tls);
+        let keepalive = self.positive_duration(
+            &cx.at("keepalive"),
+            u.keepalive.as_ref(),
+            Duration::from_secs(30),
+        );
+        if keepalive < Duration::from_secs(1) || keepalive > Duration::from_secs(65535) {
+            if let Some(k) = &u.keepalive {
+                self.error(&cx.at("keepalive"), k, "keepalive must be 1s–18h", None);
             }
-            Some(c) => c.value.clone(),
-            None => format!("fieldlink-{id}"),
+        }
+        // QoS 2 is refused: after a reconnect the queue resends with new packet ids, which
+        // a broker holding the old id for its PUBREL could treat as a duplicate.
+        let qos = self.int_in(&cx.at("qos"), u.qos.as_ref(), "qos", (0, 1), 1) as u8;
+        let prefix = match &u.prefix {
+            Some(x) => {
+                self.topic_prefix(&cx.at("prefix"), x);
+                x.value.clone()
+            }
+            None => String::new(),
         };
+        Upstream {
+            url: u.url.value.clone(),
+            host,
+            port,
+            tls,
+            client_id,
+            username: u.username.as_ref().map(|x| x.value.clone()),
+            password,
+            keepalive,
+            qos,
+            prefix,
+            accept_commands: u.accept_commands,
+            queue: self.upstream_queue(&cx.at("queue"), &u.queue, state_dir),
+        }
+    }
+
+    /// The password, from `password_file` or `password_env`, and the user name it needs.
+    fn upstream_password(&mut self, cx: &Cx, u: &UpstreamFile) -> Option<Secret> {
         let password = match (&u.password_file, &u.password_env) {
             (Some(f), Some(_)) => {
                 self.error(
-                    file,
-                    at(f),
-                    format!("{p}.password_file"),
+                    &cx.at("password_file"),
+                    f,
                     "both `password_file` and `password_env` are set",
                     Some("keep one of them".into()),
                 );
                 None
             }
-            (Some(f), None) => self
-                .read_file(file, f, &format!("{p}.password_file"))
-                .map(|b| {
-                    let text = String::from_utf8_lossy(&b);
-                    Secret(text.trim_end_matches(['\r', '\n']).to_string())
-                }),
+            (Some(f), None) => self.read_file(&cx.at("password_file"), f).map(|b| {
+                let text = String::from_utf8_lossy(&b);
+                Secret(text.trim_end_matches(['\r', '\n']).to_string())
+            }),
             (None, Some(v)) => match std::env::var(&v.value) {
                 Ok(pw) => Some(Secret(pw)),
                 Err(_) => {
                     self.error(
-                        file,
-                        at(v),
-                        format!("{p}.password_env"),
+                        &cx.at("password_env"),
+                        v,
                         format!("environment variable `{}` is not set", v.value),
                         Some(
                             "set it in the service's environment (systemd `EnvironmentFile=`)"
@@ -142,64 +164,18 @@ impl Validator {
                 .or(u.password_env.as_ref())
                 .map_or((0, 0), at);
             self.error(
-                file,
+                &cx.at("username"),
                 loc,
-                format!("{p}.username"),
                 "a password is set but no `username`",
                 Some("MQTT 3.1.1 sends a password only with a user name".into()),
             );
         }
-        let mut tls_model = None;
-        if tls {
-            let ca = u
-                .ca_file
-                .as_ref()
-                .and_then(|f| self.certificates(file, f, &format!("{p}.ca_file")));
-            let client = match (&u.cert_file, &u.key_file) {
-                (Some(c), Some(k)) => {
-                    let cert = self.certificates(file, c, &format!("{p}.cert_file"));
-                    let key = self.read_file(file, k, &format!("{p}.key_file")).and_then(|b| {
-                        use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
-                        match PrivateKeyDer::from_pem_slice(&b) {
-                            Ok(_) => Some(Secret(String::from_utf8_lossy(&b).into_owned())),
-                            Err(e) => {
-                                self.error(
-                                    file,
-                                    at(k),
-                                    format!("{p}.key_file"),
-                                    format!("`{}` holds no usable private key: {e}", k.value),
-                                    Some("expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`".into()),
-                                );
-                                None
-                            }
-                        }
-                    });
-                    cert.zip(key)
-                }
-                (Some(c), None) => {
-                    self.error(
-                        file,
-                        at(c),
-                        format!("{p}.key_file"),
-                        "`cert_file` needs `key_file`",
-                        None,
-                    );
-                    None
-                }
-                (None, Some(k)) => {
-                    self.error(
-                        file,
-                        at(k),
-                        format!("{p}.cert_file"),
-                        "`key_file` needs `cert_file`",
-                        None,
-                    );
-                    None
-                }
-                (None, None) => None,
-            };
-            tls_model = Some(Tls { ca, client });
-        } else {
+        password
+    }
+
+    /// The TLS files: checked with an `mqtts://` url, refused with `mqtt://`.
+    fn upstream_tls(&mut self, cx: &Cx, u: &UpstreamFile, tls: bool) -> Option<Tls> {
+        if !tls {
             for (key, f) in [
                 ("ca_file", &u.ca_file),
                 ("cert_file", &u.cert_file),
@@ -207,76 +183,74 @@ impl Validator {
             ] {
                 if let Some(f) = f {
                     self.error(
-                        file,
-                        at(f),
-                        format!("{p}.{key}"),
+                        &cx.at(key),
+                        f,
                         format!("`{key}` needs TLS, but the url is `mqtt://`"),
                         Some("use `mqtts://` to connect with TLS".into()),
                     );
                 }
             }
+            return None;
         }
-        let keepalive = self.positive_duration(
-            file,
-            u.keepalive.as_ref(),
-            &format!("{p}.keepalive"),
-            Duration::from_secs(30),
-        );
-        if keepalive < Duration::from_secs(1) || keepalive > Duration::from_secs(65535) {
-            if let Some(k) = &u.keepalive {
-                self.error(
-                    file,
-                    at(k),
-                    format!("{p}.keepalive"),
-                    "keepalive must be 1s–18h",
-                    None,
-                );
+        let ca = u
+            .ca_file
+            .as_ref()
+            .and_then(|f| self.certificates(&cx.at("ca_file"), f));
+        let client = match (&u.cert_file, &u.key_file) {
+            (Some(c), Some(k)) => {
+                let cert = self.certificates(&cx.at("cert_file"), c);
+                let key = self.private_key(&cx.at("key_file"), k);
+                cert.zip(key)
             }
-        }
-        // QoS 2 is refused: after a reconnect the queue resends with new packet ids, which
-        // a broker holding the old id for its PUBREL could treat as a duplicate.
-        let qos = self.int_in(file, u.qos.as_ref(), &format!("{p}.qos"), "qos", (0, 1), 1) as u8;
-        let prefix = match &u.prefix {
-            Some(x) => {
-                if x.value.contains(['+', '#', '\0']) {
-                    self.error(
-                        file,
-                        at(x),
-                        format!("{p}.prefix"),
-                        "a topic prefix may not contain `+`, `#` or NUL",
-                        None,
-                    );
-                } else if !x.value.is_empty() && !x.value.ends_with('/') {
-                    self.warn(
-                        file,
-                        at(x),
-                        format!("{p}.prefix"),
-                        format!(
-                            "prefix `{}` does not end with `/`: topics become `{}casa/...`",
-                            x.value, x.value
-                        ),
-                    );
-                }
-                x.value.clone()
+            (Some(c), None) => {
+                self.error(&cx.at("key_file"), c, "`cert_file` needs `key_file`", None);
+                None
             }
-            None => String::new(),
+            (None, Some(k)) => {
+                self.error(&cx.at("cert_file"), k, "`key_file` needs `cert_file`", None);
+                None
+            }
+            (None, None) => None,
         };
-        let q = &u.queue;
-        let qp = format!("{p}.queue");
+        Some(Tls { ca, client })
+    }
+
+    /// `prefix`: no wildcards; a warning when it does not end with `/`.
+    fn topic_prefix(&mut self, cx: &Cx, x: &Spanned<String>) {
+        if x.value.contains(['+', '#', '\0']) {
+            self.error(
+                cx,
+                x,
+                "a topic prefix may not contain `+`, `#` or NUL",
+                None,
+            );
+        } else if !x.value.is_empty() && !x.value.ends_with('/') {
+            self.warn(
+                cx,
+                x,
+                format!(
+                    "prefix `{}` does not end with `/`: topics become `{}casa/...`",
+                    x.value, x.value
+                ),
+            );
+        }
+    }
+
+    /// `mqtt.upstream.queue`; `cx` is that section.
+    fn upstream_queue(&mut self, cx: &Cx, q: &QueueFile, state_dir: &Path) -> QueueSettings {
         let dir = match &q.dir {
             Some(d) if d.value.trim().is_empty() => {
-                self.error(file, at(d), format!("{qp}.dir"), "empty path", None);
+                self.error(&cx.at("dir"), d, "empty path", None);
                 state_dir.join("upstream-queue")
             }
-            Some(d) => file.parent().unwrap_or(Path::new(".")).join(&d.value),
+            Some(d) => cx.dir().join(&d.value),
             None => state_dir.join("upstream-queue"),
         };
         let max_size = match &q.max_size {
             Some(m) if m.value.0 < 64 << 10 => {
                 self.error(
-                    file,
-                    at(m),
-                    format!("{qp}.max_size"),
+                    &cx.at("max_size"),
+                    m,
                     format!("max_size {} bytes is below 64KiB", m.value.0),
                     Some("e.g. `64MiB`".into()),
                 );
@@ -286,17 +260,15 @@ impl Validator {
             None => DEFAULT_QUEUE_SIZE,
         };
         let flush_interval = self.positive_duration(
-            file,
+            &cx.at("flush_interval"),
             q.flush_interval.as_ref(),
-            &format!("{qp}.flush_interval"),
             Duration::from_secs(1),
         );
         if flush_interval > Duration::from_secs(60) {
             if let Some(f) = &q.flush_interval {
                 self.error(
-                    file,
-                    at(f),
-                    format!("{qp}.flush_interval"),
+                    &cx.at("flush_interval"),
+                    f,
                     "flush_interval above 60s risks a minute of data on a power cut",
                     Some(
                         "use at most `60s`; the default `1s` costs one small write a second".into(),
@@ -305,31 +277,17 @@ impl Validator {
             }
         }
         let replay_rate = self.int_in(
-            file,
+            &cx.at("replay_rate"),
             q.replay_rate.as_ref(),
-            &format!("{qp}.replay_rate"),
             "replay_rate",
             (0, 1_000_000),
             1000,
         ) as u32;
-        Upstream {
-            url: u.url.value.clone(),
-            host,
-            port,
-            tls: tls_model,
-            client_id,
-            username: u.username.as_ref().map(|x| x.value.clone()),
-            password,
-            keepalive,
-            qos,
-            prefix,
-            accept_commands: u.accept_commands,
-            queue: QueueSettings {
-                dir,
-                max_size,
-                flush_interval,
-                replay_rate,
-            },
+        QueueSettings {
+            dir,
+            max_size,
+            flush_interval,
+            replay_rate,
         }
     }
 }
