@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fieldlink::{shutdown, validate};
+use fieldlink::{config, shutdown};
 use fieldlink_drivers::sim::{pty_pair, Exchange, TimedRtuSlave};
 
 fn free_port() -> u16 {
@@ -97,7 +97,7 @@ async fn scenario(name: &str, baud: u32, modelled: bool) {
         "id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{}\"\n",
         free_port()
     );
-    let model = match validate::check_sources(Path::new("gateway.yaml"), &gateway, |_, _| {
+    let model = match config::check_sources(Path::new("gateway.yaml"), &gateway, |_, _| {
         vec![(PathBuf::from("mapping.yaml"), mapping.clone())]
     }) {
         Ok(c) => c.model,

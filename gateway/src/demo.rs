@@ -22,9 +22,9 @@ use fieldlink_drivers::{
 use thiserror::Error;
 
 use crate::{
+    config::{check_sources, Diagnostic},
     model::{BusKind, GpioBackendKind, GpioMode, Model, Point},
     shutdown::Shutdown,
-    validate::{check_sources, Diagnostic},
     Hooks,
 };
 

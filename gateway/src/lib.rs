@@ -10,9 +10,9 @@
 //! its devices, their readings become messages, and the MQTT sides carry them out;
 //! commands come back the other way.
 //!
-//! - [`config`] and [`validate`]: the YAML files a person writes, loading with
-//!   file:line:col diagnostics, and validation that collects every error and builds the
-//!   model.
+//! - [`config`]: the YAML files a person writes (their structs' `///` docs are the user
+//!   reference), loading with file:line:col diagnostics, and validation that collects
+//!   every error and builds the model: one file per concern and one per bus kind.
 //! - [`model`]: the validated, immutable runtime model (buses, devices, points).
 //! - [`buses`]: one task per bus. One device actor (schedule, availability, backoff,
 //!   commands, shutdown) serves every bus kind; `modbus`, `uart` and `gpio` supply only
@@ -41,7 +41,6 @@ pub mod shutdown;
 pub mod spool;
 mod topics;
 mod upstream;
-pub mod validate;
 
 pub use health::Stats;
 pub use model::Model;

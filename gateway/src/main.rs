@@ -5,8 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fieldlink::{
+    config::{self, Severity},
     shutdown,
-    validate::{self, Severity},
 };
 use fieldlink_drivers::modbus::Planner;
 use tracing::error;
@@ -117,11 +117,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => {
-            let checked = match validate::load(&config) {
+            let checked = match config::load(&config) {
                 Ok(c) => c,
                 Err(diags) => return report(&diags),
             };
-            let validate::Checked {
+            let config::Checked {
                 model, warnings, ..
             } = checked;
             for w in &warnings {
@@ -207,7 +207,7 @@ async fn signals(trigger: shutdown::ShutdownTrigger) {
     trigger.trigger();
 }
 
-fn report(diags: &[validate::Diagnostic]) -> ExitCode {
+fn report(diags: &[config::Diagnostic]) -> ExitCode {
     for d in diags {
         eprintln!("{d}");
     }
@@ -221,7 +221,7 @@ fn report(diags: &[validate::Diagnostic]) -> ExitCode {
 
 fn check(config: &std::path::Path) -> ExitCode {
     use fieldlink::model::BusKind;
-    let checked = match validate::load(config) {
+    let checked = match config::load(config) {
         Ok(c) => c,
         Err(diags) => return report(&diags),
     };

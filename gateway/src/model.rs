@@ -1,5 +1,5 @@
 //! The validated, immutable runtime model built from the configuration by
-//! [`crate::validate`]. Nothing in here can be invalid, and nothing is a placeholder: a
+//! [`crate::config`]. Nothing in here can be invalid, and nothing is a placeholder: a
 //! point has the fields every point has plus one [`Source`] variant for its bus kind.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -138,7 +138,7 @@ mod tests {
             "id: t\nmappings: m.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:1883\"\n";
         let mapping = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }\ndevices:\n  - id: d1\n    bus: b\n    points:\n      - { topic: casa/a, table: holding, address: 0 }\n      - { topic: casa/b, table: holding, address: 1, writable: true }\n  - id: d2\n    bus: b\n    unit: 2\n    points:\n      - { topic: casa/c, table: coil, address: 0, writable: true }\n";
         let checked =
-            crate::validate::check_sources(std::path::Path::new("/g.yaml"), gateway, |_, _| {
+            crate::config::check_sources(std::path::Path::new("/g.yaml"), gateway, |_, _| {
                 vec![("m.yaml".into(), mapping.to_string())]
             })
             .expect("valid");

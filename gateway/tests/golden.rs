@@ -20,7 +20,7 @@ use std::{
     process::{Command, Output},
 };
 
-use fieldlink::validate::{self, Diagnostic, Severity};
+use fieldlink::config::{self, Diagnostic, Severity};
 
 /// Where the cases live.
 fn golden_dir() -> PathBuf {
@@ -149,7 +149,7 @@ fn golden_cases_match_expected() {
                 continue;
             }
         };
-        let result = validate::load(&case.join("gateway.yaml"));
+        let result = config::load(&case.join("gateway.yaml"));
         let loaded = result.is_ok();
         let diags = match &result {
             Ok(checked) => &checked.warnings,

@@ -41,7 +41,7 @@ pub fn model(mapping: &str, gateway_extra: &str) -> Model {
 
 /// Build a model from a whole gateway file and a mapping file (`mapping.yaml`).
 pub fn model_from(gateway: &str, mapping: &str) -> Model {
-    match fieldlink::validate::check_sources(Path::new("/gateway.yaml"), gateway, |_, _| {
+    match fieldlink::config::check_sources(Path::new("/gateway.yaml"), gateway, |_, _| {
         vec![(PathBuf::from("mapping.yaml"), mapping.to_string())]
     }) {
         Ok(c) => c.model,

@@ -7,31 +7,28 @@ use std::{
     sync::Arc,
 };
 
-use super::{at, Severity, Validator};
+use super::{at, Cx, Diagnostic, EmbeddedFile, EmbeddedTlsFile, Severity, Validator};
 use crate::{
     broker::{acl::Acl, passwd::Users, LineError},
-    config::EmbeddedFile,
-    config::EmbeddedTlsFile,
     model::{EmbeddedBroker, EmbeddedTls, Model, Secret},
 };
 
 impl Validator {
-    /// The embedded broker's model (when enabled), with every problem collected.
+    /// The embedded broker's model (when enabled), with every problem collected; `cx` is
+    /// `mqtt.embedded`.
     pub(super) fn embedded(
         &mut self,
-        file: &Path,
+        cx: &Cx,
         e: &EmbeddedFile,
     ) -> (SocketAddr, Option<EmbeddedBroker>) {
-        let dir = file.parent().unwrap_or(Path::new("."));
         let listen = match &e.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 1883)),
             Some(l) => match l.value.parse::<SocketAddr>() {
                 Ok(a) => a,
                 Err(_) => {
                     self.error(
-                        file,
-                        at(l),
-                        "mqtt.embedded.listen",
+                        &cx.at("listen"),
+                        l,
                         format!("`{}` is not an IP address with a port", l.value),
                         Some("write it like `127.0.0.1:1883` or `0.0.0.0:1883`".into()),
                     );
@@ -44,101 +41,26 @@ impl Validator {
             Some(m) if (1..=10_000).contains(&m.value) => m.value as usize,
             Some(m) => {
                 self.error(
-                    file,
-                    at(m),
-                    "mqtt.embedded.max_connections",
+                    &cx.at("max_connections"),
+                    m,
                     format!("max_connections {} is outside 1–10000", m.value),
                     None,
                 );
                 32
             }
         };
-        let users = e.users_file.as_ref().and_then(|f| {
-            let path = dir.join(&f.value);
-            match Users::load(&path) {
-                Ok(u) if u.is_empty() => {
-                    self.error(
-                        file,
-                        at(f),
-                        "mqtt.embedded.users_file",
-                        format!("`{}` has no users", path.display()),
-                        Some("add one with `mosquitto_passwd <file> <user>`".into()),
-                    );
-                    None
-                }
-                Ok(u) => Some(Arc::new(u)),
-                Err(errors) => {
-                    self.file_errors(
-                        file,
-                        at(f),
-                        "mqtt.embedded.users_file",
-                        &path,
-                        &errors,
-                        "make it with `mosquitto_passwd -c <file> <user>`",
-                    );
-                    None
-                }
-            }
-        });
-        let acl = e.acl_file.as_ref().and_then(|f| {
-            let path = dir.join(&f.value);
-            match Acl::load(&path) {
-                Ok(a) => Some(Arc::new(a)),
-                Err(errors) => {
-                    self.file_errors(file, at(f), "mqtt.embedded.acl_file", &path, &errors,
-                        "lines are `user <name>`, `topic [read|write|readwrite|deny] <filter>`, `pattern [read|write|readwrite|deny] <filter>`");
-                    None
-                }
-            }
-        });
+        let (users, acl) = self.embedded_logins(cx, e);
         let tls = e
             .tls
             .as_ref()
-            .and_then(|t| self.embedded_tls(file, &t.value));
-        let loopback = listen.ip().is_loopback()
-            && tls
-                .as_ref()
-                .is_none_or(|t: &EmbeddedTls| t.listen.ip().is_loopback());
-        let allow_anonymous = match &e.allow_anonymous {
-            Some(a) => a.value,
-            None => loopback && e.users_file.is_none(),
-        };
-        if !allow_anonymous && e.users_file.is_none() && e.enabled {
-            let (loc, why) = match &e.allow_anonymous {
-                Some(a) => (at(a), "`allow_anonymous: false` and no `users_file`: no client could log in".to_string()),
-                None => (
-                    e.listen.as_ref().map_or((0, 0), at),
-                    format!("the embedded broker listens on {}, which other machines can reach, and has no `users_file`: anyone on the network could read the house and command its devices", tls.as_ref().filter(|t| !t.listen.ip().is_loopback()).map_or(listen, |t| t.listen)),
-                ),
-            };
-            self.error(
-                file,
-                loc,
-                "mqtt.embedded.users_file",
-                why,
-                Some("add users with `mosquitto_passwd -c /etc/fieldlink/users <user>` and set `users_file: /etc/fieldlink/users`, or (on a trusted network only) `allow_anonymous: true`".into()),
-            );
-        }
+            .and_then(|t| self.embedded_tls(&cx.at("tls"), &t.value));
+        let allow_anonymous = self.allow_anonymous(cx, e, listen, tls.as_ref());
         if let (Some(users), Some(acl)) = (&users, &acl) {
-            for name in acl.user_names() {
-                if !users.contains(name) {
-                    if let Some(f) = &e.acl_file {
-                        self.warn(
-                            file,
-                            at(f),
-                            "mqtt.embedded.acl_file",
-                            format!(
-                                "the rights file names user `{name}`, who is not in the users file"
-                            ),
-                        );
-                    }
-                }
-            }
+            self.unknown_acl_users(cx, e, users, acl);
         }
         let sys_interval = self.positive_duration(
-            file,
+            &cx.at("sys_interval"),
             e.sys_interval.as_ref(),
-            "mqtt.embedded.sys_interval",
             std::time::Duration::from_secs(10),
         );
         let model = e.enabled.then(|| EmbeddedBroker {
@@ -154,41 +76,116 @@ impl Validator {
         (listen, model)
     }
 
+    /// `users_file` and `acl_file`, loaded.
+    fn embedded_logins(
+        &mut self,
+        cx: &Cx,
+        e: &EmbeddedFile,
+    ) -> (Option<Arc<Users>>, Option<Arc<Acl>>) {
+        let users = e.users_file.as_ref().and_then(|f| {
+            let path = cx.dir().join(&f.value);
+            match Users::load(&path) {
+                Ok(u) if u.is_empty() => {
+                    self.error(
+                        &cx.at("users_file"),
+                        f,
+                        format!("`{}` has no users", path.display()),
+                        Some("add one with `mosquitto_passwd <file> <user>`".into()),
+                    );
+                    None
+                }
+                Ok(u) => Some(Arc::new(u)),
+                Err(errors) => {
+                    self.file_errors(
+                        &cx.at("users_file"),
+                        at(f),
+                        &path,
+                        &errors,
+                        "make it with `mosquitto_passwd -c <file> <user>`",
+                    );
+                    None
+                }
+            }
+        });
+        let acl = e.acl_file.as_ref().and_then(|f| {
+            let path = cx.dir().join(&f.value);
+            match Acl::load(&path) {
+                Ok(a) => Some(Arc::new(a)),
+                Err(errors) => {
+                    self.file_errors(&cx.at("acl_file"), at(f), &path, &errors,
+                        "lines are `user <name>`, `topic [read|write|readwrite|deny] <filter>`, `pattern [read|write|readwrite|deny] <filter>`");
+                    None
+                }
+            }
+        });
+        (users, acl)
+    }
+
+    /// A warning for each user the rights file names but the users file lacks.
+    fn unknown_acl_users(&mut self, cx: &Cx, e: &EmbeddedFile, users: &Users, acl: &Acl) {
+        for name in acl.user_names() {
+            if !users.contains(name) {
+                if let Some(f) = &e.acl_file {
+                    self.warn(
+                        &cx.at("acl_file"),
+                        f,
+                        format!(
+                            "the rights file names user `{name}`, who is not in the users file"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `allow_anonymous` and its default; an error when no client could log in, or anyone
+    /// on the network could.
+    fn allow_anonymous(
+        &mut self,
+        cx: &Cx,
+        e: &EmbeddedFile,
+        listen: SocketAddr,
+        tls: Option<&EmbeddedTls>,
+    ) -> bool {
+        let loopback = listen.ip().is_loopback() && tls.is_none_or(|t| t.listen.ip().is_loopback());
+        let allow_anonymous = match &e.allow_anonymous {
+            Some(a) => a.value,
+            None => loopback && e.users_file.is_none(),
+        };
+        if !allow_anonymous && e.users_file.is_none() && e.enabled {
+            let (loc, why) = match &e.allow_anonymous {
+                Some(a) => (at(a), "`allow_anonymous: false` and no `users_file`: no client could log in".to_string()),
+                None => (
+                    e.listen.as_ref().map_or((0, 0), at),
+                    format!("the embedded broker listens on {}, which other machines can reach, and has no `users_file`: anyone on the network could read the house and command its devices", tls.filter(|t| !t.listen.ip().is_loopback()).map_or(listen, |t| t.listen)),
+                ),
+            };
+            self.error(
+                &cx.at("users_file"),
+                loc,
+                why,
+                Some("add users with `mosquitto_passwd -c /etc/fieldlink/users <user>` and set `users_file: /etc/fieldlink/users`, or (on a trusted network only) `allow_anonymous: true`".into()),
+            );
+        }
+        allow_anonymous
+    }
+
     /// `mqtt.embedded.tls`: the address, and a certificate and key that parse.
-    fn embedded_tls(&mut self, file: &Path, t: &EmbeddedTlsFile) -> Option<EmbeddedTls> {
-        use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    fn embedded_tls(&mut self, cx: &Cx, t: &EmbeddedTlsFile) -> Option<EmbeddedTls> {
         let listen = match t.listen.value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 self.error(
-                    file,
-                    at(&t.listen),
-                    "mqtt.embedded.tls.listen",
+                    &cx.at("listen"),
+                    &t.listen,
                     format!("`{}` is not an IP address with a port", t.listen.value),
                     Some("write it like `0.0.0.0:8883`".into()),
                 );
                 None
             }
         };
-        let cert = self.certificates(file, &t.cert_file, "mqtt.embedded.tls.cert_file");
-        let key = self
-            .read_file(file, &t.key_file, "mqtt.embedded.tls.key_file")
-            .and_then(|b| match PrivateKeyDer::from_pem_slice(&b) {
-                Ok(_) => Some(Secret(String::from_utf8_lossy(&b).into_owned())),
-                Err(e) => {
-                    self.error(
-                        file,
-                        at(&t.key_file),
-                        "mqtt.embedded.tls.key_file",
-                        format!("`{}` holds no usable private key: {e}", t.key_file.value),
-                        Some(
-                            "expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`"
-                                .into(),
-                        ),
-                    );
-                    None
-                }
-            });
+        let cert = self.certificates(&cx.at("cert_file"), &t.cert_file);
+        let key = self.private_key(&cx.at("key_file"), &t.key_file);
         Some(EmbeddedTls {
             listen: listen?,
             cert: cert?,
@@ -197,12 +194,11 @@ impl Validator {
     }
 
     /// Report the line errors of a users or rights file: at the file's own line and
-    /// column, with the gateway file's key as the path.
+    /// column, with the gateway file's key (`cx`) as the path.
     fn file_errors(
         &mut self,
-        gateway: &Path,
+        cx: &Cx,
         key_at: (u64, u64),
-        key: &str,
         path: &Path,
         errors: &[LineError],
         hint: &str,
@@ -210,9 +206,8 @@ impl Validator {
         for LineError { line, message } in errors {
             if *line == 0 {
                 self.error(
-                    gateway,
+                    cx,
                     key_at,
-                    key,
                     format!("`{}`: {message}", path.display()),
                     Some(hint.to_string()),
                 );
@@ -221,7 +216,7 @@ impl Validator {
                     Severity::Error,
                     &PathBuf::from(path),
                     (*line, 1),
-                    key,
+                    cx.path.clone(),
                     message.clone(),
                     Some(hint.to_string()),
                 );
@@ -236,7 +231,7 @@ pub(super) fn warnings(
     model: &Model,
     gateway: &Path,
     file: &EmbeddedFile,
-    diags: &mut Vec<super::Diagnostic>,
+    diags: &mut Vec<Diagnostic>,
 ) {
     let Some(e) = &model.mqtt.embedded else {
         return;
@@ -256,7 +251,7 @@ pub(super) fn warnings(
         ),
     };
     if commands {
-        diags.push(super::Diagnostic {
+        diags.push(Diagnostic {
             severity: Severity::Warning,
             file: gateway.to_path_buf(),
             line: file.allow_anonymous.as_ref().map_or(0, |a| a.line()),

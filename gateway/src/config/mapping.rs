@@ -1,0 +1,287 @@
+//! The mapping files together: buses (of any file), then devices, then the topics across
+//! all files (duplicates, the gateway's own topics, command topics). Which kind a bus is
+//! decides the file that checks it: `modbus.rs`, `uart.rs` or `gpio.rs`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use super::{at, gpio, modbus, uart, BusFile, BusKindName, Cx, DeviceFile, MappingFile, Validator};
+use crate::{
+    model::{Bus, BusKind, Device},
+    topics::is_id,
+};
+
+/// What a device's bus is, for the checks that differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Class {
+    /// `modbus_tcp` or `modbus_rtu`.
+    Modbus,
+    /// `gpio`.
+    Gpio,
+    /// `uart`.
+    Uart,
+}
+
+impl Class {
+    /// The class of a bus kind.
+    fn of(kind: &BusKind) -> Class {
+        match kind {
+            BusKind::Gpio { .. } => Class::Gpio,
+            BusKind::Uart { .. } => Class::Uart,
+            BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. } => Class::Modbus,
+        }
+    }
+}
+
+/// Where something was first defined: file and position.
+type Where = (PathBuf, (u64, u64));
+
+/// Every point topic: where it is and its field path.
+pub(super) type Topics = BTreeMap<String, (PathBuf, (u64, u64), String)>;
+
+/// The bus keys every kind may have, with where they are.
+fn bus_keys(b: &BusFile) -> [(&'static str, Option<(u64, u64)>); 12] {
+    [
+        ("host", b.host.as_ref().map(at)),
+        ("port", b.port.as_ref().map(at)),
+        ("timeout", b.timeout.as_ref().map(at)),
+        ("backend", b.backend.as_ref().map(at)),
+        ("path", b.path.as_ref().map(at)),
+        ("baud", b.baud.as_ref().map(at)),
+        ("parity", b.parity.as_ref().map(at)),
+        ("data_bits", b.data_bits.as_ref().map(at)),
+        ("stop_bits", b.stop_bits.as_ref().map(at)),
+        ("frame_delay", b.frame_delay.as_ref().map(at)),
+        ("delimiter", b.delimiter.as_ref().map(at)),
+        ("max_line", b.max_line.as_ref().map(at)),
+    ]
+}
+
+impl Validator {
+    /// Every mapping file: buses first (devices may refer to a bus of any file), then
+    /// devices, then the topics across files.
+    pub(super) fn mappings(
+        &mut self,
+        files: &[(PathBuf, MappingFile)],
+        base: Option<&str>,
+    ) -> Vec<Bus> {
+        let (mut buses, bus_where) = self.buses(files);
+        let mut topics = Topics::new();
+        let device_ids = self.devices(files, &mut buses, &mut topics);
+        // Point topics must not collide with the gateway's own topics or command topics.
+        if let Some(base) = base {
+            self.reserved_topics(base, &device_ids, &topics);
+        }
+        self.command_topics(&topics);
+        for bus in &buses {
+            if bus.devices.is_empty() && !self.unknown_bus && !self.parse_failed {
+                let (f, l) = &bus_where[&bus.id];
+                self.warn(&Cx::new(f), *l, format!("bus `{}` has no devices", bus.id));
+            }
+        }
+        buses
+    }
+
+    /// The buses of every file, each id once; with where each was defined.
+    fn buses(&mut self, files: &[(PathBuf, MappingFile)]) -> (Vec<Bus>, HashMap<String, Where>) {
+        let mut buses: Vec<Bus> = Vec::new();
+        let mut bus_where: HashMap<String, Where> = HashMap::new();
+        for (file, m) in files {
+            for (i, b) in m.buses.iter().enumerate() {
+                let cx = Cx::new(file).item("buses", i);
+                if let Some(bus) = self.bus(&cx, b) {
+                    if let Some((f0, l0)) = bus_where.get(&bus.id) {
+                        self.error(
+                            &cx.at("id"),
+                            &b.id,
+                            format!(
+                                "bus id `{}` is already used at {}:{}:{}",
+                                bus.id,
+                                f0.display(),
+                                l0.0,
+                                l0.1
+                            ),
+                            Some("give every bus its own id".into()),
+                        );
+                        continue;
+                    }
+                    bus_where.insert(bus.id.clone(), (file.clone(), at(&b.id)));
+                    buses.push(bus);
+                }
+            }
+        }
+        (buses, bus_where)
+    }
+
+    /// The devices of every file, each put on its bus; returns every device id written.
+    fn devices(
+        &mut self,
+        files: &[(PathBuf, MappingFile)],
+        buses: &mut [Bus],
+        topics: &mut Topics,
+    ) -> Vec<String> {
+        let bus_ids: Vec<String> = buses.iter().map(|b| b.id.clone()).collect();
+        let classes: HashMap<String, Class> = buses
+            .iter()
+            .map(|b| (b.id.clone(), Class::of(&b.kind)))
+            .collect();
+        let mut device_where: HashMap<String, Where> = HashMap::new();
+        let mut unit_where: HashMap<(String, u8), String> = HashMap::new();
+        let mut device_ids = Vec::new();
+        for (file, m) in files {
+            for (i, d) in m.devices.iter().enumerate() {
+                device_ids.push(d.id.value.clone());
+                let cx = Cx::new(file).item("devices", i);
+                let class = classes.get(&d.bus.value).copied().unwrap_or(Class::Modbus);
+                let Some((bus_id, dev)) = self.device(&cx, d, &bus_ids, class, topics) else {
+                    continue;
+                };
+                if let Some((f0, l0)) = device_where.get(&dev.id) {
+                    self.error(
+                        &cx.at("id"),
+                        &d.id,
+                        format!(
+                            "device id `{}` is already used at {}:{}:{}",
+                            dev.id,
+                            f0.display(),
+                            l0.0,
+                            l0.1
+                        ),
+                        Some("device ids name availability topics and must be unique".into()),
+                    );
+                    continue;
+                }
+                device_where.insert(dev.id.clone(), (file.clone(), at(&d.id)));
+                // A bus holds devices of one class: only Modbus ones have unit ids.
+                if class == Class::Modbus {
+                    self.unique_unit(&cx, d, &dev, &bus_id, &mut unit_where);
+                }
+                if let Some(bus) = buses.iter_mut().find(|b| b.id == bus_id) {
+                    bus.devices.push(Arc::new(dev));
+                }
+            }
+        }
+        device_ids
+    }
+
+    /// Each Modbus device on a bus needs its own unit id.
+    fn unique_unit(
+        &mut self,
+        cx: &Cx,
+        d: &DeviceFile,
+        dev: &Device,
+        bus_id: &str,
+        unit_where: &mut HashMap<(String, u8), String>,
+    ) {
+        let unit_valid = d.unit.as_ref().is_none_or(|u| (1..=247).contains(&u.value));
+        let first = unit_where
+            .entry((bus_id.to_string(), dev.unit))
+            .or_insert_with(|| dev.id.clone());
+        if unit_valid && *first != dev.id {
+            let loc = d.unit.as_ref().map_or(at(&d.id), at);
+            let default = if d.unit.is_none() {
+                " (the default)"
+            } else {
+                ""
+            };
+            let msg = format!(
+                "unit id {}{default} is already used by device `{first}` on bus `{bus_id}`",
+                dev.unit
+            );
+            self.error(
+                &cx.at("unit"),
+                loc,
+                msg,
+                Some("each device on a bus needs its own unit id".into()),
+            );
+        }
+    }
+
+    /// Point topics that are the gateway's own (`<base>/status`, ...).
+    fn reserved_topics(&mut self, base: &str, device_ids: &[String], topics: &Topics) {
+        let mut reserved = vec![format!("{base}/status"), format!("{base}/diagnostics")];
+        reserved.extend(
+            device_ids
+                .iter()
+                .map(|d| format!("{base}/{d}/availability")),
+        );
+        for r in reserved {
+            if let Some((f, l, p)) = topics.get(&r) {
+                self.error(
+                    &Cx::new(f).at(p),
+                    *l,
+                    format!("topic `{r}` is one of the gateway's own topics"),
+                    Some("choose another topic or change `base_topic`".into()),
+                );
+            }
+        }
+    }
+
+    /// Point topics that are the command topic of another point.
+    fn command_topics(&mut self, topics: &Topics) {
+        for (t, (f, l, p)) in topics {
+            for (suffix, what) in [("/set", "command"), ("/set/result", "command result")] {
+                if let Some(parent) = t.strip_suffix(suffix) {
+                    if topics.contains_key(parent) {
+                        self.error(
+                            &Cx::new(f).at(p),
+                            *l,
+                            format!("topic `{t}` is the {what} topic of point `{parent}`"),
+                            Some(format!(
+                                "`{suffix}` below a point topic is reserved for commands"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One bus: its id, the keys its kind takes, and the kind's own checks.
+    fn bus(&mut self, cx: &Cx, b: &BusFile) -> Option<Bus> {
+        let id = b.id.value.clone();
+        if !is_id(&id) {
+            self.error(
+                &cx.at("id"),
+                &b.id,
+                format!("bus id `{id}` may only use letters, digits, `-` and `_`"),
+                None,
+            );
+        }
+        let (kind_name, allowed): (&str, &[&str]) = match b.kind.value {
+            BusKindName::ModbusTcp => ("modbus_tcp", modbus::TCP_BUS_KEYS),
+            BusKindName::ModbusRtu => ("modbus_rtu", modbus::RTU_BUS_KEYS),
+            BusKindName::Uart => ("uart", uart::BUS_KEYS),
+            BusKindName::Gpio => ("gpio", gpio::BUS_KEYS),
+        };
+        for (key, loc) in bus_keys(b) {
+            if let (Some(loc), false) = (loc, allowed.contains(&key)) {
+                let hint = if key == "port" && matches!(kind_name, "modbus_rtu" | "uart") {
+                    format!("the serial port of a {kind_name} bus is `path: /dev/ttyUSB0`")
+                } else {
+                    format!("a {kind_name} bus takes: {}", allowed.join(", "))
+                };
+                self.error(
+                    &cx.at(key),
+                    loc,
+                    format!("`{key}` does not apply to a {kind_name} bus"),
+                    Some(hint),
+                );
+            }
+        }
+        let kind = match b.kind.value {
+            BusKindName::ModbusTcp => self.modbus_tcp_bus(cx, b)?,
+            BusKindName::ModbusRtu => self.modbus_rtu_bus(cx, b, &id)?,
+            BusKindName::Uart => self.uart_bus(cx, b, &id)?,
+            BusKindName::Gpio => gpio::bus(b),
+        };
+        Some(Bus {
+            id,
+            kind,
+            devices: Vec::new(),
+        })
+    }
+}

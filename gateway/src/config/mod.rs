@@ -1,0 +1,78 @@
+//! Configuration: the gateway file and the mapping files (YAML) as the user writes them,
+//! and their validation into the runtime [`Model`](crate::model::Model).
+//!
+//! The file structs mirror the files one to one; every `///` comment on them is the user
+//! reference for that key (see `mappings/REFERENCE.md`). Unknown keys are rejected.
+//! Validation collects every problem as a [`Diagnostic`] with its file, line, column and
+//! field path, printed as `file:line:col: field.path: message; hint`. Structural problems
+//! (YAML syntax, unknown keys, wrong value types) stop the file they are in at the first
+//! one; every semantic problem in every file is reported.
+//!
+//! The files of this folder:
+//!
+//! | file | holds |
+//! |---|---|
+//! | `load.rs` | the entry points [`load`] and [`check_sources`]: read, parse, validate, report in file order |
+//! | `parse.rs` | YAML → file structs, [`ParseProblem`] with a did-you-mean hint, [`resolve_mappings`] |
+//! | `diagnostic.rs` | [`Diagnostic`] and [`Severity`] |
+//! | `values.rs` | [`Spanned`], [`HumanDuration`], [`ByteSize`], [`OneOrMany`] |
+//! | `gateway_file.rs` | the gateway file's structs: [`GatewayFile`], `mqtt:`, `mqtt.upstream:`, `mqtt.embedded:` |
+//! | `mapping_file.rs` | the mapping file's structs: [`MappingFile`], [`BusFile`], [`DeviceFile`], [`PointFile`] |
+//! | `validator.rs` | the validator's state and the checks all parts share |
+//! | `gateway.rs` | the gateway file's top level and `mqtt:` |
+//! | `upstream.rs` | `mqtt.upstream` (and [`parse_url`]) |
+//! | `embedded.rs` | `mqtt.embedded`: listener, users, rights, TLS, and the warnings that need the points |
+//! | `mapping.rs` | all mapping files together: bus and device ids, reserved and command topics |
+//! | `device.rs` | one device |
+//! | `point.rs` | one point: the keys every bus kind shares; its bus kind's file gives the value type and the `model::Source` |
+//! | `modbus.rs` | Modbus: its key values, `modbus_tcp`/`modbus_rtu` buses, the Modbus half of a point |
+//! | `serial.rs` | a serial line (`modbus_rtu`, `uart`): port and framing |
+//! | `uart.rs` | UART: its key values, the bus, the line parser, the UART half of a point |
+//! | `gpio.rs` | GPIO: its key values, the bus, the GPIO half of a point |
+//!
+//! A new bus kind gets its own file next to `modbus.rs`, `uart.rs` and `gpio.rs`, plus its
+//! keys in [`BusFile`]/[`PointFile`] and a line in the dispatch of `mapping.rs`/`point.rs`.
+
+mod device;
+mod diagnostic;
+mod embedded;
+mod gateway;
+mod gateway_file;
+mod gpio;
+mod load;
+mod mapping;
+mod mapping_file;
+mod modbus;
+mod parse;
+mod point;
+mod serial;
+mod uart;
+mod upstream;
+mod validator;
+mod values;
+
+pub use device::DEFAULT_MAX_BACKOFF;
+pub use diagnostic::{Diagnostic, Severity};
+pub use gateway::DEFAULT_STATE_DIR;
+pub use gateway_file::{
+    EmbeddedFile, EmbeddedTlsFile, GatewayFile, MqttFile, QueueFile, UpstreamFile,
+};
+pub use gpio::{
+    GpioBackendName, GpioModeName, OnShutdownName, PullName, DEFAULT_DEBOUNCE, GPIO_MAX_PIN,
+};
+pub use load::{check_sources, load, Checked, ResolveProblems};
+pub use mapping_file::{
+    BusFile, BusKindName, DeviceFile, MapValue, MappingFile, PayloadName, PointFile, PublishName,
+    TypeName,
+};
+pub use modbus::{OrderName, TableName};
+pub use parse::{did_you_mean, parse_yaml, resolve_mappings, Loaded, ParseProblem};
+pub use serial::ParityName;
+pub use uart::{ParamValue, ParserFile, ParserKindName, DEFAULT_MAX_LINE};
+pub use upstream::{parse_url, DEFAULT_QUEUE_SIZE};
+pub use values::{ByteSize, HumanDuration, OneOrMany, Spanned, MAX_DURATION};
+
+use mapping::Class;
+use modbus::noun;
+use point::value_type;
+use validator::{at, Cx, Validator};
