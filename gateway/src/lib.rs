@@ -14,10 +14,8 @@ pub mod model;
 pub mod mqtt;
 pub mod publish;
 pub mod shutdown;
-pub mod spool;
 pub mod topics;
 pub mod uart;
-pub mod upstream;
 pub mod validate;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -57,7 +55,7 @@ pub enum RunError {
     Broker(#[from] broker::BrokerError),
     /// The upstream broker's TLS settings or queue.
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamError),
+    Upstream(#[from] mqtt::UpstreamError),
     /// A gpio bus could not open its controller.
     #[error("bus `{bus}`: {error}")]
     Gpio {
@@ -135,8 +133,8 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     // stops the gateway here, with the reason.
     let spool = match &model.mqtt.upstream {
         Some(u) => {
-            upstream::options(&model, u)?;
-            Some(upstream::open_queue(u)?)
+            mqtt::upstream::options(&model, u)?;
+            Some(mqtt::upstream::open_queue(u)?)
         }
         None => None,
     };
@@ -177,7 +175,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
             )));
         }
         (None, Some(spool)) => {
-            mqtt.push(tokio::spawn(upstream_task(
+            mqtt.push(tokio::spawn(mqtt::upstream::run_logged(
                 model.clone(),
                 spool,
                 rx,
@@ -188,7 +186,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
         (Some(link), Some(spool)) => {
             let (etx, erx) = mpsc::channel(OUT_CAPACITY);
             let (utx, urx) = mpsc::channel(OUT_CAPACITY);
-            mqtt.push(tokio::spawn(fanout(rx, etx, utx)));
+            mqtt.push(tokio::spawn(mqtt::fanout(rx, etx, utx)));
             mqtt.push(tokio::spawn(mqtt::run_client(
                 model.clone(),
                 erx,
@@ -196,7 +194,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
                 router,
                 link,
             )));
-            mqtt.push(tokio::spawn(upstream_task(
+            mqtt.push(tokio::spawn(mqtt::upstream::run_logged(
                 model.clone(),
                 spool,
                 urx,
@@ -306,30 +304,6 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     }
     info!("Gateway stopped.");
     Ok(())
-}
-
-/// Every batch to both MQTT sides (embedded and upstream).
-async fn fanout(
-    mut rx: mpsc::Receiver<publish::Batch>,
-    embedded: mpsc::Sender<publish::Batch>,
-    upstream: mpsc::Sender<publish::Batch>,
-) {
-    while let Some(batch) = rx.recv().await {
-        let _ = embedded.send(batch.clone()).await;
-        let _ = upstream.send(batch).await;
-    }
-}
-
-async fn upstream_task(
-    model: Arc<Model>,
-    spool: spool::Spool,
-    rx: mpsc::Receiver<publish::Batch>,
-    stats: Arc<Stats>,
-    router: Option<commands::Router>,
-) {
-    if let Err(e) = upstream::run_upstream(model, spool, rx, stats, router).await {
-        tracing::error!(error = %e, "Upstream link stopped.");
-    }
 }
 
 async fn diagnostics(
