@@ -127,7 +127,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Start mosquitto (`None` when it is not installed and CI is not set).
+    /// Start mosquitto (`None` when it, or `mosquitto_passwd` for [`BrokerOpts::users`], is
+    /// not installed and CI is not set: the reason is printed; under CI it panics).
     pub fn start(opts: &BrokerOpts) -> Option<Broker> {
         let bin = mosquitto()?;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -146,10 +147,11 @@ impl Broker {
         if opts.users.is_empty() {
             conf.push_str("allow_anonymous true\n");
         } else {
+            let passwd = tool("mosquitto_passwd")?;
             let pw = dir.path().join("passwd");
             std::fs::write(&pw, "").expect("passwd");
             for (u, p) in &opts.users {
-                let ok = Command::new("mosquitto_passwd")
+                let ok = Command::new(&passwd)
                     .args(["-b"])
                     .arg(&pw)
                     .args([u, p])

@@ -2,8 +2,12 @@
 //! mutual TLS), a 20 s outage at 50 readings/s, the topic prefix, retained state after a
 //! broker restart, commands from upstream, and both brokers at once.
 //!
-//! Needs mosquitto (`apt-get install -y mosquitto mosquitto-clients`): skipped without it,
-//! failed without it when `CI` is set.
+//! Needs mosquitto (`apt-get install -y mosquitto mosquitto-clients`): without it every test
+//! prints `SKIPPED` and its reason (`Broker::start`), and fails when `CI` is set.
+//!
+//! No test waits a fixed time to synchronise: each waits, with a deadline, for what it needs
+//! (a message a subscriber saw, a counter in the gateway's `Stats` or diagnostics, a
+//! connection accepted). The one bounded wait for something that must not happen says so.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -75,6 +79,43 @@ fn by_topic(msgs: &[Msg]) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// [`by_topic`] of what `obs` saw, with `prefix` taken off the topics.
+fn readings(obs: &Observer, prefix: &str) -> BTreeMap<String, Vec<String>> {
+    by_topic(&obs.seen.lock().expect("lock"))
+        .into_iter()
+        .map(|(t, v)| (t.trim_start_matches(prefix).to_string(), v))
+        .collect()
+}
+
+/// Wait until `obs` (topics under `prefix`) has the newest reading of every topic of
+/// `truth`. The queue sends in order, so what it still lacks then is lost (reported by
+/// [`compare`]); `false` at the deadline.
+async fn newest_arrived(
+    obs: &Observer,
+    prefix: &str,
+    truth: &BTreeMap<String, Vec<String>>,
+    timeout: Duration,
+) -> bool {
+    eventually(timeout, || {
+        let got = readings(obs, prefix);
+        truth.iter().all(|(topic, r)| {
+            r.last()
+                .is_none_or(|last| got.get(topic).is_some_and(|g| g.contains(last)))
+        })
+    })
+    .await
+}
+
+/// How many readings of `topic` `obs` saw.
+fn count_on(obs: &Observer, topic: &str) -> usize {
+    obs.seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|m| m.topic == topic && ts(m).is_some())
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_status_and_retained_state_after_a_broker_restart() {
     let Some(mut broker) = Broker::start(&BrokerOpts::default()) else {
@@ -125,7 +166,15 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
     // The broker restarts without persistence: every retained message is gone. After the
     // gateway reconnects, a new subscriber sees the last values again.
     broker.stop();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || !gw
+            .stats
+            .upstream
+            .connected
+            .load(Relaxed))
+        .await,
+        "gateway saw the broker die"
+    );
     broker.restart();
     assert!(
         eventually(Duration::from_secs(20), || gw
@@ -138,18 +187,25 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
         "gateway reconnected"
     );
     let mut late = Observer::connect(broker.port, "sites/t/#", QoS::AtLeastOnce).await;
-    // The first message of each topic a new subscriber gets is the retained one.
-    let mut snap: HashMap<String, Msg> = HashMap::new();
-    for m in late.collect(Duration::from_secs(2)).await {
-        snap.entry(m.topic.clone()).or_insert(m);
-    }
-    for topic in [
+    let topics = [
         "sites/t/fieldlink/t/status",
         "sites/t/fieldlink/t/meter/availability",
         "sites/t/casa/p0",
         "sites/t/casa/p2",
         "sites/t/casa/setpoint",
-    ] {
+    ];
+    // The first message of each topic a new subscriber gets is the retained one: wait until
+    // each topic has one (`casa/setpoint` changes never, so only the republished state has it).
+    let mut snap: HashMap<String, Msg> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !topics.iter().all(|t| snap.contains_key(*t)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(m) = late.next_matching(|_| true, left).await else {
+            break;
+        };
+        snap.entry(m.topic.clone()).or_insert(m);
+    }
+    for topic in topics {
         let m = snap
             .get(topic)
             .unwrap_or_else(|| panic!("{topic} retained after restart: {snap:?}"));
@@ -221,22 +277,46 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     )
     .await;
     let gw = Gateway::start(model_from(&gateway_yaml(true, &up, state.path()), &mapping)).await;
-    let local = Observer::connect(gw.broker_port(), "casa/#", QoS::AtLeastOnce).await;
-    assert!(sub
-        .next_on("sites/t/casa/p0", Duration::from_secs(10))
-        .await
-        .is_some());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut local = Observer::connect(gw.broker_port(), "#", QoS::AtLeastOnce).await;
+    // Readings flow upstream before the outage: 2 s of them (20 at 10/s on p0).
+    assert!(
+        eventually(Duration::from_secs(10), || count_on(
+            &sub,
+            "sites/t/casa/p0"
+        ) >= 20)
+        .await,
+        "readings upstream before the outage"
+    );
 
-    // Outage: the broker dies, and stays unreachable for 20 s.
+    // Outage: the broker dies, and stays unreachable until 20 s of readings (1 000 at
+    // 50/s) wait in the queue.
     proxy.set_accepting(false);
     broker.terminate();
     let outage = Instant::now();
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        eventually(Duration::from_secs(40), || gw
+            .stats
+            .upstream
+            .queue_depth
+            .load(Relaxed)
+            >= 1000)
+        .await,
+        "the outage queues readings"
+    );
     let queued = gw.stats.upstream.queue_depth.load(Relaxed);
     broker.restart();
-    // The subscriber reconnects on its own (same session) before the gateway may.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The subscriber reconnects on its own (same session) before the gateway may: a probe
+    // on its filter reaches it once it is back (the probe is no reading: not compared).
+    let probe = publisher(broker.port).await;
+    probe
+        .publish("sites/t/casa/probe", QoS::AtLeastOnce, false, "probe")
+        .await
+        .expect("probe");
+    assert!(
+        sub.wait_seen("sites/t/casa/probe", "probe", Duration::from_secs(20))
+            .await,
+        "the subscriber reconnected"
+    );
     proxy.set_accepting(true);
     let back = Instant::now();
     assert!(
@@ -250,26 +330,25 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
         "backlog drained"
     );
     let drained = back.elapsed();
-    // Stop the readings, let the last ones through, then compare everything.
+    // Stop the readings: once the device is offline, the local subscriber has them all;
+    // then wait until the newest of each topic arrived upstream, and compare everything.
     dev.set_responding(false);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        eventually(Duration::from_secs(20), || gw
-            .stats
-            .upstream
-            .queue_depth
-            .load(Relaxed)
-            == 0)
-        .await
+        local
+            .wait_seen(
+                "fieldlink/t/meter/availability",
+                "offline",
+                Duration::from_secs(10)
+            )
+            .await,
+        "the device went offline"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let truth = by_topic(&local.seen.lock().expect("lock").clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let upstream = sub.seen.lock().expect("lock").clone();
-    let got: BTreeMap<String, Vec<String>> = by_topic(&upstream)
-        .into_iter()
-        .map(|(t, v)| (t.trim_start_matches("sites/t/").to_string(), v))
-        .collect();
+    let truth = readings(&local, "");
+    assert!(
+        newest_arrived(&sub, "sites/t/", &truth, Duration::from_secs(20)).await,
+        "the last readings arrived upstream"
+    );
+    let got = readings(&sub, "sites/t/");
     let total: usize = truth.values().map(Vec::len).sum();
     let (missing, dups, disorder) = compare(&truth, &got);
     eprintln!(
@@ -333,6 +412,7 @@ async fn user_and_password_and_a_wrong_password() {
 
     // The wrong password, from the environment: refused, retried with backoff, no crash.
     std::env::set_var("FIELDLINK_TEST_WRONG_PW", "not it");
+    let started = Instant::now();
     let bad = upstream_gateway(
         &url,
         &format!("    client_id: bad\n    username: gw\n    password_env: FIELDLINK_TEST_WRONG_PW\n    queue: {{ dir: {}/bad }}\n", state.path().display()),
@@ -340,15 +420,37 @@ async fn user_and_password_and_a_wrong_password() {
         &mapping,
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let failures = bad.stats.upstream.connect_failures.load(Relaxed);
+    // Three refusals: the first attempt, then two retries after backoff waits of at least
+    // 125 ms and 250 ms (half of 250 ms and 500 ms, the rest is jitter).
+    assert!(
+        eventually(Duration::from_secs(10), || bad
+            .stats
+            .upstream
+            .connect_failures
+            .load(Relaxed)
+            >= 3)
+        .await,
+        "retried"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(375),
+        "retried with backoff: 3 attempts in {took:?}"
+    );
+    assert_eq!(
+        bad.stats.upstream.connects.load(Relaxed),
+        0,
+        "never connected"
+    );
     assert!(!bad.stats.upstream.connected.load(Relaxed));
     assert!(
-        (2..=12).contains(&failures),
-        "retried with backoff: {failures} attempts in 6 s"
-    );
-    assert!(
-        bad.stats.upstream.queue_depth.load(Relaxed) > 0,
+        eventually(Duration::from_secs(5), || bad
+            .stats
+            .upstream
+            .queue_depth
+            .load(Relaxed)
+            > 0)
+        .await,
         "readings wait in the queue"
     );
     assert!(
@@ -411,15 +513,25 @@ async fn tls_verifies_the_broker_and_mutual_tls_presents_a_certificate() {
             .is_some(),
         "mutual TLS"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
     for (name, gw) in [("wrong CA", &wrong_ca), ("no client certificate", &no_cert)] {
         assert!(
-            !gw.stats.upstream.connected.load(Relaxed),
+            eventually(Duration::from_secs(10), || gw
+                .stats
+                .upstream
+                .connect_failures
+                .load(Relaxed)
+                >= 2)
+            .await,
+            "{name}: retried"
+        );
+        assert_eq!(
+            gw.stats.upstream.connects.load(Relaxed),
+            0,
             "{name}: refused"
         );
         assert!(
-            gw.stats.upstream.connect_failures.load(Relaxed) >= 1,
-            "{name}: retried"
+            !gw.stats.upstream.connected.load(Relaxed),
+            "{name}: refused"
         );
     }
     assert!(obs
@@ -457,13 +569,18 @@ async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
     let mut remote = Observer::connect(broker.port, "sites/t/#", QoS::AtLeastOnce).await;
     let gw = Gateway::start(model_from(&gateway_yaml(true, &up, state.path()), &mapping)).await;
     let mut local = Observer::connect(gw.broker_port(), "#", QoS::AtLeastOnce).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let l = by_topic(&local.seen.lock().expect("lock").clone());
-    let r: BTreeMap<String, Vec<String>> = by_topic(&remote.seen.lock().expect("lock").clone())
-        .into_iter()
-        .map(|(t, v)| (t.trim_start_matches("sites/t/").to_string(), v))
-        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || count_on(&local, "casa/p0")
+            >= 10)
+        .await,
+        "readings locally"
+    );
+    let l = readings(&local, "");
+    assert!(
+        newest_arrived(&remote, "sites/t/", &l, Duration::from_secs(10)).await,
+        "the same readings reach upstream"
+    );
+    let r = readings(&remote, "sites/t/");
     let (missing, _, disorder) = compare(&l, &r);
     assert!(l["casa/p0"].len() >= 10, "readings locally: {l:?}");
     assert_eq!((missing, disorder), (0, 0), "the same readings upstream");
@@ -581,31 +698,41 @@ fn process_config(dir: &Path, embedded: u16, upstream_port: u16, mapping: &str) 
     std::fs::write(dir.join("mapping.yaml"), mapping).expect("mapping.yaml");
 }
 
-/// Wait for the process's embedded broker.
+/// Wait for the process's embedded broker to accept a connection, then subscribe to it.
 async fn local_observer(port: u16) -> Observer {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "gateway process did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(20), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await,
+        "gateway process did not start"
+    );
     Observer::connect(port, "#", QoS::AtLeastOnce).await
 }
 
 /// The upstream queue depth as the process reports it on `<base>/diagnostics`.
 fn queue_depth(m: &Msg) -> Option<u64> {
+    if m.topic != "fieldlink/t/diagnostics" {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_str(&m.payload).ok()?;
     v.get("upstream")?.get("queue_depth")?.as_u64()
 }
 
+/// Wait until the process reports (`<base>/diagnostics`, every second) a queue depth for
+/// which `ok` holds.
+async fn wait_depth(obs: &mut Observer, ok: impl Fn(u64) -> bool, timeout: Duration) -> bool {
+    obs.next_matching(|m| queue_depth(m).is_some_and(&ok), timeout)
+        .await
+        .is_some()
+}
+
 /// Stop the gateway with `signal` during an outage and restart it: (missing readings, of
-/// those older than the last flush interval).
-async fn restart_during_outage(signal: &str) -> (usize, usize) {
-    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
-        return (0, 0);
-    };
+/// those older than the last flush interval); `None` when mosquitto is missing (skipped).
+async fn restart_during_outage(signal: &str) -> Option<(usize, usize)> {
+    let broker = Broker::start(&BrokerOpts::default())?;
     let proxy = Proxy::start(broker.port).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (dev, mapping) = device(5, "100ms").await;
@@ -613,45 +740,57 @@ async fn restart_during_outage(signal: &str) -> (usize, usize) {
     process_config(dir.path(), embedded, proxy.port, &mapping);
     let mut sub = Observer::connect(broker.port, "casa/#", QoS::AtLeastOnce).await;
     let mut p1 = Process::start(dir.path());
-    let local1 = local_observer(embedded).await;
+    let mut local1 = local_observer(embedded).await;
     assert!(sub
         .next_on("casa/p0", Duration::from_secs(10))
         .await
         .is_some());
-    // The uplink goes down; readings queue up; the gateway is stopped in the middle.
+    // The uplink goes down; readings queue up (5 s of them at 50/s, as the process
+    // reports); the gateway is stopped in the middle.
     proxy.set_accepting(false);
     proxy.cut();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        wait_depth(&mut local1, |d| d >= 250, Duration::from_secs(20)).await,
+        "readings queued during the outage"
+    );
     let killed_at = std::time::SystemTime::now();
     p1.signal(signal);
     let truth1 = local1.seen.lock().expect("lock").clone();
     let mut p2 = Process::start(dir.path());
     let mut local2 = local_observer(embedded).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The restarted gateway runs with its queue while the uplink is still down.
+    assert!(
+        wait_depth(&mut local2, |d| d > 0, Duration::from_secs(20)).await,
+        "the restarted gateway queues"
+    );
     proxy.set_accepting(true);
-    // Drained: the restarted gateway reports an empty queue.
-    let drained = local2
-        .next_matching(
-            |m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m).is_some_and(|d| d < 20),
-            Duration::from_secs(60),
-        )
-        .await;
-    assert!(drained.is_some(), "the queue was replayed");
+    // Drained: the restarted gateway reports an (almost) empty queue.
+    assert!(
+        wait_depth(&mut local2, |d| d < 20, Duration::from_secs(60)).await,
+        "the queue was replayed"
+    );
+    // Stop the readings: once the device is offline, the local subscriber has them all;
+    // then wait until the newest of each topic arrived upstream.
     dev.set_responding(false);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = local2
-        .next_matching(
-            |m| m.topic == "fieldlink/t/diagnostics" && queue_depth(m) == Some(0),
-            Duration::from_secs(20),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        local2
+            .wait_seen(
+                "fieldlink/t/meter/availability",
+                "offline",
+                Duration::from_secs(10)
+            )
+            .await,
+        "the device went offline"
+    );
     let mut truth = truth1;
     truth.extend(local2.seen.lock().expect("lock").iter().cloned());
     let truth = by_topic(&truth);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        newest_arrived(&sub, "", &truth, Duration::from_secs(20)).await,
+        "the last readings arrived upstream"
+    );
     // Everything the subscriber got (`seen` includes what `next_on` consumed).
-    let got = by_topic(&sub.seen.lock().expect("lock").clone());
+    let got = readings(&sub, "");
     // What is missing, and how long before the stop each missing reading was taken.
     let bound =
         humantime::format_rfc3339_millis(killed_at - Duration::from_millis(1300)).to_string();
@@ -680,18 +819,23 @@ async fn restart_during_outage(signal: &str) -> (usize, usize) {
         "readings before and after the restart: {total}"
     );
     p2.signal("-TERM");
-    (missing, late)
+    Some((missing, late))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_outage_loses_nothing() {
-    let (missing, _) = restart_during_outage("-TERM").await;
+    // Without mosquitto `Broker::start` printed why (and failed under CI).
+    let Some((missing, _)) = restart_during_outage("-TERM").await else {
+        return;
+    };
     assert_eq!(missing, 0, "SIGTERM loses nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_an_outage_loses_at_most_the_last_batch() {
-    let (_, beyond_bound) = restart_during_outage("-KILL").await;
+    let Some((_, beyond_bound)) = restart_during_outage("-KILL").await else {
+        return;
+    };
     assert_eq!(
         beyond_bound, 0,
         "only readings of the last flush interval may be lost"
