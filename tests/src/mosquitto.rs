@@ -137,8 +137,11 @@ impl Broker {
             "listener {port} 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n"
         );
         if opts.persistence {
+            // Started as root, mosquitto runs as the user `mosquitto`, which cannot write
+            // the database into this private directory ("Error: Permission denied" at
+            // shutdown, and no session survives the restart): it stays root here.
             conf.push_str(&format!(
-                "persistence true\npersistence_location {}/\n",
+                "persistence true\npersistence_location {}/\nuser root\n",
                 dir.path().display()
             ));
         } else {

@@ -20,11 +20,13 @@ const STABLE: Duration = Duration::from_secs(30);
 
 /// What the event loop reports to the upstream task.
 pub(super) enum Link {
+    /// The broker accepted the connection (CONNACK).
     Connected,
     /// A publish was written with this packet id (0 for QoS 0).
     Written(u16),
     /// The broker acknowledged this packet id (PUBACK).
     Acked(u16),
+    /// A message from the broker (a command): topic and payload.
     Message(String, Vec<u8>),
     /// The connection dropped; `unwritten` publishes were still in rumqttc's request
     /// channel and were discarded with its retransmission list.
@@ -33,6 +35,7 @@ pub(super) enum Link {
         refused: bool,
         unwritten: usize,
     },
+    /// The DISCONNECT asked for at shutdown was written.
     Closed,
 }
 

@@ -86,6 +86,7 @@ pub(super) struct Up {
 }
 
 impl Up {
+    /// The state before the first connect, with the queue as opened.
     pub(super) fn new(
         client: AsyncClient,
         spool: Spool,

@@ -9,17 +9,16 @@
 //! (a message a subscriber saw, a counter in the gateway's `Stats` or diagnostics, a
 //! connection accepted). The one bounded wait for something that must not happen says so.
 
+mod process;
+mod support;
+
 use std::{
-    collections::{BTreeMap, HashMap},
-    path::Path,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    collections::HashMap,
+    sync::atomic::Ordering::Relaxed,
     time::{Duration, Instant},
 };
 
-use fieldlink_drivers::{
-    modbus::Table,
-    sim::{SimDevice, SimServer},
-};
+use fieldlink_drivers::modbus::Table;
 use fieldlink_tests::{
     eventually, model_from,
     mosquitto::{Broker, BrokerOpts, Pki},
@@ -27,94 +26,9 @@ use fieldlink_tests::{
 };
 use rumqttc::QoS;
 
-/// A Modbus device with `points` registers, polled every `poll`, each reading published as
-/// JSON with its timestamp (so every reading of a topic is distinct and ordered).
-async fn device(points: usize, poll: &str) -> (Arc<SimDevice>, String) {
-    let sim = SimServer::new();
-    let dev = sim.add(1, SimDevice::new());
-    dev.set_registers(Table::Holding, 0, &vec![7; points.max(1)]);
-    dev.set_registers(Table::Holding, 100, &[0]);
-    let port = sim.spawn_local().await.expect("sim");
-    let mut m = format!(
-        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port}, timeout: 200ms }}\ndevices:\n  - id: meter\n    bus: b\n    poll_interval: {poll}\n    points:\n"
-    );
-    for i in 0..points {
-        m.push_str(&format!(
-            "      - {{ topic: casa/p{i}, table: holding, address: {i}, publish: every_poll, payload: json }}\n"
-        ));
-    }
-    m.push_str("      - { topic: casa/setpoint, table: holding, address: 100, writable: true, min: 0, max: 50 }\n");
-    (dev, m)
-}
-
-/// A gateway file with an upstream section (and the embedded broker on or off).
-fn gateway_yaml(embedded: bool, upstream: &str, state: &Path) -> String {
-    let emb = if embedded {
-        format!(
-            "  embedded:\n    listen: \"127.0.0.1:{}\"\n",
-            fieldlink_tests::free_port()
-        )
-    } else {
-        "  embedded:\n    enabled: false\n".to_string()
-    };
-    format!(
-        "id: t\nmappings: mapping.yaml\nstate_dir: {}\ndiagnostics_interval: 1h\nmqtt:\n{emb}  upstream:\n{upstream}",
-        state.display()
-    )
-}
-
-fn ts(m: &Msg) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(&m.payload).ok()?;
-    Some(v.get("ts")?.as_str()?.to_string())
-}
-
-/// Per data topic, the readings in arrival order.
-fn by_topic(msgs: &[Msg]) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in msgs {
-        if let Some(t) = ts(m) {
-            out.entry(m.topic.clone()).or_default().push(t);
-        }
-    }
-    out
-}
-
-/// [`by_topic`] of what `obs` saw, with `prefix` taken off the topics.
-fn readings(obs: &Observer, prefix: &str) -> BTreeMap<String, Vec<String>> {
-    by_topic(&obs.seen.lock().expect("lock"))
-        .into_iter()
-        .map(|(t, v)| (t.trim_start_matches(prefix).to_string(), v))
-        .collect()
-}
-
-/// Wait until `obs` (topics under `prefix`) has the newest reading of every topic of
-/// `truth`. The queue sends in order, so what it still lacks then is lost (reported by
-/// [`compare`]); `false` at the deadline.
-async fn newest_arrived(
-    obs: &Observer,
-    prefix: &str,
-    truth: &BTreeMap<String, Vec<String>>,
-    timeout: Duration,
-) -> bool {
-    eventually(timeout, || {
-        let got = readings(obs, prefix);
-        truth.iter().all(|(topic, r)| {
-            r.last()
-                .is_none_or(|last| got.get(topic).is_some_and(|g| g.contains(last)))
-        })
-    })
-    .await
-}
-
-/// How many readings of `topic` `obs` saw.
-fn count_on(obs: &Observer, topic: &str) -> usize {
-    obs.seen
-        .lock()
-        .expect("lock")
-        .iter()
-        .filter(|m| m.topic == topic && ts(m).is_some())
-        .count()
-}
+use support::{
+    compare, count_on, device, gateway_yaml, newest_arrived, readings, upstream_gateway,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_status_and_retained_state_after_a_broker_restart() {
@@ -228,29 +142,6 @@ async fn prefix_status_and_retained_state_after_a_broker_restart() {
     );
 }
 
-/// Per topic: readings of `truth` missing from `got`, and whether `got`'s first occurrences
-/// are in order. Returns (missing, duplicates, out_of_order).
-fn compare(
-    truth: &BTreeMap<String, Vec<String>>,
-    got: &BTreeMap<String, Vec<String>>,
-) -> (usize, usize, usize) {
-    let (mut missing, mut dups, mut disorder) = (0, 0, 0);
-    for (topic, readings) in truth {
-        let empty = Vec::new();
-        let g = got.get(topic).unwrap_or(&empty);
-        let set: std::collections::HashSet<&String> = g.iter().collect();
-        for r in readings.iter().filter(|r| !set.contains(r)) {
-            eprintln!("missing: {topic} {r}");
-            missing += 1;
-        }
-        dups += g.len() - set.len();
-        let mut seen = std::collections::HashSet::new();
-        let firsts: Vec<&String> = g.iter().filter(|r| seen.insert(*r)).collect();
-        disorder += firsts.windows(2).filter(|w| w[0] >= w[1]).count();
-    }
-    (missing, dups, disorder)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     // A broker with persistence, stopped gracefully: what it acknowledged survives its
@@ -362,12 +253,6 @@ async fn twenty_second_outage_at_fifty_readings_per_second_loses_nothing() {
     assert_eq!(disorder, 0, "in order per topic");
     gw.stop().await;
     drop(broker);
-}
-
-/// A gateway on `url` with extra upstream keys, upstream only.
-async fn upstream_gateway(url: &str, extra: &str, state: &Path, mapping: &str) -> Gateway {
-    let up = format!("    url: {url}\n    keepalive: 5s\n{extra}");
-    Gateway::start(model_from(&gateway_yaml(false, &up, state), mapping)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,247 +511,4 @@ async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
     assert_eq!(v["error"], "value 99 above max 50");
     assert_eq!(dev.registers(Table::Holding, 100, 1), vec![25]);
     gw.stop().await;
-}
-
-/// The `fieldlink` binary, built by `cargo test --workspace` (built here if missing).
-fn fieldlink_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("fieldlink"))
-        .expect("target dir");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo)
-            .args(["build", "-p", "fieldlink", "--bin", "fieldlink"])
-            .status()
-            .expect("cargo build");
-        assert!(ok.success());
-    }
-    bin
-}
-
-/// A gateway process on config files in `dir`.
-struct Process {
-    child: std::process::Child,
-}
-
-impl Process {
-    fn start(dir: &Path) -> Process {
-        let child = std::process::Command::new(fieldlink_bin())
-            .args(["run", "--config"])
-            .arg(dir.join("gateway.yaml"))
-            .env(
-                "RUST_LOG",
-                std::env::var("CHILD_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawn fieldlink");
-        Process { child }
-    }
-
-    fn signal(&mut self, sig: &str) {
-        let _ = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Config files for a gateway process: both brokers, upstream through `upstream_port`.
-fn process_config(dir: &Path, embedded: u16, upstream_port: u16, mapping: &str) {
-    let up = format!(
-        "    url: mqtt://127.0.0.1:{upstream_port}\n    keepalive: 2s\n    queue:\n      flush_interval: 1s\n"
-    );
-    let gw = gateway_yaml(true, &up, &dir.join("state"))
-        .replace("diagnostics_interval: 1h", "diagnostics_interval: 1s")
-        .replace(
-            "embedded:\n    listen: \"127.0.0.1:",
-            &format!("embedded:\n    listen: \"127.0.0.1:{embedded}\"\n    #"),
-        );
-    std::fs::write(dir.join("gateway.yaml"), gw).expect("gateway.yaml");
-    std::fs::write(dir.join("mapping.yaml"), mapping).expect("mapping.yaml");
-}
-
-/// Wait for the process's embedded broker to accept a connection, then subscribe to it.
-async fn local_observer(port: u16) -> Observer {
-    assert!(
-        eventually(Duration::from_secs(20), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await,
-        "gateway process did not start"
-    );
-    Observer::connect(port, "#", QoS::AtLeastOnce).await
-}
-
-/// The upstream queue depth as the process reports it on `<base>/diagnostics`.
-fn queue_depth(m: &Msg) -> Option<u64> {
-    if m.topic != "fieldlink/t/diagnostics" {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&m.payload).ok()?;
-    v.get("upstream")?.get("queue_depth")?.as_u64()
-}
-
-/// Wait until the process reports (`<base>/diagnostics`, every second) a queue depth for
-/// which `ok` holds.
-async fn wait_depth(obs: &mut Observer, ok: impl Fn(u64) -> bool, timeout: Duration) -> bool {
-    obs.next_matching(|m| queue_depth(m).is_some_and(&ok), timeout)
-        .await
-        .is_some()
-}
-
-/// Stop the gateway with `signal` during an outage and restart it: (missing readings, of
-/// those older than the last flush interval); `None` when mosquitto is missing (skipped).
-async fn restart_during_outage(signal: &str) -> Option<(usize, usize)> {
-    let broker = Broker::start(&BrokerOpts::default())?;
-    let proxy = Proxy::start(broker.port).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (dev, mapping) = device(5, "100ms").await;
-    let embedded = fieldlink_tests::free_port();
-    process_config(dir.path(), embedded, proxy.port, &mapping);
-    let mut sub = Observer::connect(broker.port, "casa/#", QoS::AtLeastOnce).await;
-    let mut p1 = Process::start(dir.path());
-    let mut local1 = local_observer(embedded).await;
-    assert!(sub
-        .next_on("casa/p0", Duration::from_secs(10))
-        .await
-        .is_some());
-    // The uplink goes down; readings queue up (5 s of them at 50/s, as the process
-    // reports); the gateway is stopped in the middle.
-    proxy.set_accepting(false);
-    proxy.cut();
-    assert!(
-        wait_depth(&mut local1, |d| d >= 250, Duration::from_secs(20)).await,
-        "readings queued during the outage"
-    );
-    let killed_at = std::time::SystemTime::now();
-    p1.signal(signal);
-    let truth1 = local1.seen.lock().expect("lock").clone();
-    let mut p2 = Process::start(dir.path());
-    let mut local2 = local_observer(embedded).await;
-    // The restarted gateway runs with its queue while the uplink is still down.
-    assert!(
-        wait_depth(&mut local2, |d| d > 0, Duration::from_secs(20)).await,
-        "the restarted gateway queues"
-    );
-    proxy.set_accepting(true);
-    // Drained: the restarted gateway reports an (almost) empty queue.
-    assert!(
-        wait_depth(&mut local2, |d| d < 20, Duration::from_secs(60)).await,
-        "the queue was replayed"
-    );
-    // Stop the readings: once the device is offline, the local subscriber has them all;
-    // then wait until the newest of each topic arrived upstream.
-    dev.set_responding(false);
-    assert!(
-        local2
-            .wait_seen(
-                "fieldlink/t/meter/availability",
-                "offline",
-                Duration::from_secs(10)
-            )
-            .await,
-        "the device went offline"
-    );
-    let mut truth = truth1;
-    truth.extend(local2.seen.lock().expect("lock").iter().cloned());
-    let truth = by_topic(&truth);
-    assert!(
-        newest_arrived(&sub, "", &truth, Duration::from_secs(20)).await,
-        "the last readings arrived upstream"
-    );
-    // Everything the subscriber got (`seen` includes what `next_on` consumed).
-    let got = readings(&sub, "");
-    // What is missing, and how long before the stop each missing reading was taken.
-    let bound =
-        humantime::format_rfc3339_millis(killed_at - Duration::from_millis(1300)).to_string();
-    let mut late = 0;
-    for (topic, readings) in &truth {
-        let set: std::collections::HashSet<&String> = got
-            .get(topic)
-            .map(|g| g.iter().collect())
-            .unwrap_or_default();
-        for r in readings.iter().filter(|r| !set.contains(r)) {
-            if *r < bound {
-                eprintln!(
-                    "missing beyond the bound: {topic} {r} (stopped {})",
-                    humantime::format_rfc3339_millis(killed_at)
-                );
-                late += 1;
-            }
-        }
-    }
-    let (missing, dups, disorder) = compare(&truth, &got);
-    let total: usize = truth.values().map(Vec::len).sum();
-    eprintln!("restart with {signal} during an outage: {total} readings, {missing} missing ({late} older than the last flush interval), {dups} duplicates, {disorder} out of order");
-    assert_eq!(disorder, 0);
-    assert!(
-        total > 300,
-        "readings before and after the restart: {total}"
-    );
-    p2.signal("-TERM");
-    Some((missing, late))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_an_outage_loses_nothing() {
-    // Without mosquitto `Broker::start` printed why (and failed under CI).
-    let Some((missing, _)) = restart_during_outage("-TERM").await else {
-        return;
-    };
-    assert_eq!(missing, 0, "SIGTERM loses nothing");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_an_outage_loses_at_most_the_last_batch() {
-    let Some((_, beyond_bound)) = restart_during_outage("-KILL").await else {
-        return;
-    };
-    assert_eq!(
-        beyond_bound, 0,
-        "only readings of the last flush interval may be lost"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_fires_the_last_will_upstream() {
-    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_dev, mapping) = device(1, "500ms").await;
-    let embedded = fieldlink_tests::free_port();
-    process_config(dir.path(), embedded, broker.port, &mapping);
-    let mut sub = Observer::connect(broker.port, "fieldlink/t/status", QoS::AtLeastOnce).await;
-    let mut p = Process::start(dir.path());
-    assert!(
-        sub.wait_payload("fieldlink/t/status", "online", Duration::from_secs(20))
-            .await
-    );
-    p.signal("-KILL");
-    assert!(
-        sub.wait_payload("fieldlink/t/status", "offline", Duration::from_secs(10))
-            .await,
-        "the Last Will"
-    );
-    let mut late = Observer::connect(broker.port, "fieldlink/t/status", QoS::AtLeastOnce).await;
-    let m = late
-        .next_on("fieldlink/t/status", Duration::from_secs(5))
-        .await
-        .expect("retained");
-    assert_eq!((m.payload.as_str(), m.retain), ("offline", true));
 }
