@@ -32,7 +32,7 @@ pub use queue::{Spool, SpoolError};
 pub use upstream::{run_upstream, UpstreamError};
 
 /// Every batch to both MQTT sides (embedded and upstream), until `rx` is closed.
-pub async fn fanout(
+pub(crate) async fn fanout(
     mut rx: mpsc::Receiver<Batch>,
     embedded: mpsc::Sender<Batch>,
     upstream: mpsc::Sender<Batch>,

@@ -206,7 +206,7 @@ async fn shutdown(mut up: Up, mut writes: Writes, link: &mut mpsc::UnboundedRece
 }
 
 /// [`run_upstream`] as a task of its own: an error is logged.
-pub async fn run_logged(
+pub(crate) async fn run_logged(
     model: Arc<Model>,
     spool: Spool,
     rx: mpsc::Receiver<Batch>,
