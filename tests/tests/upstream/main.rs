@@ -7,7 +7,8 @@
 //!
 //! No test waits a fixed time to synchronise: each waits, with a deadline, for what it needs
 //! (a message a subscriber saw, a counter in the gateway's `Stats` or diagnostics, a
-//! connection accepted). The one bounded wait for something that must not happen says so.
+//! connection accepted). Nothing here waits to see that something does not happen: a refused
+//! login or certificate is checked by its failure counter and `connects == 0`.
 
 mod process;
 mod support;
