@@ -21,8 +21,9 @@
 //!   policy); `commands`: `<topic>/set` parsed and checked, routed to its bus, answered on
 //!   `<topic>/set/result`; `topics`: the MQTT topic contract shared by both.
 //! - [`broker`]: the embedded MQTT broker (rmqtt) hardened for a home LAN, and the
-//!   in-process link the gateway publishes through; `mqtt`: the gateway's side of that
-//!   link; `upstream` and [`spool`]: the upstream (cloud) broker with its disk queue.
+//!   in-process link the gateway publishes through; [`mqtt`]: the gateway's MQTT sides,
+//!   the embedded one (its end of that link) and the upstream (cloud) broker with its
+//!   disk store-and-forward queue.
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
 //! - `runtime`: [`run`], which starts those parts in order and stops them in reverse.
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
@@ -34,13 +35,11 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod model;
-mod mqtt;
+pub mod mqtt;
 mod publish;
 mod runtime;
 pub mod shutdown;
-pub mod spool;
 mod topics;
-mod upstream;
 
 pub use health::Stats;
 pub use model::Model;

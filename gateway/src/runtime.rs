@@ -17,7 +17,6 @@ use crate::{
     model::{BusKind, GpioBackendKind, Model},
     mqtt, publish,
     shutdown::Shutdown,
-    spool, upstream,
 };
 
 /// Why the gateway could not run.
@@ -28,7 +27,7 @@ pub enum RunError {
     Broker(#[from] broker::BrokerError),
     /// The upstream broker's TLS settings or queue.
     #[error(transparent)]
-    Upstream(#[from] upstream::UpstreamError),
+    Upstream(#[from] mqtt::UpstreamError),
     /// A gpio bus could not open its controller.
     #[error("bus `{bus}`: {error}")]
     Gpio {
@@ -89,8 +88,8 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     // A queue directory that cannot be written stops the gateway here, with the reason.
     let spool = match &model.mqtt.upstream {
         Some(u) => {
-            upstream::options(&model, u)?;
-            Some(upstream::open_queue(u)?)
+            mqtt::upstream::options(&model, u)?;
+            Some(mqtt::upstream::open_queue(u)?)
         }
         None => None,
     };
@@ -188,7 +187,7 @@ fn start_mqtt(
     rx: mpsc::Receiver<publish::Batch>,
     router: commands::Router,
     link: Option<broker::Link>,
-    spool: Option<spool::Spool>,
+    spool: Option<mqtt::Spool>,
 ) -> Vec<JoinHandle<()>> {
     let upstream_router = model
         .mqtt
@@ -206,7 +205,7 @@ fn start_mqtt(
         ))
     };
     let upstream = |rx, spool| {
-        tokio::spawn(upstream_task(
+        tokio::spawn(mqtt::upstream::run_logged(
             model.clone(),
             spool,
             rx,
@@ -221,7 +220,7 @@ fn start_mqtt(
             let (etx, erx) = mpsc::channel(OUT_CAPACITY);
             let (utx, urx) = mpsc::channel(OUT_CAPACITY);
             vec![
-                tokio::spawn(fanout(rx, etx, utx)),
+                tokio::spawn(mqtt::fanout(rx, etx, utx)),
                 embedded(erx, link),
                 upstream(urx, spool),
             ]
@@ -283,30 +282,6 @@ fn spawn_buses(
         first += bus.devices.len();
     }
     tasks
-}
-
-/// Every batch to both MQTT sides (embedded and upstream).
-async fn fanout(
-    mut rx: mpsc::Receiver<publish::Batch>,
-    embedded: mpsc::Sender<publish::Batch>,
-    upstream: mpsc::Sender<publish::Batch>,
-) {
-    while let Some(batch) = rx.recv().await {
-        let _ = embedded.send(batch.clone()).await;
-        let _ = upstream.send(batch).await;
-    }
-}
-
-async fn upstream_task(
-    model: Arc<Model>,
-    spool: spool::Spool,
-    rx: mpsc::Receiver<publish::Batch>,
-    stats: Arc<Stats>,
-    router: Option<commands::Router>,
-) {
-    if let Err(e) = upstream::run_upstream(model, spool, rx, stats, router).await {
-        tracing::error!(error = %e, "Upstream link stopped.");
-    }
 }
 
 async fn diagnostics(

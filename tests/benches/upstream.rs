@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fieldlink::spool::Spool;
+use fieldlink::mqtt::Spool;
 use fieldlink_tests::{
     eventually, model_from,
     mosquitto::{Broker, BrokerOpts},

@@ -127,7 +127,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Start mosquitto (`None` when it is not installed and CI is not set).
+    /// Start mosquitto (`None` when it, or `mosquitto_passwd` for [`BrokerOpts::users`], is
+    /// not installed and CI is not set: the reason is printed; under CI it panics).
     pub fn start(opts: &BrokerOpts) -> Option<Broker> {
         let bin = mosquitto()?;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -136,8 +137,11 @@ impl Broker {
             "listener {port} 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n"
         );
         if opts.persistence {
+            // Started as root, mosquitto runs as the user `mosquitto`, which cannot write
+            // the database into this private directory ("Error: Permission denied" at
+            // shutdown, and no session survives the restart): it stays root here.
             conf.push_str(&format!(
-                "persistence true\npersistence_location {}/\n",
+                "persistence true\npersistence_location {}/\nuser root\n",
                 dir.path().display()
             ));
         } else {
@@ -146,10 +150,11 @@ impl Broker {
         if opts.users.is_empty() {
             conf.push_str("allow_anonymous true\n");
         } else {
+            let passwd = tool("mosquitto_passwd")?;
             let pw = dir.path().join("passwd");
             std::fs::write(&pw, "").expect("passwd");
             for (u, p) in &opts.users {
-                let ok = Command::new("mosquitto_passwd")
+                let ok = Command::new(&passwd)
                     .args(["-b"])
                     .arg(&pw)
                     .args([u, p])

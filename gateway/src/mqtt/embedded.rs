@@ -1,5 +1,4 @@
-//! The gateway's side of its embedded broker, and MQTT helpers shared with the upstream
-//! client.
+//! The gateway's side of its embedded broker.
 //!
 //! One task owns the link to the embedded broker ([`broker::Link`], in process: no MQTT
 //! client, no socket). It keeps the last retained message of every topic and, whenever a
@@ -16,10 +15,10 @@ use std::{
     time::Duration,
 };
 
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::{overwrite, remember};
 use crate::{
     broker::{self, Routed, Serving},
     commands::Router,
@@ -27,15 +26,6 @@ use crate::{
     model::Model,
     publish::{Batch, Outgoing},
 };
-
-/// The rumqttc QoS of a 0–2 level.
-pub(crate) fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
 
 struct Conn {
     inbox: broker::Inbox,
@@ -171,38 +161,6 @@ impl Conn {
     }
 }
 
-/// Record the last retained payload of `topic` (republished into every new embedded
-/// broker and after every upstream connect), reusing
-/// the buffers of the previous value.
-pub(crate) fn remember(
-    retained: &mut HashMap<String, (Vec<u8>, u8)>,
-    topic: &str,
-    payload: &[u8],
-    qos: u8,
-) {
-    match retained.get_mut(topic) {
-        Some(last) => overwrite(last, payload, qos),
-        None => {
-            retained.insert(topic.to_string(), (payload.to_vec(), qos));
-        }
-    }
-}
-
-/// Replace a remembered payload and QoS, reusing its buffer.
-fn overwrite(last: &mut (Vec<u8>, u8), payload: &[u8], qos: u8) {
-    last.0.clear();
-    last.0.extend_from_slice(payload);
-    last.1 = qos;
-}
-
-/// Small deterministic jitter source (no extra dependency needed).
-pub(crate) fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    Duration::from_millis(*seed % max_ms.max(1))
-}
-
 /// Run the gateway's side of the embedded broker until `rx` is closed (every producer
 /// stopped); then publish `offline` on the status topic and wait until it is written.
 pub async fn run_client(
@@ -291,22 +249,5 @@ pub async fn run_client(
         .await;
         conn.inbox.flush(Duration::from_secs(3)).await;
         info!("Gateway status offline.");
-    }
-}
-
-/// Ask rumqttc for a clean DISCONNECT and wait, until `deadline`, for the event-loop task
-/// to report it was written (`closed`) or to end.
-pub(crate) async fn disconnect<L>(
-    client: &AsyncClient,
-    link: &mut mpsc::UnboundedReceiver<L>,
-    deadline: tokio::time::Instant,
-    closed: impl Fn(&L) -> bool,
-) {
-    let _ = tokio::time::timeout_at(deadline, client.disconnect()).await;
-    loop {
-        match tokio::time::timeout_at(deadline, link.recv()).await {
-            Ok(Some(l)) if !closed(&l) => {}
-            _ => break,
-        }
     }
 }

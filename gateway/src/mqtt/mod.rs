@@ -1,0 +1,67 @@
+//! MQTT: the gateway's two client sides and the upstream queue between them and the disk.
+//!
+//! ```text
+//!   bus tasks ──batches──▶ fanout ─┬─▶ embedded ──broker::Link──▶ embedded broker (rmqtt)
+//!                                  └─▶ upstream ──▶ queue (disk) ──rumqttc──▶ cloud broker
+//! ```
+//!
+//! - [`embedded`]: the in-process side of the embedded broker (`crate::broker`, which
+//!   stays where it is): keeps the last retained state and republishes it into every
+//!   broker that starts serving; commands come in through the broker's rights check.
+//! - [`upstream`]: the rumqttc client of the upstream (cloud) broker: connection options
+//!   and TLS, the event-loop driver with its jittered reconnect backoff, command intake
+//!   from upstream, and publishing from the queue with packet-id bookkeeping.
+//! - [`queue`]: the disk-backed store-and-forward queue ([`Spool`]): a message leaves it
+//!   only when the upstream broker acknowledged it.
+//!
+//! With both brokers configured, [`fanout`] hands every batch to both sides; either side
+//! alone reads the bus tasks' channel directly.
+
+mod embedded;
+mod queue;
+pub(crate) mod upstream;
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use crate::publish::Batch;
+
+pub use embedded::run_client;
+pub use queue::{Spool, SpoolError};
+pub use upstream::{run_upstream, UpstreamError};
+
+/// Every batch to both MQTT sides (embedded and upstream), until `rx` is closed.
+pub(crate) async fn fanout(
+    mut rx: mpsc::Receiver<Batch>,
+    embedded: mpsc::Sender<Batch>,
+    upstream: mpsc::Sender<Batch>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let _ = embedded.send(batch.clone()).await;
+        let _ = upstream.send(batch).await;
+    }
+}
+
+/// Record the last retained payload of `topic` (republished into every new embedded
+/// broker and after every upstream connect), reusing the buffers of the previous value.
+pub(crate) fn remember(
+    retained: &mut HashMap<String, (Vec<u8>, u8)>,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+) {
+    match retained.get_mut(topic) {
+        Some(last) => overwrite(last, payload, qos),
+        None => {
+            retained.insert(topic.to_string(), (payload.to_vec(), qos));
+        }
+    }
+}
+
+/// Replace a remembered payload and QoS, reusing its buffer.
+pub(crate) fn overwrite(last: &mut (Vec<u8>, u8), payload: &[u8], qos: u8) {
+    last.0.clear();
+    last.0.extend_from_slice(payload);
+    last.1 = qos;
+}
