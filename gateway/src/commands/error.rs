@@ -2,7 +2,7 @@
 //! `<topic>/set/result`; README "Commands" lists how they start, and that list is checked
 //! against these variants by a unit test below.
 
-use fieldlink_drivers::modbus::DriverError;
+use fieldlink_drivers::modbus::{DriverError, Value, ValueType};
 use thiserror::Error;
 
 /// Why a command was refused or failed.
@@ -104,11 +104,53 @@ pub fn parse_bool(text: &str) -> Option<bool> {
     }
 }
 
+/// A number's text as a value, the same for every bus kind and for commands: a whole
+/// number stays exact (`i64`, or `u64` for a `u64` point), anything else is a finite
+/// float. `None` when it is not a number.
+pub fn parse_number(text: &str, ty: ValueType) -> Option<Value> {
+    let t = text.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(Value::Int(i));
+    }
+    if ty == ValueType::U64 {
+        if let Ok(u) = t.parse::<u64>() {
+            return Some(Value::U64(u));
+        }
+    }
+    t.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(Value::Float)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn one_number_parser_for_commands_and_readings() {
+        use fieldlink_drivers::modbus::{Value, ValueType};
+        assert_eq!(parse_number(" 42 ", ValueType::U16), Some(Value::Int(42)));
+        assert_eq!(parse_number("-7", ValueType::I16), Some(Value::Int(-7)));
+        assert_eq!(
+            parse_number("18446744073709551615", ValueType::U64),
+            Some(Value::U64(u64::MAX)),
+            "exact, not through f64"
+        );
+        assert_eq!(
+            parse_number("21.5", ValueType::F32),
+            Some(Value::Float(21.5))
+        );
+        assert_eq!(
+            parse_number("1e3", ValueType::U16),
+            Some(Value::Float(1000.0))
+        );
+        for bad in ["", "abc", "inf", "NaN", "1e999", "0x10", "true"] {
+            assert_eq!(parse_number(bad, ValueType::U16), None, "{bad}");
+        }
+    }
 
     /// Every result text starts with one of the prefixes README "Commands" lists.
     #[test]

@@ -7,7 +7,7 @@ mod error;
 
 use std::{collections::HashMap, sync::Arc};
 
-pub use error::{parse_bool, CommandError};
+pub use error::{parse_bool, parse_number, CommandError};
 use fieldlink_drivers::modbus::{codec, Value};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -188,10 +188,12 @@ pub fn to_raw(point: &Point, value: &serde_json::Value) -> Result<Value, Command
             let v = match (named, value) {
                 (Some(n), _) => n,
                 (None, serde_json::Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-                (None, serde_json::Value::String(s)) => match s.parse::<f64>() {
-                    Ok(v) if v.is_finite() => v,
-                    _ => return Err(WrongType(format!("`{s}` is not a number"))),
-                },
+                (None, serde_json::Value::String(s)) => {
+                    match parse_number(s, ty).and_then(|v| v.as_f64()) {
+                        Some(v) => v,
+                        None => return Err(WrongType(format!("`{s}` is not a number"))),
+                    }
+                }
                 // A bool is not a number, in JSON as in plain text (`true` is refused
                 // above as text that does not parse).
                 (None, other) => return Err(WrongType(format!("{other} is not a number"))),

@@ -56,7 +56,7 @@ pub fn to_value(point: &Point, fv: &FieldValue) -> Result<Value, String> {
                 (Some(n), _) => Value::Float(n),
                 (None, FieldValue::Bool(b)) => Value::Int(i64::from(*b)),
                 (None, FieldValue::Number(n)) => number(&n.to_string(), ty)?,
-                (None, FieldValue::Text(t)) => number(t.trim(), ty)?,
+                (None, FieldValue::Text(t)) => number(t, ty)?,
             };
             let v = match (ty, v) {
                 (ValueType::F32 | ValueType::F64, v) => {
@@ -80,16 +80,5 @@ pub fn to_value(point: &Point, fv: &FieldValue) -> Result<Value, String> {
 }
 
 fn number(t: &str, ty: ValueType) -> Result<Value, String> {
-    if let Ok(i) = t.parse::<i64>() {
-        return Ok(Value::Int(i));
-    }
-    if ty == ValueType::U64 {
-        if let Ok(u) = t.parse::<u64>() {
-            return Ok(Value::U64(u));
-        }
-    }
-    match t.parse::<f64>() {
-        Ok(f) if f.is_finite() => Ok(Value::Float(f)),
-        _ => Err(format!("`{t}` is not a number")),
-    }
+    commands::parse_number(t, ty).ok_or_else(|| format!("`{}` is not a number", t.trim()))
 }
