@@ -74,6 +74,10 @@ pub struct Hooks {
     /// Simulated GPIO boards by bus id, for buses with `backend: simulated`; such a bus
     /// without an entry gets a board of its own.
     pub gpio: HashMap<String, SimGpio>,
+    /// Receives the addresses the embedded broker bound, once it accepts clients (with
+    /// `listen: 127.0.0.1:0`, the port the system chose). Nothing is sent without an
+    /// embedded broker; the sender is dropped unsent when `run_with` fails first.
+    pub bound: Option<tokio::sync::watch::Sender<Option<broker::Bound>>>,
 }
 
 /// Commands that may wait for one bus task.
@@ -141,8 +145,8 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
     let model = Arc::new(model);
     let stats = stats.unwrap_or_else(|| Arc::new(Stats::new(&model)));
     let link = if model.mqtt.embedded.is_some() {
-        let (m, b) = (model.clone(), stats.broker.clone());
-        tokio::task::spawn_blocking(move || broker::start(m, b))
+        let (m, b, at) = (model.clone(), stats.broker.clone(), hooks.bound);
+        tokio::task::spawn_blocking(move || broker::start(m, b, at))
             .await
             .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??
     } else {
