@@ -18,14 +18,10 @@ use fieldlink_drivers::sim::{SimDevice, SimServer};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-const COMMANDS: usize = 1000;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+const COMMANDS: usize = 1000;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -36,7 +32,6 @@ async fn scenario(busy: bool) -> (Vec<Duration>, Vec<Duration>) {
     let server = SimServer::new();
     let dev = server.add(1, SimDevice::new());
     let port = server.spawn_local().await.expect("sim");
-    let mqtt_port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut mapping = format!(
         "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: {}\n    points:\n      - {{ topic: bench/sp, table: holding, address: 0, writable: true }}\n",
@@ -55,16 +50,20 @@ async fn scenario(busy: bool) -> (Vec<Duration>, Vec<Duration>) {
     std::fs::write(dir.path().join("mapping.yaml"), mapping).expect("write");
     std::fs::write(
         dir.path().join("gateway.yaml"),
-        format!("id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{mqtt_port}\"\n"),
+        "id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\n",
     )
     .expect("write");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
         .args(["run", "--config"])
         .arg(dir.path().join("gateway.yaml"))
-        .env("RUST_LOG", "warn")
+        // The broker's INFO line tells the port the system picked.
+        .env("RUST_LOG", "warn,fieldlink::broker=info")
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fieldlink");
+    let stderr = child.stderr.take().expect("stderr");
+    let mqtt_port = support::broker_addr(stderr, Duration::from_secs(20)).port();
 
     let mut o = MqttOptions::new("bench-cmd", "127.0.0.1", mqtt_port);
     o.set_keep_alive(Duration::from_secs(30));

@@ -24,15 +24,11 @@ use fieldlink_drivers::{
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 const DEVICES: usize = 100;
 const POINTS: usize = 100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn clock_ticks() -> f64 {
     // sysconf(_SC_CLK_TCK) is 100 on every Linux we target.
@@ -80,7 +76,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> Result {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mqtt_port = free_port();
     let mut mapping = String::from("buses:\n");
     for (i, p) in ports.iter().enumerate() {
         writeln!(
@@ -112,7 +107,7 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
     std::fs::write(dir.path().join("mapping.yaml"), mapping).expect("write mapping");
     std::fs::write(
         dir.path().join("gateway.yaml"),
-        format!("id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{mqtt_port}\"\ndiagnostics_interval: 10s\n"),
+        "id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\ndiagnostics_interval: 10s\n",
     )
     .expect("write gateway");
     // BENCH_WRAP="heaptrack" (or "perf record -g -o FILE", ...) runs the gateway under a
@@ -124,12 +119,15 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
         .args(&argv[1..])
         .args(["run", "--config"])
         .arg(dir.path().join("gateway.yaml"))
-        .env("RUST_LOG", "warn")
+        // The broker's INFO line tells the port the system picked.
+        .env("RUST_LOG", "warn,fieldlink::broker=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fieldlink");
     let pid = child.id();
+    let stderr = child.stderr.take().expect("stderr");
+    let mqtt_port = support::broker_addr(stderr, Duration::from_secs(60)).port();
 
     let count = Arc::new(AtomicU64::new(0));
     let mut o = MqttOptions::new("bench-sub", "127.0.0.1", mqtt_port);

@@ -191,9 +191,15 @@ async fn co2_sensor(mut port: tokio_serial::SerialStream, keeper: std::fs::File)
     }
 }
 
-/// Run the demo until shutdown.
-pub async fn run(listen: SocketAddr, shutdown: Shutdown) -> Result<(), DemoError> {
-    let (model, hooks) = simulate(model(listen)?).await?;
+/// Run the demo until shutdown; the broker's addresses as bound (with `listen` on port 0,
+/// the port the system chose) are sent on `bound` once it accepts clients.
+pub async fn run(
+    listen: SocketAddr,
+    shutdown: Shutdown,
+    bound: Option<tokio::sync::watch::Sender<Option<crate::broker::Bound>>>,
+) -> Result<(), DemoError> {
+    let (model, mut hooks) = simulate(model(listen)?).await?;
+    hooks.bound = bound;
     crate::run_with(model, shutdown, hooks).await?;
     Ok(())
 }

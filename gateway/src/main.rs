@@ -142,12 +142,22 @@ fn main() -> ExitCode {
             rt.block_on(async {
                 let (trigger, shutdown) = shutdown::channel();
                 tokio::spawn(signals(trigger));
-                eprintln!(
-                    "fieldlink demo: simulated house on the embedded broker at {listen}.\n\
-                     Watch it with:  cargo run --release -p fieldlink -- watch --port {}   (Ctrl-C stops)",
-                    listen.port()
-                );
-                fieldlink::demo::run(listen, shutdown).await?;
+                // Printed once the broker listens: with `--listen 127.0.0.1:0` the port is
+                // only known then.
+                let (bound, mut at) = tokio::sync::watch::channel::<Option<fieldlink::broker::Bound>>(None);
+                tokio::spawn(async move {
+                    if let Ok(b) = at.wait_for(Option::is_some).await {
+                        if let Some(b) = *b {
+                            eprintln!(
+                                "fieldlink demo: simulated house on the embedded broker at {}.\n\
+                                 Watch it with:  cargo run --release -p fieldlink -- watch --port {}   (Ctrl-C stops)",
+                                b.mqtt,
+                                b.mqtt.port()
+                            );
+                        }
+                    }
+                });
+                fieldlink::demo::run(listen, shutdown, Some(bound)).await?;
                 Ok(())
             })
         })),

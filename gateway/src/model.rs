@@ -58,14 +58,8 @@ impl Model {
 pub struct MqttModel {
     /// The embedded broker, when enabled.
     pub embedded: Option<EmbeddedBroker>,
-    /// Where the gateway's MQTT client connects (the embedded broker's address).
-    pub host: String,
-    /// Port of `host`.
-    pub port: u16,
-    /// Client id.
+    /// The gateway's client id (reserved on the embedded broker: no client may use it).
     pub client_id: String,
-    /// Keepalive.
-    pub keepalive: Duration,
     /// The upstream broker, when configured.
     pub upstream: Option<Upstream>,
 }

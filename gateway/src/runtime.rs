@@ -46,6 +46,10 @@ pub struct Hooks {
     /// Simulated GPIO boards by bus id, for buses with `backend: simulated`; such a bus
     /// without an entry gets a board of its own.
     pub gpio: HashMap<String, SimGpio>,
+    /// Receives the addresses the embedded broker bound, once it accepts clients (with
+    /// `listen: 127.0.0.1:0`, the port the system chose). Nothing is sent without an
+    /// embedded broker; the sender is dropped unsent when `run_with` fails first.
+    pub bound: Option<tokio::sync::watch::Sender<Option<broker::Bound>>>,
 }
 
 /// Commands that may wait for one bus task.
@@ -82,7 +86,11 @@ pub async fn run_with_stats(
 /// [`run`] with [`Hooks`], in named steps: open what can fail first (GPIO controllers,
 /// the upstream queue and TLS settings, the embedded broker), then the MQTT sides, then
 /// one task per bus and the diagnostics; on shutdown, stop them in the reverse order.
-pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Result<(), RunError> {
+pub async fn run_with(
+    model: Model,
+    mut shutdown: Shutdown,
+    mut hooks: Hooks,
+) -> Result<(), RunError> {
     // Off a Pi, `backend: rppal` fails here, before anything else starts.
     let mut gpio = open_gpio(&model, &hooks)?;
     // A queue directory that cannot be written stops the gateway here, with the reason.
@@ -98,7 +106,7 @@ pub async fn run_with(model: Model, mut shutdown: Shutdown, hooks: Hooks) -> Res
         .stats
         .clone()
         .unwrap_or_else(|| Arc::new(Stats::new(&model)));
-    let link = start_broker(&model, &stats).await?;
+    let link = start_broker(&model, &stats, hooks.bound.take()).await?;
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
     let (command_txs, command_rxs): (Vec<_>, Vec<_>) = model
         .buses
@@ -170,14 +178,17 @@ fn open_gpio(
 async fn start_broker(
     model: &Arc<Model>,
     stats: &Arc<Stats>,
+    bound: Option<tokio::sync::watch::Sender<Option<broker::Bound>>>,
 ) -> Result<Option<broker::Link>, RunError> {
     if model.mqtt.embedded.is_none() {
         return Ok(None);
     }
     let (m, b) = (model.clone(), stats.broker.clone());
-    Ok(tokio::task::spawn_blocking(move || broker::start(m, b))
-        .await
-        .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??)
+    Ok(
+        tokio::task::spawn_blocking(move || broker::start(m, b, bound))
+            .await
+            .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??,
+    )
 }
 
 /// Start the MQTT sides the model has (embedded, upstream, or both with a fan-out).

@@ -1,16 +1,11 @@
 //! The command line as a newcomer uses it: `demo` in one terminal, `watch` in another.
 
+mod support;
+
 use std::{
     process::{Command, Stdio},
     time::Duration,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 #[test]
 fn version_is_printed() {
@@ -24,13 +19,17 @@ fn version_is_printed() {
 
 #[test]
 fn demo_readings_are_visible_with_watch() {
-    let port = free_port();
+    // Port 0: the demo prints the port the system picked, as a newcomer would read it.
     let mut demo = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start demo");
+    let stderr = demo.stderr.take().expect("demo's stderr");
+    let addr = support::broker_addr(stderr, Duration::from_secs(20));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let port = addr.port();
     let watch = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
         .args([
             "watch",
@@ -82,15 +81,20 @@ fn demo_readings_are_visible_with_watch() {
 /// `backend: rppal` on a machine that is not a Raspberry Pi: a clear error and a failed
 /// exit, never a panic (CI runs on x86_64).
 #[test]
+#[cfg_attr(
+    any(target_arch = "arm", target_arch = "aarch64"),
+    ignore = "on an ARM board rppal may open the GPIO controller; run it on a machine that is not a Raspberry Pi"
+)]
 fn rppal_backend_off_a_pi_fails_with_a_clear_error() {
-    if std::path::Path::new("/proc/device-tree/model").exists() {
-        return; // an ARM board: rppal may well work here
-    }
+    let model = std::fs::read_to_string("/proc/device-tree/model").unwrap_or_default();
+    assert!(
+        !model.contains("Raspberry Pi"),
+        "this is a {model}: rppal may work here, so this test cannot show its error"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     std::fs::write(
         dir.path().join("gateway.yaml"),
-        format!("id: t\nmappings: io.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n"),
+        "id: t\nmappings: io.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\n",
     )
     .expect("write");
     std::fs::write(

@@ -1,7 +1,7 @@
-//! Shared helpers for fieldlink's end-to-end tests: free loopback ports, a gateway under
-//! test (the real `fieldlink::run_with`), an MQTT observer (a separate rumqttc
-//! client, like a user's `mosquitto_sub`), and a TCP proxy that can cut the gateway's
-//! MQTT connection the way a network fault does.
+//! Shared helpers for fieldlink's end-to-end tests: a gateway under test (the real
+//! `fieldlink::run_with`, its embedded broker on a port the system picks), an MQTT
+//! observer (a separate rumqttc client, like a user's `mosquitto_sub`), and a TCP proxy
+//! that can cut the gateway's MQTT connection the way a network fault does.
 
 pub mod mosquitto;
 pub mod raw;
@@ -13,15 +13,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fieldlink::{model::Model, shutdown, Stats};
+use fieldlink::{broker::Bound, model::Model, shutdown, Stats};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::JoinHandle,
 };
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound then released): another
+/// process may take it before it is used, so it is only a candidate. Servers of our own
+/// listen on port 0 instead ([`model`], [`Gateway::broker_port`]); mosquitto, which
+/// cannot, is started with retries ([`mosquitto::Broker::start`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -29,12 +32,12 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// Build a model from a mapping file's text, with the embedded broker on a free port.
-/// `gateway_extra` is appended to the generated gateway file.
+/// Build a model from a mapping file's text, with the embedded broker on 127.0.0.1 port 0
+/// (the system picks the port; [`Gateway::broker_port`] tells it). `gateway_extra` is
+/// appended to the generated gateway file.
 pub fn model(mapping: &str, gateway_extra: &str) -> Model {
-    let port = free_port();
     let gateway = format!(
-        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\ndiagnostics_interval: 1h\n{gateway_extra}"
+        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\ndiagnostics_interval: 1h\n{gateway_extra}"
     );
     model_from(&gateway, mapping)
 }
@@ -63,6 +66,8 @@ pub struct Gateway {
     pub model: Model,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// Where its embedded broker listens, as bound (`None` without one).
+    pub bound: Option<Bound>,
 }
 
 impl Gateway {
@@ -76,30 +81,45 @@ impl Gateway {
         let (trigger, sd) = shutdown::channel();
         let stats = Arc::new(Stats::new(&model));
         hooks.stats = Some(stats.clone());
-        let handle = tokio::spawn(fieldlink::run_with(model.clone(), sd, hooks));
-        let port = model.mqtt.port;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while model.mqtt.embedded.is_some()
-            && TcpStream::connect(("127.0.0.1", port)).await.is_err()
-        {
-            assert!(Instant::now() < deadline, "embedded broker did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (bound_tx, mut bound_rx) = watch::channel(None);
+        hooks.bound = Some(bound_tx);
+        let mut handle = tokio::spawn(fieldlink::run_with(model.clone(), sd, hooks));
+        let bound = if model.mqtt.embedded.is_some() {
+            // Sent once the broker admits clients; dropped unsent if `run_with` failed.
+            let sent =
+                tokio::time::timeout(Duration::from_secs(10), bound_rx.wait_for(Option::is_some))
+                    .await
+                    .expect("embedded broker listening within 10 s")
+                    .map(|b| *b);
+            match sent {
+                Ok(b) => b,
+                Err(_) => panic!(
+                    "the gateway stopped before its broker listened: {:?}",
+                    (&mut handle).await
+                ),
+            }
+        } else {
+            None
+        };
         Gateway {
             trigger,
             handle,
             model,
             stats,
+            bound,
         }
     }
 
-    /// The embedded broker's port.
+    /// The embedded broker's port, as bound (the model's `listen` may say 0).
     pub fn broker_port(&self) -> u16 {
-        self.model
-            .mqtt
-            .embedded
-            .as_ref()
-            .map_or(self.model.mqtt.port, |e| e.listen.port())
+        self.bound
+            .map(|b| b.mqtt.port())
+            .expect("the gateway has an embedded broker")
+    }
+
+    /// The embedded broker's TLS port, as bound (`mqtt.embedded.tls`).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.bound.and_then(|b| b.tls).map(|a| a.port())
     }
 
     /// Trigger shutdown and wait for `run` to return.
@@ -115,7 +135,13 @@ impl Gateway {
 
 /// An MQTT client for publishing commands (its event loop runs in the background).
 pub async fn publisher(port: u16) -> AsyncClient {
-    let mut o = MqttOptions::new(format!("pub-{}", free_port()), "127.0.0.1", port);
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!(
+        "pub-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = AsyncClient::new(o, 64);
     tokio::spawn(async move {

@@ -1,12 +1,15 @@
-//! Real mosquitto brokers for the interop suite, started on free loopback ports, and the
-//! certificates they and the gateway use (generated here with rcgen).
+//! Real mosquitto brokers for the interop suite, started on loopback ports (retried on
+//! another port when one was taken meanwhile), and the certificates they and the gateway
+//! use (generated here with rcgen).
 //!
 //! When mosquitto is missing the suite skips with a message, except under CI (`CI` set),
 //! where it fails: `.ci/run` installs it.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::mpsc::RecvTimeoutError,
     time::{Duration, Instant},
 };
 
@@ -126,29 +129,93 @@ pub struct Broker {
     _dir: tempfile::TempDir,
 }
 
+/// How one launch of mosquitto ended.
+enum Launch {
+    /// It logged that it runs: every listener is open.
+    Ready(Child),
+    /// A port was taken (by another process since it was picked).
+    InUse,
+    /// Anything else: its log.
+    Failed(String),
+}
+
+/// Run mosquitto on `conf` and wait until it reports that it runs (it logs that after
+/// opening every listener) or exits. Its log goes on to our standard error.
+fn launch(bin: &Path, conf: &Path) -> Launch {
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mosquitto");
+    let stderr = child.stderr.take().expect("mosquitto's stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end, so that mosquitto never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("mosquitto version") && line.ends_with(" running") {
+                    return Launch::Ready(child);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                return if log.contains("Address already in use") {
+                    Launch::InUse
+                } else {
+                    Launch::Failed(log)
+                };
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                log.push_str("(not running after 10 s)\n");
+                return Launch::Failed(log);
+            }
+        }
+    }
+}
+
+/// Ports tried before [`Broker::start`] gives up (each is taken only if another process
+/// grabbed it between the pick and mosquitto's bind).
+const START_ATTEMPTS: usize = 20;
+
 impl Broker {
     /// Start mosquitto (`None` when it, or `mosquitto_passwd` for [`BrokerOpts::users`], is
     /// not installed and CI is not set: the reason is printed; under CI it panics).
+    /// mosquitto cannot listen on port 0 (`listener 0` is a Unix socket), so it is started
+    /// on candidate ports ([`free_port`]) and, when one was taken meanwhile, on others.
     pub fn start(opts: &BrokerOpts) -> Option<Broker> {
         let bin = mosquitto()?;
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut conf = format!(
-            "listener {port} 127.0.0.1\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n"
+        // `information` carries the line that says mosquitto runs.
+        let mut common = String::from(
+            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type information\nmax_queued_messages 100000\n",
         );
         if opts.persistence {
             // Started as root, mosquitto runs as the user `mosquitto`, which cannot write
             // the database into this private directory ("Error: Permission denied" at
             // shutdown, and no session survives the restart): it stays root here.
-            conf.push_str(&format!(
+            common.push_str(&format!(
                 "persistence true\npersistence_location {}/\nuser root\n",
                 dir.path().display()
             ));
         } else {
-            conf.push_str("persistence false\n");
+            common.push_str("persistence false\n");
         }
         if opts.users.is_empty() {
-            conf.push_str("allow_anonymous true\n");
+            common.push_str("allow_anonymous true\n");
         } else {
             let passwd = tool("mosquitto_passwd")?;
             let pw = dir.path().join("passwd");
@@ -162,60 +229,64 @@ impl Broker {
                     .expect("mosquitto_passwd (package mosquitto)");
                 assert!(ok.success(), "mosquitto_passwd failed");
             }
-            conf.push_str(&format!(
+            common.push_str(&format!(
                 "allow_anonymous false\npassword_file {}\n",
                 pw.display()
             ));
         }
-        let tls_port = opts.tls.as_ref().map(|_| free_port());
-        if let (Some((ca, cert, key)), Some(tp)) = (&opts.tls, tls_port) {
-            conf.push_str(&format!(
-                "listener {tp} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
-                ca.display(),
-                cert.display(),
-                key.display(),
-                opts.require_certificate
-            ));
-        }
         let conf_path = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).expect("conf");
-        let mut b = Broker {
-            port,
-            tls_port,
-            bin,
-            conf: conf_path,
-            child: None,
-            _dir: dir,
-        };
-        b.restart();
-        Some(b)
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let tls_port = opts.tls.as_ref().map(|_| free_port());
+            let mut conf = format!("listener {port} 127.0.0.1\n{common}");
+            if let (Some((ca, cert, key)), Some(tp)) = (&opts.tls, tls_port) {
+                conf.push_str(&format!(
+                    "listener {tp} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                    ca.display(),
+                    cert.display(),
+                    key.display(),
+                    opts.require_certificate
+                ));
+            }
+            std::fs::write(&conf_path, conf).expect("conf");
+            match launch(&bin, &conf_path) {
+                Launch::Ready(child) => {
+                    return Some(Broker {
+                        port,
+                        tls_port,
+                        bin,
+                        conf: conf_path,
+                        child: Some(child),
+                        _dir: dir,
+                    })
+                }
+                Launch::InUse => eprintln!("mosquitto: port {port} taken meanwhile; another"),
+                Launch::Failed(log) => panic!("mosquitto did not start:\n{log}"),
+            }
+        }
+        panic!("mosquitto found no free port in {START_ATTEMPTS} attempts");
     }
 
-    /// Start it again on the same port (after [`Broker::stop`]).
+    /// Start it again on the same port (after [`Broker::stop`]); while another process
+    /// holds the port, retried for up to 10 s.
     pub fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = Command::new(&self.bin)
-                .arg("-c")
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn mosquitto");
-            // Ready once the port accepts connections (or it exited: port still in use).
-            loop {
-                let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
-                if up(self.port) && self.tls_port.is_none_or(up) {
+            match launch(&self.bin, &self.conf) {
+                Launch::Ready(child) => {
                     self.child = Some(child);
                     return;
                 }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
+                Launch::InUse => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "mosquitto's port {} stayed taken for 10 s",
+                        self.port
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                assert!(Instant::now() < deadline, "mosquitto did not start");
-                std::thread::sleep(Duration::from_millis(20));
+                Launch::Failed(log) => panic!("mosquitto did not start again:\n{log}"),
             }
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -17,7 +17,7 @@ use fieldlink_drivers::{
     modbus::Table,
     sim::{SimDevice, SimServer},
 };
-use fieldlink_tests::{eventually, free_port, model_from, mosquitto, Gateway, Observer};
+use fieldlink_tests::{eventually, model_from, mosquitto, Gateway, Observer};
 use rumqttc::QoS;
 
 struct Tools {
@@ -107,15 +107,14 @@ impl Drop for Sub {
     }
 }
 
-/// A gateway with one device (`h/temp` read-only, `h/sp` writable) on a free port;
-/// `embedded` is appended under `mqtt.embedded`.
+/// A gateway with one device (`h/temp` read-only, `h/sp` writable), its broker on a port
+/// the system picks; `embedded` is appended under `mqtt.embedded`.
 async fn gateway(embedded: &str) -> (std::sync::Arc<SimDevice>, Gateway) {
     let server = SimServer::new();
     let dev = server.add(1, SimDevice::new());
     let sim = server.spawn_local().await.expect("sim");
-    let port = free_port();
     let gw = format!(
-        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n    sys_interval: 1s\n{embedded}diagnostics_interval: 1h\n"
+        "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\n    sys_interval: 1s\n{embedded}diagnostics_interval: 1h\n"
     );
     let mapping = format!(
         "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {sim} }}\n\
@@ -570,15 +569,14 @@ async fn tls_listener_with_logins() {
         .status()
         .expect("mosquitto_passwd")
         .success());
-    let tls_port = free_port();
     let (_dev, gw) = gateway(&format!(
-        "    users_file: {}\n    tls:\n      listen: \"127.0.0.1:{tls_port}\"\n      cert_file: {}\n      key_file: {}\n",
+        "    users_file: {}\n    tls:\n      listen: \"127.0.0.1:0\"\n      cert_file: {}\n      key_file: {}\n",
         users.display(),
         pki.server_cert.display(),
         pki.server_key.display()
     ))
     .await;
-    let port = tls_port;
+    let port = gw.tls_port().expect("the TLS listener is bound");
     let ca = pki.ca.display().to_string();
     let other = pki.other_ca.display().to_string();
     let login = ["-u", "casa", "-P", "s3nha"];

@@ -1,13 +1,14 @@
 //! The embedded broker delivers every retained topic (600) to a new QoS 0 or QoS 1
-//! subscriber, and a taken listen address is reported clearly instead of only being logged.
+//! subscriber, a taken listen address is reported clearly instead of only being logged,
+//! and port 0 is bound, reported and kept when the broker is rebuilt.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use fieldlink_drivers::{
     modbus::Table,
     sim::{SimDevice, SimServer},
 };
-use fieldlink_tests::{model, Gateway, Observer};
+use fieldlink_tests::{eventually, model, model_from, raw, Gateway, Observer};
 use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,4 +67,36 @@ async fn listen_address_in_use_is_a_clear_error() {
         text.contains("already in use") && text.contains("mqtt.embedded.listen"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_0_on_ipv6_loopback_is_bound_reported_and_kept_across_a_rebuild() {
+    let gateway = "id: t\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"[::1]:0\"\ndiagnostics_interval: 1h\n";
+    let gw = Gateway::start(model_from(gateway, "buses: []\ndevices: []\n")).await;
+    let at = gw.bound.expect("the broker reports its address").mqtt;
+    assert!(
+        at.is_ipv6() && at.ip().is_loopback() && at.port() != 0,
+        "{at}"
+    );
+    let login = |at| async move {
+        let mut s = tokio::net::TcpStream::connect(at).await.ok()?;
+        raw::handshake(&mut s, &raw::connect("v6-client", 4, None)).await
+    };
+    assert_eq!(login(at).await, Some(0), "a client is admitted at {at}");
+    // A failed broker is rebuilt on the port it got the first time.
+    gw.stats.broker.fault.notify_one();
+    let broker = gw.stats.broker.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || broker.restarts.load(Relaxed)
+            == 1)
+        .await
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut back = login(at).await;
+    while back.is_none() && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        back = login(at).await;
+    }
+    assert_eq!(back, Some(0), "the rebuilt broker admits clients at {at}");
+    gw.stop().await;
 }

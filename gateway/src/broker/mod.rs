@@ -27,7 +27,7 @@ mod sys;
 mod tls;
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
@@ -113,15 +113,28 @@ fn retained_limit(model: &Model) -> usize {
     model.points().count() + model.devices().count() + policy::CLIENT_RETAINED_TOPICS + 1000
 }
 
-/// Build one rmqtt server (context, retainer, our hook) and its listener. A bind error
-/// is returned as the user should see it.
+/// The addresses the embedded broker listens on, as bound: where the configuration
+/// says port 0, the port the system chose. A broker rebuilt after a failure binds the
+/// same addresses again, so clients find it where they found it first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// The MQTT listener (`mqtt.embedded.listen`).
+    pub mqtt: SocketAddr,
+    /// The MQTT over TLS listener (`mqtt.embedded.tls.listen`), when there is one.
+    pub tls: Option<SocketAddr>,
+}
+
+/// Build one rmqtt server (context, retainer, our hook) and its listeners, on the
+/// addresses of `at` (a rebuild) or else the configured ones. A bind error is returned as
+/// the user should see it.
 async fn build(
     model: &Model,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
-) -> Result<MqttServer, BrokerError> {
-    let addr = cfg.listen;
+    at: Option<Bound>,
+) -> Result<(MqttServer, Bound), BrokerError> {
+    let addr = at.map_or(cfg.listen, |b| b.mqtt);
     let retainer = format!(
         "storage.type = \"ram\"\nmax_retained_messages = {}\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
         retained_limit(model),
@@ -191,36 +204,50 @@ async fn build(
         .bind()
         .and_then(|l| l.tcp())
         .map_err(|e| bind_error(addr, e))?;
-    let mut server = MqttServer::new(scx).listener(listener);
+    let mqtt = listener.local_addr().map_err(|e| bind_error(addr, e))?;
+    // Listener ids are ports (rmqtt shows them in client ids); the configured port may
+    // be 0, so the bound one.
+    let mut server = MqttServer::new(scx).listener_by_id(listener, mqtt.port());
+    let mut bound = Bound { mqtt, tls: None };
     if let Some(t) = &cfg.tls {
-        let (tls_listener, acceptor) = tls::bind(t).await?;
-        // rmqtt's side of the TLS listener: loopback, PROXY header first.
-        let inner = loopback_port().map_err(|source| BrokerError::Bind {
-            addr: t.listen,
-            source,
-        })?;
-        let inner_listener = listener_builder(cfg, inner)
+        let outer = at.and_then(|b| b.tls).unwrap_or(t.listen);
+        let (tls_listener, acceptor) = tls::bind(t, outer).await?;
+        let tls_addr = tls_listener
+            .local_addr()
+            .map_err(|source| BrokerError::Bind {
+                addr: outer,
+                source,
+            })?;
+        // rmqtt's side of the TLS listener: loopback, on a port the system picks (held
+        // from bind to close, so no other process can take it), PROXY header first.
+        let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        let inner_listener = listener_builder(cfg, loopback)
             .name("mqtt-tls")
             .proxy_protocol(true)
             .proxy_protocol_timeout(HANDSHAKE_TIMEOUT)
             .bind()
             .and_then(|l| l.tcp())
-            .map_err(|e| bind_error(inner, e))?;
-        server = server.listener(inner_listener);
+            .map_err(|e| bind_error(loopback, e))?;
+        let inner = inner_listener
+            .local_addr()
+            .map_err(|e| bind_error(loopback, e))?;
+        // Ids must differ: on another address family the system may pick the same port.
+        let inner_id = if inner.port() == mqtt.port() {
+            0
+        } else {
+            inner.port()
+        };
+        server = server.listener_by_id(inner_listener, inner_id);
         tokio::spawn(tls::serve(
             tls_listener,
             acceptor,
             inner,
             cfg.max_connections,
         ));
-        info!(listen = %t.listen, "Embedded broker TLS listener ready.");
+        info!(listen = %tls_addr, "Embedded broker TLS listener ready.");
+        bound.tls = Some(tls_addr);
     }
-    Ok(server.build())
-}
-
-/// A free port on 127.0.0.1 for the TLS listener's inner side.
-fn loopback_port() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+    Ok((server.build(), bound))
 }
 
 /// The listener settings shared by the plain listener and the TLS listener's inner side.
@@ -329,41 +356,43 @@ pub fn panic_policy() {
 
 /// Start the embedded broker on its own thread and runtime, supervised; returns, once
 /// it accepts connections, the gateway's link to it (`None` without an embedded broker).
-pub fn start(model: Arc<Model>, stats: Arc<BrokerStats>) -> Result<Option<Link>, BrokerError> {
+/// The addresses it bound (the port the system chose for a configured port 0) are sent
+/// on `bound`, at that moment; they stay the same for the life of the process.
+pub fn start(
+    model: Arc<Model>,
+    stats: Arc<BrokerStats>,
+    bound: Option<tokio::sync::watch::Sender<Option<Bound>>>,
+) -> Result<Option<Link>, BrokerError> {
     let Some(cfg) = model.mqtt.embedded.clone() else {
         return Ok(None);
     };
     let addr = cfg.listen;
-    // A free address is checked here, so that the error reaches the caller.
-    match TcpListener::bind(addr) {
-        Ok(l) => drop(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return Err(BrokerError::AddrInUse { addr })
-        }
-        Err(source) => return Err(BrokerError::Bind { addr, source }),
-    }
     let client_id = model.mqtt.client_id.clone();
     let secret = cfg.secret.0.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
+    // A bind error comes back here, so that it reaches the caller.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Bound, BrokerError>>();
     let (link, end) = link::pair();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || supervise(&model, &cfg, &stats, &end, ready_tx))
         .map_err(BrokerError::Thread)?;
-    match ready_rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(Ok(())) => {}
+    let at = match ready_rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(at)) => at,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(BrokerError::NotReady(addr)),
-    }
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if mqtt_probe(probe_addr(addr), &client_id, &secret).is_ok() {
-            info!(listen = %addr, "Embedded broker listening.");
+        if mqtt_probe(probe_addr(at.mqtt), &client_id, &secret).is_ok() {
+            info!(listen = %at.mqtt, "Embedded broker listening.");
+            if let Some(tx) = bound {
+                tx.send_replace(Some(at));
+            }
             return Ok(Some(link));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(BrokerError::NotReady(addr))
+    Err(BrokerError::NotReady(at.mqtt))
 }
 
 /// Run the broker; whenever it stops (an error, or a panic inside rmqtt), drop its
@@ -373,9 +402,12 @@ fn supervise(
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
-    ready: std::sync::mpsc::Sender<Result<(), BrokerError>>,
+    ready: std::sync::mpsc::Sender<Result<Bound, BrokerError>>,
 ) {
     let mut ready = Some(ready);
+    // The addresses of the first build: every rebuild binds them again (a configured
+    // port 0 must not become another port after a failure).
+    let mut bound: Option<Bound> = None;
     let mut delay = RESTART_FIRST;
     loop {
         // One thread for the whole broker: no work stealing, no wakeups across threads
@@ -398,13 +430,11 @@ fn supervise(
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
-                let server = match build(model, cfg, stats, end).await {
-                    Ok(s) => s,
-                    Err(e) => return Err(e),
-                };
+                let (server, at) = build(model, cfg, stats, end, bound).await?;
+                bound = Some(at);
                 end.announce(true);
                 if let Some(r) = ready.take() {
-                    let _ = r.send(Ok(()));
+                    let _ = r.send(Ok(at));
                 }
                 tokio::select! {
                     r = server.run() => {

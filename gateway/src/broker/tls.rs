@@ -55,20 +55,21 @@ fn proxy_header(src: SocketAddr, dst: SocketAddr) -> String {
     )
 }
 
-/// Bind the TLS listener (so that a taken address is an error at start).
-pub(crate) async fn bind(t: &EmbeddedTls) -> Result<(TcpListener, TlsAcceptor), BrokerError> {
+/// Bind the TLS listener on `addr` (`t.listen`, or where a rebuilt broker listened
+/// before), so that a taken address is an error at start.
+pub(crate) async fn bind(
+    t: &EmbeddedTls,
+    addr: SocketAddr,
+) -> Result<(TcpListener, TlsAcceptor), BrokerError> {
     let config = server_config(t).map_err(|e| BrokerError::Bind {
-        addr: t.listen,
+        addr,
         source: std::io::Error::other(format!("TLS certificate or key: {e}")),
     })?;
-    let listener = TcpListener::bind(t.listen).await.map_err(|source| {
+    let listener = TcpListener::bind(addr).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
-            BrokerError::AddrInUse { addr: t.listen }
+            BrokerError::AddrInUse { addr }
         } else {
-            BrokerError::Bind {
-                addr: t.listen,
-                source,
-            }
+            BrokerError::Bind { addr, source }
         }
     })?;
     Ok((listener, TlsAcceptor::from(Arc::new(config))))

@@ -16,11 +16,7 @@ use crate::{
 impl Validator {
     /// The embedded broker's model (when enabled), with every problem collected; `cx` is
     /// `mqtt.embedded`.
-    pub(super) fn embedded(
-        &mut self,
-        cx: &Cx,
-        e: &EmbeddedFile,
-    ) -> (SocketAddr, Option<EmbeddedBroker>) {
+    pub(super) fn embedded(&mut self, cx: &Cx, e: &EmbeddedFile) -> Option<EmbeddedBroker> {
         let listen = match &e.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 1883)),
             Some(l) => match l.value.parse::<SocketAddr>() {
@@ -63,7 +59,7 @@ impl Validator {
             e.sys_interval.as_ref(),
             std::time::Duration::from_secs(10),
         );
-        let model = e.enabled.then(|| EmbeddedBroker {
+        e.enabled.then(|| EmbeddedBroker {
             sys_interval,
             tls,
             listen,
@@ -72,8 +68,7 @@ impl Validator {
             acl,
             allow_anonymous,
             secret: Secret::random(),
-        });
-        (listen, model)
+        })
     }
 
     /// `users_file` and `acl_file`, loaded.

@@ -69,7 +69,7 @@ impl Validator {
             .upstream
             .as_ref()
             .map(|u| self.upstream(&cx.at("mqtt.upstream"), &u.value, &id, &state_dir));
-        let (listen, embedded) = self.embedded(&cx.at("mqtt.embedded"), e);
+        let embedded = self.embedded(&cx.at("mqtt.embedded"), e);
         let client_id = self.client_id(&cx.at("mqtt.client_id"), gw.mqtt.client_id.as_ref(), &id);
         // No effect any more: a warning only, whatever the value, so an older file never
         // stops the gateway for it.
@@ -82,34 +82,17 @@ impl Validator {
                  `mqtt.upstream.keepalive`)",
             );
         }
-        let keepalive = gw
-            .mqtt
-            .keepalive
-            .as_ref()
-            .map_or(Duration::from_secs(15), |k| k.value.0);
         let diagnostics_interval = self.positive_duration(
             &cx.at("diagnostics_interval"),
             gw.diagnostics_interval.as_ref(),
             Duration::from_secs(30),
         );
-        let host = if listen.ip().is_unspecified() {
-            if listen.is_ipv4() {
-                "127.0.0.1".to_string()
-            } else {
-                "::1".to_string()
-            }
-        } else {
-            listen.ip().to_string()
-        };
         Some(Header {
             id,
             base_topic,
             mqtt: MqttModel {
                 embedded,
-                host,
-                port: listen.port(),
                 client_id,
-                keepalive,
                 upstream,
             },
             diagnostics_interval,
