@@ -432,7 +432,14 @@ async fn a_command_goes_ahead_of_the_next_poll() {
     let gw = Gateway::start(model(&mapping, "")).await;
     let mut obs = Observer::connect(gw.broker_port(), "p/sp/#", QoS::AtMostOnce).await;
     let client = publisher(gw.broker_port()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Polling: the commands below land between polls.
+    let polls = &gw.stats.devices[0].polls;
+    assert!(
+        fieldlink_tests::eventually(Duration::from_secs(10), || {
+            polls.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        })
+        .await
+    );
     for round in 0..5 {
         dev.clear_log();
         let sent = Instant::now();

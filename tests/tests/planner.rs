@@ -49,7 +49,8 @@ async fn forty_points_in_three_areas_cost_three_reads_per_cycle() {
         .await
     );
     dev.clear_log();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Ten cycles of three reads each.
+    assert!(fieldlink_tests::eventually(Duration::from_secs(10), || dev.log().len() >= 30).await);
     let log = dev.log();
     gw.stop().await;
 

@@ -91,6 +91,8 @@ async fn three_units_publish_and_take_writes_and_a_dead_unit_does_not_starve_the
     let before: Vec<u64> = (0..2)
         .map(|i| gw.stats.devices[i].polls.load(Relaxed))
         .collect();
+    // A measurement window, not synchronisation: the cadence over 10 s of real time on a
+    // real pty line (the paused-clock version of this is tests/tests/fairness.rs).
     tokio::time::sleep(Duration::from_secs(10)).await;
     for (i, b) in before.iter().enumerate() {
         let polls = gw.stats.devices[i].polls.load(Relaxed) - b;

@@ -155,7 +155,14 @@ async fn every_type_and_word_order_reaches_its_topic() {
         "device online"
     );
     // Let one full cycle land, then look at what a new subscriber gets as retained state.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let polls = &gw.stats.devices[0].polls;
+    let n = polls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fieldlink_tests::eventually(Duration::from_secs(10), || {
+            polls.load(std::sync::atomic::Ordering::Relaxed) > n
+        })
+        .await
+    );
     let mut fresh = Observer::connect(gw.broker_port(), "#", QoS::AtMostOnce).await;
     let state = fresh.snapshot(Duration::from_millis(800)).await;
     let mut failures = Vec::new();
