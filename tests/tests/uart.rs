@@ -379,3 +379,84 @@ devices:
     assert!(obs.wait_payload(&availability, "online", T).await);
     gw.stop().await;
 }
+
+/// Commands drained in one batch behind a command still waiting for its acknowledgement
+/// when shutdown comes are answered "shutting down" and never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_behind_an_unacknowledged_one_are_not_written_at_shutdown() {
+    let (port, _keeper, path) = pty();
+    let received = board(port);
+    // `PING` is never answered: the bus task spends its time waiting for that reply, so
+    // the three commands below queue up and are taken as one batch.
+    let mapping = format!(
+        r#"
+buses:
+  - id: board
+    kind: uart
+    path: {path}
+    delimiter: "\r\n"
+    timeout: 2s
+devices:
+  - id: mute
+    bus: board
+    query: "PING\r\n"
+    poll_interval: 100ms
+    offline_after: 1000
+    parser:
+      kind: json
+    points:
+      - {{ topic: casa/mudo, field: x }}
+  - id: relays
+    bus: board
+    points:
+      - topic: casa/portao
+        type: bool
+        command: "RELAY3 {{value}}\r\n"
+        ack: '^OK'
+        ack_timeout: 30s
+      - topic: casa/rega
+        type: bool
+        command: "RELAY4 {{value}}\r\n"
+      - topic: casa/luz
+        type: bool
+        command: "RELAY5 {{value}}\r\n"
+        ack: '^OK'
+"#
+    );
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "casa/#", QoS::AtMostOnce).await;
+    let sent = || received.lock().expect("lock").clone();
+    assert!(fieldlink_tests::eventually(T, || sent().contains(&"PING".to_string())).await);
+    let client = publisher(gw.broker_port()).await;
+    for t in ["casa/portao/set", "casa/rega/set", "casa/luz/set"] {
+        client
+            .publish(t, QoS::AtLeastOnce, false, "ON")
+            .await
+            .expect("publish");
+    }
+    assert!(
+        fieldlink_tests::eventually(T, || sent().contains(&"RELAY3 1".to_string())).await,
+        "the first command is written after the query's timeout"
+    );
+    let stop = tokio::spawn(gw.stop());
+    let v = result(&mut obs, "casa/portao").await;
+    assert_eq!(
+        v["error"], "gateway shutting down before the acknowledgement",
+        "{v}"
+    );
+    for topic in ["casa/rega", "casa/luz"] {
+        let v = result(&mut obs, topic).await;
+        assert_eq!(
+            v["error"], "gateway shutting down; command not written",
+            "{v}"
+        );
+    }
+    stop.await.expect("stopped");
+    let lines = sent();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("RELAY4") || l.starts_with("RELAY5")),
+        "nothing written after shutdown: {lines:?}"
+    );
+}

@@ -57,6 +57,12 @@ pub(crate) trait Driver: Send {
     /// Where the bus is, for the start log.
     fn endpoint(&self) -> String;
 
+    /// Whether polled devices are spread over [`STAGGER_SLOTS`] start offsets, and a
+    /// failing device's tries limited to 1/20 of a shared bus's time (Modbus: yes).
+    fn shares_time(&self) -> bool {
+        true
+    }
+
     /// Set up at start (open lines, publish initial states).
     fn start(&mut self, _cx: &mut Cx) {}
 
@@ -109,6 +115,8 @@ pub(crate) struct Cx {
     availability_topics: Vec<String>,
     /// Messages of this turn.
     messages: Vec<Outgoing>,
+    /// Where they go.
+    out: tokio::sync::mpsc::Sender<crate::publish::Batch>,
 }
 
 impl Cx {
@@ -182,7 +190,11 @@ impl Cx {
             warn!(device = %id, bus = %bus, error = why.unwrap_or(""), "Device offline.");
         }
         st.set_availability(want);
-        let m = availability(&self.availability_topics[d], online);
+        let topic = &self.availability_topics[d];
+        // A change back within the same turn: only the last state goes out.
+        self.messages
+            .retain(|m| m.slot.is_some() || m.topic != *topic);
+        let m = availability(topic, online);
         if online {
             self.messages.insert(0, m);
         } else {
@@ -203,10 +215,12 @@ impl Cx {
         }
     }
 
-    /// Send this turn's messages as one batch (nothing when there are none).
-    async fn flush(&mut self, out: &tokio::sync::mpsc::Sender<crate::publish::Batch>) {
+    /// Send this turn's messages as one batch (nothing when there are none). The actor
+    /// does it after every turn; a driver waiting long inside one (a UART reply) does it
+    /// after every read, so readings meanwhile are not held back.
+    pub(crate) async fn flush(&mut self) {
         if !self.messages.is_empty() {
-            let _ = out.send(std::mem::take(&mut self.messages)).await;
+            let _ = self.out.send(std::mem::take(&mut self.messages)).await;
         }
     }
 }
@@ -235,7 +249,11 @@ pub(crate) async fn run<D: Driver>(
         return;
     }
     let start = TokioInstant::now();
-    let slots = STAGGER_SLOTS.min(model.devices().count().max(1) as u32);
+    let slots = if driver.shares_time() {
+        STAGGER_SLOTS.min(model.devices().count().max(1) as u32)
+    } else {
+        1
+    };
     let mut schedule: Vec<Schedule> = (0..bus.devices.len())
         .map(|i| Schedule {
             next_due: start
@@ -259,10 +277,11 @@ pub(crate) async fn run<D: Driver>(
         shutdown: shutdown.clone(),
         first: first_stats_index,
         messages: Vec::new(),
+        out,
     };
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
-    cx.flush(&out).await;
+    cx.flush().await;
     loop {
         let due = (0..schedule.len())
             .filter(|&d| driver.polls(d))
@@ -282,25 +301,28 @@ pub(crate) async fn run<D: Driver>(
                 let batch = commands::drain(first, &mut commands);
                 run_commands(&mut driver, &mut cx, batch).await;
             }
-            event = driver.event() => driver.on_event(event, &mut cx),
+            // Timers and due polls before events: input that never stops coming must not
+            // starve them.
             () = sleep_until(wake) => {
                 let now = TokioInstant::now();
                 if timer.is_some_and(|t| t <= now) {
                     driver.on_timer(now, &mut cx);
                 }
                 if let Some(d) = due.filter(|&d| schedule[d].next_due <= now) {
-                    let shared = (0..schedule.len()).filter(|&i| driver.polls(i)).count() > 1;
+                    let shared = driver.shares_time()
+                        && (0..schedule.len()).filter(|&i| driver.polls(i)).count() > 1;
                     poll(&mut driver, &mut cx, d, &mut schedule[d], shared).await;
                 }
             }
+            event = driver.event() => driver.on_event(event, &mut cx),
         }
-        cx.flush(&out).await;
+        cx.flush().await;
     }
     let mut refused = Vec::new();
     commands::refuse_queued(&mut commands, |c| cx.point(c.device, c.point), &mut refused);
     cx.messages.extend(refused);
     driver.stop(&mut cx);
-    cx.flush(&out).await;
+    cx.flush().await;
     debug!(bus = %bus.id, "Bus stopped.");
 }
 
@@ -378,6 +400,11 @@ async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, batch: Vec<Command
         let Some(topic) = cx.point(c.device, c.point).map(|p| p.topic.clone()) else {
             continue;
         };
+        // Shutdown came while an earlier command of the batch ran: write nothing more.
+        if cx.shutdown.is_shutdown() {
+            cx.answer(&c, Err(CommandError::ShuttingDown));
+            continue;
+        }
         let device = cx.device(c.device).id.clone();
         match driver.write(&c, cx).await {
             Ok(r) => {

@@ -209,7 +209,11 @@ impl Driver for Gpio {
                 }
                 self.publish_level(i, now, true, cx);
             }
-            if self.lines[i].heartbeat_at.is_some_and(|t| t <= now) {
+            let line = &mut self.lines[i];
+            if line.heartbeat_at.is_some_and(|t| t <= now) {
+                // Re-armed first: a line that cannot be read is tried again next period,
+                // not in a loop.
+                line.heartbeat_at = line.heartbeat.map(|h| now + h);
                 self.publish_level(i, now, true, cx);
             }
         }

@@ -133,6 +133,12 @@ impl Driver for Uart {
         self.settings.path.clone()
     }
 
+    /// One line, one exchange at a time; every device is polled from the start, and a
+    /// polled device that does not answer is retried on its own schedule.
+    fn shares_time(&self) -> bool {
+        false
+    }
+
     fn start(&mut self, cx: &mut Cx) {
         self.open_if_due(cx);
     }
@@ -211,16 +217,11 @@ impl Driver for Uart {
             .await
         {
             Waited::Done => Ok(r),
-            Waited::WrongAck(line) => {
-                warn!(topic = %point.topic, line = %line, "Wrong acknowledgement.");
-                Err(CommandError::WrongAcknowledgement(line))
-            }
-            Waited::Timeout => {
-                warn!(topic = %point.topic, timeout = ?t, "No acknowledgement.");
-                Err(CommandError::NoAcknowledgement(
-                    humantime::format_duration(t).to_string(),
-                ))
-            }
+            // The actor logs the failure with its text.
+            Waited::WrongAck(line) => Err(CommandError::WrongAcknowledgement(line)),
+            Waited::Timeout => Err(CommandError::NoAcknowledgement(
+                humantime::format_duration(t).to_string(),
+            )),
             Waited::Lost(why) => Err(CommandError::PortLost(why)),
             Waited::ShuttingDown => Err(CommandError::ShuttingDownUnacknowledged),
         }
@@ -407,7 +408,6 @@ impl Uart {
             let read = tokio::select! {
                 biased;
                 () = shutdown.recv() => return Waited::ShuttingDown,
-                r = self.event() => r,
                 () = tokio::time::sleep_until(wake) => {
                     let now = TokioInstant::now();
                     if deadline <= now {
@@ -416,9 +416,16 @@ impl Uart {
                     self.on_timer(now, cx);
                     continue;
                 }
+                r = self.event() => r,
             };
-            if let Some(w) = self.received(read, awaited, cx) {
+            let ended = self.received(read, awaited, cx);
+            // What came meanwhile goes out now, not when the exchange ends.
+            cx.flush().await;
+            if let Some(w) = ended {
                 return w;
+            }
+            if deadline <= TokioInstant::now() {
+                return Waited::Timeout;
             }
         }
     }
