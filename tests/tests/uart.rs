@@ -259,10 +259,13 @@ devices:
     let v = result(&mut obs, "casa/jardim/luz").await;
     assert_eq!(v["ok"], false);
     assert_eq!(v["error"], "wrong acknowledgement: `ERR 7`", "{v}");
-    assert!(received
-        .lock()
-        .expect("lock")
-        .contains(&"RELAY2 1".to_string()));
+    assert!(
+        fieldlink_tests::eventually(T, || received
+            .lock()
+            .expect("lock")
+            .contains(&"RELAY2 1".to_string()))
+        .await
+    );
 
     // Missing acknowledgement.
     set("casa/jardim/portao/set", "ON").await;
@@ -273,10 +276,14 @@ devices:
     set("casa/jardim/painel/set", "ola mundo").await;
     let v = result(&mut obs, "casa/jardim/painel").await;
     assert_eq!(v, serde_json::json!({"ok": true, "value": "ola mundo"}));
-    assert!(received
-        .lock()
-        .expect("lock")
-        .contains(&"TEXT ola mundo".to_string()));
+    // Written to the line before the result; the board reads it on its own task.
+    assert!(
+        fieldlink_tests::eventually(T, || received
+            .lock()
+            .expect("lock")
+            .contains(&"TEXT ola mundo".to_string()))
+        .await
+    );
 
     // A bad payload is rejected before anything is written.
     let before = received.lock().expect("lock").clone();
