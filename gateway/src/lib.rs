@@ -25,7 +25,8 @@
 //!   the embedded one (its end of that link) and the upstream (cloud) broker with its
 //!   disk store-and-forward queue.
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
-//! - `runtime`: [`run`], which starts those parts in order and stops them in reverse.
+//! - `runtime`: [`run`], which starts those parts in order and stops them in reverse;
+//!   `service`: what systemd hears (ready, watchdog, stopping).
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
 
 pub mod broker;
@@ -38,6 +39,7 @@ pub mod model;
 pub mod mqtt;
 mod publish;
 mod runtime;
+mod service;
 pub mod shutdown;
 mod topics;
 

@@ -74,14 +74,20 @@ fn init_logs() {
             "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=error,rmqtt_codec=warn",
         )
     });
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .log_internal_errors(true),
-        )
-        .init();
+    use std::io::IsTerminal;
+    // Colours only on a terminal; under systemd's journal (it sets JOURNAL_STREAM for the
+    // streams it connects) no timestamp either: the journal stamps every line itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(true);
+    let registry = tracing_subscriber::registry().with(filter);
+    if journal {
+        registry.with(layer.without_time()).init();
+    } else {
+        registry.with(layer).init();
+    }
     fieldlink::broker::panic_policy();
 }
 
@@ -207,9 +213,18 @@ async fn signals(trigger: shutdown::ShutdownTrigger) {
                     return;
                 }
             };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        // SIGHUP would end the process by default (and `systemctl reload` with it); live
+        // reload is not built yet, so it is only logged.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = term.recv() => break,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::warn!("SIGHUP: live reload is not available yet; restart to apply configuration changes.");
+                }
+            }
         }
     }
     #[cfg(not(unix))]

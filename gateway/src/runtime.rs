@@ -15,7 +15,7 @@ use crate::{
     broker, buses, commands,
     health::Stats,
     model::{BusKind, GpioBackendKind, Model},
-    mqtt, publish,
+    mqtt, publish, service,
     shutdown::Shutdown,
 };
 
@@ -129,8 +129,14 @@ pub async fn run_with(
         points = model.points().count(),
         "Gateway running."
     );
+    service::ready();
+    let watchdog = service::spawn_watchdog(shutdown.clone());
     shutdown.recv().await;
     info!("Shutting down.");
+    service::stopping();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     for b in buses {
         let _ = b.await;
     }
