@@ -15,3 +15,4 @@ pub mod modbus;
 pub mod serial;
 pub mod sim;
 pub mod uart;
+pub mod value;

@@ -6,8 +6,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 pub use fieldlink_drivers::gpio::Pull;
 pub use fieldlink_drivers::modbus::rtu::{Parity, SerialSettings};
-pub use fieldlink_drivers::modbus::{Table, ValueType, WordOrder};
+pub use fieldlink_drivers::modbus::{Table, WordOrder};
 pub use fieldlink_drivers::uart::{FieldRef, Parser, Template};
+pub use fieldlink_drivers::value::ValueType;
 
 /// Everything the gateway runs.
 #[derive(Clone, Debug)]

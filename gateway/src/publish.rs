@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use fieldlink_drivers::modbus::Value;
+use fieldlink_drivers::value::Value;
 
 use crate::model::{Payload, Point, PublishMode, ValueType};
 

@@ -14,7 +14,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use fieldlink_drivers::modbus::Value;
+use fieldlink_drivers::value::Value;
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 

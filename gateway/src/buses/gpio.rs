@@ -14,7 +14,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fieldlink_drivers::{
     gpio::{Edge, GpioBackend},
-    modbus::Value,
+    value::Value,
 };
 use tokio::{sync::mpsc, time::Instant as TokioInstant};
 use tracing::{debug, error, info, warn};

@@ -2,7 +2,10 @@
 //! `<topic>/set/result`; README "Commands" lists how they start, and that list is checked
 //! against these variants by a unit test below.
 
-use fieldlink_drivers::modbus::{DriverError, Value, ValueType};
+use fieldlink_drivers::{
+    modbus::DriverError,
+    value::{Value, ValueType},
+};
 use thiserror::Error;
 
 /// Why a command was refused or failed.
@@ -131,7 +134,7 @@ mod tests {
 
     #[test]
     fn one_number_parser_for_commands_and_readings() {
-        use fieldlink_drivers::modbus::{Value, ValueType};
+        use fieldlink_drivers::value::{Value, ValueType};
         assert_eq!(parse_number(" 42 ", ValueType::U16), Some(Value::Int(42)));
         assert_eq!(parse_number("-7", ValueType::I16), Some(Value::Int(-7)));
         assert_eq!(

@@ -8,7 +8,7 @@ mod error;
 use std::{collections::HashMap, sync::Arc};
 
 pub use error::{parse_bool, parse_number, CommandError};
-use fieldlink_drivers::modbus::{codec, Value};
+use fieldlink_drivers::{modbus::codec, value::Value};
 use serde_json::json;
 use tokio::sync::mpsc;
 

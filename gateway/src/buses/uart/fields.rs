@@ -3,8 +3,9 @@
 //! commands use).
 
 use fieldlink_drivers::{
-    modbus::{codec, Value, WordOrder},
+    modbus::{codec, WordOrder},
     uart::FieldValue,
+    value::Value,
 };
 
 use crate::{

@@ -27,9 +27,9 @@ use std::{
 
 use fieldlink_drivers::{
     backoff::Backoff,
-    modbus::Value,
     serial::SerialSettings,
     uart::{Frame, LineFramer},
+    value::Value,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
