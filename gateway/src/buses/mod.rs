@@ -11,7 +11,7 @@
 //! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
 //!
-//! A fourth bus kind is one new file here implementing [`Driver`] and one under
+//! A fourth bus kind is one new file here implementing `Driver` and one under
 //! `config/` for its schema.
 
 mod actor;

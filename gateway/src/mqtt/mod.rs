@@ -5,16 +5,16 @@
 //!                                  └─▶ upstream ──▶ queue (disk) ──rumqttc──▶ cloud broker
 //! ```
 //!
-//! - [`embedded`]: the in-process side of the embedded broker (`crate::broker`, which
+//! - `embedded`: the in-process side of the embedded broker (`crate::broker`, which
 //!   stays where it is): keeps the last retained state and republishes it into every
 //!   broker that starts serving; commands come in through the broker's rights check.
-//! - [`upstream`]: the rumqttc client of the upstream (cloud) broker: connection options
+//! - `upstream`: the rumqttc client of the upstream (cloud) broker: connection options
 //!   and TLS, the event-loop driver with its jittered reconnect backoff, command intake
 //!   from upstream, and publishing from the queue with packet-id bookkeeping.
-//! - [`queue`]: the disk-backed store-and-forward queue ([`Spool`]): a message leaves it
+//! - `queue`: the disk-backed store-and-forward queue ([`Spool`]): a message leaves it
 //!   only when the upstream broker acknowledged it.
 //!
-//! With both brokers configured, [`fanout`] hands every batch to both sides; either side
+//! With both brokers configured, `fanout` hands every batch to both sides; either side
 //! alone reads the bus tasks' channel directly.
 
 mod embedded;

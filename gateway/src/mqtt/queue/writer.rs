@@ -203,7 +203,7 @@ impl Spool {
         }
     }
 
-    /// Record the outcome of a [`FlushJob`].
+    /// Record the outcome of a `FlushJob`.
     pub fn flush_done(&mut self, done: FlushDone) {
         self.flushing = false;
         self.head_file = done.head_file;
