@@ -3,9 +3,15 @@
 # (dpkg-deb --contents / --ctrl-tarfile), and — for a package the host can run — that the
 # installed binary passes `fieldlink check` on the installed example configuration,
 # unpacked into a throwaway root.
-#   bash systemd/check-deb.sh target/debian/fieldlink_<version>-1_amd64.deb
+# With --install (as root, amd64): also installs it for real with dpkg into a throwaway
+# Debian bookworm (debootstrap, with systemd, as on Raspberry Pi OS) and checks the user,
+# the permissions, `check` as the service user, that an upgrade keeps an edited conffile,
+# and that purge removes the state directory.
+#   bash systemd/check-deb.sh [--install] target/debian/fieldlink_<version>-1_amd64.deb
 set -euo pipefail
-deb=${1:?usage: systemd/check-deb.sh <package.deb>}
+install=0
+if [ "${1:-}" = "--install" ]; then install=1; shift; fi
+deb=${1:?usage: systemd/check-deb.sh [--install] <package.deb>}
 [ -f "$deb" ] || { echo "check-deb: no such file: $deb"; exit 1; }
 fail() { echo "check-deb: $*"; exit 1; }
 
@@ -41,5 +47,30 @@ if [ "$arch" = "$(dpkg --print-architecture)" ]; then
     || fail "fieldlink check failed on the installed example"
 else
   echo "  ($arch package: the binary is checked by cross/verify.sh, not run here)"
+fi
+if [ "$install" = 1 ]; then
+  [ "$arch" = "$(dpkg --print-architecture)" ] || fail "--install needs a package of this machine's architecture"
+  [ "$(id -u)" = 0 ] || fail "--install needs root (debootstrap, chroot)"
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  fi
+  sys="$tmp/bookworm"
+  echo "  debootstrap bookworm (minbase + systemd) ..."
+  debootstrap --variant=minbase --include=systemd bookworm "$sys" http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 \
+    || { tail -20 "$tmp/debootstrap.log"; fail "debootstrap failed"; }
+  cp "$deb" "$sys/tmp/fieldlink.deb"
+  inside() { chroot "$sys" /bin/sh -c "$1"; }
+  inside "dpkg -i /tmp/fieldlink.deb" >/dev/null || fail "dpkg -i failed"
+  inside "id -nG fieldlink" | grep -qw dialout || fail "the fieldlink user is not in dialout"
+  inside "id -nG fieldlink" | grep -qw gpio || fail "the fieldlink user is not in gpio"
+  [ "$(inside 'stat -c %U /var/lib/fieldlink')" = fieldlink ] || fail "/var/lib/fieldlink is not the user's"
+  inside "su -s /bin/sh fieldlink -c 'fieldlink check --config /etc/fieldlink/gateway.yaml'" >/dev/null \
+    || fail "the service user cannot check the installed configuration"
+  inside "echo '# edited' >> /etc/fieldlink/gateway.yaml"
+  inside "dpkg -i --force-confold /tmp/fieldlink.deb" >/dev/null || fail "reinstall failed"
+  inside "tail -1 /etc/fieldlink/gateway.yaml" | grep -qx '# edited' || fail "an upgrade overwrote an edited conffile"
+  inside "dpkg --purge fieldlink" >/dev/null || fail "purge failed"
+  inside "test ! -e /var/lib/fieldlink" || fail "purge left /var/lib/fieldlink"
+  echo "  installed, checked as the service user, upgraded (conffile kept) and purged in a bookworm chroot"
 fi
 echo "check-deb: $deb is fine"
