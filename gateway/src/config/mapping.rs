@@ -176,11 +176,15 @@ impl Validator {
         bus_id: &str,
         unit_where: &mut HashMap<(String, u8), String>,
     ) {
-        let unit_valid = d.unit.as_ref().is_none_or(|u| (1..=247).contains(&u.value));
+        // An out-of-range unit is reported where it is read; it claims no unit id here
+        // (it would make the default unit 1 of a later device look taken).
+        if !d.unit.as_ref().is_none_or(|u| (1..=247).contains(&u.value)) {
+            return;
+        }
         let first = unit_where
             .entry((bus_id.to_string(), dev.unit))
             .or_insert_with(|| dev.id.clone());
-        if unit_valid && *first != dev.id {
+        if *first != dev.id {
             let loc = d.unit.as_ref().map_or(at(&d.id), at);
             let default = if d.unit.is_none() {
                 " (the default)"
