@@ -150,8 +150,13 @@ impl Validator {
         if !allow_anonymous && e.users_file.is_none() && e.enabled {
             let (loc, why) = match &e.allow_anonymous {
                 Some(a) => (at(a), "`allow_anonymous: false` and no `users_file`: no client could log in".to_string()),
+                // Where the listener other machines reach is written: the TLS one when
+                // it is that one (the plain `listen` may not be written at all).
                 None => (
-                    e.listen.as_ref().map_or((0, 0), at),
+                    match (tls.filter(|t| !t.listen.ip().is_loopback()), &e.tls) {
+                        (Some(_), Some(t)) => at(&t.value.listen),
+                        _ => e.listen.as_ref().map_or((0, 0), at),
+                    },
                     format!("the embedded broker listens on {}, which other machines can reach, and has no `users_file`: anyone on the network could read the house and command its devices", tls.filter(|t| !t.listen.ip().is_loopback()).map_or(listen, |t| t.listen)),
                 ),
             };
