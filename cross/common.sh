@@ -88,12 +88,14 @@ cross_install_build_deps() {
   if [ -n "$BUILD_STD" ] && [ ! -f /usr/lib/rustlib/src/rust/library/Cargo.lock ]; then
     die "rust-web-src is installed but /usr/lib/rustlib/src/rust/library is incomplete"
   fi
-  if [ ! -x "$VENV/bin/cargo-zigbuild" ] \
-    || ! "$VENV/bin/pip" show -q "ziglang==$ZIGLANG_VERSION" >/dev/null 2>&1 \
-    || [ "$("$VENV/bin/cargo-zigbuild" --version 2>/dev/null)" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
+  if ! "$VENV/bin/python3" - "$ZIGLANG_VERSION" "$CARGO_ZIGBUILD_VERSION" 2>/dev/null <<'PY'; then
+import sys
+from importlib.metadata import version
+sys.exit(0 if (version("ziglang"), version("cargo-zigbuild")) == tuple(sys.argv[1:]) else 1)
+PY
     log "installing ziglang $ZIGLANG_VERSION and cargo-zigbuild $CARGO_ZIGBUILD_VERSION into $VENV"
     mkdir -p "$(dirname "$VENV")"
-    /usr/bin/python3 -m venv "$VENV"
+    [ -x "$VENV/bin/pip" ] || /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check \
       "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
   fi

@@ -8,9 +8,9 @@
 # 3. `fieldlink demo` runs on a loopback port and the host's own `fieldlink watch` sees
 #    values move (readings from the simulated devices, through the emulated binary's
 #    embedded broker);
-# 4. the driver crate's tests (codec, planner, RTU framing over a pseudo-terminal) are
-#    built for the target and run under qemu (CARGO_TARGET_<TRIPLE>_RUNNER): byte order
-#    and word size are where a port breaks.
+# 4. the driver crate's unit tests (Modbus codec in every word order, read planner, RTU
+#    framing and CRC, UART parsers, backoff, GPIO) are built for the target and run under
+#    qemu (CARGO_TARGET_<TRIPLE>_RUNNER): byte order and word size are where a port breaks.
 # qemu-user-static (Debian) runs the target's binaries with the target's loader and libc
 # from libc6:<arch> (multiarch, under / itself: `-L /`); no binfmt registration is needed.
 # Exits non-zero, saying which step failed, on any failure.
@@ -112,7 +112,13 @@ topics="$(awk '{ print $1 }' "$WORK/watch.out" | sort -u | wc -l)"
   cat "$WORK/watch.out" >&2
   fail "watch saw $WANT messages on $topics topics but no value changed"
 }
-pass "host watch saw $WANT messages on $topics topics, $moved of them changing; e.g. $(grep -v '^\$' "$WORK/watch.out" | head -n 1)"
+online="$(sed -n 's|^fieldlink/[^ ]*/\([^/ ]*\)/availability online$|\1|p' "$WORK/watch.out" | sort -u | tr '\n' ' ')"
+offline="$(sed -n 's|^fieldlink/[^ ]*/\([^/ ]*\)/availability offline$|\1|p' "$WORK/watch.out" | sort -u | tr '\n' ' ')"
+[ -n "$online" ] || fail "no device of the demo came online"
+# The serial ones (RTU room sensor, UART CO2 sensor) cannot open their pseudo-terminals
+# under qemu-user (no TCGETS2 ioctl, see step 4), so they stay offline here.
+pass "devices online: $online${offline:+; offline: $offline(serial devices cannot open a port under qemu-user)}"
+pass "host watch saw $WANT messages on $topics topics, $moved of them changing; e.g. $(grep '^casa/' "$WORK/watch.out" | head -n 1)"
 
 kill -INT "$DEMO_PID"
 rc=0
@@ -137,9 +143,11 @@ if ! (
   cd "$ROOT"
   cross_env
   export "CARGO_TARGET_${TRIPLE_ENV}_RUNNER=$QEMU -L /"
-  # --lib --tests: unit and integration tests; doctests are not cross-run.
+  # --lib: the unit tests. Not tests/rtu.rs: it opens a pseudo-terminal as a serial
+  # port, and serialport's open uses the TCGETS2 ioctl, which qemu-user (7.2 here, and
+  # upstream through 10.1) does not emulate: "Function not implemented". Not doctests.
   # shellcheck disable=SC2086  # BUILD_STD is a list of flags
-  cargo-zigbuild test --locked -p fieldlink-drivers --lib --tests \
+  cargo-zigbuild test --locked -p fieldlink-drivers --lib \
     --target "$TRIPLE.$GLIBC_FLOOR" $BUILD_STD
 ) >"$WORK/test.log" 2>&1; then
   tail -n 60 "$WORK/test.log" >&2
