@@ -32,19 +32,21 @@ _apt_install qemu-user-static
 command -v "$QEMU" >/dev/null || die "$QEMU is missing (package qemu-user-static)"
 RUN=("$QEMU" -L /)
 
-WORK="$(mktemp -d)"
+# Logs of this run (demo, watch, tests), kept for a look after a failure.
+WORK="$TARGET_DIR/cross-verify/$TRIPLE"
+rm -rf "$WORK"
+mkdir -p "$WORK"
 DEMO_PID=""
 cleanup() {
   if [ -n "$DEMO_PID" ] && kill -0 "$DEMO_PID" 2>/dev/null; then
     kill "$DEMO_PID" 2>/dev/null || true
     wait "$DEMO_PID" 2>/dev/null || true
   fi
-  rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 fail() {
-  echo "cross verify ($TRIPLE): FAILED: $*" >&2
+  echo "cross verify ($TRIPLE): FAILED: $*  (logs in $WORK)" >&2
   exit 1
 }
 pass() { echo "cross verify ($TRIPLE): ok: $*"; }
