@@ -146,8 +146,8 @@ if ! (
   cross_env
   export "CARGO_TARGET_${TRIPLE_ENV}_RUNNER=$QEMU -L /"
   # --lib: the unit tests. Not tests/rtu.rs: it opens a pseudo-terminal as a serial
-  # port, and serialport's open uses the TCGETS2 ioctl, which qemu-user (7.2 here, and
-  # upstream through 10.1) does not emulate: "Function not implemented". Not doctests.
+  # port, and serialport's open uses the TCGETS2 ioctl, which bookworm's qemu-user 7.2
+  # does not emulate: "Function not implemented". Not doctests.
   # shellcheck disable=SC2086  # BUILD_STD is a list of flags
   cargo-zigbuild test --locked -p fieldlink-drivers --lib \
     --target "$TRIPLE.$GLIBC_FLOOR" $BUILD_STD
