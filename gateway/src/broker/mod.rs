@@ -154,33 +154,7 @@ async fn build(
     if let Err(e) = rmqtt_retainer::register(&scx, true, false).await {
         return Err(BrokerError::Thread(std::io::Error::other(e.to_string())));
     }
-    let policy = Arc::new(policy::Policy::new(model, cfg));
-    let online = Arc::new(policy::Online::default());
-    let retained = Arc::new(policy::ClientRetained::default());
-    let register = scx.extends.hook_mgr().register();
-    for t in [
-        Type::ClientAuthenticate,
-        Type::ClientSubscribeCheckAcl,
-        Type::MessagePublishCheckAcl,
-        Type::ClientConnected,
-        Type::ClientDisconnected,
-        Type::MessagePublish,
-        Type::MessageDelivered,
-    ] {
-        register
-            .add(
-                t,
-                Box::new(policy::Guard::new(
-                    policy.clone(),
-                    stats.clone(),
-                    online.clone(),
-                    retained.clone(),
-                    end.commands(),
-                )),
-            )
-            .await;
-    }
-    register.start().await;
+    let online = register_hooks(&scx, model, cfg, stats, end).await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
     // The gateway's messages: if their task fails (a panic in rmqtt's routing ends only
     // that task), the broker is rebuilt, as for any other failure; nothing would carry
@@ -248,6 +222,45 @@ async fn build(
         bound.tls = Some(tls_addr);
     }
     Ok((server.build(), bound))
+}
+
+/// Register the login and rights checks and the counters (rmqtt's hooks) on `scx`;
+/// returns the set of connected clients they keep (the reaper reads it).
+async fn register_hooks(
+    scx: &ServerContext,
+    model: &Model,
+    cfg: &EmbeddedBroker,
+    stats: &Arc<BrokerStats>,
+    end: &link::BrokerEnd,
+) -> Arc<policy::Online> {
+    let policy = Arc::new(policy::Policy::new(model, cfg));
+    let online = Arc::new(policy::Online::default());
+    let retained = Arc::new(policy::ClientRetained::default());
+    let register = scx.extends.hook_mgr().register();
+    for t in [
+        Type::ClientAuthenticate,
+        Type::ClientSubscribeCheckAcl,
+        Type::MessagePublishCheckAcl,
+        Type::ClientConnected,
+        Type::ClientDisconnected,
+        Type::MessagePublish,
+        Type::MessageDelivered,
+    ] {
+        register
+            .add(
+                t,
+                Box::new(policy::Guard::new(
+                    policy.clone(),
+                    stats.clone(),
+                    online.clone(),
+                    retained.clone(),
+                    end.commands(),
+                )),
+            )
+            .await;
+    }
+    register.start().await;
+    online
 }
 
 /// The listener settings shared by the plain listener and the TLS listener's inner side.
