@@ -1,9 +1,11 @@
 //! Shared helpers for fieldlink's end-to-end tests: a gateway under test (the real
 //! `fieldlink::run_with`, its embedded broker on a port the system picks), an MQTT
 //! observer (a separate rumqttc client, like a user's `mosquitto_sub`), and a TCP proxy
-//! that can cut the gateway's MQTT connection the way a network fault does.
+//! that can cut the gateway's MQTT connection the way a network fault does. [`process`] runs
+//! the `fieldlink` binary as a child process.
 
 pub mod mosquitto;
+pub mod process;
 pub mod raw;
 
 use std::{

@@ -6,30 +6,12 @@ use std::{path::Path, time::Duration};
 use fieldlink_tests::{
     eventually,
     mosquitto::{Broker, BrokerOpts},
+    process::fieldlink_bin,
     Msg, Observer, Proxy,
 };
 use rumqttc::QoS;
 
 use crate::support::{by_topic, compare, device, gateway_yaml, newest_arrived, readings};
-
-/// The `fieldlink` binary, built by `cargo test --workspace` (built here if missing).
-fn fieldlink_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("fieldlink"))
-        .expect("target dir");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo)
-            .args(["build", "-p", "fieldlink", "--bin", "fieldlink"])
-            .status()
-            .expect("cargo build");
-        assert!(ok.success());
-    }
-    bin
-}
 
 /// A gateway process on config files in `dir`.
 struct Process {
