@@ -3,7 +3,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed},
-        Arc,
+        Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -48,6 +48,14 @@ pub struct DeviceStats {
 }
 
 impl DeviceStats {
+    /// Zeroed counters of device `id`.
+    pub fn new(id: &str) -> Self {
+        DeviceStats {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
     /// Current availability.
     pub fn availability(&self) -> Availability {
         match self.availability.load(Relaxed) {
@@ -74,6 +82,54 @@ impl DeviceStats {
             .lock()
             .map(|u| u.clone())
             .unwrap_or_default()
+    }
+}
+
+/// What one reload did.
+#[derive(Clone, Debug)]
+pub struct ReloadOutcome {
+    /// When it ran.
+    pub at: std::time::SystemTime,
+    /// Errors in the new configuration (it was refused when there were any).
+    pub errors: usize,
+    /// Devices added, removed, changed (restarted) and kept running.
+    pub added: usize,
+    /// See `added`.
+    pub removed: usize,
+    /// See `added`.
+    pub changed: usize,
+    /// See `added`.
+    pub kept: usize,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// The reloads since start.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads tried.
+    pub count: u64,
+    /// Reloads refused (the configuration had errors).
+    pub failed: u64,
+    /// The last one.
+    pub last: Option<ReloadOutcome>,
+}
+
+impl ReloadStats {
+    fn to_json(&self) -> serde_json::Value {
+        let last = self.last.as_ref();
+        json!({
+            "count": self.count,
+            "failed": self.failed,
+            "last_at": last.map(|l| humantime::format_rfc3339_seconds(l.at).to_string()),
+            "last_ok": last.map(|l| l.errors == 0),
+            "last_errors": last.map_or(0, |l| l.errors),
+            "added": last.map_or(0, |l| l.added),
+            "removed": last.map_or(0, |l| l.removed),
+            "changed": last.map_or(0, |l| l.changed),
+            "kept": last.map_or(0, |l| l.kept),
+            "restart_needed": last.map(|l| l.restart_needed.clone()).unwrap_or_default(),
+        })
     }
 }
 
@@ -137,10 +193,13 @@ pub struct UpstreamStats {
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
-    /// Per device, in model order.
-    pub devices: Vec<DeviceStats>,
-    /// Per uart bus.
-    pub serial: Vec<SerialStats>,
+    /// Per device, in model order (replaced by a reload; a kept device keeps its
+    /// counters).
+    devices: RwLock<Vec<Arc<DeviceStats>>>,
+    /// Per uart bus (the same).
+    serial: RwLock<Vec<Arc<SerialStats>>>,
+    /// The outcome of the reloads so far.
+    reload: Mutex<Option<ReloadStats>>,
     /// MQTT messages handed to the client.
     pub mqtt_sent: AtomicU64,
     /// MQTT messages dropped (never for retained state, which is republished).
@@ -186,24 +245,11 @@ pub struct BrokerStats {
 impl Stats {
     /// Zeroed counters for the model's devices.
     pub fn new(model: &Model) -> Self {
-        Stats {
+        let stats = Stats {
             started: Instant::now(),
-            devices: model
-                .devices()
-                .map(|d| DeviceStats {
-                    id: d.id.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            serial: model
-                .buses
-                .iter()
-                .filter(|b| matches!(b.kind, BusKind::Uart { .. }))
-                .map(|b| SerialStats {
-                    bus: b.id.clone(),
-                    ..Default::default()
-                })
-                .collect(),
+            devices: RwLock::default(),
+            serial: RwLock::default(),
+            reload: Mutex::new(None),
             mqtt_sent: AtomicU64::new(0),
             mqtt_dropped: AtomicU64::new(0),
             mqtt_queue: AtomicU64::new(0),
@@ -211,7 +257,112 @@ impl Stats {
             mqtt_connects: AtomicU64::new(0),
             upstream: UpstreamStats::default(),
             broker: Arc::default(),
+        };
+        stats.update(model);
+        stats
+    }
+
+    /// Follow a new model (a reload): the counters of every device and uart bus in it,
+    /// in its order; devices and buses already known keep theirs (by id), new ones start
+    /// at zero, removed ones are dropped.
+    pub fn update(&self, model: &Model) {
+        let old = self.devices();
+        let devices = model
+            .devices()
+            .map(|d| {
+                old.iter()
+                    .find(|s| s.id == d.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(DeviceStats::new(&d.id)))
+            })
+            .collect();
+        let old = self.serial_all();
+        let serial = model
+            .buses
+            .iter()
+            .filter(|b| matches!(b.kind, BusKind::Uart { .. }))
+            .map(|b| {
+                old.iter()
+                    .find(|s| s.bus == b.id)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(SerialStats {
+                            bus: b.id.clone(),
+                            ..Default::default()
+                        })
+                    })
+            })
+            .collect();
+        if let Ok(mut d) = self.devices.write() {
+            *d = devices;
         }
+        if let Ok(mut s) = self.serial.write() {
+            *s = serial;
+        }
+    }
+
+    /// Counters of every device, in model order.
+    pub fn devices(&self) -> Vec<Arc<DeviceStats>> {
+        self.devices.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Counters of the `i`-th device of the model.
+    pub fn device(&self, i: usize) -> Option<Arc<DeviceStats>> {
+        self.devices.read().ok()?.get(i).cloned()
+    }
+
+    /// Counters of device `id`.
+    pub fn device_by_id(&self, id: &str) -> Option<Arc<DeviceStats>> {
+        self.devices
+            .read()
+            .ok()?
+            .iter()
+            .find(|d| d.id == id)
+            .cloned()
+    }
+
+    /// Line counters of every uart bus, in model order.
+    pub fn serial_all(&self) -> Vec<Arc<SerialStats>> {
+        self.serial.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Line counters of the `i`-th uart bus.
+    pub fn serial(&self, i: usize) -> Option<Arc<SerialStats>> {
+        self.serial.read().ok()?.get(i).cloned()
+    }
+
+    /// Line counters of uart bus `bus`.
+    pub fn serial_of(&self, bus: &str) -> Option<Arc<SerialStats>> {
+        self.serial
+            .read()
+            .ok()?
+            .iter()
+            .find(|s| s.bus == bus)
+            .cloned()
+    }
+
+    /// Record a reload's outcome.
+    /// (A refused one keeps the counts of what the last applied one changed.)
+    pub fn record_reload(&self, mut outcome: ReloadOutcome) {
+        if let Ok(mut r) = self.reload.lock() {
+            let r = r.get_or_insert_with(ReloadStats::default);
+            r.count += 1;
+            if outcome.errors > 0 {
+                r.failed += 1;
+                if let Some(prev) = &r.last {
+                    outcome.added = prev.added;
+                    outcome.removed = prev.removed;
+                    outcome.changed = prev.changed;
+                    outcome.kept = prev.kept;
+                }
+            }
+            r.last = Some(outcome);
+        }
+    }
+
+    /// The reloads so far.
+    pub fn reloads(&self) -> Option<ReloadStats> {
+        self.reload.lock().ok()?.clone()
     }
 
     /// Uptime.
@@ -222,7 +373,7 @@ impl Stats {
     /// The diagnostics JSON.
     pub fn to_json(&self) -> serde_json::Value {
         let devices: serde_json::Map<String, serde_json::Value> = self
-            .devices
+            .devices()
             .iter()
             .map(|d| {
                 (
@@ -245,7 +396,7 @@ impl Stats {
             })
             .collect();
         let serial: serde_json::Map<String, serde_json::Value> = self
-            .serial
+            .serial_all()
             .iter()
             .map(|s| {
                 (
@@ -306,6 +457,7 @@ impl Stats {
             },
             "devices": devices,
             "serial": serial,
+            "reload": self.reloads().map(|r| r.to_json()),
         })
     }
 }

@@ -26,7 +26,9 @@
 //!   disk store-and-forward queue.
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
 //! - `runtime`: [`run`], which starts those parts in order and stops them in reverse;
-//!   `service`: what systemd hears (ready, watchdog, stopping).
+//!   `reload`: the bus tasks as it keeps them, and live reload (SIGHUP), which restarts
+//!   only what changed; `service`: what systemd hears (ready, watchdog, reloading,
+//!   stopping).
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
 
 pub mod broker;
@@ -38,6 +40,7 @@ pub mod health;
 pub mod model;
 pub mod mqtt;
 mod publish;
+mod reload;
 mod runtime;
 mod service;
 pub mod shutdown;
@@ -46,7 +49,7 @@ mod topics;
 pub use health::Stats;
 pub use model::Model;
 pub use publish::Outgoing;
-pub use runtime::{run, run_with, run_with_stats, Hooks, RunError};
+pub use runtime::{run, run_with, run_with_stats, Hooks, Loader, Reloads, RunError};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Return freed heap pages to the kernel (glibc keeps them otherwise): after loading a

@@ -138,8 +138,17 @@ fn main() -> ExitCode {
             exit(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let (trigger, shutdown) = shutdown::channel();
-                    tokio::spawn(signals(trigger));
-                    fieldlink::run(model, shutdown).await?;
+                    let (reload, requests) = tokio::sync::mpsc::channel(1);
+                    tokio::spawn(signals(trigger, Some(reload)));
+                    let path = config.clone();
+                    let hooks = fieldlink::Hooks {
+                        reloads: Some(fieldlink::Reloads {
+                            requests,
+                            load: std::sync::Arc::new(move || config::load(&path)),
+                        }),
+                        ..fieldlink::Hooks::default()
+                    };
+                    fieldlink::run_with(model, shutdown, hooks).await?;
                     Ok(())
                 })
             }))
@@ -147,7 +156,7 @@ fn main() -> ExitCode {
         Command::Demo { listen } => exit(runtime().and_then(|rt| {
             rt.block_on(async {
                 let (trigger, shutdown) = shutdown::channel();
-                tokio::spawn(signals(trigger));
+                tokio::spawn(signals(trigger, None));
                 // Printed once the broker listens: with `--listen 127.0.0.1:0` the port is
                 // only known then.
                 let (bound, mut at) = tokio::sync::watch::channel::<Option<fieldlink::broker::Bound>>(None);
@@ -200,7 +209,13 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn signals(trigger: shutdown::ShutdownTrigger) {
+/// SIGINT and SIGTERM stop the gateway; SIGHUP asks for a reload (`reload`; the demo
+/// has no configuration file, so there it is only logged). SIGHUP would end the process
+/// by default, and `systemctl reload` with it.
+async fn signals(
+    trigger: shutdown::ShutdownTrigger,
+    reload: Option<tokio::sync::mpsc::Sender<()>>,
+) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -213,8 +228,6 @@ async fn signals(trigger: shutdown::ShutdownTrigger) {
                     return;
                 }
             };
-        // SIGHUP would end the process by default (and `systemctl reload` with it); live
-        // reload is not built yet, so it is only logged.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::pin!(ctrl_c);
         loop {
@@ -222,7 +235,11 @@ async fn signals(trigger: shutdown::ShutdownTrigger) {
                 _ = &mut ctrl_c => break,
                 _ = term.recv() => break,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::warn!("SIGHUP: live reload is not available yet; restart to apply configuration changes.");
+                    match &reload {
+                        // One request waiting is enough: it reads the files as they are then.
+                        Some(r) => { let _ = r.try_send(()); }
+                        None => tracing::warn!("SIGHUP: the demo has no configuration file to reload."),
+                    }
                 }
             }
         }

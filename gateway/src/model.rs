@@ -306,6 +306,14 @@ pub struct Device {
     pub points: Vec<Point>,
 }
 
+/// Whether two devices are defined the same: every field, their points' slots included.
+/// Compared through the `Debug` form every model type derives, so that a field added
+/// later takes part without anyone remembering to add it here (and a `regex::Regex`,
+/// which has no `PartialEq`, compares by its pattern).
+pub(crate) fn same(a: &Device, b: &Device) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
 /// Payload format of a point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Payload {

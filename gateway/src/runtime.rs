@@ -3,20 +3,21 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use fieldlink_drivers::{
-    gpio::{GpioBackend, GpioError, SimGpio},
-    modbus::{rtu::RtuTransport, tcp::TcpTransport},
-};
+use fieldlink_drivers::gpio::{GpioBackend, GpioError, SimGpio};
 use thiserror::Error;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::info;
 
 use crate::{
-    broker, buses, commands,
+    broker, buses, commands, config,
     health::Stats,
     model::{BusKind, GpioBackendKind, Model},
-    mqtt, publish, service,
+    mqtt, publish, reload, service,
     shutdown::Shutdown,
+    topics::LiveContract,
 };
 
 /// Why the gateway could not run.
@@ -39,7 +40,7 @@ pub enum RunError {
 }
 
 /// Handles a caller can give [`run_with`]: tests, benchmarks and the demo use them.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Hooks {
     /// Counters to share (otherwise fresh ones).
     pub stats: Option<Arc<Stats>>,
@@ -50,10 +51,20 @@ pub struct Hooks {
     /// `listen: 127.0.0.1:0`, the port the system chose). Nothing is sent without an
     /// embedded broker; the sender is dropped unsent when `run_with` fails first.
     pub bound: Option<tokio::sync::watch::Sender<Option<broker::Bound>>>,
+    /// Reload requests (SIGHUP in `fieldlink run`); without, the configuration is fixed.
+    pub reloads: Option<Reloads>,
 }
 
-/// Commands that may wait for one bus task.
-const COMMAND_CAPACITY: usize = 256;
+/// Where reloads come from.
+pub struct Reloads {
+    /// One message per request.
+    pub requests: mpsc::Receiver<()>,
+    /// Reads and validates the configuration again (run on a blocking thread).
+    pub load: Loader,
+}
+
+/// Reads and validates the configuration.
+pub type Loader = Arc<dyn Fn() -> Result<config::Checked, Vec<config::Diagnostic>> + Send + Sync>;
 
 /// Capacity (in poll batches) of the channel from the bus tasks to the MQTT task.
 const OUT_CAPACITY: usize = 1024;
@@ -106,16 +117,14 @@ pub async fn run_with(
         .stats
         .clone()
         .unwrap_or_else(|| Arc::new(Stats::new(&model)));
-    let link = start_broker(&model, &stats, hooks.bound.take()).await?;
+    let contract = LiveContract::new(&model);
+    let link = start_broker(&model, &contract, &stats, hooks.bound.take()).await?;
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
-    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = model
-        .buses
-        .iter()
-        .map(|_| mpsc::channel(COMMAND_CAPACITY))
-        .unzip();
+    let (current, current_rx) = watch::channel(model.clone());
+    let mut buses = reload::Buses::new(tx.clone(), stats.clone(), shutdown.clone(), hooks.gpio);
+    let command_txs = buses.spawn_all(&model, &mut gpio);
     let router = commands::Router::new(model.clone(), command_txs, stats.clone());
-    let mqtt = start_mqtt(&model, &stats, rx, router, link, spool);
-    let buses = spawn_buses(&model, &stats, &tx, command_rxs, &shutdown, &mut gpio);
+    let mqtt = start_mqtt(&model, current_rx, &stats, rx, router.clone(), link, spool);
     let diag = tokio::spawn(diagnostics(
         model.clone(),
         tx.clone(),
@@ -131,15 +140,38 @@ pub async fn run_with(
     );
     service::ready();
     let watchdog = service::spawn_watchdog(shutdown.clone());
-    shutdown.recv().await;
+    let mut gateway = reload::Running {
+        model,
+        buses,
+        router,
+        contract,
+        current,
+        next_slot: 0,
+    };
+    gateway.next_slot = gateway
+        .model
+        .points()
+        .map(|p| p.slot + 1)
+        .max()
+        .unwrap_or(0);
+    let mut reloads = hooks.reloads.take();
+    loop {
+        tokio::select! {
+            () = shutdown.recv() => break,
+            Some(()) = next_request(&mut reloads) => {
+                if let Some(r) = &reloads {
+                    gateway.reload(r.load.clone()).await;
+                }
+            }
+        }
+    }
     info!("Shutting down.");
     service::stopping();
     if let Some(w) = watchdog {
         let _ = w.await;
     }
-    for b in buses {
-        let _ = b.await;
-    }
+    let model = gateway.model.clone();
+    gateway.buses.join().await;
     let _ = diag.await;
     let offline = model
         .devices()
@@ -147,12 +179,21 @@ pub async fn run_with(
         .collect();
     let _ = tx.send(offline).await;
     drop(tx);
+    drop(gateway);
     for m in mqtt {
         // The upstream side writes its queue to disk before it disconnects.
         let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
     }
     info!("Gateway stopped.");
     Ok(())
+}
+
+/// The next reload request; never, without a source of them.
+async fn next_request(reloads: &mut Option<Reloads>) -> Option<()> {
+    match reloads {
+        Some(r) => r.requests.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Open the controller of every gpio bus (a simulated board from `hooks`, or rppal).
@@ -163,35 +204,44 @@ fn open_gpio(
     let mut gpio: HashMap<String, Box<dyn GpioBackend>> = HashMap::new();
     for bus in &model.buses {
         if let BusKind::Gpio { backend } = bus.kind {
-            let b: Box<dyn GpioBackend> = match backend {
-                GpioBackendKind::Simulated => {
-                    Box::new(hooks.gpio.get(&bus.id).cloned().unwrap_or_default())
-                }
-                GpioBackendKind::Rppal => {
-                    fieldlink_drivers::gpio::open_rppal().map_err(|error| RunError::Gpio {
-                        bus: bus.id.clone(),
-                        error,
-                    })?
-                }
-            };
+            let b = open_backend(&bus.id, backend, &hooks.gpio)?;
             gpio.insert(bus.id.clone(), b);
         }
     }
     Ok(gpio)
 }
 
+/// The controller of gpio bus `bus`: its simulated board from `boards` (or a board of
+/// its own), or rppal.
+pub(crate) fn open_backend(
+    bus: &str,
+    backend: GpioBackendKind,
+    boards: &HashMap<String, SimGpio>,
+) -> Result<Box<dyn GpioBackend>, RunError> {
+    Ok(match backend {
+        GpioBackendKind::Simulated => Box::new(boards.get(bus).cloned().unwrap_or_default()),
+        GpioBackendKind::Rppal => {
+            fieldlink_drivers::gpio::open_rppal().map_err(|error| RunError::Gpio {
+                bus: bus.to_string(),
+                error,
+            })?
+        }
+    })
+}
+
 /// Start the embedded broker, when enabled: the gateway's link into it.
 async fn start_broker(
     model: &Arc<Model>,
+    contract: &LiveContract,
     stats: &Arc<Stats>,
     bound: Option<tokio::sync::watch::Sender<Option<broker::Bound>>>,
 ) -> Result<Option<broker::Link>, RunError> {
     if model.mqtt.embedded.is_none() {
         return Ok(None);
     }
-    let (m, b) = (model.clone(), stats.broker.clone());
+    let (m, c, b) = (model.clone(), contract.clone(), stats.broker.clone());
     Ok(
-        tokio::task::spawn_blocking(move || broker::start(m, b, bound))
+        tokio::task::spawn_blocking(move || broker::start(m, c, b, bound))
             .await
             .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??,
     )
@@ -200,6 +250,7 @@ async fn start_broker(
 /// Start the MQTT sides the model has (embedded, upstream, or both with a fan-out).
 fn start_mqtt(
     model: &Arc<Model>,
+    current: watch::Receiver<Arc<Model>>,
     stats: &Arc<Stats>,
     rx: mpsc::Receiver<publish::Batch>,
     router: commands::Router,
@@ -212,15 +263,8 @@ fn start_mqtt(
         .as_ref()
         .filter(|u| u.accept_commands)
         .map(|_| router.clone());
-    let embedded = |rx, link| {
-        tokio::spawn(mqtt::run_client(
-            model.clone(),
-            rx,
-            stats.clone(),
-            router,
-            link,
-        ))
-    };
+    let embedded =
+        |rx, link| tokio::spawn(mqtt::run_client(current, rx, stats.clone(), router, link));
     let upstream = |rx, spool| {
         tokio::spawn(mqtt::upstream::run_logged(
             model.clone(),
@@ -250,55 +294,6 @@ fn start_mqtt(
             )]
         }
     }
-}
-
-/// One task per bus, each with its kind's I/O.
-fn spawn_buses(
-    model: &Arc<Model>,
-    stats: &Arc<Stats>,
-    tx: &mpsc::Sender<publish::Batch>,
-    command_rxs: Vec<mpsc::Receiver<commands::Command>>,
-    shutdown: &Shutdown,
-    gpio: &mut HashMap<String, Box<dyn GpioBackend>>,
-) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let mut first = 0;
-    for (bus, commands) in model.buses.iter().zip(command_rxs) {
-        let io = buses::BusIo {
-            out: tx.clone(),
-            commands,
-            stats: stats.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let (m, b) = (model.clone(), bus.clone());
-        match &bus.kind {
-            BusKind::ModbusTcp {
-                host,
-                port,
-                timeout,
-            } => {
-                let t = TcpTransport::new(host.clone(), *port, *timeout);
-                tasks.push(tokio::spawn(buses::run_modbus(m, b, first, t, io)));
-            }
-            BusKind::ModbusRtu {
-                serial,
-                timeout,
-                frame_delay,
-            } => {
-                let t = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
-                tasks.push(tokio::spawn(buses::run_modbus(m, b, first, t, io)));
-            }
-            BusKind::Uart { .. } => tasks.push(tokio::spawn(buses::run_uart(m, b, first, io))),
-            BusKind::Gpio { .. } => {
-                // Opened by `open_gpio` for every gpio bus.
-                if let Some(backend) = gpio.remove(&bus.id) {
-                    tasks.push(tokio::spawn(buses::run_gpio(m, b, first, backend, io)));
-                }
-            }
-        }
-        first += bus.devices.len();
-    }
-    tasks
 }
 
 async fn diagnostics(

@@ -1,7 +1,7 @@
 //! What systemd hears from the gateway (sd_notify): `READY=1` once the broker side and
-//! every bus task run, `WATCHDOG=1` from a task on the gateway's own runtime, and
-//! `STOPPING=1` when it shuts down. Without `NOTIFY_SOCKET` (not started by systemd with
-//! `Type=notify`) nothing is sent.
+//! every bus task run, `WATCHDOG=1` from a task on the gateway's own runtime,
+//! `RELOADING=1` then `READY=1` around a reload, and `STOPPING=1` when it shuts down.
+//! Without `NOTIFY_SOCKET` (not started by systemd with `Type=notify`) nothing is sent.
 //!
 //! The watchdog ping is a tokio task of the same runtime as the bus tasks and the MQTT
 //! sides, not a thread of its own: when the runtime stops running tasks (a deadlock, a
@@ -33,6 +33,16 @@ fn notify(states: &[NotifyState]) {
 /// The gateway runs: the broker side and every bus task are up.
 pub(crate) fn ready() {
     notify(&[NotifyState::Ready, NotifyState::Status("Running.")]);
+}
+
+/// A reload begins (`RELOADING=1` with the monotonic time, as systemd 253's
+/// `Type=notify-reload` requires; 252 takes it as a status).
+pub(crate) fn reloading() {
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status("Reloading.")];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    notify(&states);
 }
 
 /// The gateway is stopping.

@@ -2,7 +2,10 @@
 //! (which topics only the gateway publishes, which `<topic>/set` carry commands and where
 //! each goes), computed in one place for the broker's rights check and the command router.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+};
 
 use crate::model::Model;
 
@@ -56,6 +59,35 @@ impl Contract {
         c.protected.insert(model.status_topic());
         c.protected.insert(model.diagnostics_topic());
         c
+    }
+}
+
+/// The contract in force: a reload replaces it. Clones share it (the broker's rights
+/// check reads it for every publish).
+#[derive(Clone, Debug, Default)]
+pub struct LiveContract(Arc<RwLock<Arc<Contract>>>);
+
+impl LiveContract {
+    /// The contract of `model`.
+    pub(crate) fn new(model: &Model) -> LiveContract {
+        LiveContract(Arc::new(RwLock::new(Arc::new(Contract::new(model)))))
+    }
+
+    /// The contract now.
+    pub(crate) fn get(&self) -> Arc<Contract> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// From now on, the contract of `model`.
+    pub(crate) fn set(&self, model: &Model) {
+        let c = Arc::new(Contract::new(model));
+        match self.0.write() {
+            Ok(mut w) => *w = c,
+            Err(poisoned) => *poisoned.into_inner() = c,
+        }
     }
 }
 

@@ -117,8 +117,9 @@ fn rppal_backend_off_a_pi_fails_with_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// SIGHUP (what `systemctl reload` sends) must not end the gateway: live reload is not
-/// built yet, so it is logged and ignored; SIGTERM then stops it cleanly.
+/// SIGHUP (what `systemctl reload` sends) must not end the gateway: the demo has no
+/// configuration file to reload, so it is logged and ignored; SIGTERM then stops it
+/// cleanly. (`fieldlink run` reloads: tests/tests/reload.rs.)
 #[test]
 fn sighup_does_not_stop_the_gateway() {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_fieldlink"))

@@ -326,7 +326,7 @@ devices:
     dead.set_responding(false);
     assert!(
         fieldlink_tests::eventually(Duration::from_secs(5), || {
-            gw.stats.devices[1].availability() == fieldlink::health::Availability::Offline
+            gw.stats.devices()[1].availability() == fieldlink::health::Availability::Offline
         })
         .await
     );
@@ -433,7 +433,8 @@ async fn a_command_goes_ahead_of_the_next_poll() {
     let mut obs = Observer::connect(gw.broker_port(), "p/sp/#", QoS::AtMostOnce).await;
     let client = publisher(gw.broker_port()).await;
     // Polling: the commands below land between polls.
-    let polls = &gw.stats.devices[0].polls;
+    let polls_dev = gw.stats.devices()[0].clone();
+    let polls = &polls_dev.polls;
     assert!(
         fieldlink_tests::eventually(Duration::from_secs(10), || {
             polls.load(std::sync::atomic::Ordering::Relaxed) >= 2

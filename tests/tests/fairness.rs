@@ -93,6 +93,8 @@ async fn polls_with(
     let io = buses::BusIo {
         out,
         commands,
+        // Nothing reloads here: a closed control channel.
+        control: mpsc::channel(1).1,
         stats: stats.clone(),
         shutdown: sd,
     };
@@ -113,7 +115,7 @@ async fn polls_with(
     trigger.trigger();
     task.await.expect("bus task");
     let counts = stats
-        .devices
+        .devices()
         .iter()
         .map(|d| d.polls.load(Relaxed))
         .collect();
@@ -135,13 +137,13 @@ async fn a_dead_unit_leaves_its_neighbours_nine_tenths_of_their_polls() {
         }
         assert!(counts[2] >= 3, "{timeout}: the dead unit is still probed");
         assert_eq!(
-            stats.devices[2].availability(),
+            stats.devices()[2].availability(),
             fieldlink::health::Availability::Offline,
             "timeout {timeout}"
         );
         let (_, early) = polls(timeout, Duration::from_secs(offline_within)).await;
         assert_eq!(
-            early.devices[2].availability(),
+            early.devices()[2].availability(),
             fieldlink::health::Availability::Offline,
             "timeout {timeout}: offline within {offline_within} s"
         );
@@ -155,9 +157,9 @@ async fn one_lost_reply_does_not_cost_a_unit_its_cadence() {
     // No dead unit (unit 9 does not exist); unit 1 loses its fifth reply.
     let (counts, stats) = polls_with("1s", Duration::from_secs(30), 9, Some((1, 5))).await;
     assert!(counts[0] >= 29, "unit 1 keeps its cadence: {counts:?}");
-    assert_eq!(stats.devices[0].failed_polls.load(Relaxed), 1);
+    assert_eq!(stats.devices()[0].failed_polls.load(Relaxed), 1);
     assert_eq!(
-        stats.devices[0].availability(),
+        stats.devices()[0].availability(),
         fieldlink::health::Availability::Online
     );
 }

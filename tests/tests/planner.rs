@@ -174,7 +174,7 @@ devices:
     let gw = Gateway::start(model(&mapping, "")).await;
     let stats = gw.stats.clone();
     assert!(
-        fieldlink_tests::eventually(Duration::from_secs(10), || stats.devices[0].unreadable()
+        fieldlink_tests::eventually(Duration::from_secs(10), || stats.devices()[0].unreadable()
             == vec!["m/e".to_string()])
         .await,
         "the missing point is listed as unreadable"

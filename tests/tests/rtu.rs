@@ -89,14 +89,14 @@ async fn three_units_publish_and_take_writes_and_a_dead_unit_does_not_starve_the
             .await
     );
     let before: Vec<u64> = (0..2)
-        .map(|i| gw.stats.devices[i].polls.load(Relaxed))
+        .map(|i| gw.stats.devices()[i].polls.load(Relaxed))
         .collect();
     // A measurement window, not synchronisation: the cadence over 10 s of real time on a
     // real pty line (the paused-clock version of this is tests/tests/fairness.rs).
     tokio::time::sleep(Duration::from_secs(10)).await;
     for (i, b) in before.iter().enumerate() {
-        let polls = gw.stats.devices[i].polls.load(Relaxed) - b;
-        let failed = gw.stats.devices[i].failed_polls.load(Relaxed);
+        let polls = gw.stats.devices()[i].polls.load(Relaxed) - b;
+        let failed = gw.stats.devices()[i].failed_polls.load(Relaxed);
         // 10 s at 200 ms is 50 polls; at least 80 % of them, all good.
         assert!(polls >= 40, "unit {} polled {polls} times in 10 s", i + 1);
         assert_eq!(failed, 0, "unit {} had failed polls", i + 1);
@@ -257,7 +257,7 @@ async fn late_replies_are_never_published_as_another_requests_value() {
     let mut obs = Observer::connect(gw.broker_port(), "late/#", QoS::AtMostOnce).await;
     let msgs = obs.collect(Duration::from_secs(6)).await;
     changer.abort();
-    let timeouts = gw.stats.devices[0].request_errors.load(Relaxed);
+    let timeouts = gw.stats.devices()[0].request_errors.load(Relaxed);
     gw.stop().await;
     let (mut na, mut nb) = (0, 0);
     for msg in &msgs {

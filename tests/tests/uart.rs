@@ -64,7 +64,8 @@ devices:
     let gw = Gateway::start(model(&mapping, "")).await;
     let mut obs = Observer::connect(gw.broker_port(), "casa/#", QoS::AtMostOnce).await;
     // Bytes written before the gateway opens its end are flushed away on open.
-    let opened = &gw.stats.serial[0].opened;
+    let opened_bus = gw.stats.serial_all()[0].clone();
+    let opened = &opened_bus.opened;
     assert!(fieldlink_tests::eventually(T, || opened.load(Relaxed) == 1).await);
     let writes: Vec<&[u8]> = vec![
         b"T=23.4;H=51\n",
@@ -100,7 +101,7 @@ devices:
         ["51", "50", "49", "48"],
         "humidity: every line that carried it"
     );
-    let s = &gw.stats.serial[0];
+    let s = gw.stats.serial_all()[0].clone();
     assert_eq!(s.garbage.load(Relaxed), 3, "garbage lines");
     assert_eq!(s.overlong.load(Relaxed), 1, "over-long lines");
     assert_eq!(s.bad_values.load(Relaxed), 1, "T=abc");
@@ -313,7 +314,7 @@ devices:
         "casa/sala/co2",
     );
     assert!(!co2.is_empty(), "co2 still polled");
-    assert_eq!(gw.stats.serial[0].garbage.load(Relaxed), 0);
+    assert_eq!(gw.stats.serial_all()[0].garbage.load(Relaxed), 0);
     gw.stop().await;
 }
 
@@ -349,7 +350,8 @@ devices:
     let gw = Gateway::start(model(&mapping, "")).await;
     let availability = gw.model.availability_topic("co2");
     let mut obs = Observer::connect(gw.broker_port(), "#", QoS::AtMostOnce).await;
-    let opened = &gw.stats.serial[0].opened;
+    let opened_bus = gw.stats.serial_all()[0].clone();
+    let opened = &opened_bus.opened;
     assert!(fieldlink_tests::eventually(T, || opened.load(Relaxed) == 1).await);
     sensor
         .write_all(b"CO2 0815 ppm T 19.5\n")

@@ -155,7 +155,8 @@ async fn every_type_and_word_order_reaches_its_topic() {
         "device online"
     );
     // Let one full cycle land, then look at what a new subscriber gets as retained state.
-    let polls = &gw.stats.devices[0].polls;
+    let polls_dev = gw.stats.devices()[0].clone();
+    let polls = &polls_dev.polls;
     let n = polls.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         fieldlink_tests::eventually(Duration::from_secs(10), || {

@@ -38,7 +38,7 @@ use tracing::{error, info};
 
 pub use link::{ClientCommand, Inbox, Link, Routed, Serving};
 
-use crate::{health::BrokerStats, model::EmbeddedBroker, Model};
+use crate::{health::BrokerStats, model::EmbeddedBroker, topics::LiveContract, Model};
 
 /// A problem in a users or rights file, with its 1-based line (0: the file as a whole).
 #[derive(Debug, Error, PartialEq)]
@@ -129,6 +129,7 @@ pub struct Bound {
 /// the user should see it.
 async fn build(
     model: &Model,
+    contract: &LiveContract,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
@@ -154,7 +155,7 @@ async fn build(
     if let Err(e) = rmqtt_retainer::register(&scx, true, false).await {
         return Err(BrokerError::Thread(std::io::Error::other(e.to_string())));
     }
-    let online = register_hooks(&scx, model, cfg, stats, end).await;
+    let online = register_hooks(&scx, model, contract, cfg, stats, end).await;
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
     // The gateway's messages: if their task fails (a panic in rmqtt's routing ends only
     // that task), the broker is rebuilt, as for any other failure; nothing would carry
@@ -229,11 +230,12 @@ async fn build(
 async fn register_hooks(
     scx: &ServerContext,
     model: &Model,
+    contract: &LiveContract,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
 ) -> Arc<policy::Online> {
-    let policy = Arc::new(policy::Policy::new(model, cfg));
+    let policy = Arc::new(policy::Policy::new(model, cfg, contract.clone()));
     let online = Arc::new(policy::Online::default());
     let retained = Arc::new(policy::ClientRetained::default());
     let register = scx.extends.hook_mgr().register();
@@ -373,6 +375,7 @@ pub fn panic_policy() {
 /// on `bound`, at that moment; they stay the same for the life of the process.
 pub fn start(
     model: Arc<Model>,
+    contract: LiveContract,
     stats: Arc<BrokerStats>,
     bound: Option<tokio::sync::watch::Sender<Option<Bound>>>,
 ) -> Result<Option<Link>, BrokerError> {
@@ -387,7 +390,7 @@ pub fn start(
     let (link, end) = link::pair();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
-        .spawn(move || supervise(&model, &cfg, &stats, &end, ready_tx))
+        .spawn(move || supervise(&model, &contract, &cfg, &stats, &end, ready_tx))
         .map_err(BrokerError::Thread)?;
     let at = match ready_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(at)) => at,
@@ -412,6 +415,7 @@ pub fn start(
 /// runtime with every task and connection in it and build a new one.
 fn supervise(
     model: &Model,
+    contract: &LiveContract,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
@@ -443,7 +447,7 @@ fn supervise(
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
-                let (server, at) = build(model, cfg, stats, end, bound).await?;
+                let (server, at) = build(model, contract, cfg, stats, end, bound).await?;
                 bound = Some(at);
                 end.announce(true);
                 if let Some(r) = ready.take() {

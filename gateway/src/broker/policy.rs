@@ -20,7 +20,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{acl::Acl, link::ClientCommand, passwd::Users};
-use crate::{broker::passwd::constant_eq, health::BrokerStats, model::EmbeddedBroker, Model};
+use crate::{
+    broker::passwd::constant_eq, health::BrokerStats, model::EmbeddedBroker, topics::LiveContract,
+    Model,
+};
 
 /// The decisions, from the validated configuration.
 pub(crate) struct Policy {
@@ -31,31 +34,24 @@ pub(crate) struct Policy {
     /// used by the start-up probe) a login is a superuser.
     gateway_client_id: String,
     gateway_secret: Arc<str>,
-    /// Topics only the gateway publishes: points, their `/set/result`, status,
-    /// availability and diagnostics.
-    protected: HashSet<String>,
-    /// `<topic>/set` of every writable point: publishes there go to the gateway.
-    commands: HashSet<String>,
+    /// Topics only the gateway publishes (points, their `/set/result`, status,
+    /// availability and diagnostics), and `<topic>/set` of every writable point, whose
+    /// publishes go to the gateway; a reload replaces it.
+    contract: LiveContract,
     /// Clients connected at once, the gateway not counted.
     max_connections: usize,
 }
 
 impl Policy {
     /// The policy for `model`'s embedded broker.
-    pub(crate) fn new(model: &Model, e: &EmbeddedBroker) -> Policy {
-        let crate::topics::Contract {
-            protected,
-            commands,
-        } = crate::topics::Contract::new(model);
-        let commands = commands.into_keys().collect();
+    pub(crate) fn new(model: &Model, e: &EmbeddedBroker, contract: LiveContract) -> Policy {
         Policy {
             users: e.users.clone(),
             acl: e.acl.clone(),
             allow_anonymous: e.allow_anonymous,
             gateway_client_id: model.mqtt.client_id.clone(),
             gateway_secret: e.secret.0.as_str().into(),
-            protected,
-            commands,
+            contract,
             max_connections: e.max_connections,
         }
     }
@@ -90,13 +86,18 @@ impl Policy {
     /// Whether a client may publish on `topic` (the gateway is a superuser and never
     /// asks).
     pub(crate) fn may_publish(&self, user: Option<&str>, client_id: &str, topic: &str) -> bool {
-        if topic.starts_with('$') || self.protected.contains(topic) {
+        if topic.starts_with('$') || self.contract.get().protected.contains(topic) {
             return false;
         }
         match &self.acl {
             Some(acl) => acl.may_publish(user, client_id, topic),
             None => true,
         }
+    }
+
+    /// Whether `topic` is the `<topic>/set` of a writable point.
+    pub(crate) fn is_command(&self, topic: &str) -> bool {
+        self.contract.get().commands.contains_key(topic)
     }
 
     /// Whether a client may subscribe to `filter`.
@@ -384,7 +385,7 @@ impl Guard {
         let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
             && self.retained.admit(&p.topic, p.retain, p.payload.len());
         if allowed {
-            if self.policy.commands.contains(&*p.topic) {
+            if self.policy.is_command(&p.topic) {
                 self.command(&p.topic, &p.payload);
             }
             PublishAclResult::allow()
@@ -446,7 +447,7 @@ impl Handler for Guard {
                 // a Will on a command topic (a fail-safe "pump off") reaches the gateway
                 // here.
                 if matches!(from.typ(), rmqtt::types::FromType::LastWill)
-                    && self.policy.commands.contains(&*p.topic)
+                    && self.policy.is_command(&p.topic)
                 {
                     self.command(&p.topic, &p.payload);
                 }

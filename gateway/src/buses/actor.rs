@@ -96,6 +96,11 @@ pub(crate) trait Driver: Send {
 
     /// Leave the bus at shutdown (outputs as configured), after the queue was answered.
     fn stop(&mut self, _cx: &mut Cx) {}
+
+    /// A reload changed the bus's devices (`cx.bus` is the new bus already): device `j`
+    /// of the new bus is `kept[j]` of the old one, unchanged, or new (`None`). Keep the
+    /// state of the kept ones, leave the removed ones, set up the new ones.
+    fn reconfigure(&mut self, kept: &[Option<usize>], cx: &mut Cx);
 }
 
 /// What a driver publishes through: the bus's devices, their point states, counters and
@@ -107,8 +112,8 @@ pub(crate) struct Cx {
     pub(crate) stats: Arc<Stats>,
     /// The shutdown signal (a driver waiting for a reply stops waiting on it).
     pub(crate) shutdown: Shutdown,
-    /// Stats index of the bus's first device.
-    first: usize,
+    /// Counters of every device.
+    counters: Vec<Arc<DeviceStats>>,
     /// Publish state of every point, by device and point.
     states: Vec<Vec<PointState>>,
     /// `<base>/<device>/availability` of every device.
@@ -132,7 +137,7 @@ impl Cx {
 
     /// Counters of device `d`.
     pub(crate) fn stats_of(&self, d: usize) -> &DeviceStats {
-        &self.stats.devices[self.first + d]
+        &self.counters[d]
     }
 
     /// Publish point `p` of device `d` reading `value` if its publish policy says so
@@ -152,9 +157,7 @@ impl Cx {
         }
         self.messages
             .push(Outgoing::value(point, payload(point, r, wall)));
-        self.stats.devices[self.first + d]
-            .published
-            .fetch_add(1, Relaxed);
+        self.counters[d].published.fetch_add(1, Relaxed);
         true
     }
 
@@ -165,16 +168,14 @@ impl Cx {
         self.states[d][p].force(&r, TokioInstant::now());
         self.messages
             .push(Outgoing::value(point, payload(point, r, SystemTime::now())));
-        self.stats.devices[self.first + d]
-            .published
-            .fetch_add(1, Relaxed);
+        self.counters[d].published.fetch_add(1, Relaxed);
     }
 
     /// Device `d` is online or offline (`why`: the reason, for the log). Publishes the
     /// retained availability when it changes: `online` ahead of this turn's values (a
     /// subscriber sees the device available before its state), `offline` after them.
     pub(crate) fn set_online(&mut self, d: usize, online: bool, why: Option<&str>) {
-        let st = &self.stats.devices[self.first + d];
+        let st = &self.counters[d];
         let want = if online {
             Availability::Online
         } else {
@@ -231,35 +232,89 @@ struct Schedule {
     failures: u32,
 }
 
-/// Run one bus with `driver` until shutdown.
+/// What the runtime tells a running bus task: a reload.
+#[derive(Debug)]
+pub enum Control {
+    /// Go on with `bus` (the same kind and transport, other devices): unchanged devices
+    /// keep running with their state, changed ones restart, new ones start. `done` is
+    /// answered once applied.
+    Reconfigure {
+        /// The new bus.
+        bus: Arc<Bus>,
+        /// Index of its first device among all devices (their start offsets).
+        first: usize,
+        /// The configuration generation it belongs to.
+        generation: u64,
+        /// Answered once applied.
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Run the commands already queued, leave the bus and end: a reload replaces or
+    /// removes it.
+    Stop,
+}
+
+/// The state the actor keeps per device besides the driver's.
+struct Devices {
+    schedule: Vec<Schedule>,
+    /// The configuration generation each device's definition dates from.
+    since: Vec<u64>,
+    /// The generation the bus runs now.
+    generation: u64,
+    /// Start offsets the polled devices are spread over.
+    slots: u32,
+}
+
+impl Devices {
+    /// A first poll for device `i` of a bus whose first device is `first`: spread
+    /// over the stagger slots.
+    fn fresh(&self, bus: &Bus, first: usize, i: usize, now: TokioInstant) -> Schedule {
+        Schedule {
+            next_due: now
+                + bus.devices[i].poll_interval / self.slots * ((first + i) as u32 % self.slots),
+            failures: 0,
+        }
+    }
+}
+
+/// Why the loop ended.
+enum End {
+    Shutdown,
+    Stop,
+}
+
+/// Run one bus with `driver` until shutdown (or a reload's [`Control::Stop`]).
 pub(crate) async fn run<D: Driver>(
     model: Arc<Model>,
     bus: Arc<Bus>,
-    first_stats_index: usize,
+    first_index: usize,
     mut driver: D,
     io: BusIo,
 ) {
     let BusIo {
         out,
         mut commands,
+        mut control,
         stats,
         mut shutdown,
     } = io;
+    // The runtime starts no task for a bus without devices (a reload that gives it some
+    // starts one then).
     if bus.devices.is_empty() {
         return;
     }
     let start = TokioInstant::now();
-    let slots = if driver.shares_time() {
-        STAGGER_SLOTS.min(model.devices().count().max(1) as u32)
-    } else {
-        1
+    let mut devs = Devices {
+        schedule: Vec::new(),
+        since: vec![0; bus.devices.len()],
+        generation: 0,
+        slots: if driver.shares_time() {
+            STAGGER_SLOTS.min(model.devices().count().max(1) as u32)
+        } else {
+            1
+        },
     };
-    let mut schedule: Vec<Schedule> = (0..bus.devices.len())
-        .map(|i| Schedule {
-            next_due: start
-                + bus.devices[i].poll_interval / slots * ((first_stats_index + i) as u32 % slots),
-            failures: 0,
-        })
+    devs.schedule = (0..bus.devices.len())
+        .map(|i| devs.fresh(&bus, first_index, i, start))
         .collect();
     let mut cx = Cx {
         states: bus
@@ -272,34 +327,48 @@ pub(crate) async fn run<D: Driver>(
             .iter()
             .map(|d| model.availability_topic(&d.id))
             .collect(),
+        counters: counters(&stats, &bus),
         bus: bus.clone(),
         stats,
         shutdown: shutdown.clone(),
-        first: first_stats_index,
         messages: Vec::new(),
         out,
     };
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
     cx.flush().await;
-    loop {
-        let due = (0..schedule.len())
+    let end = loop {
+        let due = (0..devs.schedule.len())
             .filter(|&d| driver.polls(d))
-            .min_by_key(|&d| schedule[d].next_due);
+            .min_by_key(|&d| devs.schedule[d].next_due);
         let timer = driver.next_timer();
-        let wake = [due.map(|d| schedule[d].next_due), timer]
+        let wake = [due.map(|d| devs.schedule[d].next_due), timer]
             .into_iter()
             .flatten()
             .min();
         tokio::select! {
             biased;
-            () = shutdown.recv() => break,
+            () = shutdown.recv() => break End::Shutdown,
             // A closed channel disables the branch (no busy loop).
+            Some(c) = control.recv() => {
+                if let Some(end) = apply(c, &model, &mut driver, &mut cx, &mut devs) {
+                    break end;
+                }
+            }
             Some(first) = commands.recv() => {
+                // A reload that came meanwhile applies first: commands routed after it
+                // belong to the new configuration.
+                let mut stop = None;
+                while let Ok(c) = control.try_recv() {
+                    stop = stop.or(apply(c, &model, &mut driver, &mut cx, &mut devs));
+                }
                 // Everything queued now goes ahead of the next poll; several commands
                 // for the same point collapse to the newest.
                 let batch = commands::drain(first, &mut commands);
-                run_commands(&mut driver, &mut cx, batch).await;
+                run_commands(&mut driver, &mut cx, &devs, batch).await;
+                if let Some(end) = stop {
+                    break end;
+                }
             }
             // Timers and due polls before events: input that never stops coming must not
             // starve them.
@@ -308,22 +377,136 @@ pub(crate) async fn run<D: Driver>(
                 if timer.is_some_and(|t| t <= now) {
                     driver.on_timer(now, &mut cx);
                 }
-                if let Some(d) = due.filter(|&d| schedule[d].next_due <= now) {
+                if let Some(d) = due.filter(|&d| devs.schedule[d].next_due <= now) {
                     let shared = driver.shares_time()
-                        && (0..schedule.len()).filter(|&i| driver.polls(i)).count() > 1;
-                    poll(&mut driver, &mut cx, d, &mut schedule[d], shared).await;
+                        && (0..devs.schedule.len()).filter(|&i| driver.polls(i)).count() > 1;
+                    poll(&mut driver, &mut cx, d, &mut devs.schedule[d], shared).await;
                 }
             }
             event = driver.event() => driver.on_event(event, &mut cx),
         }
         cx.flush().await;
+    };
+    match end {
+        End::Shutdown => {
+            let mut refused = Vec::new();
+            commands::refuse_queued(&mut commands, |c| cx.point(c.device, c.point), &mut refused);
+            cx.messages.extend(refused);
+        }
+        // Replaced by a reload: the commands already queued still run (the router sends
+        // no more; it refuses them as "bus restarting" until the new task runs).
+        End::Stop => {
+            commands.close();
+            let mut batch = Vec::new();
+            while let Ok(c) = commands.try_recv() {
+                batch.push(c);
+            }
+            if !batch.is_empty() {
+                run_commands(&mut driver, &mut cx, &devs, batch).await;
+            }
+        }
     }
-    let mut refused = Vec::new();
-    commands::refuse_queued(&mut commands, |c| cx.point(c.device, c.point), &mut refused);
-    cx.messages.extend(refused);
     driver.stop(&mut cx);
     cx.flush().await;
     debug!(bus = %bus.id, "Bus stopped.");
+}
+
+/// The counters of every device of `bus` (fresh ones for a device `stats` does not
+/// know, as in tests that build their own).
+fn counters(stats: &Stats, bus: &Bus) -> Vec<Arc<DeviceStats>> {
+    bus.devices
+        .iter()
+        .map(|d| {
+            stats
+                .device_by_id(&d.id)
+                .unwrap_or_else(|| Arc::new(DeviceStats::new(&d.id)))
+        })
+        .collect()
+}
+
+/// Apply a control message; `Some` when the loop is to end.
+fn apply<D: Driver>(
+    c: Control,
+    model: &Model,
+    driver: &mut D,
+    cx: &mut Cx,
+    devs: &mut Devices,
+) -> Option<End> {
+    match c {
+        Control::Stop => Some(End::Stop),
+        Control::Reconfigure {
+            bus,
+            first,
+            generation,
+            done,
+        } => {
+            reconfigure(model, driver, cx, devs, bus, first, generation);
+            let _ = done.send(());
+            None
+        }
+    }
+}
+
+/// Go on with the devices of `bus`: a device whose definition is the same as before keeps
+/// its schedule, failures, publish state and the driver's state for it; a changed one
+/// starts afresh (its counters and availability, kept by id, go on); a removed one is
+/// left (the runtime publishes it offline and clears its topics).
+fn reconfigure<D: Driver>(
+    model: &Model,
+    driver: &mut D,
+    cx: &mut Cx,
+    devs: &mut Devices,
+    bus: Arc<Bus>,
+    first: usize,
+    generation: u64,
+) {
+    let old = cx.bus.clone();
+    let kept: Vec<Option<usize>> = bus
+        .devices
+        .iter()
+        .map(|n| {
+            old.devices
+                .iter()
+                .position(|o| o.id == n.id && crate::model::same(o, n))
+        })
+        .collect();
+    let now = TokioInstant::now();
+    let mut schedule: Vec<Option<Schedule>> = devs.schedule.drain(..).map(Some).collect();
+    let mut states: Vec<Option<Vec<PointState>>> = cx.states.drain(..).map(Some).collect();
+    let mut new_schedule = Vec::with_capacity(bus.devices.len());
+    let mut since = Vec::with_capacity(bus.devices.len());
+    for (j, k) in kept.iter().enumerate() {
+        let (s, st) = match k.and_then(|i| Some((schedule[i].take()?, states[i].take()?))) {
+            Some(both) => both,
+            None => (
+                devs.fresh(&bus, first, j, now),
+                vec![PointState::default(); bus.devices[j].points.len()],
+            ),
+        };
+        new_schedule.push(s);
+        cx.states.push(st);
+        since.push(match k {
+            Some(i) => devs.since[*i],
+            None => generation,
+        });
+    }
+    devs.schedule = new_schedule;
+    devs.since = since;
+    devs.generation = generation;
+    cx.availability_topics = bus
+        .devices
+        .iter()
+        .map(|d| model.availability_topic(&d.id))
+        .collect();
+    cx.counters = counters(&cx.stats, &bus);
+    cx.bus = bus.clone();
+    driver.reconfigure(&kept, cx);
+    info!(
+        bus = %bus.id,
+        devices = bus.devices.len(),
+        kept = kept.iter().filter(|k| k.is_some()).count(),
+        "Bus reconfigured."
+    );
 }
 
 async fn sleep_until(t: Option<TokioInstant>) {
@@ -391,8 +574,40 @@ async fn poll<D: Driver>(
     });
 }
 
+/// A command checked against an earlier configuration generation: the point it means
+/// now, by its topic, when that point's device has not changed since; `false` when it
+/// changed or is gone (the command was checked against a definition that no longer is).
+fn resolve(c: &mut Command, cx: &Cx, devs: &Devices) -> bool {
+    if c.generation == devs.generation {
+        return true;
+    }
+    for (d, dev) in cx.bus.devices.iter().enumerate() {
+        if let Some(p) = dev.points.iter().position(|p| p.topic == c.topic) {
+            if devs.since[d] <= c.generation {
+                (c.device, c.point) = (d, p);
+                return true;
+            }
+            return false;
+        }
+    }
+    false
+}
+
 /// Run a batch of commands in order; each is answered on its result topic.
-async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, batch: Vec<Command>) {
+async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, devs: &Devices, batch: Vec<Command>) {
+    let mut current = Vec::with_capacity(batch.len());
+    for mut c in batch {
+        if resolve(&mut c, cx, devs) {
+            current.push(c);
+        } else {
+            cx.messages.push(commands::result_on(
+                &c.topic,
+                Err(CommandError::Reloaded),
+                c.id.as_ref(),
+            ));
+        }
+    }
+    let batch = current;
     let mut superseded = Vec::new();
     let run = commands::collapse(batch, |c| cx.point(c.device, c.point), &mut superseded);
     cx.messages.extend(superseded);

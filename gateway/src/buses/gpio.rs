@@ -48,7 +48,7 @@ pub async fn run_gpio(
 /// The board's controller and the lines in use.
 struct Gpio {
     backend: Box<dyn GpioBackend>,
-    /// Handed to every input at start, then dropped.
+    /// Handed to every input (at start, and to new ones after a reload).
     edge_tx: Option<mpsc::UnboundedSender<Edge>>,
     edges: mpsc::UnboundedReceiver<Edge>,
     lines: Vec<Line>,
@@ -79,50 +79,27 @@ impl Driver for Gpio {
     }
 
     fn start(&mut self, cx: &mut Cx) {
-        let Some(edge_tx) = self.edge_tx.take() else {
-            return;
-        };
-        let bus = cx.bus.clone();
-        for (d, dev) in bus.devices.iter().enumerate() {
-            let mut ok = true;
-            for (p, point) in dev.points.iter().enumerate() {
-                let Some(g) = point.gpio() else { continue };
-                let setup = match &g.mode {
-                    GpioMode::Input { pull, .. } => {
-                        self.backend.input(g.pin, *pull, edge_tx.clone())
-                    }
-                    GpioMode::Output { initial, .. } => {
-                        self.backend.output(g.pin, *initial != g.active_low)
-                    }
-                };
-                match setup {
-                    Ok(()) => self.lines.push(Line {
-                        device: d,
-                        point: p,
-                        gpio: g.clone(),
-                        settle_at: None,
-                        pulse_end: None,
-                        heartbeat_at: None,
-                        heartbeat: point.heartbeat,
-                    }),
-                    Err(e) => {
-                        error!(device = %dev.id, topic = %point.topic, error = %e, "Cannot set up GPIO line.");
-                        ok = false;
-                    }
-                }
-            }
-            cx.set_online(d, ok, (!ok).then_some("a line could not be set up"));
-        }
-        self.index = self
-            .lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.gpio.pin, i))
-            .collect();
+        let devices: Vec<usize> = (0..cx.bus.devices.len()).collect();
+        self.set_up(&devices, cx);
+    }
+
+    fn reconfigure(&mut self, kept: &[Option<usize>], cx: &mut Cx) {
+        // Lines of removed and changed devices are left as their `on_shutdown` says
+        // (a changed one is set up again below, as at start); kept ones keep running.
         let now = TokioInstant::now();
-        for i in 0..self.lines.len() {
-            self.publish_level(i, now, true, cx);
+        let mut left = Vec::new();
+        for (i, line) in self.lines.iter_mut().enumerate() {
+            match kept.iter().position(|k| *k == Some(line.device)) {
+                Some(j) => line.device = j,
+                None => left.push(i),
+            }
         }
+        for &i in left.iter().rev() {
+            self.release(i, now, None);
+            self.lines.remove(i);
+        }
+        let new: Vec<usize> = (0..kept.len()).filter(|&j| kept[j].is_none()).collect();
+        self.set_up(&new, cx);
     }
 
     fn polls(&self, _d: usize) -> bool {
@@ -223,36 +200,92 @@ impl Driver for Gpio {
         // Leave every output as configured and publish its final state.
         let now = TokioInstant::now();
         for i in 0..self.lines.len() {
-            let line = &self.lines[i];
-            let low = line.gpio.active_low;
-            let (output, level) = match &line.gpio.mode {
-                GpioMode::Output { on_shutdown, .. } => (
-                    true,
-                    match on_shutdown {
-                        // A pulse in progress never outlives the gateway.
-                        OnShutdown::Keep if line.pulse_end.is_some() => Some(low),
-                        OnShutdown::Keep => None,
-                        OnShutdown::Off => Some(low),
-                        OnShutdown::On => Some(!low),
-                        OnShutdown::Low => Some(false),
-                        OnShutdown::High => Some(true),
-                    },
-                ),
-                GpioMode::Input { .. } => (false, None),
-            };
-            if let Err(e) = self.backend.release(line.gpio.pin, level) {
-                error!(pin = line.gpio.pin, error = %e, "Cannot release GPIO line.");
-            }
-            if output && level.is_some() {
-                self.lines[i].pulse_end = None;
-                self.publish_level(i, now, true, cx);
-            }
+            self.release(i, now, Some(&mut *cx));
         }
         info!(lines = self.lines.len(), "GPIO lines released.");
     }
 }
 
 impl Gpio {
+    /// Set up the lines of devices `devices` of the bus and publish their levels.
+    fn set_up(&mut self, devices: &[usize], cx: &mut Cx) {
+        let Some(edge_tx) = self.edge_tx.clone() else {
+            return;
+        };
+        let bus = cx.bus.clone();
+        let first_new = self.lines.len();
+        for &d in devices {
+            let dev = &bus.devices[d];
+            let mut ok = true;
+            for (p, point) in dev.points.iter().enumerate() {
+                let Some(g) = point.gpio() else { continue };
+                let setup = match &g.mode {
+                    GpioMode::Input { pull, .. } => {
+                        self.backend.input(g.pin, *pull, edge_tx.clone())
+                    }
+                    GpioMode::Output { initial, .. } => {
+                        self.backend.output(g.pin, *initial != g.active_low)
+                    }
+                };
+                match setup {
+                    Ok(()) => self.lines.push(Line {
+                        device: d,
+                        point: p,
+                        gpio: g.clone(),
+                        settle_at: None,
+                        pulse_end: None,
+                        heartbeat_at: None,
+                        heartbeat: point.heartbeat,
+                    }),
+                    Err(e) => {
+                        error!(device = %dev.id, topic = %point.topic, error = %e, "Cannot set up GPIO line.");
+                        ok = false;
+                    }
+                }
+            }
+            cx.set_online(d, ok, (!ok).then_some("a line could not be set up"));
+        }
+        self.index = self
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.gpio.pin, i))
+            .collect();
+        let now = TokioInstant::now();
+        for i in first_new..self.lines.len() {
+            self.publish_level(i, now, true, cx);
+        }
+    }
+
+    /// Release line `i` as its `on_shutdown` says; with `cx`, publish an output's final
+    /// state (a line a reload removes is not published: its topic is cleared).
+    fn release(&mut self, i: usize, now: TokioInstant, cx: Option<&mut Cx>) {
+        let line = &self.lines[i];
+        let low = line.gpio.active_low;
+        let (output, level) = match &line.gpio.mode {
+            GpioMode::Output { on_shutdown, .. } => (
+                true,
+                match on_shutdown {
+                    // A pulse in progress never outlives the gateway.
+                    OnShutdown::Keep if line.pulse_end.is_some() => Some(low),
+                    OnShutdown::Keep => None,
+                    OnShutdown::Off => Some(low),
+                    OnShutdown::On => Some(!low),
+                    OnShutdown::Low => Some(false),
+                    OnShutdown::High => Some(true),
+                },
+            ),
+            GpioMode::Input { .. } => (false, None),
+        };
+        if let Err(e) = self.backend.release(line.gpio.pin, level) {
+            error!(pin = line.gpio.pin, error = %e, "Cannot release GPIO line.");
+        }
+        if let Some(cx) = cx.filter(|_| output && level.is_some()) {
+            self.lines[i].pulse_end = None;
+            self.publish_level(i, now, true, cx);
+        }
+    }
+
     fn on_edge(&mut self, edge: Edge, now: TokioInstant, cx: &mut Cx) {
         let Some(&i) = self.index.get(&edge.pin) else {
             return;

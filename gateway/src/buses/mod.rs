@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::{commands::Command, health::Stats, publish::Outgoing, shutdown::Shutdown};
 
-pub use actor::STAGGER_SLOTS;
+pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
 pub use gpio::run_gpio;
 pub use modbus::run_modbus;
@@ -37,6 +37,8 @@ pub struct BusIo {
     pub out: mpsc::Sender<crate::publish::Batch>,
     /// Validated commands for this bus's devices.
     pub commands: mpsc::Receiver<Command>,
+    /// Reloads ([`Control`]); a closed channel when nothing reloads.
+    pub control: mpsc::Receiver<Control>,
     /// Shared counters.
     pub stats: Arc<Stats>,
     /// The shutdown signal.

@@ -56,6 +56,18 @@ struct Unit {
 impl<T: ModbusTransport + Send> Driver for Modbus<T> {
     type Event = std::convert::Infallible;
 
+    fn reconfigure(&mut self, kept: &[Option<usize>], cx: &mut Cx) {
+        let mut old: Vec<Option<Unit>> = self.devices.drain(..).map(Some).collect();
+        self.devices = kept
+            .iter()
+            .enumerate()
+            .map(|(j, k)| {
+                k.and_then(|i| old.get_mut(i)?.take())
+                    .unwrap_or_else(|| Unit::new(&cx.bus.devices[j]))
+            })
+            .collect();
+    }
+
     fn endpoint(&self) -> String {
         self.transport.endpoint()
     }

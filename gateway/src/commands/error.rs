@@ -55,6 +55,15 @@ pub enum CommandError {
     /// The gateway stopped before writing the command.
     #[error("gateway shutting down; command not written")]
     ShuttingDown,
+    /// The point was changed or removed by a configuration reload while the command
+    /// waited: its value was checked against the old definition, so it is not written.
+    #[error(
+        "configuration reloaded: the point changed while the command waited; command not written"
+    )]
+    Reloaded,
+    /// The point's bus is being restarted by a configuration reload.
+    #[error("configuration reloading: the bus restarts; command not written, send it again")]
+    BusRestarting,
     /// The gateway stopped after writing, before the device acknowledged.
     #[error("gateway shutting down before the acknowledgement")]
     ShuttingDownUnacknowledged,
@@ -205,6 +214,8 @@ mod tests {
             CommandError::ReadBack(exc),
             CommandError::Superseded,
             CommandError::ShuttingDown,
+            CommandError::Reloaded,
+            CommandError::BusRestarting,
             CommandError::ShuttingDownUnacknowledged,
             CommandError::PortUnavailable("/dev/ttyUSB0".into()),
             CommandError::PortLost("unplugged".into()),

@@ -5,7 +5,13 @@
 
 mod error;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, RwLock,
+    },
+};
 
 pub use error::{parse_bool, parse_number, CommandError};
 use fieldlink_drivers::{modbus::codec, value::Value};
@@ -13,7 +19,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::{
-    health::{Availability, Stats},
+    health::{Availability, DeviceStats, Stats},
     model::{Model, Point, ValueType},
     publish::Outgoing,
     topics::PointRef,
@@ -26,36 +32,83 @@ pub struct Command {
     pub device: usize,
     /// Point index within the device.
     pub point: usize,
+    /// The point's topic (a bus task that was reconfigured meanwhile finds the point by
+    /// it).
+    pub topic: String,
+    /// The configuration generation the command was checked against.
+    pub generation: u64,
     /// The raw value to encode (after the inverse of scale/offset).
     pub value: Value,
     /// The caller's id, echoed in the result.
     pub id: Option<serde_json::Value>,
 }
 
-/// Routes `<topic>/set` messages to the bus tasks.
+/// Routes `<topic>/set` messages to the bus tasks. Clones share the routes, which a
+/// reload replaces ([`Router::update`]).
 #[derive(Clone)]
 pub struct Router {
+    routes: Arc<RwLock<Arc<Routes>>>,
+    /// A reload is restarting buses: a closed bus channel means that, not shutdown.
+    restarting: Arc<AtomicBool>,
+}
+
+/// The routes of one configuration generation.
+struct Routes {
+    generation: u64,
     model: Arc<Model>,
-    routes: HashMap<String, PointRef>,
+    commands: HashMap<String, PointRef>,
+    /// Counters of every device, by the routes' `stats_index`.
+    devices: Vec<Arc<DeviceStats>>,
     buses: Vec<mpsc::Sender<Command>>,
-    stats: Arc<Stats>,
 }
 
 impl Router {
     /// A router for the writable points of `model`; `buses[i]` feeds bus `i`'s task.
     pub fn new(model: Arc<Model>, buses: Vec<mpsc::Sender<Command>>, stats: Arc<Stats>) -> Self {
-        let routes = crate::topics::Contract::new(&model).commands;
+        let routes = Routes::new(0, model, buses, &stats);
         Router {
-            model,
-            routes,
-            buses,
-            stats,
+            routes: Arc::new(RwLock::new(Arc::new(routes))),
+            restarting: Arc::default(),
         }
+    }
+
+    fn current(&self) -> Arc<Routes> {
+        match self.routes.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The configuration generation commands are checked against now.
+    pub fn generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// Route by a reloaded `model` from now on (`buses[i]` feeds its bus `i`); returns the
+    /// new generation. `stats` must already follow the model ([`Stats::update`]).
+    pub fn update(
+        &self,
+        model: Arc<Model>,
+        buses: Vec<mpsc::Sender<Command>>,
+        stats: &Stats,
+    ) -> u64 {
+        let generation = self.generation() + 1;
+        let routes = Arc::new(Routes::new(generation, model, buses, stats));
+        match self.routes.write() {
+            Ok(mut r) => *r = routes,
+            Err(poisoned) => *poisoned.into_inner() = routes,
+        }
+        generation
+    }
+
+    /// While a reload restarts buses, a command for one of them is refused as such.
+    pub fn set_restarting(&self, on: bool) {
+        self.restarting.store(on, Relaxed);
     }
 
     /// The topics to subscribe to: `<topic>/set` of every writable point, nothing else.
     pub fn subscriptions(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.routes.keys().cloned().collect();
+        let mut v: Vec<String> = self.current().commands.keys().cloned().collect();
         v.sort();
         v
     }
@@ -63,8 +116,10 @@ impl Router {
     /// Handle one incoming message. Returns the result message when the command was
     /// rejected here; accepted commands are answered by the bus task after the write.
     pub fn handle(&self, topic: &str, payload: &[u8]) -> Option<Outgoing> {
-        let route = self.routes.get(topic)?;
-        let point = &self.model.buses[route.bus].devices[route.device].points[route.point];
+        let routes = self.current();
+        let route = routes.commands.get(topic)?;
+        let device = &routes.model.buses[route.bus].devices[route.device];
+        let point = &device.points[route.point];
         let (value, id) = match parse_payload(payload) {
             Ok(v) => v,
             Err((e, id)) => return Some(result(point, Err(e), id.as_ref())),
@@ -73,29 +128,56 @@ impl Router {
             Ok(r) => r,
             Err(e) => return Some(result(point, Err(e), id.as_ref())),
         };
-        if self.stats.devices[route.stats_index].availability() == Availability::Offline {
-            let dev = &self.model.buses[route.bus].devices[route.device].id;
+        let offline = routes
+            .devices
+            .get(route.stats_index)
+            .is_some_and(|s| s.availability() == Availability::Offline);
+        if offline {
             return Some(result(
                 point,
-                Err(CommandError::Offline(dev.clone())),
+                Err(CommandError::Offline(device.id.clone())),
                 id.as_ref(),
             ));
         }
         let cmd = Command {
             device: route.device,
             point: route.point,
+            topic: point.topic.clone(),
+            generation: routes.generation,
             value: raw,
             id: id.clone(),
         };
-        match self.buses[route.bus].try_send(cmd) {
+        match routes.buses[route.bus].try_send(cmd) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Some(result(point, Err(CommandError::QueueFull), id.as_ref()))
             }
-            // The bus task has ended: the gateway is stopping.
+            // The bus task has ended: a reload restarts it, or the gateway is stopping.
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                Some(result(point, Err(CommandError::ShuttingDown), id.as_ref()))
+                let e = if self.restarting.load(Relaxed) {
+                    CommandError::BusRestarting
+                } else {
+                    CommandError::ShuttingDown
+                };
+                Some(result(point, Err(e), id.as_ref()))
             }
+        }
+    }
+}
+
+impl Routes {
+    fn new(
+        generation: u64,
+        model: Arc<Model>,
+        buses: Vec<mpsc::Sender<Command>>,
+        stats: &Stats,
+    ) -> Routes {
+        Routes {
+            generation,
+            commands: crate::topics::Contract::new(&model).commands,
+            devices: stats.devices(),
+            model,
+            buses,
         }
     }
 }
@@ -328,6 +410,15 @@ pub fn result(
     outcome: Result<serde_json::Value, CommandError>,
     id: Option<&serde_json::Value>,
 ) -> Outgoing {
+    result_on(&point.topic, outcome, id)
+}
+
+/// The `<topic>/set/result` message of point topic `topic`.
+pub fn result_on(
+    topic: &str,
+    outcome: Result<serde_json::Value, CommandError>,
+    id: Option<&serde_json::Value>,
+) -> Outgoing {
     let mut body = match outcome {
         Ok(v) => json!({"ok": true, "value": v}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
@@ -336,7 +427,7 @@ pub fn result(
         map.insert("id".into(), id.clone());
     }
     Outgoing {
-        topic: point.result_topic(),
+        topic: format!("{topic}/set/result"),
         payload: body.to_string().into_bytes(),
         retain: false,
         // QoS 0: a PUBACK from the embedded broker (which does not set TCP_NODELAY)

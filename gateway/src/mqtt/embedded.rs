@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{overwrite, remember};
@@ -34,11 +34,14 @@ struct Conn {
     connected: bool,
     /// A batch was not taken: republish the whole state before the next one.
     resync: bool,
-    model: Arc<Model>,
+    /// The model in force (a reload replaces it): whose points are republished.
+    model: watch::Receiver<Arc<Model>>,
     /// Last retained payload and QoS of every point, by slot, republished into every new
     /// broker. A vector, not a map keyed by topic: no hashing per message, and 1 MB less
-    /// at 10 000 points.
+    /// at 10 000 points. A reload's new points have new slots: it grows.
     values: Vec<Option<(Vec<u8>, u8)>>,
+    /// Values are kept by slot (else by topic, in `others`).
+    by_slot: bool,
     /// The same for the gateway's own retained topics (status, availability, diagnostics).
     others: HashMap<String, (Vec<u8>, u8)>,
     stats: Arc<Stats>,
@@ -80,6 +83,11 @@ impl Conn {
         for m in batch {
             let mut store = m.retain;
             if m.retain {
+                if let Some(s) = m.slot.filter(|_| self.by_slot).map(|s| s as usize) {
+                    if s >= self.values.len() {
+                        self.values.resize(s + 1, None);
+                    }
+                }
                 match m.slot.and_then(|s| self.values.get_mut(s as usize)) {
                     Some(Some(last)) => {
                         store = last.0 != m.payload || last.1 != m.qos;
@@ -137,7 +145,8 @@ impl Conn {
                 qos: *qos,
                 slot: None,
             });
-        let values = self.model.points().filter_map(|point| {
+        let model = self.model.borrow().clone();
+        let values = model.points().filter_map(|point| {
             let (payload, qos) = self.values.get(point.slot as usize)?.as_ref()?;
             Some(Outgoing {
                 topic: point.topic.clone(),
@@ -163,13 +172,15 @@ impl Conn {
 
 /// Run the gateway's side of the embedded broker until `rx` is closed (every producer
 /// stopped); then publish `offline` on the status topic and wait until it is written.
+/// `current` is the model in force, which a reload replaces.
 pub async fn run_client(
-    model: Arc<Model>,
+    current: watch::Receiver<Arc<Model>>,
     mut rx: mpsc::Receiver<Batch>,
     stats: Arc<Stats>,
     router: Router,
     link: broker::Link,
 ) {
+    let model = current.borrow().clone();
     let status_topic = model.status_topic();
     let broker::Link {
         inbox,
@@ -183,16 +194,12 @@ pub async fn run_client(
         resync: false,
         // Slots as numbered by validation; a model numbered otherwise keeps every
         // value in the map by topic instead.
-        values: if model
+        by_slot: model
             .points()
             .enumerate()
-            .all(|(i, p)| p.slot as usize == i)
-        {
-            vec![None; model.points().count()]
-        } else {
-            Vec::new()
-        },
-        model: model.clone(),
+            .all(|(i, p)| p.slot as usize == i),
+        values: Vec::new(),
+        model: current,
         others: HashMap::new(),
         stats,
     };

@@ -34,7 +34,7 @@ impl Uart {
         // 4. A reply of a polled device that came too late (its poll timed out): not ours
         // to publish, and not the acknowledgement either.
         if (0..self.last_seen.len()).any(|d| self.polled(d) && self.parses(d, line)) {
-            self.count(cx, |c| &c.garbage);
+            self.count(|c| &c.garbage);
             debug!(bus = %self.bus.id, line = %line.escape_debug(), "Late or unsolicited reply dropped.");
             return None;
         }
@@ -42,7 +42,7 @@ impl Uart {
         if let Awaited::Ack(_) = awaited {
             return Some(Waited::WrongAck(line.escape_debug().to_string()));
         }
-        self.count(cx, |c| &c.garbage);
+        self.count(|c| &c.garbage);
         debug!(bus = %self.bus.id, line = %line.escape_debug(), "Garbage line.");
         None
     }
@@ -81,7 +81,7 @@ impl Uart {
                     cx.value(d, p, &v, now, wall);
                 }
                 Err(e) => {
-                    self.count(cx, |c| &c.bad_values);
+                    self.count(|c| &c.bad_values);
                     debug!(topic = %point.topic, error = %e, "Bad value in line.");
                 }
             }

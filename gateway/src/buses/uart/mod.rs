@@ -75,7 +75,7 @@ pub async fn run_uart(model: Arc<Model>, bus: Arc<Bus>, first_stats_index: usize
         last_rx: now,
         last_seen: vec![now; bus.devices.len()],
         chunk: vec![0u8; 1024],
-        counters: io.stats.serial.iter().position(|s| s.bus == bus.id),
+        counters: io.stats.serial_of(&bus.id),
         bus: bus.clone(),
     };
     actor::run(model, bus, first_stats_index, driver, io).await;
@@ -97,8 +97,8 @@ struct Uart {
     /// When each device's last line came in.
     last_seen: Vec<TokioInstant>,
     chunk: Vec<u8>,
-    /// This bus's line counters in `Stats::serial`.
-    counters: Option<usize>,
+    /// This bus's line counters.
+    counters: Option<Arc<SerialStats>>,
 }
 
 /// What a wait for a reply or an acknowledgement ended with.
@@ -141,6 +141,25 @@ impl Driver for Uart {
 
     fn start(&mut self, cx: &mut Cx) {
         self.open_if_due(cx);
+    }
+
+    fn reconfigure(&mut self, kept: &[Option<usize>], cx: &mut Cx) {
+        let now = TokioInstant::now();
+        self.last_seen = kept
+            .iter()
+            .map(|k| {
+                k.and_then(|i| self.last_seen.get(i).copied())
+                    .unwrap_or(now)
+            })
+            .collect();
+        self.bus = cx.bus.clone();
+        if self.port.is_some() {
+            for (d, k) in kept.iter().enumerate() {
+                if k.is_none() && self.write_only(d) {
+                    cx.set_online(d, true, None);
+                }
+            }
+        }
     }
 
     fn polls(&self, d: usize) -> bool {
@@ -261,7 +280,7 @@ impl Driver for Uart {
         self.open_if_due(cx);
         if self.framer.pending() > 0 && self.last_rx + self.timeout <= now {
             let n = self.framer.discard_partial();
-            self.count(cx, |c| &c.partial);
+            self.count(|c| &c.partial);
             debug!(bus = %self.bus.id, bytes = n, "Partial line discarded.");
         }
         if self.port.is_some() {
@@ -282,8 +301,8 @@ impl Uart {
         CommandError::PortUnavailable(self.settings.path.clone())
     }
 
-    fn count(&self, cx: &Cx, f: impl Fn(&SerialStats) -> &std::sync::atomic::AtomicU64) {
-        if let Some(c) = self.counters.and_then(|i| cx.stats.serial.get(i)) {
+    fn count(&self, f: impl Fn(&SerialStats) -> &std::sync::atomic::AtomicU64) {
+        if let Some(c) = &self.counters {
             f(c).fetch_add(1, Relaxed);
         }
     }
@@ -339,7 +358,7 @@ impl Uart {
                         cx.set_online(d, true, None);
                     }
                 }
-                if let Some(c) = self.counters.and_then(|i| cx.stats.serial.get(i)) {
+                if let Some(c) = &self.counters {
                     c.opened.fetch_add(1, Relaxed);
                 }
             }
@@ -365,7 +384,7 @@ impl Uart {
         let wait = self.backoff.next_delay();
         self.next_open = TokioInstant::now() + wait;
         if self.framer.discard_partial() > 0 {
-            self.count(cx, |c| &c.partial);
+            self.count(|c| &c.partial);
         }
         self.all_offline(cx, why);
     }
@@ -474,7 +493,7 @@ impl Uart {
     fn frame(&mut self, f: Frame, awaited: Awaited<'_>, cx: &mut Cx) -> Option<Waited> {
         match f {
             Frame::Overlong { bytes } => {
-                self.count(cx, |c| &c.overlong);
+                self.count(|c| &c.overlong);
                 debug!(bus = %self.bus.id, bytes, "Over-long line dropped.");
                 None
             }
@@ -486,7 +505,7 @@ impl Uart {
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     return None;
                 }
-                self.count(cx, |c| &c.lines);
+                self.count(|c| &c.lines);
                 // Invalid UTF-8 (a Latin-1 `°`, line noise) becomes U+FFFD: the parser
                 // decides whether the rest of the line is usable.
                 let line = String::from_utf8_lossy(bytes);

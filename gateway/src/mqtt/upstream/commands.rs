@@ -31,6 +31,45 @@ impl Up {
         }
     }
 
+    /// After a reload: subscribe the command topics that are new, unsubscribe the ones
+    /// gone (on the next connect all of them are subscribed anyway).
+    pub(super) fn follow_routes(&mut self) {
+        let Some(router) = &self.router else {
+            return;
+        };
+        let generation = router.generation();
+        if generation == self.subs_generation {
+            return;
+        }
+        self.subs_generation = generation;
+        let new = subscriptions(Some(router), &self.prefix);
+        let added: Vec<SubscribeFilter> = new
+            .iter()
+            .filter(|f| !self.subs.iter().any(|o| o.path == f.path))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|o| !new.iter().any(|f| f.path == o.path))
+            .map(|o| o.path.clone())
+            .collect();
+        self.subs = new;
+        if !self.connected {
+            return;
+        }
+        if !added.is_empty() {
+            if let Err(e) = self.client.try_subscribe_many(added) {
+                warn!(error = %e, "Cannot subscribe upstream.");
+            }
+        }
+        for t in removed {
+            if let Err(e) = self.client.try_unsubscribe(t) {
+                warn!(error = %e, "Cannot unsubscribe upstream.");
+            }
+        }
+    }
+
     /// A message from upstream: a command when it is under the prefix and commands are
     /// accepted.
     pub(super) fn on_message(&mut self, topic: &str, payload: &[u8]) {

@@ -145,6 +145,7 @@ pub async fn run_upstream(
             },
             batch = rx.recv() => match batch {
                 Some(batch) => {
+                    up.follow_routes();
                     for m in batch {
                         up.push(m);
                     }

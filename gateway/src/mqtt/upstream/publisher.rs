@@ -77,6 +77,8 @@ pub(super) struct Up {
     /// Where commands from upstream go (`accept_commands`), and their subscriptions.
     pub(super) router: Option<Router>,
     pub(super) subs: Vec<SubscribeFilter>,
+    /// The router's generation `subs` were made for.
+    pub(super) subs_generation: u64,
     /// The broker's URL, for the logs.
     pub(super) url: String,
     /// Connected at least once.
@@ -96,6 +98,7 @@ impl Up {
         router: Option<Router>,
     ) -> Up {
         let subs = super::commands::subscriptions(router.as_ref(), &u.prefix);
+        let subs_generation = router.as_ref().map_or(0, Router::generation);
         Up {
             client,
             spool,
@@ -119,6 +122,7 @@ impl Up {
             acked_last: 0,
             router,
             subs,
+            subs_generation,
             url: u.url.clone(),
             ever: false,
             failing: None,

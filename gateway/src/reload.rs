@@ -1,0 +1,502 @@
+//! Live reload: the bus tasks as the runtime keeps them ([`Buses`]), and what a reload
+//! does to a running gateway ([`Running::reload`]).
+//!
+//! A reload reads and validates the configuration again; one with errors is logged (the
+//! lines `check` prints) and changes nothing. A valid one is compared with the running
+//! one, device by device: a device defined the same keeps running in its bus task with
+//! all its state (schedule, failures, publish state, the driver's connection and plan);
+//! a changed one restarts inside its bus task; a bus whose kind or transport changed is
+//! replaced by a new task; removed devices are published `offline` and every removed
+//! point's retained topic is cleared. What only a restart can change (the embedded
+//! broker, the upstream broker, the gateway id and base topic, the diagnostics interval)
+//! is logged and kept as it runs. The MQTT sides, their connections and the upstream
+//! queue are never touched; every command gets its result.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use fieldlink_drivers::{
+    gpio::{GpioBackend, SimGpio},
+    modbus::{rtu::RtuTransport, tcp::TcpTransport},
+};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    buses::{self, BusIo, Control},
+    commands::{self, Command},
+    config,
+    health::{ReloadOutcome, Stats},
+    model::{same, Bus, BusKind, Device, Model},
+    publish::{Batch, Outgoing},
+    service,
+    shutdown::Shutdown,
+    topics::LiveContract,
+};
+
+/// Commands that may wait for one bus task.
+const COMMAND_CAPACITY: usize = 256;
+
+/// Longest wait for a bus task to take a reload (it finishes its transaction first).
+const BUS_WAIT: Duration = Duration::from_secs(30);
+
+/// One running bus task.
+struct BusTask {
+    bus: Arc<Bus>,
+    commands: mpsc::Sender<Command>,
+    control: mpsc::Sender<Control>,
+    task: JoinHandle<()>,
+}
+
+/// The bus tasks, by bus id, and what a new one needs.
+pub(crate) struct Buses {
+    tasks: HashMap<String, BusTask>,
+    out: mpsc::Sender<Batch>,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    /// Simulated boards given by the caller, for gpio buses a reload starts.
+    boards: HashMap<String, SimGpio>,
+}
+
+impl Buses {
+    pub(crate) fn new(
+        out: mpsc::Sender<Batch>,
+        stats: Arc<Stats>,
+        shutdown: Shutdown,
+        boards: HashMap<String, SimGpio>,
+    ) -> Buses {
+        Buses {
+            tasks: HashMap::new(),
+            out,
+            stats,
+            shutdown,
+            boards,
+        }
+    }
+
+    /// Start a task for every bus of `model` (the gpio controllers opened already);
+    /// returns the command channel of every bus, in model order.
+    pub(crate) fn spawn_all(
+        &mut self,
+        model: &Arc<Model>,
+        gpio: &mut HashMap<String, Box<dyn GpioBackend>>,
+    ) -> Vec<mpsc::Sender<Command>> {
+        let mut first = 0;
+        for bus in &model.buses {
+            let backend = gpio.remove(&bus.id);
+            self.spawn(model, bus, first, backend);
+            first += bus.devices.len();
+        }
+        self.senders(model)
+    }
+
+    /// The command channel of every bus of `model`, in model order (a closed one for a
+    /// bus without a task: it has no devices, so no commands either).
+    fn senders(&self, model: &Model) -> Vec<mpsc::Sender<Command>> {
+        model
+            .buses
+            .iter()
+            .map(|b| match self.tasks.get(&b.id) {
+                Some(t) => t.commands.clone(),
+                None => mpsc::channel(1).0,
+            })
+            .collect()
+    }
+
+    /// Start the task of `bus` (none for a bus without devices, or a gpio bus without
+    /// its controller).
+    fn spawn(
+        &mut self,
+        model: &Arc<Model>,
+        bus: &Arc<Bus>,
+        first: usize,
+        gpio: Option<Box<dyn GpioBackend>>,
+    ) {
+        if bus.devices.is_empty() {
+            return;
+        }
+        let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (control, control_rx) = mpsc::channel(4);
+        let io = BusIo {
+            out: self.out.clone(),
+            commands: commands_rx,
+            control: control_rx,
+            stats: self.stats.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let (m, b) = (model.clone(), bus.clone());
+        let task = match &bus.kind {
+            BusKind::ModbusTcp {
+                host,
+                port,
+                timeout,
+            } => {
+                let t = TcpTransport::new(host.clone(), *port, *timeout);
+                tokio::spawn(buses::run_modbus(m, b, first, t, io))
+            }
+            BusKind::ModbusRtu {
+                serial,
+                timeout,
+                frame_delay,
+            } => {
+                let t = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
+                tokio::spawn(buses::run_modbus(m, b, first, t, io))
+            }
+            BusKind::Uart { .. } => tokio::spawn(buses::run_uart(m, b, first, io)),
+            BusKind::Gpio { .. } => {
+                let Some(backend) = gpio else {
+                    return;
+                };
+                tokio::spawn(buses::run_gpio(m, b, first, backend, io))
+            }
+        };
+        self.tasks.insert(
+            bus.id.clone(),
+            BusTask {
+                bus: bus.clone(),
+                commands,
+                control,
+                task,
+            },
+        );
+    }
+
+    /// Wait for every task to end (after shutdown).
+    pub(crate) async fn join(&mut self) {
+        for (_, t) in self.tasks.drain() {
+            let _ = t.task.await;
+        }
+    }
+
+    /// Stop the task of bus `id` and wait until it ended (its queued commands run
+    /// first).
+    async fn stop(&mut self, id: &str) {
+        let Some(t) = self.tasks.remove(id) else {
+            return;
+        };
+        let _ = t.control.send(Control::Stop).await;
+        let mut task = t.task;
+        if tokio::time::timeout(BUS_WAIT, &mut task).await.is_err() {
+            error!(bus = %id, "Bus task did not stop for the reload; aborted.");
+            task.abort();
+        }
+    }
+
+    /// Give the task of bus `bus.id` its new devices and wait until it took them.
+    async fn reconfigure(&mut self, bus: &Arc<Bus>, first: usize, generation: u64) {
+        let Some(t) = self.tasks.get_mut(&bus.id) else {
+            return;
+        };
+        let (done, taken) = oneshot::channel();
+        let c = Control::Reconfigure {
+            bus: bus.clone(),
+            first,
+            generation,
+            done,
+        };
+        if t.control.send(c).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(BUS_WAIT, taken).await.is_err() {
+            warn!(bus = %bus.id, "Bus task slow to take the reload.");
+        }
+        t.bus = bus.clone();
+    }
+}
+
+/// What runs, as a reload sees it.
+pub(crate) struct Running {
+    /// The model in force.
+    pub(crate) model: Arc<Model>,
+    pub(crate) buses: Buses,
+    pub(crate) router: commands::Router,
+    pub(crate) contract: LiveContract,
+    /// The model in force, for the embedded side (whose points it republishes).
+    pub(crate) current: watch::Sender<Arc<Model>>,
+    /// The next unused point slot: a reload's new points get new slots.
+    pub(crate) next_slot: u32,
+}
+
+/// What a reload changes, from the running model and a new valid one.
+struct Plan {
+    /// The new model, with the settings only a restart changes kept as they run and
+    /// every point that was there before keeping its slot.
+    model: Model,
+    /// Those settings, named, where they differ.
+    restart_needed: Vec<String>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    kept: usize,
+}
+
+impl Running {
+    /// Reload with `load`: `RELOADING=1`, read and validate, apply or refuse, `READY=1`.
+    pub(crate) async fn reload(&mut self, load: crate::runtime::Loader) {
+        info!("Reloading configuration.");
+        service::reloading();
+        let loaded = tokio::task::spawn_blocking(move || load())
+            .await
+            .unwrap_or_else(|e| {
+                Err(vec![config::Diagnostic {
+                    severity: config::Severity::Error,
+                    file: "-".into(),
+                    line: 0,
+                    column: 0,
+                    path: String::new(),
+                    message: format!("reading the configuration failed: {e}"),
+                    hint: None,
+                }])
+            });
+        let stats = self.buses.stats.clone();
+        match loaded {
+            Err(diags) => {
+                // The lines `fieldlink check` prints, to the same place.
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                let errors = diags
+                    .iter()
+                    .filter(|d| d.severity == config::Severity::Error)
+                    .count()
+                    .max(1);
+                warn!(
+                    errors,
+                    "Reload refused; the running configuration is unchanged."
+                );
+                stats.record_reload(ReloadOutcome {
+                    at: SystemTime::now(),
+                    errors,
+                    added: 0,
+                    removed: 0,
+                    changed: 0,
+                    kept: 0,
+                    restart_needed: Vec::new(),
+                });
+            }
+            Ok(checked) => {
+                for w in &checked.warnings {
+                    eprintln!("{w}");
+                }
+                let plan = self.plan(checked.model);
+                let outcome = ReloadOutcome {
+                    at: SystemTime::now(),
+                    errors: 0,
+                    added: plan.added.len(),
+                    removed: plan.removed.len(),
+                    changed: plan.changed.len(),
+                    kept: plan.kept,
+                    restart_needed: plan.restart_needed.clone(),
+                };
+                for what in &plan.restart_needed {
+                    warn!(setting = %what, "Changed; needs a restart to take effect.");
+                }
+                self.apply(plan).await;
+                info!(
+                    added = outcome.added,
+                    removed = outcome.removed,
+                    changed = outcome.changed,
+                    kept = outcome.kept,
+                    "Configuration reloaded."
+                );
+                stats.record_reload(outcome);
+                crate::trim_heap();
+            }
+        }
+        service::ready();
+    }
+
+    /// Compare `new` with the running model.
+    fn plan(&mut self, mut new: Model) -> Plan {
+        let old = &self.model;
+        let mut restart_needed = Vec::new();
+        let mut keep = |what: &str, differs: bool| {
+            if differs {
+                restart_needed.push(what.to_string());
+            }
+        };
+        keep(
+            "gateway id and base topic",
+            old.gateway_id != new.gateway_id || old.base_topic != new.base_topic,
+        );
+        keep("mqtt client id", old.mqtt.client_id != new.mqtt.client_id);
+        keep(
+            "embedded broker",
+            format!("{:?}", old.mqtt.embedded) != format!("{:?}", new.mqtt.embedded),
+        );
+        keep(
+            "upstream broker",
+            format!("{:?}", old.mqtt.upstream) != format!("{:?}", new.mqtt.upstream),
+        );
+        keep(
+            "diagnostics interval",
+            old.diagnostics_interval != new.diagnostics_interval,
+        );
+        new.gateway_id.clone_from(&old.gateway_id);
+        new.base_topic.clone_from(&old.base_topic);
+        new.mqtt = old.mqtt.clone();
+        new.diagnostics_interval = old.diagnostics_interval;
+        // A point that was there (same device, same topic) keeps its slot.
+        let slots: HashMap<(&str, &str), u32> = old
+            .devices()
+            .flat_map(|d| {
+                d.points
+                    .iter()
+                    .map(|p| ((d.id.as_str(), p.topic.as_str()), p.slot))
+            })
+            .collect();
+        let next = &mut self.next_slot;
+        new.buses = new
+            .buses
+            .iter()
+            .map(|b| {
+                let mut bus = Bus::clone(b);
+                bus.devices = b
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        let mut dev = Device::clone(d);
+                        for p in &mut dev.points {
+                            p.slot = match slots.get(&(d.id.as_str(), p.topic.as_str())) {
+                                Some(s) => *s,
+                                None => {
+                                    *next += 1;
+                                    *next - 1
+                                }
+                            };
+                        }
+                        Arc::new(dev)
+                    })
+                    .collect();
+                Arc::new(bus)
+            })
+            .collect();
+        let before: HashMap<&str, &Device> = old.devices().map(|d| (d.id.as_str(), d)).collect();
+        let after: HashSet<&str> = new.devices().map(|d| d.id.as_str()).collect();
+        let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0);
+        for d in new.devices() {
+            match before.get(d.id.as_str()) {
+                None => added.push(d.id.clone()),
+                Some(o) if same(o, d) => kept += 1,
+                Some(_) => changed.push(d.id.clone()),
+            }
+        }
+        let removed = old
+            .devices()
+            .filter(|d| !after.contains(d.id.as_str()))
+            .map(|d| d.id.clone())
+            .collect();
+        Plan {
+            model: new,
+            restart_needed,
+            added,
+            removed,
+            changed,
+            kept,
+        }
+    }
+
+    /// Apply `plan`: bus tasks stopped, reconfigured and started, then the routes, the
+    /// broker's contract and the embedded side's model follow, and what is gone is
+    /// published offline and cleared.
+    async fn apply(&mut self, plan: Plan) {
+        let new = Arc::new(plan.model);
+        let generation = self.router.generation() + 1;
+        self.buses.stats.update(&new);
+        let running: HashSet<String> = self.buses.tasks.keys().cloned().collect();
+        let wanted: HashSet<&str> = new
+            .buses
+            .iter()
+            .filter(|b| !b.devices.is_empty())
+            .map(|b| b.id.as_str())
+            .collect();
+        // Replaced (another kind or transport) or gone: stop them first, so a port is
+        // free for the task that replaces it.
+        let mut stop: Vec<String> = running
+            .iter()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for b in &new.buses {
+            if let Some(t) = self.buses.tasks.get(&b.id) {
+                if t.bus.kind != b.kind && !stop.contains(&b.id) {
+                    stop.push(b.id.clone());
+                }
+            }
+        }
+        self.router.set_restarting(!stop.is_empty());
+        for id in &stop {
+            self.buses.stop(id).await;
+        }
+        let mut first = 0;
+        for b in &new.buses {
+            match self.buses.tasks.get(&b.id) {
+                Some(t) if bus_same(&t.bus, b) => {}
+                Some(_) => self.buses.reconfigure(b, first, generation).await,
+                None => {
+                    let gpio = match &b.kind {
+                        BusKind::Gpio { backend } => {
+                            match crate::runtime::open_backend(&b.id, *backend, &self.buses.boards)
+                            {
+                                Ok(g) => Some(g),
+                                Err(e) => {
+                                    error!(bus = %b.id, error = %e, "Cannot start the bus.");
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    self.buses.spawn(&new, b, first, gpio);
+                }
+            }
+            first += b.devices.len();
+        }
+        let senders = self.buses.senders(&new);
+        let g = self.router.update(new.clone(), senders, &self.buses.stats);
+        debug_assert_eq!(g, generation);
+        self.router.set_restarting(false);
+        self.contract.set(&new);
+        self.current.send_replace(new.clone());
+        let gone = clear(&self.model, &new, &plan.removed);
+        self.model = new;
+        if !gone.is_empty() {
+            let _ = self.buses.out.send(gone).await;
+        }
+    }
+}
+
+/// Whether two buses run the same: same kind and transport, the same devices in the
+/// same order.
+fn bus_same(a: &Bus, b: &Bus) -> bool {
+    a.kind == b.kind
+        && a.devices.len() == b.devices.len()
+        && a.devices.iter().zip(&b.devices).all(|(x, y)| same(x, y))
+}
+
+/// What a reload removed: `offline` for every removed device (retained) and an empty
+/// retained message on every point topic that is gone (which clears it in a broker).
+fn clear(old: &Model, new: &Model, removed: &[String]) -> Batch {
+    let topics: HashSet<&str> = new.points().map(|p| p.topic.as_str()).collect();
+    let mut out: Batch = removed
+        .iter()
+        .map(|id| buses::availability(&old.availability_topic(id), false))
+        .collect();
+    for p in old.points().filter(|p| !topics.contains(p.topic.as_str())) {
+        info!(topic = %p.topic, "Point removed; retained topic cleared.");
+        out.push(Outgoing {
+            topic: p.topic.clone(),
+            payload: Vec::new(),
+            retain: true,
+            qos: 1,
+            slot: Some(p.slot),
+        });
+    }
+    out
+}
