@@ -34,6 +34,25 @@ pub fn fieldlink_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "fieldlink", "--bin", "fieldlink"]);
+        // Without what cargo set for this test (CARGO_PKG_NAME=fieldlink-tests...): build
+        // scripts that watch such variables (ring's does) would otherwise be rerun, and
+        // half the dependency tree rebuilt, on every test run.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_BIN_NAME",
+                    "LD_LIBRARY_PATH",
+                ]
+                .contains(&k.as_ref())
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if dir.file_name() == Some(OsStr::new("release")) {
             cmd.arg("--release");
         }

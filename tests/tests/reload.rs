@@ -7,8 +7,11 @@
 //! cadence while another changes (on another bus, and on the same bus); a broken file
 //! (YAML syntax, unknown key) is refused with the diagnostics `fieldlink check` prints, and
 //! the running configuration goes on; removed points are cleared and removed devices
-//! `offline`; commands around a reload are all answered; settings that need a restart are
-//! reported and not applied; `<base>/diagnostics` counts it all under `reload`.
+//! `offline`, and come back when re-added; a topic that moves to a renamed device keeps
+//! its retained value; commands around a reload are all answered; settings that need a
+//! restart are reported (again at each reload) and not applied; `<base>/diagnostics`
+//! counts it all under `reload`. systemd's side (`RELOADING=1`, `READY=1`) is in
+//! `notify_reload.rs`.
 //!
 //! No fixed sleep synchronises: every wait is for a log line, a message or a counter, with a
 //! deadline.
@@ -16,7 +19,7 @@
 use std::{
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant, SystemTime},
@@ -359,11 +362,70 @@ async fn a_new_mapping_file_matched_by_the_glob_starts_publishing() {
     let r = wait_reload_diag(&obs, |r| r["count"] == 1).await;
     check_reload(&r, 1, 0, true, 0, Some([1, 0, 0, 1]));
     assert_eq!(r["restart_needed"], serde_json::json!([]), "{r}");
+
+    // SIGHUP with nothing changed: every device kept.
+    let line = reload_ok(&gw).await;
+    assert_eq!(counts(&line), some4([0, 0, 0, 2]), "{line}");
+    let r = wait_reload_diag(&obs, |r| r["count"] == 2).await;
+    check_reload(&r, 2, 0, true, 0, Some([0, 0, 0, 2]));
     stop(gw).await;
 }
 
 // ---------------------------------------------------------------------------------------
 // 2. An unchanged device misses no poll
+
+/// A TCP proxy on 127.0.0.1 port 0 in front of `target`: its port, and how many
+/// connections it accepted.
+async fn counting_proxy(target: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            n2.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, n)
+}
+
+/// `devices.<dev>.polls` of a diagnostics message.
+fn polls_of(m: &Msg, dev: &str) -> Option<u64> {
+    if m.topic != DIAG {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&m.payload).ok()?;
+    v["devices"][dev]["polls"].as_u64()
+}
+
+/// Wait for a diagnostics message that arrived after `since`, and check that its poll
+/// count of `dk` is the number of polls the simulated device had seen by then (a device
+/// restarted with fresh counters would report far fewer); returns that count.
+async fn polls_follow_the_device(obs: &Observer, dk: &SimDevice, since: Instant) -> u64 {
+    assert!(
+        eventually(T, || on(obs, DIAG).iter().any(|m| m.at > since)).await,
+        "diagnostics every second"
+    );
+    let m = on(obs, DIAG)
+        .into_iter()
+        .find(|m| m.at > since)
+        .expect("diagnostics");
+    let polls = polls_of(&m, "dk").unwrap_or_else(|| panic!("devices.dk.polls: {}", m.payload));
+    let seen = dk.log().iter().filter(|r| r.at <= m.at).count() as u64;
+    assert!(
+        polls <= seen + 1 && polls + 3 >= seen,
+        "the gateway counts {polls} polls of dk, the device saw {seen}: {}",
+        m.payload
+    );
+    polls
+}
 
 /// Device `dk` (unchanged, 200 ms, every poll published) and device `dc` in one mapping
 /// file; the reload changes `dc` only (a scale and a new point). On its own bus, or on the
@@ -380,7 +442,9 @@ async fn unchanged_device_keeps_its_cadence(same_bus: bool) {
     let unit_c = if same_bus { 2 } else { 1 };
     let dc = server_c.add(unit_c, SimDevice::new());
     dc.set_registers(Table::Holding, 0, &[10, 3]);
-    let port_k = server_k.clone().spawn_local().await.expect("sim");
+    // The unchanged device's bus connects through a proxy that counts connections.
+    let (port_k, connections) =
+        counting_proxy(server_k.clone().spawn_local().await.expect("sim")).await;
     let (buses, bus_c) = if same_bus {
         (vec![bus("b", port_k)], "b")
     } else {
@@ -414,7 +478,7 @@ async fn unchanged_device_keeps_its_cadence(same_bus: bool) {
                 bus_c,
                 unit_c,
                 &[
-                    "topic: casa/c/v, table: holding, address: 0, scale: 0.5, publish: every_poll",
+                    "topic: casa/c/v, table: holding, address: 0, scale: 2, publish: every_poll",
                     "topic: casa/c/w, table: holding, address: 1, publish: every_poll",
                 ],
             ),
@@ -429,14 +493,18 @@ async fn unchanged_device_keeps_its_cadence(same_bus: bool) {
         "dk publishes every poll"
     );
     assert!(wait_seen(&obs, "casa/c/v", "10", T).await, "dc publishes");
+    // The gateway's poll counter of dk follows the polls the device saw (checked here
+    // before the reload, so that the check after it means something).
+    let polls_before = polls_follow_the_device(&obs, &dk, t0).await;
+    let connected = connections.load(Ordering::SeqCst);
 
     cfg.write("m.yaml", &after);
     let hup = Instant::now();
     let line = reload_ok(&gw).await;
     assert_eq!(counts(&line), some4([0, 0, 1, 1]), "{line}");
     assert!(
-        wait_seen(&obs, "casa/c/v", "5", T).await,
-        "the changed device runs its new mapping (scale 0.5)"
+        wait_seen(&obs, "casa/c/v", "20", T).await,
+        "the changed device runs its new mapping (scale 2)"
     );
     assert!(
         wait_seen(&obs, "casa/c/w", "3", T).await,
@@ -479,6 +547,20 @@ async fn unchanged_device_keeps_its_cadence(same_bus: bool) {
         polls.len(),
         rel(poll_gap_at)
     );
+    // Not restarted: its counters go on, and (on its own bus) its connection stays.
+    let polls_after = polls_follow_the_device(&obs, &dk, end).await;
+    assert!(
+        polls_after > polls_before,
+        "{polls_before} then {polls_after}"
+    );
+    let reconnects = connections.load(Ordering::SeqCst) - connected;
+    eprintln!("same bus: {same_bus}; the unchanged device's bus connected {reconnects} more time(s) during the reload");
+    if !same_bus {
+        assert_eq!(
+            reconnects, 0,
+            "the unchanged bus keeps its connection to the device"
+        );
+    }
     let limit = Duration::from_millis(400);
     assert!(
         poll_gap < limit,
@@ -757,6 +839,103 @@ async fn removed_points_are_cleared_and_a_removed_device_goes_offline() {
     );
     let r = wait_reload_diag(&obs, |r| r["count"] == 1).await;
     check_reload(&r, 1, 0, true, 0, Some([0, 1, 1, 0]));
+
+    // Both come back: their values are published (and retained) again, though they
+    // equal the last values published before the removal.
+    cfg.write("a.yaml", &a(true));
+    cfg.write("gateway.yaml", &gateway_yaml("[a.yaml, b.yaml]", ""));
+    let back = Instant::now();
+    let line = reload_ok(&gw).await;
+    assert_eq!(counts(&line), some4([1, 0, 1, 0]), "{line}");
+    for (topic, payload) in [
+        ("casa/a/p2", "2"),
+        ("casa/b/q", "3"),
+        ("fieldlink/t/db/availability", "online"),
+    ] {
+        assert!(
+            eventually(T, || on(&obs, topic)
+                .iter()
+                .any(|m| m.at > back && m.payload == payload))
+            .await,
+            "{topic} {payload} again after the device came back: {:?}",
+            on(&obs, topic)
+        );
+    }
+    let again = Observer::connect(port, "#", QoS::AtLeastOnce).await;
+    assert!(
+        eventually(T, || on(&again, DIAG).len() >= 2).await,
+        "diagnostics reach the new subscriber"
+    );
+    let retained = |topic: &str| {
+        on(&again, topic)
+            .into_iter()
+            .find(|m| m.retain)
+            .map(|m| m.payload)
+    };
+    assert_eq!(retained("casa/a/p2").as_deref(), Some("2"));
+    assert_eq!(retained("casa/b/q").as_deref(), Some("3"));
+    assert_eq!(
+        retained("fieldlink/t/db/availability").as_deref(),
+        Some("online")
+    );
+    stop(gw).await;
+}
+
+/// A device renamed (the same point, the same topic, on the same bus): the old device is
+/// removed, the new one added, and the topic they share keeps its retained value (its
+/// clearing, as a removed device's topic, must not come after the new device's value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_moves_to_a_renamed_device_keeps_its_retained_value() {
+    let (_dev, port_a) = sim(&[11]).await;
+    let cfg = Config::new("m.yaml");
+    let m = |id: &str| {
+        mapping(
+            &[bus("ba", port_a)],
+            &[device(
+                id,
+                "ba",
+                1,
+                &["topic: casa/a/v, table: holding, address: 0"],
+            )],
+        )
+    };
+    cfg.write("m.yaml", &m("da"));
+    let (gw, port, obs) = start(&cfg).await;
+    assert!(wait_seen(&obs, "casa/a/v", "11", T).await, "da publishes");
+    assert!(wait_seen(&obs, "fieldlink/t/da/availability", "online", T).await);
+    cfg.write("m.yaml", &m("dz"));
+    let line = reload_ok(&gw).await;
+    assert_eq!(counts(&line), some4([1, 1, 0, 0]), "{line}");
+    assert!(
+        wait_seen(&obs, "fieldlink/t/da/availability", "offline", T).await,
+        "the old device offline"
+    );
+    assert!(
+        wait_seen(&obs, "fieldlink/t/dz/availability", "online", T).await,
+        "the new device online"
+    );
+    let fresh = Observer::connect(port, "#", QoS::AtLeastOnce).await;
+    assert!(
+        eventually(T, || on(&fresh, DIAG).len() >= 2).await,
+        "diagnostics reach the new subscriber"
+    );
+    let retained: Vec<String> = on(&fresh, "casa/a/v")
+        .into_iter()
+        .filter(|m| m.retain)
+        .map(|m| m.payload)
+        .collect();
+    eprintln!(
+        "casa/a/v as the first subscriber saw it: {:?}",
+        on(&obs, "casa/a/v")
+            .iter()
+            .map(|m| m.payload.as_str())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        retained,
+        vec!["11".to_string()],
+        "a new subscriber gets the topic's retained value"
+    );
     stop(gw).await;
 }
 
@@ -764,7 +943,8 @@ async fn removed_points_are_cleared_and_a_removed_device_goes_offline() {
 // 5. Commands around a reload
 
 /// Device `dw` (a writable setpoint at holding 10, a reading at 0) in `a.yaml`, device
-/// `dc` in `b.yaml`; `b_after` adds a writable point to `dc`.
+/// `dc` (a reading at 0, a writable setpoint at 7) in `b.yaml`; `b_after` adds a writable
+/// point to `dc` (so `dw` is kept and `dc` changed).
 struct CommandSetup {
     cfg: Config,
     dev_w: Arc<SimDevice>,
@@ -792,7 +972,10 @@ async fn command_setup() -> CommandSetup {
         ),
     );
     let c = |new_point: bool| {
-        let mut points = vec!["topic: casa/c/v, table: holding, address: 0"];
+        let mut points = vec![
+            "topic: casa/c/v, table: holding, address: 0",
+            "topic: casa/c/sp, table: holding, address: 7, writable: true, min: 0, max: 1000",
+        ];
         if new_point {
             points.push(
                 "topic: casa/c/new, table: holding, address: 5, writable: true, min: 0, max: 1000",
@@ -914,8 +1097,11 @@ async fn commands_sent_around_a_reload_all_get_a_result() {
     .expect("publish");
     assert_eq!(wait_result(&obs, "casa/w/sp", "warm-up").await["ok"], true);
 
-    // A command every 20 ms (pacing, not synchronisation) until told to stop.
-    let sent: Arc<Mutex<Vec<(String, u64, Instant)>>> = Arc::default();
+    // Commands to the kept device's setpoint and to the changed device's, in turn, one
+    // every 2 ms (pacing, not synchronisation: the reload itself takes a few ms) until told
+    // to stop: (topic, id, value, when sent).
+    type Sent = Arc<Mutex<Vec<(&'static str, String, u64, Instant)>>>;
+    let sent: Sent = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let sender = tokio::spawn({
         let (sent, done, cmd) = (sent.clone(), done.clone(), cmd.clone());
@@ -923,38 +1109,46 @@ async fn commands_sent_around_a_reload_all_get_a_result() {
             let mut i = 0u64;
             while !done.load(Ordering::SeqCst) {
                 i += 1;
+                let topic = if i.is_multiple_of(2) {
+                    "casa/w/sp"
+                } else {
+                    "casa/c/sp"
+                };
                 let id = format!("c{i}");
                 let value = 100 + i % 900;
                 cmd.publish(
-                    "casa/w/sp/set",
+                    format!("{topic}/set"),
                     QoS::AtLeastOnce,
                     false,
                     format!(r#"{{"value": {value}, "id": "{id}"}}"#),
                 )
                 .await
                 .expect("publish");
-                sent.lock().expect("lock").push((id, value, Instant::now()));
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                sent.lock()
+                    .expect("lock")
+                    .push((topic, id, value, Instant::now()));
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
     });
+    let count_after = |since: Instant| {
+        sent.lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, _, _, t)| *t > since)
+            .count()
+    };
     assert!(
-        eventually(T, || sent.lock().expect("lock").len() >= 10).await,
+        eventually(T, || count_after(Instant::now() - T) >= 20).await,
         "commands before the reload"
     );
     s.cfg.write("b.yaml", &s.b_after);
     let hup = Instant::now();
-    let _ = reload_ok(&gw).await;
+    let line = reload_ok(&gw).await;
+    assert_eq!(counts(&line), some4([0, 0, 1, 1]), "{line}");
     let reloaded = Instant::now();
     assert!(
-        eventually(T, || sent
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, _, t)| *t > reloaded)
-            .count()
-            >= 10)
-        .await,
+        eventually(T, || count_after(reloaded) >= 20).await,
         "commands after the reload"
     );
     done.store(true, Ordering::SeqCst);
@@ -962,51 +1156,77 @@ async fn commands_sent_around_a_reload_all_get_a_result() {
     let sent = sent.lock().expect("lock").clone();
     let all_answered = eventually(T, || {
         sent.iter()
-            .all(|(id, _, _)| result_for(&obs, "casa/w/sp", id).is_some())
+            .all(|(topic, id, _, _)| result_for(&obs, topic, id).is_some())
     })
     .await;
-    let missing: Vec<&String> = sent
+    let missing: Vec<(&str, &String, Instant)> = sent
         .iter()
-        .filter(|(id, _, _)| result_for(&obs, "casa/w/sp", id).is_none())
-        .map(|(id, _, _)| id)
+        .filter(|(topic, id, _, _)| result_for(&obs, topic, id).is_none())
+        .map(|(topic, id, _, t)| (*topic, id, *t))
         .collect();
     let around = sent
         .iter()
-        .filter(|(_, _, t)| *t >= hup && *t <= reloaded)
+        .filter(|(_, _, _, t)| *t >= hup && *t <= reloaded)
         .count();
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+    for (topic, id, _, _) in &sent {
+        let what = match result_for(&obs, topic, id) {
+            Some(r) if r["ok"] == true => "ok".to_string(),
+            Some(r) => r["error"]
+                .as_str()
+                .unwrap_or("?")
+                .split(':')
+                .next()
+                .unwrap_or("?")
+                .to_string(),
+            None => "no result".to_string(),
+        };
+        *outcomes.entry(format!("{topic}: {what}")).or_default() += 1;
+    }
     eprintln!(
-        "{} commands, {around} of them between SIGHUP and `{RELOADED}`, {} unanswered",
-        sent.len(),
-        missing.len()
+        "{} commands, {around} of them sent between SIGHUP and `{RELOADED}`: {outcomes:?}",
+        sent.len()
     );
-    assert!(all_answered, "commands without a result: {missing:?}");
-    for (id, value, _) in &sent {
-        let r = result_for(&obs, "casa/w/sp", id).expect("result");
+    assert!(
+        all_answered,
+        "commands without a result (topic, id, sent after SIGHUP by): {:?}",
+        missing
+            .iter()
+            .map(|(topic, id, t)| (topic, id, t.checked_duration_since(hup)))
+            .collect::<Vec<_>>()
+    );
+    // The kept device's commands are applied or superseded by a newer one, nothing else;
+    // the changed device's may fail while it restarts, but are answered.
+    for (topic, id, value, _) in sent.iter().filter(|c| c.0 == "casa/w/sp") {
+        let r = result_for(&obs, topic, id).expect("result");
         let superseded = r["ok"] == false
             && r["error"]
                 .as_str()
                 .is_some_and(|e| e.starts_with("superseded"));
         assert!(
             r == serde_json::json!({"ok": true, "value": value, "id": id}) || superseded,
-            "command {id} ({value}): {r}"
+            "command {id} ({value}) to the kept device: {r}"
         );
     }
-    let (last_id, last_value, _) = sent.last().expect("commands");
-    assert_eq!(
-        result_for(&obs, "casa/w/sp", last_id).expect("result")["ok"],
-        true,
-        "the last command is applied"
-    );
-    assert_eq!(
-        s.dev_w.registers(Table::Holding, 10, 1),
-        vec![*last_value as u16],
-        "the register holds the last value"
-    );
+    // The last command of each point is applied.
+    for (topic, dev, addr) in [("casa/w/sp", &s.dev_w, 10), ("casa/c/sp", &s.dev_c, 7)] {
+        let (_, id, value, _) = sent.iter().rev().find(|c| c.0 == topic).expect("commands");
+        assert_eq!(
+            result_for(&obs, topic, id).expect("result"),
+            serde_json::json!({"ok": true, "value": value, "id": id}),
+            "the last command to {topic} is applied"
+        );
+        assert_eq!(
+            dev.registers(Table::Holding, addr, 1),
+            vec![u16::try_from(*value).expect("u16")],
+            "{topic}: the register holds the last value"
+        );
+    }
     stop(gw).await;
 }
 
 // ---------------------------------------------------------------------------------------
-// 7. Settings that need a restart
+// 6. Settings that need a restart
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_that_need_a_restart_are_reported_and_not_applied() {
@@ -1100,5 +1320,38 @@ async fn settings_that_need_a_restart_are_reported_and_not_applied() {
             "the new base topic is not used: {other:?}"
         );
     }
+    eprintln!("restart_needed: {}", r["restart_needed"]);
+
+    // SIGHUP again, nothing changed since: the settings still differ from the running
+    // ones, so they are reported again, and still not applied.
+    let mark = gw.log_len();
+    let line = reload_ok(&gw).await;
+    assert_eq!(counts(&line), some4([0, 0, 0, 2]), "{line}");
+    assert!(
+        gw.log_since(mark)
+            .iter()
+            .any(|l| l.contains("needs a restart")),
+        "`needs a restart` again:\n{}",
+        gw.log_since(mark).join("\n")
+    );
+    let r2 = wait_reload_diag(&obs, |r| r["count"] == 2).await;
+    check_reload(&r2, 2, 0, true, 0, Some([0, 0, 0, 2]));
+    assert_eq!(
+        r2["restart_needed"], r["restart_needed"],
+        "the same settings still need a restart"
+    );
+    let since = Instant::now();
+    assert!(
+        eventually(T, || on(&obs, DIAG).iter().any(|m| m.at > since)).await,
+        "diagnostics still on the old base topic"
+    );
+    let other = obs
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|m| m.topic.starts_with("fieldlink/other"))
+        .count();
+    assert_eq!(other, 0, "the new base topic is still not used");
     stop(gw).await;
 }
