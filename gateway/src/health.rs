@@ -354,6 +354,7 @@ impl Stats {
                     outcome.removed = prev.removed;
                     outcome.changed = prev.changed;
                     outcome.kept = prev.kept;
+                    outcome.restart_needed.clone_from(&prev.restart_needed);
                 }
             }
             r.last = Some(outcome);
@@ -433,8 +434,14 @@ impl Stats {
                 "recovered": u.recovered.load(Relaxed),
             })
         });
+        let failed_polls: u64 = self
+            .devices()
+            .iter()
+            .map(|d| d.failed_polls.load(Relaxed))
+            .sum();
         json!({
             "uptime_s": self.uptime().as_secs(),
+            "failed_polls": failed_polls,
             "version": env!("CARGO_PKG_VERSION"),
             "mqtt": {
                 "connected": self.mqtt_connected.load(Relaxed),

@@ -25,6 +25,7 @@
 //!   the embedded one (its end of that link) and the upstream (cloud) broker with its
 //!   disk store-and-forward queue.
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
+//! - [`homeassistant`]: Home Assistant MQTT discovery, derived from the mappings.
 //! - `runtime`: [`run`], which starts those parts in order and stops them in reverse;
 //!   `reload`: the bus tasks as it keeps them, and live reload (SIGHUP), which restarts
 //!   only what changed; `service`: what systemd hears (ready, watchdog, reloading,
@@ -37,6 +38,7 @@ mod commands;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod homeassistant;
 pub mod model;
 pub mod mqtt;
 mod publish;

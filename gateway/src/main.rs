@@ -325,6 +325,23 @@ fn check(config: &std::path::Path) -> ExitCode {
         checked.files.len(),
         m.buses.len(),
     );
+    let entities = fieldlink::homeassistant::counts(m);
+    if let Some(ha) = &m.homeassistant {
+        let list: Vec<String> = entities.iter().map(|(c, n)| format!("{n} {c}")).collect();
+        println!(
+            "Home Assistant discovery on `{}/`: {} entit{} ({}).",
+            ha.discovery_prefix,
+            entities.values().sum::<usize>(),
+            if entities.values().sum::<usize>() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            list.join(", ")
+        );
+    } else {
+        println!("Home Assistant discovery: off.");
+    }
     if let Some(e) = &m.mqtt.embedded {
         println!(
             "Embedded broker: {}, {}, {}, anonymous clients {}.",

@@ -23,6 +23,91 @@ pub struct Model {
     pub diagnostics_interval: Duration,
     /// Buses, each with its devices (shared with the bus tasks, never copied).
     pub buses: Vec<Arc<Bus>>,
+    /// Home Assistant discovery, when on.
+    pub homeassistant: Option<HomeAssistant>,
+}
+
+/// Home Assistant MQTT discovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeAssistant {
+    /// Where configs go: `<prefix>/<component>/<unique_id>/config`; Home Assistant
+    /// announces itself on `<prefix>/status`.
+    pub discovery_prefix: String,
+}
+
+/// How a device shows in Home Assistant (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceHa {
+    /// Name (default: the device id).
+    pub name: Option<String>,
+    /// Manufacturer.
+    pub manufacturer: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Suggested area.
+    pub suggested_area: Option<String>,
+}
+
+/// Home Assistant entity platform of a point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// Read-only value.
+    Sensor,
+    /// Read-only on/off.
+    BinarySensor,
+    /// Writable on/off.
+    Switch,
+    /// Writable number.
+    Number,
+    /// Writable choice of names.
+    Select,
+    /// Momentary action.
+    Button,
+    /// Writable text.
+    Text,
+}
+
+/// Home Assistant entity category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntityCategory {
+    /// A setting.
+    Config,
+    /// Health, not purpose.
+    Diagnostic,
+}
+
+/// Home Assistant state class of a sensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateClass {
+    /// A value at a moment.
+    Measurement,
+    /// A total that may go down.
+    Total,
+    /// A total that only grows (but for resets).
+    TotalIncreasing,
+}
+
+/// A point's Home Assistant overrides (all optional).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PointHa {
+    /// Entity name.
+    pub name: Option<String>,
+    /// Component, instead of the derived one.
+    pub component: Option<Component>,
+    /// Device class, instead of the one the unit implies.
+    pub device_class: Option<String>,
+    /// State class.
+    pub state_class: Option<StateClass>,
+    /// `mdi:` icon.
+    pub icon: Option<String>,
+    /// Entity category.
+    pub entity_category: Option<EntityCategory>,
+    /// Enabled when Home Assistant first sees it.
+    pub enabled_by_default: Option<bool>,
+    /// Unavailable after this long without a value.
+    pub expire_after: Option<Duration>,
+    /// No discovery config.
+    pub hidden: bool,
 }
 
 impl Model {
@@ -55,7 +140,7 @@ impl Model {
 }
 
 /// MQTT settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MqttModel {
     /// The embedded broker, when enabled.
     pub embedded: Option<EmbeddedBroker>,
@@ -66,7 +151,7 @@ pub struct MqttModel {
 }
 
 /// The upstream (cloud) broker and its store-and-forward queue.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Upstream {
     /// The URL as written (for logs).
     pub url: String,
@@ -105,7 +190,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The embedded broker's TLS listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EmbeddedTls {
     /// Listen address.
     pub listen: SocketAddr,
@@ -116,7 +201,7 @@ pub struct EmbeddedTls {
 }
 
 /// TLS towards the upstream broker (PEM text, already checked to parse).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tls {
     /// CA certificates; `None` trusts the system's roots.
     pub ca: Option<Vec<u8>>,
@@ -125,7 +210,7 @@ pub struct Tls {
 }
 
 /// The store-and-forward queue of the upstream broker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueueSettings {
     /// Directory.
     pub dir: std::path::PathBuf,
@@ -138,7 +223,7 @@ pub struct QueueSettings {
 }
 
 /// The embedded broker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EmbeddedBroker {
     /// Listen address.
     pub listen: SocketAddr,
@@ -302,16 +387,27 @@ pub struct Device {
     pub max_backoff: Duration,
     /// Line parsing and polling, for a device on a `uart` bus.
     pub uart: Option<UartDevice>,
+    /// How it shows in Home Assistant.
+    pub ha: DeviceHa,
     /// Points.
     pub points: Vec<Point>,
 }
 
-/// Whether two devices are defined the same: every field, their points' slots included.
+/// Whether two devices are defined the same for their bus task: every field, their
+/// points' slots included, but the Home Assistant ones (discovery has its own diff).
 /// Compared through the `Debug` form every model type derives, so that a field added
 /// later takes part without anyone remembering to add it here (and a `regex::Regex`,
 /// which has no `PartialEq`, compares by its pattern).
 pub(crate) fn same(a: &Device, b: &Device) -> bool {
-    format!("{a:?}") == format!("{b:?}")
+    let runs = |d: &Device| {
+        let mut d = d.clone();
+        d.ha = DeviceHa::default();
+        for p in &mut d.points {
+            p.ha = PointHa::default();
+        }
+        format!("{d:?}")
+    };
+    a.id == b.id && a.points.len() == b.points.len() && runs(a) == runs(b)
 }
 
 /// Payload format of a point.
@@ -373,6 +469,8 @@ pub struct Point {
     pub value_map: Vec<(String, f64)>,
     /// Where the value lives on the point's bus.
     pub source: Source,
+    /// Home Assistant overrides.
+    pub ha: PointHa,
 }
 
 /// Where a point's value lives, one variant per bus kind.
@@ -498,6 +596,7 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
         min: None,
         max: None,
         value_map: Vec::new(),
+        ha: PointHa::default(),
         source: Source::Modbus(ModbusPoint {
             table: Table::Holding,
             address: 0,

@@ -180,12 +180,15 @@ impl Buses {
         let Some(t) = self.tasks.remove(id) else {
             return;
         };
-        let _ = t.control.send(Control::Stop).await;
-        let mut task = t.task;
-        if tokio::time::timeout(BUS_WAIT, &mut task).await.is_err() {
-            error!(bus = %id, "Bus task did not stop for the reload; aborted.");
-            task.abort();
+        if tokio::time::timeout(BUS_WAIT, t.control.send(Control::Stop))
+            .await
+            .is_err()
+        {
+            warn!(bus = %id, "Bus task slow to take the reload.");
         }
+        // It stops after its current transaction (bounded by the bus timeout): waited
+        // for, so that its port and lines are free for whatever replaces it.
+        let _ = t.task.await;
     }
 
     /// Give the task of bus `bus.id` its new devices and wait until it took them.
@@ -200,8 +203,13 @@ impl Buses {
             generation,
             done,
         };
-        if t.control.send(c).await.is_err() {
-            return;
+        match tokio::time::timeout(BUS_WAIT, t.control.send(c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                warn!(bus = %bus.id, "Bus task slow to take the reload.");
+                return;
+            }
         }
         if tokio::time::timeout(BUS_WAIT, taken).await.is_err() {
             warn!(bus = %bus.id, "Bus task slow to take the reload.");
@@ -326,22 +334,27 @@ impl Running {
             old.gateway_id != new.gateway_id || old.base_topic != new.base_topic,
         );
         keep("mqtt client id", old.mqtt.client_id != new.mqtt.client_id);
-        keep(
-            "embedded broker",
-            format!("{:?}", old.mqtt.embedded) != format!("{:?}", new.mqtt.embedded),
-        );
-        keep(
-            "upstream broker",
-            format!("{:?}", old.mqtt.upstream) != format!("{:?}", new.mqtt.upstream),
-        );
+        // The embedded broker's secret is made anew by every load: not a setting.
+        let embedded_changed = match (&old.mqtt.embedded, &new.mqtt.embedded) {
+            (Some(a), Some(b)) => {
+                let mut b = b.clone();
+                b.secret = a.secret.clone();
+                *a != b
+            }
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        keep("embedded broker", embedded_changed);
+        keep("upstream broker", old.mqtt.upstream != new.mqtt.upstream);
         keep(
             "diagnostics interval",
             old.diagnostics_interval != new.diagnostics_interval,
         );
+        keep("homeassistant", old.homeassistant != new.homeassistant);
         new.gateway_id.clone_from(&old.gateway_id);
         new.base_topic.clone_from(&old.base_topic);
         new.mqtt = old.mqtt.clone();
         new.diagnostics_interval = old.diagnostics_interval;
+        new.homeassistant.clone_from(&old.homeassistant);
         // A point that was there (same device, same topic) keeps its slot.
         let slots: HashMap<(&str, &str), u32> = old
             .devices()
@@ -404,59 +417,88 @@ impl Running {
 
     /// Apply `plan`: bus tasks stopped, reconfigured and started, then the routes, the
     /// broker's contract and the embedded side's model follow, and what is gone is
-    /// published offline and cleared.
+    /// published offline and cleared. In two phases: first every bus leaves what is
+    /// removed or changed, then the new and changed devices start, so that a topic or a
+    /// GPIO pin that moves to another bus is free before it is taken again.
     async fn apply(&mut self, plan: Plan) {
         let new = Arc::new(plan.model);
         let generation = self.router.generation() + 1;
         self.buses.stats.update(&new);
-        let running: HashSet<String> = self.buses.tasks.keys().cloned().collect();
         let wanted: HashSet<&str> = new
             .buses
             .iter()
             .filter(|b| !b.devices.is_empty())
             .map(|b| b.id.as_str())
             .collect();
-        // Replaced (another kind or transport) or gone: stop them first, so a port is
-        // free for the task that replaces it.
-        let mut stop: Vec<String> = running
+        // Replaced (another kind or transport) or gone: stopped first, so a port is free
+        // for the task that replaces it.
+        let stop: Vec<String> = self
+            .buses
+            .tasks
             .iter()
-            .filter(|id| !wanted.contains(id.as_str()))
-            .cloned()
+            .filter(|(id, t)| {
+                !wanted.contains(id.as_str())
+                    || new
+                        .buses
+                        .iter()
+                        .any(|b| b.id == **id && b.kind != t.bus.kind)
+            })
+            .map(|(id, _)| id.clone())
             .collect();
-        for b in &new.buses {
-            if let Some(t) = self.buses.tasks.get(&b.id) {
-                if t.bus.kind != b.kind && !stop.contains(&b.id) {
-                    stop.push(b.id.clone());
-                }
-            }
-        }
         self.router.set_restarting(!stop.is_empty());
         for id in &stop {
             self.buses.stop(id).await;
         }
+        // Phase 1: every running bus keeps only its unchanged devices.
         let mut first = 0;
+        let mut starts = Vec::new();
         for b in &new.buses {
             match self.buses.tasks.get(&b.id) {
                 Some(t) if bus_same(&t.bus, b) => {}
-                Some(_) => self.buses.reconfigure(b, first, generation).await,
-                None => {
-                    let gpio = match &b.kind {
-                        BusKind::Gpio { backend } => {
-                            match crate::runtime::open_backend(&b.id, *backend, &self.buses.boards)
-                            {
-                                Ok(g) => Some(g),
-                                Err(e) => {
-                                    error!(bus = %b.id, error = %e, "Cannot start the bus.");
-                                    None
-                                }
-                            }
-                        }
-                        _ => None,
-                    };
-                    self.buses.spawn(&new, b, first, gpio);
+                Some(t) => {
+                    let keep = Arc::new(Bus {
+                        devices: b
+                            .devices
+                            .iter()
+                            .filter(|d| t.bus.devices.iter().any(|o| same(o, d)))
+                            .cloned()
+                            .collect(),
+                        ..Bus::clone(b)
+                    });
+                    if !bus_same(&t.bus, &keep) {
+                        self.buses.reconfigure(&keep, first, generation).await;
+                    }
+                    starts.push((b.clone(), first));
                 }
+                None => starts.push((b.clone(), first)),
             }
             first += b.devices.len();
+        }
+        // Phase 2: new and changed devices, new buses (not when shutdown came meanwhile:
+        // nothing new starts only to stop again).
+        let mut unavailable = Vec::new();
+        for (b, first) in starts {
+            if self.buses.shutdown.is_shutdown() {
+                break;
+            }
+            if self.buses.tasks.contains_key(&b.id) {
+                self.buses.reconfigure(&b, first, generation).await;
+                continue;
+            }
+            let gpio = match &b.kind {
+                BusKind::Gpio { backend } => {
+                    match crate::runtime::open_backend(&b.id, *backend, &self.buses.boards) {
+                        Ok(g) => Some(g),
+                        Err(e) => {
+                            error!(bus = %b.id, error = %e, "Cannot start the bus.");
+                            unavailable.extend(b.devices.iter().map(|d| d.id.clone()));
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            self.buses.spawn(&new, &b, first, gpio);
         }
         let senders = self.buses.senders(&new);
         let g = self.router.update(new.clone(), senders, &self.buses.stats);
@@ -464,7 +506,13 @@ impl Running {
         self.router.set_restarting(false);
         self.contract.set(&new);
         self.current.send_replace(new.clone());
-        let gone = clear(&self.model, &new, &plan.removed);
+        let mut gone = clear(&self.model, &new, &plan.removed);
+        gone.extend(
+            unavailable
+                .iter()
+                .map(|id| buses::availability(&new.availability_topic(id), false)),
+        );
+        gone.extend(discovery_changes(&self.model, &new));
         self.model = new;
         if !gone.is_empty() {
             let _ = self.buses.out.send(gone).await;
@@ -480,16 +528,51 @@ fn bus_same(a: &Bus, b: &Bus) -> bool {
         && a.devices.iter().zip(&b.devices).all(|(x, y)| same(x, y))
 }
 
+/// The discovery configs a reload changed or added, and an empty retained message on
+/// the config topic of every entity that is gone (Home Assistant removes it). Unchanged
+/// ones are not sent again.
+fn discovery_changes(old: &Model, new: &Model) -> Batch {
+    let before: HashMap<String, serde_json::Value> = crate::homeassistant::configs(old)
+        .into_iter()
+        .map(|c| (c.topic, c.payload))
+        .collect();
+    let after = crate::homeassistant::configs(new);
+    let now: HashSet<&str> = after.iter().map(|c| c.topic.as_str()).collect();
+    let mut out: Batch = after
+        .iter()
+        .filter(|c| before.get(&c.topic) != Some(&c.payload))
+        .map(crate::homeassistant::Config::message)
+        .collect();
+    for topic in before.keys().filter(|t| !now.contains(t.as_str())) {
+        out.push(Outgoing {
+            topic: topic.clone(),
+            payload: Vec::new(),
+            retain: true,
+            qos: 1,
+            slot: None,
+        });
+    }
+    out
+}
+
 /// What a reload removed: `offline` for every removed device (retained) and an empty
 /// retained message on every point topic that is gone (which clears it in a broker).
 fn clear(old: &Model, new: &Model, removed: &[String]) -> Batch {
-    let topics: HashSet<&str> = new.points().map(|p| p.topic.as_str()).collect();
+    let topics: HashSet<&str> = new
+        .points()
+        .filter(|p| p.retain)
+        .map(|p| p.topic.as_str())
+        .collect();
     let mut out: Batch = removed
         .iter()
         .map(|id| buses::availability(&old.availability_topic(id), false))
         .collect();
-    for p in old.points().filter(|p| !topics.contains(p.topic.as_str())) {
-        info!(topic = %p.topic, "Point removed; retained topic cleared.");
+    // A retained topic that is gone, or no longer retained.
+    for p in old
+        .points()
+        .filter(|p| p.retain && !topics.contains(p.topic.as_str()))
+    {
+        info!(topic = %p.topic, "Retained topic cleared.");
         out.push(Outgoing {
             topic: p.topic.clone(),
             payload: Vec::new(),

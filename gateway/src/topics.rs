@@ -30,6 +30,9 @@ pub(crate) struct Contract {
     pub(crate) protected: HashSet<String>,
     /// `<topic>/set` of every writable point, and its point.
     pub(crate) commands: HashMap<String, PointRef>,
+    /// Other topics whose publishes the gateway hears: Home Assistant's
+    /// `<prefix>/status`.
+    pub(crate) heard: HashSet<String>,
 }
 
 impl Contract {
@@ -58,6 +61,13 @@ impl Contract {
         }
         c.protected.insert(model.status_topic());
         c.protected.insert(model.diagnostics_topic());
+        if let Some(ha) = &model.homeassistant {
+            c.heard.insert(format!("{}/status", ha.discovery_prefix));
+            // The configs are the gateway's: nobody else may replace or clear them.
+            for config in crate::homeassistant::configs(model) {
+                c.protected.insert(config.topic);
+            }
+        }
         c
     }
 }

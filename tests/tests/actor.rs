@@ -384,3 +384,61 @@ async fn a_reload_keeps_an_unchanged_device_on_its_cadence_and_restarts_only_the
         [(3200, "online".to_string())]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gpio_reload_keeps_unchanged_lines_untouched_and_releases_removed_ones() {
+    let head = "buses:\n  - { id: io, kind: gpio, backend: simulated }\ndevices:\n  - id: pi\n    bus: io\n";
+    let relay =
+        "      - { topic: casa/rele, pin: 17, mode: output, initial: true, on_shutdown: off }\n";
+    let door = "      - { topic: casa/porta, pin: 4 }\n";
+    // The device changes: the door line goes, a button line comes, the relay's line is
+    // the same (its name in Home Assistant changes, which restarts nothing).
+    let relay_renamed = "      - { topic: casa/rele, pin: 17, mode: output, initial: true, on_shutdown: off, homeassistant: { name: Bomba } }\n";
+    let button = "      - { topic: casa/botao, pin: 5, debounce: 0s }\n";
+    let m = Arc::new(model(&format!("{head}    points:\n{relay}{door}"), ""));
+    let m2 = Arc::new(model(
+        &format!("{head}    points:\n{relay_renamed}{button}"),
+        "",
+    ));
+    let board = SimGpio::default();
+    let (mut io, log, _stats, trigger) = record(&m);
+    std::mem::forget(trigger);
+    let (control, control_rx) = mpsc::channel(1);
+    io.control = control_rx;
+    tokio::spawn(buses::run_gpio(
+        m.clone(),
+        m.buses[0].clone(),
+        0,
+        Box::new(board.clone()),
+        io,
+    ));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(board.history(17).len(), 1, "the relay set up once");
+    // An edge on the door line that is still queued when the reload comes is dropped.
+    board.drive(4, Some(true));
+    let (done, taken) = tokio::sync::oneshot::channel();
+    control
+        .send(buses::Control::Reconfigure {
+            bus: m2.buses[0].clone(),
+            first: 0,
+            generation: 1,
+            done,
+        })
+        .await
+        .expect("the bus task takes control messages");
+    taken.await.expect("the reload was applied");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The relay was neither released nor driven again: its line kept running.
+    assert_eq!(board.history(17).len(), 1, "the relay was not touched");
+    assert!(!board.released(17));
+    assert_eq!(board.mode(17), SimMode::Output);
+    // The door line is released (and its late edge not published); the button is set up
+    // and works.
+    assert!(board.released(4));
+    assert_eq!(on(&log, "casa/porta"), [(0, "false".to_string())]);
+    assert_eq!(board.mode(5), SimMode::Input(fieldlink::model::Pull::None));
+    board.drive(5, Some(true));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let botao: Vec<String> = on(&log, "casa/botao").into_iter().map(|(_, p)| p).collect();
+    assert_eq!(botao, ["false", "true"]);
+}

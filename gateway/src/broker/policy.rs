@@ -95,9 +95,11 @@ impl Policy {
         }
     }
 
-    /// Whether `topic` is the `<topic>/set` of a writable point.
+    /// Whether the gateway hears publishes on `topic`: the `<topic>/set` of a writable
+    /// point, or Home Assistant's status.
     pub(crate) fn is_command(&self, topic: &str) -> bool {
-        self.contract.get().commands.contains_key(topic)
+        let c = self.contract.get();
+        c.commands.contains_key(topic) || c.heard.contains(topic)
     }
 
     /// Whether a client may subscribe to `filter`.

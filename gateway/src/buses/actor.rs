@@ -248,8 +248,8 @@ pub enum Control {
         /// Answered once applied.
         done: tokio::sync::oneshot::Sender<()>,
     },
-    /// Run the commands already queued, leave the bus and end: a reload replaces or
-    /// removes it.
+    /// Leave the bus and end (a reload replaces or removes it); commands still queued
+    /// are answered "configuration reloading", not written.
     Stop,
 }
 
@@ -387,24 +387,21 @@ pub(crate) async fn run<D: Driver>(
         }
         cx.flush().await;
     };
-    match end {
-        End::Shutdown => {
-            let mut refused = Vec::new();
-            commands::refuse_queued(&mut commands, |c| cx.point(c.device, c.point), &mut refused);
-            cx.messages.extend(refused);
-        }
-        // Replaced by a reload: the commands already queued still run (the router sends
-        // no more; it refuses them as "bus restarting" until the new task runs).
-        End::Stop => {
-            commands.close();
-            let mut batch = Vec::new();
-            while let Ok(c) = commands.try_recv() {
-                batch.push(c);
-            }
-            if !batch.is_empty() {
-                run_commands(&mut driver, &mut cx, &devs, batch).await;
-            }
-        }
+    // Nobody is left waiting for a result that never comes. By topic: a command queued
+    // before a reload the task took may carry the indices of the old configuration.
+    let error = match end {
+        End::Shutdown => CommandError::ShuttingDown,
+        // Replaced or removed by a reload: the router refuses new ones the same way
+        // until the new task runs.
+        End::Stop => CommandError::BusRestarting,
+    };
+    commands.close();
+    while let Ok(c) = commands.try_recv() {
+        cx.messages.push(commands::result_on(
+            &c.topic,
+            Err(error.clone()),
+            c.id.as_ref(),
+        ));
     }
     driver.stop(&mut cx);
     cx.flush().await;

@@ -10,7 +10,11 @@
 //! after `pulse` for momentary outputs, and are left as `on_shutdown` says when the
 //! gateway stops. Logical states honour `active_low` throughout. Nothing is polled.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use fieldlink_drivers::{
     gpio::{Edge, GpioBackend},
@@ -80,26 +84,57 @@ impl Driver for Gpio {
 
     fn start(&mut self, cx: &mut Cx) {
         let devices: Vec<usize> = (0..cx.bus.devices.len()).collect();
-        self.set_up(&devices, cx);
+        self.set_up(&devices, &HashSet::new(), cx);
     }
 
     fn reconfigure(&mut self, kept: &[Option<usize>], cx: &mut Cx) {
-        // Lines of removed and changed devices are left as their `on_shutdown` says
-        // (a changed one is set up again below, as at start); kept ones keep running.
         let now = TokioInstant::now();
+        // Edges that came for the lines as they were: applied below to the lines that
+        // stay, dropped for the others (a pin set up again starts from its level).
+        let pending: Vec<Edge> = std::iter::from_fn(|| self.edges.try_recv().ok()).collect();
+        let bus = cx.bus.clone();
+        // A line stays when its device is kept, or when a new or changed device has the
+        // same line (pin and settings): an edit elsewhere in a device must not toggle
+        // its outputs.
+        let mut taken: HashSet<(usize, usize)> = HashSet::new();
         let mut left = Vec::new();
         for (i, line) in self.lines.iter_mut().enumerate() {
-            match kept.iter().position(|k| *k == Some(line.device)) {
-                Some(j) => line.device = j,
+            if let Some(j) = kept.iter().position(|k| *k == Some(line.device)) {
+                line.device = j;
+                taken.insert((j, line.point));
+                continue;
+            }
+            let same_line = bus
+                .devices
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| kept[*j].is_none())
+                .flat_map(|(j, d)| d.points.iter().enumerate().map(move |(p, pt)| (j, p, pt)))
+                .find(|(j, p, pt)| pt.gpio() == Some(&line.gpio) && !taken.contains(&(*j, *p)));
+            match same_line {
+                Some((j, p, pt)) => {
+                    (line.device, line.point, line.heartbeat) = (j, p, pt.heartbeat);
+                    taken.insert((j, p));
+                }
                 None => left.push(i),
             }
         }
+        let staying: HashSet<u8> = self
+            .lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !left.contains(i))
+            .map(|(_, l)| l.gpio.pin)
+            .collect();
         for &i in left.iter().rev() {
             self.release(i, now, None);
             self.lines.remove(i);
         }
         let new: Vec<usize> = (0..kept.len()).filter(|&j| kept[j].is_none()).collect();
-        self.set_up(&new, cx);
+        self.set_up(&new, &taken, cx);
+        for e in pending.into_iter().filter(|e| staying.contains(&e.pin)) {
+            self.on_edge(e, now, cx);
+        }
     }
 
     fn polls(&self, _d: usize) -> bool {
@@ -207,8 +242,9 @@ impl Driver for Gpio {
 }
 
 impl Gpio {
-    /// Set up the lines of devices `devices` of the bus and publish their levels.
-    fn set_up(&mut self, devices: &[usize], cx: &mut Cx) {
+    /// Set up the lines of devices `devices` of the bus (but the (device, point) lines
+    /// in `running`, which are set up already) and publish their levels.
+    fn set_up(&mut self, devices: &[usize], running: &HashSet<(usize, usize)>, cx: &mut Cx) {
         let Some(edge_tx) = self.edge_tx.clone() else {
             return;
         };
@@ -219,6 +255,9 @@ impl Gpio {
             let mut ok = true;
             for (p, point) in dev.points.iter().enumerate() {
                 let Some(g) = point.gpio() else { continue };
+                if running.contains(&(d, p)) {
+                    continue;
+                }
                 let setup = match &g.mode {
                     GpioMode::Input { pull, .. } => {
                         self.backend.input(g.pin, *pull, edge_tx.clone())

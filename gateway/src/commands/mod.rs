@@ -336,6 +336,17 @@ pub fn to_raw(point: &Point, value: &serde_json::Value) -> Result<Value, Command
     }
 }
 
+/// The smallest and largest value a command may give point `p` by its type alone, in
+/// engineering units (after scale and offset); floats: ±10¹².
+pub(crate) fn value_range(p: &Point) -> (f64, f64) {
+    if matches!(p.ty, ValueType::F32 | ValueType::F64) {
+        return (-1e12, 1e12);
+    }
+    let (lo, hi) = int_range(p.ty);
+    let (a, b) = (lo * p.scale + p.offset, hi * p.scale + p.offset);
+    (a.min(b).max(-1e15), a.max(b).min(1e15))
+}
+
 /// The smallest and largest value of an integer register type.
 fn int_range(ty: ValueType) -> (f64, f64) {
     match ty {
@@ -355,25 +366,6 @@ pub fn drain(first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
         batch.push(c);
     }
     batch
-}
-
-/// Answer every command still queued in `rx` with "gateway shutting down" (pushed to
-/// `messages`): at shutdown nobody is left waiting for a result that never comes.
-pub fn refuse_queued<'a>(
-    rx: &mut mpsc::Receiver<Command>,
-    point_of: impl Fn(&Command) -> Option<&'a Point>,
-    messages: &mut Vec<Outgoing>,
-) {
-    rx.close();
-    while let Ok(c) = rx.try_recv() {
-        if let Some(point) = point_of(&c) {
-            messages.push(result(
-                point,
-                Err(CommandError::ShuttingDown),
-                c.id.as_ref(),
-            ));
-        }
-    }
 }
 
 /// Collapse a batch of queued commands: several for the same point keep only the newest;

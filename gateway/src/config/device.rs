@@ -104,6 +104,7 @@ impl Validator {
                 write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
                 max_backoff,
                 uart,
+                ha: self.device_ha(cx, d.homeassistant.as_ref()),
                 points,
             },
         ))

@@ -18,6 +18,8 @@ pub(super) struct Header {
     pub(super) mqtt: MqttModel,
     /// How often diagnostics are published.
     pub(super) diagnostics_interval: Duration,
+    /// Home Assistant discovery.
+    pub(super) homeassistant: Option<crate::model::HomeAssistant>,
 }
 
 /// Where state lives unless `state_dir` says otherwise (systemd's `StateDirectory=`).
@@ -87,7 +89,9 @@ impl Validator {
             gw.diagnostics_interval.as_ref(),
             Duration::from_secs(30),
         );
+        let homeassistant = self.homeassistant(cx, gw.homeassistant.as_ref(), embedded.is_some());
         Some(Header {
+            homeassistant,
             id,
             base_topic,
             mqtt: MqttModel {

@@ -30,6 +30,9 @@ pub struct GatewayFile {
     /// resolved against the directory of the gateway file.
     #[serde(default)]
     pub state_dir: Option<Spanned<String>>,
+    /// Home Assistant MQTT discovery (on by default with the embedded broker).
+    #[serde(default)]
+    pub homeassistant: Option<super::HomeAssistantFile>,
 }
 
 /// `mqtt:` section of the gateway file.

@@ -135,6 +135,7 @@ pub fn check_sources(
         mqtt: h.mqtt,
         diagnostics_interval: h.diagnostics_interval,
         buses: number_points(buses),
+        homeassistant: h.homeassistant,
     };
     embedded::warnings(&model, &gw_file, &gw.mqtt.embedded, &mut v.diags);
     Ok(Checked {

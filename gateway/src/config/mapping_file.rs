@@ -127,6 +127,10 @@ pub struct DeviceFile {
     /// UART: how a line becomes fields.
     #[serde(default)]
     pub parser: Option<ParserFile>,
+    /// How the device shows in Home Assistant: `name`, `manufacturer`, `model`,
+    /// `suggested_area`.
+    #[serde(default)]
+    pub homeassistant: Option<super::DeviceHaFile>,
     /// The device's points.
     #[serde(default)]
     pub points: Vec<PointFile>,
@@ -292,6 +296,10 @@ pub struct PointFile {
     /// UART: how long to wait for `ack`. Default: the bus `timeout`.
     #[serde(default)]
     pub ack_timeout: Option<Spanned<HumanDuration>>,
+    /// Home Assistant overrides: `name`, `component`, `device_class`, `state_class`,
+    /// `icon`, `entity_category`, `enabled_by_default`, `expire_after`, `hidden`.
+    #[serde(default)]
+    pub homeassistant: Option<super::PointHaFile>,
 }
 
 /// A value in a `values:` map: a number or a boolean.

@@ -29,6 +29,7 @@
 //! | `serial.rs` | a serial line (`modbus_rtu`, `uart`): port and framing |
 //! | `uart.rs` | UART: its key values, the bus, the line parser, the UART half of a point |
 //! | `gpio.rs` | GPIO: its key values, the bus, the GPIO half of a point |
+//! | `homeassistant.rs` | `homeassistant:` of the gateway file, of a device and of a point |
 //!
 //! A new bus kind gets its own file next to `modbus.rs`, `uart.rs` and `gpio.rs`, plus its
 //! keys in [`BusFile`]/[`PointFile`] and a line in the dispatch of `mapping.rs`/`point.rs`.
@@ -39,6 +40,7 @@ mod embedded;
 mod gateway;
 mod gateway_file;
 mod gpio;
+mod homeassistant;
 mod load;
 mod mapping;
 mod mapping_file;
@@ -59,6 +61,10 @@ pub use gateway_file::{
 };
 pub use gpio::{
     GpioBackendName, GpioModeName, OnShutdownName, PullName, DEFAULT_DEBOUNCE, GPIO_MAX_PIN,
+};
+pub use homeassistant::{
+    ComponentName, DeviceHaFile, EntityCategoryName, HomeAssistantFile, PointHaFile,
+    StateClassName, DEFAULT_DISCOVERY_PREFIX,
 };
 pub use load::{check_sources, load, Checked, ResolveProblems};
 pub use mapping_file::{

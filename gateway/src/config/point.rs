@@ -96,7 +96,7 @@ impl Validator {
         if self.error_count() > errors_before {
             return None;
         }
-        Some(Point {
+        let mut point = Point {
             slot: 0,
             writable,
             min: p.min.as_ref().map(|v| v.value),
@@ -117,7 +117,13 @@ impl Validator {
             publish,
             heartbeat,
             source,
-        })
+            ha: crate::model::PointHa::default(),
+        };
+        point.ha = self.point_ha(cx, p.homeassistant.as_ref(), &point);
+        if self.error_count() > errors_before {
+            return None;
+        }
+        Some(point)
     }
 
     /// `heartbeat`: republish an unchanged value this often.

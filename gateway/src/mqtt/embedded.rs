@@ -42,8 +42,12 @@ struct Conn {
     values: Vec<Option<(Vec<u8>, u8)>>,
     /// Values are kept by slot (else by topic, in `others`).
     by_slot: bool,
-    /// The same for the gateway's own retained topics (status, availability, diagnostics).
+    /// The same for the gateway's own retained topics (status, availability, diagnostics,
+    /// Home Assistant discovery configs).
     others: HashMap<String, (Vec<u8>, u8)>,
+    /// When to republish the discovery configs and the states for Home Assistant, which
+    /// announced itself.
+    ha_due: Option<tokio::time::Instant>,
     stats: Arc<Stats>,
 }
 
@@ -122,6 +126,49 @@ impl Conn {
         self.republish().await;
     }
 
+    /// Home Assistant (re)started: the discovery configs under `prefix`, then every state
+    /// (Home Assistant drops a state that arrives before its entity exists). Only routed:
+    /// the broker holds them already.
+    async fn republish_for_ha(&mut self, prefix: &str) {
+        if !self.connected {
+            return;
+        }
+        let is_config = |t: &str| t.starts_with(prefix) && t.ends_with("/config");
+        let message = |topic: &str, (payload, qos): &(Vec<u8>, u8)| Routed {
+            message: Outgoing {
+                topic: topic.to_string(),
+                payload: payload.clone(),
+                retain: true,
+                qos: *qos,
+                slot: None,
+            },
+            store: false,
+        };
+        let mut configs: Vec<Routed> = self
+            .others
+            .iter()
+            .filter(|(t, _)| is_config(t))
+            .map(|(t, v)| message(t, v))
+            .collect();
+        configs.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
+        let n = configs.len();
+        let mut states: Vec<Routed> = self
+            .others
+            .iter()
+            .filter(|(t, _)| !is_config(t))
+            .map(|(t, v)| message(t, v))
+            .collect();
+        let model = self.model.borrow().clone();
+        for point in model.points() {
+            if let Some(Some(v)) = self.values.get(point.slot as usize) {
+                states.push(message(&point.topic, v));
+            }
+        }
+        self.publish(configs).await;
+        self.publish(states).await;
+        info!(configs = n, "Discovery republished for Home Assistant.");
+    }
+
     /// `online` first, then every retained message, sorted by topic, all stored.
     async fn republish(&mut self) {
         let status_topic = self.status_topic.as_str();
@@ -170,6 +217,22 @@ impl Conn {
     }
 }
 
+/// How long after Home Assistant's `online` the configs go out again: 1 to 3 s, varied
+/// so that several gateways on one broker do not answer at the same moment.
+fn ha_delay() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Duration::from_millis(1000 + u64::from(nanos % 2000))
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Run the gateway's side of the embedded broker until `rx` is closed (every producer
 /// stopped); then publish `offline` on the status topic and wait until it is written.
 /// `current` is the model in force, which a reload replaces.
@@ -201,8 +264,14 @@ pub async fn run_client(
         values: Vec::new(),
         model: current,
         others: HashMap::new(),
+        ha_due: None,
         stats,
     };
+    let ha_prefix = model
+        .homeassistant
+        .as_ref()
+        .map(|h| format!("{}/", h.discovery_prefix));
+    let ha_status = ha_prefix.as_ref().map(|p| format!("{p}status"));
     let mut seen = Serving::default();
     let mut linked = true;
     let mut listening = true;
@@ -228,7 +297,20 @@ pub async fn run_client(
                     conn.stats.mqtt_connected.store(false, Relaxed);
                 }
             }
+            () = sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
+                conn.ha_due = None;
+                if let Some(prefix) = ha_prefix.as_deref() {
+                    conn.republish_for_ha(prefix).await;
+                }
+            }
             command = commands.recv(), if listening => match command {
+                Some(c) if Some(&c.topic) == ha_status.as_ref() => {
+                    if c.payload.as_ref() == b"online" && conn.ha_due.is_none() {
+                        let wait = ha_delay();
+                        debug!(wait = ?wait, "Home Assistant online; discovery republished soon.");
+                        conn.ha_due = Some(tokio::time::Instant::now() + wait);
+                    }
+                }
                 Some(c) => {
                     if let Some(rejected) = router.handle(&c.topic, &c.payload) {
                         debug!(topic = %c.topic, "Command rejected.");

@@ -51,6 +51,11 @@ pub(crate) fn remember(
     payload: &[u8],
     qos: u8,
 ) {
+    // An empty retained message clears the topic: nothing to republish.
+    if payload.is_empty() {
+        retained.remove(topic);
+        return;
+    }
     match retained.get_mut(topic) {
         Some(last) => overwrite(last, payload, qos),
         None => {

@@ -54,19 +54,27 @@ impl Up {
             .filter(|o| !new.iter().any(|f| f.path == o.path))
             .map(|o| o.path.clone())
             .collect();
-        self.subs = new;
+        let before = std::mem::replace(&mut self.subs, new);
         if !self.connected {
             return;
         }
+        let mut failed = false;
         if !added.is_empty() {
             if let Err(e) = self.client.try_subscribe_many(added) {
-                warn!(error = %e, "Cannot subscribe upstream.");
+                warn!(error = %e, "Cannot subscribe upstream; trying again.");
+                failed = true;
             }
         }
         for t in removed {
             if let Err(e) = self.client.try_unsubscribe(t) {
-                warn!(error = %e, "Cannot unsubscribe upstream.");
+                warn!(error = %e, "Cannot unsubscribe upstream; trying again.");
+                failed = true;
             }
+        }
+        if failed {
+            // Tried again at the next batch or tick (subscribing twice is harmless).
+            self.subs = before;
+            self.subs_generation = 0;
         }
     }
 

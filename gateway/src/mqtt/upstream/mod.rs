@@ -161,7 +161,10 @@ pub async fn run_upstream(
                     up.spool.flush_done(d);
                 }
             },
-            _ = tick.tick() => up.publish_stats(),
+            _ = tick.tick() => {
+                up.follow_routes();
+                up.publish_stats();
+            }
             () = tokio::time::sleep(wait), if rate_wait.is_some() => {},
         }
         rate_wait = up.pump();
