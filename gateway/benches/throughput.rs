@@ -105,9 +105,16 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
         }
     }
     std::fs::write(dir.path().join("mapping.yaml"), mapping).expect("write mapping");
+    // BENCH_HA=0: without Home Assistant discovery (on by default, as for a user: every
+    // point is also an entity, 10 000 retained configs).
+    let ha = if std::env::var("BENCH_HA").is_ok_and(|v| v == "0") {
+        "homeassistant: { enabled: false }\n"
+    } else {
+        ""
+    };
     std::fs::write(
         dir.path().join("gateway.yaml"),
-        "id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\ndiagnostics_interval: 10s\n",
+        format!("id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\ndiagnostics_interval: 10s\n{ha}"),
     )
     .expect("write gateway");
     // BENCH_WRAP="heaptrack" (or "perf record -g -o FILE", ...) runs the gateway under a

@@ -120,14 +120,6 @@ pub async fn run_with(
     let contract = LiveContract::new(&model);
     let link = start_broker(&model, &contract, &stats, hooks.bound.take()).await?;
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
-    // Home Assistant's discovery configs go out first (an empty channel: no wait).
-    let discovery: Vec<_> = crate::homeassistant::configs(&model)
-        .iter()
-        .map(crate::homeassistant::Config::message)
-        .collect();
-    if !discovery.is_empty() {
-        let _ = tx.send(discovery).await;
-    }
     let (current, current_rx) = watch::channel(model.clone());
     let mut buses = reload::Buses::new(tx.clone(), stats.clone(), shutdown.clone(), hooks.gpio);
     let command_txs = buses.spawn_all(&model, &mut gpio);

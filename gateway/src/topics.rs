@@ -33,6 +33,10 @@ pub(crate) struct Contract {
     /// Other topics whose publishes the gateway hears: Home Assistant's
     /// `<prefix>/status`.
     pub(crate) heard: HashSet<String>,
+    /// The gateway's discovery configs, `<prefix>/<component>/<these>…/config`: the
+    /// prefix with its `/`, and `fieldlink_<gateway id>_` (a pattern, not a list: at
+    /// 10 000 points a list of topics would cost a megabyte).
+    pub(crate) discovery: Option<(String, String)>,
 }
 
 impl Contract {
@@ -63,12 +67,28 @@ impl Contract {
         c.protected.insert(model.diagnostics_topic());
         if let Some(ha) = &model.homeassistant {
             c.heard.insert(format!("{}/status", ha.discovery_prefix));
-            // The configs are the gateway's: nobody else may replace or clear them.
-            for config in crate::homeassistant::configs(model) {
-                c.protected.insert(config.topic);
-            }
+            c.discovery = Some((
+                format!("{}/", ha.discovery_prefix),
+                format!("fieldlink_{}_", model.gateway_id),
+            ));
         }
         c
+    }
+
+    /// Whether only the gateway may publish on `topic`: its own topics, and its
+    /// discovery configs (nobody else may replace or clear them).
+    pub(crate) fn protects(&self, topic: &str) -> bool {
+        if self.protected.contains(topic) {
+            return true;
+        }
+        let Some((prefix, id)) = &self.discovery else {
+            return false;
+        };
+        topic
+            .strip_prefix(prefix.as_str())
+            .and_then(|rest| rest.strip_suffix("/config"))
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(_, object)| object.starts_with(id.as_str()))
     }
 }
 

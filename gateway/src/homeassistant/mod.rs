@@ -233,13 +233,29 @@ fn fnv(s: &str) -> u32 {
 
 /// Every discovery config of `model` (none when discovery is off).
 pub fn configs(model: &Model) -> Vec<Config> {
-    let Some(ha) = &model.homeassistant else {
-        return Vec::new();
-    };
-    let mut out = gateway_configs(model, ha);
+    iter(model).collect()
+}
+
+/// [`configs`] one at a time: the gateway's own, then every point's (10 000 configs at
+/// once would be ~30 MB of JSON trees).
+pub fn iter(model: &Model) -> impl Iterator<Item = Config> + Send + '_ {
+    let ha = model.homeassistant.as_ref();
+    let gateway = ha
+        .map(|ha| gateway_configs(model, ha))
+        .unwrap_or_default()
+        .into_iter();
     let mut ids: HashSet<String> = HashSet::new();
-    for d in model.devices() {
-        for p in d.points.iter().filter(|p| !p.ha.hidden) {
+    let points = ha
+        .into_iter()
+        .flat_map(move |ha| {
+            model.devices().flat_map(move |d| {
+                d.points
+                    .iter()
+                    .filter(|p| !p.ha.hidden)
+                    .map(move |p| (ha, d, p))
+            })
+        })
+        .map(move |(ha, d, p)| {
             let mut uid = format!(
                 "fieldlink_{}_{}_{}",
                 id_safe(&model.gateway_id),
@@ -250,16 +266,15 @@ pub fn configs(model: &Model) -> Vec<Config> {
                 uid = format!("{uid}_{:08x}", fnv(&p.topic));
                 ids.insert(uid.clone());
             }
-            out.push(point_config(model, ha, d, p, uid));
-        }
-    }
-    out
+            point_config(model, ha, d, p, uid)
+        });
+    gateway.chain(points)
 }
 
 /// How many entities of each component `model` yields (for `check`).
 pub fn counts(model: &Model) -> BTreeMap<&'static str, usize> {
     let mut n = BTreeMap::new();
-    for c in configs(model) {
+    for c in iter(model) {
         *n.entry(c.component.name()).or_default() += 1;
     }
     n

@@ -48,6 +48,9 @@ struct Conn {
     /// When to republish the discovery configs and the states for Home Assistant, which
     /// announced itself.
     ha_due: Option<tokio::time::Instant>,
+    /// `<discovery prefix>/`, with discovery on. The configs are not kept here: they are
+    /// made again from the model when needed (10 000 of them are ~9 MB).
+    ha_prefix: Option<String>,
     stats: Arc<Stats>,
 }
 
@@ -92,6 +95,7 @@ impl Conn {
                         self.values.resize(s + 1, None);
                     }
                 }
+                let config = m.slot.is_none() && self.is_config(&m.topic);
                 match m.slot.and_then(|s| self.values.get_mut(s as usize)) {
                     Some(Some(last)) => {
                         store = last.0 != m.payload || last.1 != m.qos;
@@ -100,6 +104,7 @@ impl Conn {
                         }
                     }
                     Some(empty) => *empty = Some((m.payload.clone(), m.qos)),
+                    None if config => {}
                     None => remember(&mut self.others, &m.topic, &m.payload, m.qos),
                 }
             }
@@ -124,16 +129,50 @@ impl Conn {
         self.stats.mqtt_connected.store(true, Relaxed);
         self.stats.mqtt_connects.fetch_add(1, Relaxed);
         self.republish().await;
+        // Making the state (discovery configs above all) took memory the process no
+        // longer needs.
+        crate::trim_heap();
     }
 
-    /// Home Assistant (re)started: the discovery configs under `prefix`, then every state
-    /// (Home Assistant drops a state that arrives before its entity exists). Only routed:
-    /// the broker holds them already.
-    async fn republish_for_ha(&mut self, prefix: &str) {
+    /// Whether `topic` is a discovery config.
+    fn is_config(&self, topic: &str) -> bool {
+        self.ha_prefix
+            .as_deref()
+            .is_some_and(|p| topic.starts_with(p) && topic.ends_with("/config"))
+    }
+
+    /// Publish the discovery configs of the model in force, made afresh, in batches of
+    /// 256 (`store`: into a new broker; else only routed, the broker holds them).
+    async fn publish_configs(&mut self, store: bool) -> usize {
+        let model = self.model.borrow().clone();
+        let mut configs = crate::homeassistant::iter(&model);
+        let mut n = 0;
+        loop {
+            let batch: Vec<Routed> = configs
+                .by_ref()
+                .take(256)
+                .map(|c| Routed {
+                    message: c.message(),
+                    store,
+                })
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            n += batch.len();
+            self.publish(batch).await;
+        }
+        n
+    }
+
+    /// Home Assistant (re)started: the discovery configs, then every state (Home
+    /// Assistant drops a state that arrives before its entity exists). Only routed: the
+    /// broker holds them already.
+    async fn republish_for_ha(&mut self) {
         if !self.connected {
             return;
         }
-        let is_config = |t: &str| t.starts_with(prefix) && t.ends_with("/config");
+        let n = self.publish_configs(false).await;
         let message = |topic: &str, (payload, qos): &(Vec<u8>, u8)| Routed {
             message: Outgoing {
                 topic: topic.to_string(),
@@ -144,27 +183,13 @@ impl Conn {
             },
             store: false,
         };
-        let mut configs: Vec<Routed> = self
-            .others
-            .iter()
-            .filter(|(t, _)| is_config(t))
-            .map(|(t, v)| message(t, v))
-            .collect();
-        configs.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
-        let n = configs.len();
-        let mut states: Vec<Routed> = self
-            .others
-            .iter()
-            .filter(|(t, _)| !is_config(t))
-            .map(|(t, v)| message(t, v))
-            .collect();
+        let mut states: Vec<Routed> = self.others.iter().map(|(t, v)| message(t, v)).collect();
         let model = self.model.borrow().clone();
         for point in model.points() {
             if let Some(Some(v)) = self.values.get(point.slot as usize) {
                 states.push(message(&point.topic, v));
             }
         }
-        self.publish(configs).await;
         self.publish(states).await;
         info!(configs = n, "Discovery republished for Home Assistant.");
     }
@@ -205,15 +230,14 @@ impl Conn {
         });
         let mut state: Vec<Outgoing> = others.chain(values).collect();
         state.sort_by(|a, b| a.topic.cmp(&b.topic));
-        state.insert(0, online);
-        let state = state
-            .into_iter()
-            .map(|message| Routed {
-                message,
-                store: true,
-            })
-            .collect();
-        self.publish(state).await;
+        let routed = |message| Routed {
+            message,
+            store: true,
+        };
+        self.publish(vec![routed(online)]).await;
+        // The discovery configs before the states they are for.
+        self.publish_configs(true).await;
+        self.publish(state.into_iter().map(routed).collect()).await;
     }
 }
 
@@ -250,6 +274,11 @@ pub async fn run_client(
         mut serving,
         mut commands,
     } = link;
+    let ha_prefix = model
+        .homeassistant
+        .as_ref()
+        .map(|h| format!("{}/", h.discovery_prefix));
+    let ha_status = ha_prefix.as_ref().map(|p| format!("{p}status"));
     let mut conn = Conn {
         inbox,
         status_topic: status_topic.clone(),
@@ -265,13 +294,9 @@ pub async fn run_client(
         model: current,
         others: HashMap::new(),
         ha_due: None,
+        ha_prefix: ha_prefix.clone(),
         stats,
     };
-    let ha_prefix = model
-        .homeassistant
-        .as_ref()
-        .map(|h| format!("{}/", h.discovery_prefix));
-    let ha_status = ha_prefix.as_ref().map(|p| format!("{p}status"));
     let mut seen = Serving::default();
     let mut linked = true;
     let mut listening = true;
@@ -299,9 +324,7 @@ pub async fn run_client(
             }
             () = sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
                 conn.ha_due = None;
-                if let Some(prefix) = ha_prefix.as_deref() {
-                    conn.republish_for_ha(prefix).await;
-                }
+                conn.republish_for_ha().await;
             }
             command = commands.recv(), if listening => match command {
                 Some(c) if Some(&c.topic) == ha_status.as_ref() => {
