@@ -3,6 +3,7 @@
 //! observer (a separate rumqttc client, like a user's `mosquitto_sub`), and a TCP proxy
 //! that can cut the gateway's MQTT connection the way a network fault does.
 
+pub mod homeassistant;
 pub mod mosquitto;
 pub mod raw;
 
