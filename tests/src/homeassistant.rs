@@ -270,6 +270,15 @@ impl HomeAssistant {
             .collect()
     }
 
+    /// The ERROR and WARNING lines of this run's log from the MQTT integration: a
+    /// discovery payload HA refuses shows here (2024.3.3: an invalid value is an ERROR
+    /// "Error '…' when processing MQTT discovery message topic: '…', message: '…'",
+    /// a payload that is not JSON a WARNING "Unable to parse JSON"; keys it does not know
+    /// are dropped without a word).
+    pub fn mqtt_problems(&self) -> Vec<String> {
+        self.problems("[homeassistant.components.mqtt")
+    }
+
     /// Every entity's state: `GET /api/states`.
     pub fn states(&self) -> Vec<Value> {
         match self.get("/api/states") {

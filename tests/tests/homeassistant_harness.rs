@@ -1,10 +1,11 @@
 //! The Home Assistant harness (`fieldlink_tests::homeassistant`) against a real HA core
 //! (2024.3.3, from `tests/ha/install.sh`): a hand-written MQTT discovery config and a
 //! retained state make an entity in HA, with its unit and device class, that is there
-//! again with its state after HA restarts; the same through the gateway's embedded
-//! broker; and what this HA release makes of discovery keys newer than it
-//! (`default_entity_id`) next to ones it knows (`origin`, an `availability` list with
-//! `availability_mode: all`).
+//! again with its state after HA restarts, and a discovered switch whose service call
+//! becomes a command on the broker; the same through the gateway's embedded broker; what
+//! this HA release makes of discovery keys newer than it (`default_entity_id`) next to
+//! ones it knows (`origin`, an `availability` list with `availability_mode: all`); and
+//! how it logs the payloads it refuses.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use fieldlink_tests::{
     homeassistant::{self, HomeAssistant},
     model,
     mosquitto::{Broker, BrokerOpts},
-    publisher, Gateway,
+    publisher, Gateway, Observer,
 };
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{json, Value};
@@ -103,6 +104,38 @@ async fn sensor_appears_and_survives_a_restart(port: u16) {
     ha.wait_for_entity(id, WAIT, |s| s["state"] == "22.25")
         .expect("the new state within 30 s");
 
+    // A service call becomes a command on the broker.
+    let mut commands = Observer::connect(port, "fieldlink-test/relay/set", QoS::AtLeastOnce).await;
+    retain(
+        &client,
+        "homeassistant/switch/test_relay/config",
+        json!({
+            "name": "Relay",
+            "unique_id": "fieldlink_test_relay",
+            "state_topic": "fieldlink-test/relay/state",
+            "command_topic": "fieldlink-test/relay/set",
+            "device": { "identifiers": ["fieldlink_test_dev"], "name": "Harness Device" }
+        })
+        .to_string(),
+    )
+    .await;
+    retain(&client, "fieldlink-test/relay/state", "OFF").await;
+    let relay = "switch.harness_device_relay";
+    ha.wait_for_entity(relay, WAIT, |s| s["state"] == "off")
+        .expect("the switch, off, within 30 s");
+    ha.call_service("switch", "turn_on", &json!({ "entity_id": relay }))
+        .expect("switch.turn_on");
+    let cmd = commands
+        .next_on("fieldlink-test/relay/set", WAIT)
+        .await
+        .expect("HA publishes the command");
+    assert_eq!(cmd.payload, "ON");
+    let unknown = ha.call_service("switch", "no_such_service", &json!({}));
+    assert!(
+        matches!(unknown, Err(homeassistant::HttpError { status: 400, .. })),
+        "{unknown:?}"
+    );
+
     let t1 = Instant::now();
     ha.restart();
     eprintln!(
@@ -115,9 +148,9 @@ async fn sensor_appears_and_survives_a_restart(port: u16) {
         .expect("the entity back with its retained state after the restart");
     assert_eq!(attr(&s, "unit_of_measurement"), "°C", "{s}");
     assert!(
-        ha.problems("mqtt").is_empty(),
+        ha.mqtt_problems().is_empty(),
         "HA logged MQTT problems: {:#?}",
-        ha.problems("mqtt")
+        ha.mqtt_problems()
     );
 }
 
@@ -221,7 +254,7 @@ async fn newer_discovery_keys_are_dropped_silently() {
         .expect("object_id sets the entity id");
     // No error or warning about either payload.
     assert!(
-        ha.problems("mqtt").is_empty() && ha.problems("discovery").is_empty(),
+        ha.mqtt_problems().is_empty(),
         "HA complained: {:#?}",
         ha.problems("")
     );
@@ -239,4 +272,86 @@ async fn newer_discovery_keys_are_dropped_silently() {
     retain(&client, "fieldlink-test/n/availability", "online").await;
     ha.wait_for_entity(by_name, WAIT, |s| s["state"] == "19.0")
         .expect("available again when all say online");
+}
+
+/// What HA 2024.3.3 refuses, and how it says so ([`HomeAssistant::mqtt_problems`]):
+/// device-based discovery (`homeassistant/device/<id>/config` with `cmps`, a later
+/// release's) is "not supported" (a warning; nothing is made); an invalid value (here a
+/// `device_class`) is an ERROR naming the key, the topic and the payload; a payload that
+/// is not JSON a warning. And an entity name that repeats the device name is not
+/// shortened: the friendly name says it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_discovery_payloads_are_logged() {
+    if homeassistant::venv().is_none() {
+        return;
+    }
+    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
+        return;
+    };
+    let Some(ha) = HomeAssistant::start(broker.port) else {
+        return;
+    };
+    let client = publisher(broker.port).await;
+    let device = json!({ "identifiers": ["fieldlink_refused"], "name": "Refused" });
+    retain(&client, "fieldlink-test/r/state", "1").await;
+    retain(
+        &client,
+        "homeassistant/device/fieldlink_refused/config",
+        json!({
+            "dev": { "ids": ["fieldlink_refused"], "name": "Refused" },
+            "o": { "name": "fieldlink" },
+            "cmps": { "t": { "p": "sensor", "unique_id": "fieldlink_cmps_t", "state_topic": "fieldlink-test/r/state", "name": "Cmps" } }
+        })
+        .to_string(),
+    )
+    .await;
+    retain(
+        &client,
+        "homeassistant/sensor/test_bad/config",
+        json!({ "name": "Bad", "unique_id": "fieldlink_bad", "state_topic": "fieldlink-test/r/state", "device_class": "bogus", "device": device }).to_string(),
+    )
+    .await;
+    retain(
+        &client,
+        "homeassistant/sensor/test_nojson/config",
+        "not json",
+    )
+    .await;
+    retain(
+        &client,
+        "homeassistant/sensor/test_twice/config",
+        json!({ "name": "Refused Level", "unique_id": "fieldlink_twice", "state_topic": "fieldlink-test/r/state", "device": device }).to_string(),
+    )
+    .await;
+
+    let twice = ha
+        .wait_for_entity("sensor.refused_refused_level", WAIT, |s| s["state"] == "1")
+        .expect("the entity whose name repeats the device's");
+    assert_eq!(attr(&twice, "friendly_name"), "Refused Refused Level");
+    let problems = |text: &str| ha.mqtt_problems().into_iter().any(|l| l.contains(text));
+    let deadline = Instant::now() + WAIT;
+    while !(problems("Integration device is not supported")
+        && problems("Unable to parse JSON test_nojson")
+        && problems(
+            "when processing MQTT discovery message topic: 'homeassistant/sensor/test_bad/config'",
+        ))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "all three refusals logged; HA's MQTT problems: {:#?}",
+            ha.mqtt_problems()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(problems("@ data['device_class']"), "the key is named");
+    let entities: Vec<Value> = ha
+        .states()
+        .into_iter()
+        .map(|s| s["entity_id"].clone())
+        .collect();
+    assert!(
+        !entities.contains(&json!("sensor.refused_cmps"))
+            && !entities.contains(&json!("sensor.refused_bad")),
+        "neither refused payload made an entity: {entities:?}"
+    );
 }
