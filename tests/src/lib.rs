@@ -4,6 +4,7 @@
 //! that can cut the gateway's MQTT connection the way a network fault does. [`process`] runs
 //! the `fieldlink` binary as a child process.
 
+pub mod homeassistant;
 pub mod mosquitto;
 pub mod process;
 pub mod raw;
