@@ -512,7 +512,6 @@ impl Running {
                 .iter()
                 .map(|id| buses::availability(&new.availability_topic(id), false)),
         );
-        gone.extend(discovery_changes(&self.model, &new));
         self.model = new;
         if !gone.is_empty() {
             let _ = self.buses.out.send(gone).await;
@@ -526,33 +525,6 @@ fn bus_same(a: &Bus, b: &Bus) -> bool {
     a.kind == b.kind
         && a.devices.len() == b.devices.len()
         && a.devices.iter().zip(&b.devices).all(|(x, y)| same(x, y))
-}
-
-/// The discovery configs a reload changed or added, and an empty retained message on
-/// the config topic of every entity that is gone (Home Assistant removes it). Unchanged
-/// ones are not sent again.
-fn discovery_changes(old: &Model, new: &Model) -> Batch {
-    let before: HashMap<String, serde_json::Value> = crate::homeassistant::configs(old)
-        .into_iter()
-        .map(|c| (c.topic, c.payload))
-        .collect();
-    let after = crate::homeassistant::configs(new);
-    let now: HashSet<&str> = after.iter().map(|c| c.topic.as_str()).collect();
-    let mut out: Batch = after
-        .iter()
-        .filter(|c| before.get(&c.topic) != Some(&c.payload))
-        .map(crate::homeassistant::Config::message)
-        .collect();
-    for topic in before.keys().filter(|t| !now.contains(t.as_str())) {
-        out.push(Outgoing {
-            topic: topic.clone(),
-            payload: Vec::new(),
-            retain: true,
-            qos: 1,
-            slot: None,
-        });
-    }
-    out
 }
 
 /// What a reload removed: `offline` for every removed device (retained) and an empty

@@ -788,10 +788,14 @@ async fn removed_points_are_cleared_and_a_removed_device_goes_offline() {
     assert_eq!(counts(&line), some4([0, 1, 1, 0]), "{line}");
     let requests_b = dev_b.request_count();
     // Subscribers see the clearing messages and the removed device's `offline`.
+    // Home Assistant's entities of the removed points go too: their configs are
+    // cleared.
     for (topic, payload) in [
         ("casa/a/p2", ""),
         ("casa/b/q", ""),
         ("fieldlink/t/db/availability", "offline"),
+        ("homeassistant/sensor/fieldlink_t_da_casa_a_p2/config", ""),
+        ("homeassistant/sensor/fieldlink_t_db_casa_b_q/config", ""),
     ] {
         assert!(
             wait_seen(&obs, topic, payload, T).await,

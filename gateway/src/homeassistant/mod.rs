@@ -546,6 +546,33 @@ fn overrides(m: &mut Map<String, Value>, component: Component, p: &Point) {
     }
 }
 
+/// The discovery configs a reload changed or added, and an empty retained message on
+/// the config topic of every entity that is gone (Home Assistant removes it). Unchanged
+/// ones are not sent again.
+pub(crate) fn changes(old: &Model, new: &Model) -> Vec<Outgoing> {
+    let before: std::collections::HashMap<String, Value> = configs(old)
+        .into_iter()
+        .map(|c| (c.topic, c.payload))
+        .collect();
+    let after = configs(new);
+    let now: HashSet<&str> = after.iter().map(|c| c.topic.as_str()).collect();
+    let mut out: Vec<Outgoing> = after
+        .iter()
+        .filter(|c| before.get(&c.topic) != Some(&c.payload))
+        .map(Config::message)
+        .collect();
+    for topic in before.keys().filter(|t| !now.contains(t.as_str())) {
+        out.push(Outgoing {
+            topic: topic.clone(),
+            payload: Vec::new(),
+            retain: true,
+            qos: 1,
+            slot: None,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

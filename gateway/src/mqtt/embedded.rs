@@ -298,6 +298,9 @@ pub async fn run_client(
         stats,
     };
     let mut seen = Serving::default();
+    // The model whose discovery configs the broker has.
+    let mut shown = model.clone();
+    let mut following = true;
     let mut linked = true;
     let mut listening = true;
     loop {
@@ -320,6 +323,24 @@ pub async fn run_client(
                     warn!("Embedded broker down; the state is republished when it is back.");
                     conn.connected = false;
                     conn.stats.mqtt_connected.store(false, Relaxed);
+                }
+            }
+            // A reload: the discovery configs that changed, and clears for the gone ones.
+            changed = conn.model.changed(), if following => {
+                if changed.is_err() {
+                    following = false;
+                    continue;
+                }
+                let new = conn.model.borrow_and_update().clone();
+                let changes = crate::homeassistant::changes(&shown, &new);
+                shown = new;
+                if conn.connected && !changes.is_empty() {
+                    debug!(configs = changes.len(), "Discovery configs changed.");
+                    let batch = changes
+                        .into_iter()
+                        .map(|message| Routed { message, store: true })
+                        .collect();
+                    conn.publish(batch).await;
                 }
             }
             () = sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
