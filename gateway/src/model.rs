@@ -33,6 +33,10 @@ pub struct HomeAssistant {
     /// Where configs go: `<prefix>/<component>/<unique_id>/config`; Home Assistant
     /// announces itself on `<prefix>/status`.
     pub discovery_prefix: String,
+    /// Published on the embedded broker.
+    pub embedded: bool,
+    /// Published on the upstream broker too (its topics carry the upstream prefix).
+    pub upstream: bool,
 }
 
 /// How a device shows in Home Assistant (all optional).

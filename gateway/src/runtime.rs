@@ -263,6 +263,7 @@ fn start_mqtt(
         .as_ref()
         .filter(|u| u.accept_commands)
         .map(|_| router.clone());
+    let up_current = current.clone();
     let embedded =
         |rx, link| tokio::spawn(mqtt::run_client(current, rx, stats.clone(), router, link));
     let upstream = |rx, spool| {
@@ -272,6 +273,7 @@ fn start_mqtt(
             rx,
             stats.clone(),
             upstream_router,
+            Some(up_current),
         ))
     };
     match (link, spool) {

@@ -65,7 +65,7 @@ impl Contract {
         }
         c.protected.insert(model.status_topic());
         c.protected.insert(model.diagnostics_topic());
-        if let Some(ha) = &model.homeassistant {
+        if let Some(ha) = model.homeassistant.as_ref().filter(|h| h.embedded) {
             c.heard.insert(format!("{}/status", ha.discovery_prefix));
             c.discovery = Some((
                 format!("{}/", ha.discovery_prefix),

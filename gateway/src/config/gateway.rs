@@ -89,7 +89,12 @@ impl Validator {
             gw.diagnostics_interval.as_ref(),
             Duration::from_secs(30),
         );
-        let homeassistant = self.homeassistant(cx, gw.homeassistant.as_ref(), embedded.is_some());
+        let homeassistant = self.homeassistant(
+            cx,
+            gw.homeassistant.as_ref(),
+            embedded.is_some(),
+            gw.mqtt.upstream.is_some(),
+        );
         Some(Header {
             homeassistant,
             id,

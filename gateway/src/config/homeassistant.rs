@@ -23,6 +23,11 @@ pub struct HomeAssistantFile {
     /// `homeassistant`.
     #[serde(default)]
     pub discovery_prefix: Option<Spanned<String>>,
+    /// Publish the discovery configs on the upstream broker too (a Home Assistant that
+    /// connects to the cloud broker): their state and command topics carry
+    /// `mqtt.upstream.prefix`. Default `false`.
+    #[serde(default)]
+    pub upstream: Option<Spanned<bool>>,
 }
 
 /// The component (entity platform) of a point in Home Assistant.
@@ -135,6 +140,7 @@ impl Validator {
         cx: &Cx,
         f: Option<&HomeAssistantFile>,
         embedded: bool,
+        upstream: bool,
     ) -> Option<HomeAssistant> {
         let cx = cx.at("homeassistant");
         let enabled = f.and_then(|f| f.enabled.as_ref());
@@ -158,20 +164,34 @@ impl Validator {
             }
             None => DEFAULT_DISCOVERY_PREFIX.to_string(),
         };
+        let up = f.and_then(|f| f.upstream.as_ref());
+        if let (Some(u), false) = (up, upstream) {
+            if u.value {
+                self.error(
+                    &cx.at("upstream"),
+                    u,
+                    "discovery on the upstream broker needs `mqtt.upstream`",
+                    Some("add `mqtt.upstream`, or remove `homeassistant.upstream`".into()),
+                );
+            }
+        }
+        let up = up.is_some_and(|u| u.value) && upstream;
         match enabled {
             Some(e) if !e.value => None,
-            Some(e) if !embedded => {
+            Some(e) if !embedded && !up => {
                 self.warn(
                     &cx.at("enabled"),
                     e,
-                    "Home Assistant discovery is published on the embedded broker, which is \
-                     off: no discovery (upstream discovery is not available yet)",
+                    "Home Assistant discovery goes to the embedded broker, which is off, \
+                     and not upstream (`homeassistant.upstream: true`): no discovery",
                 );
                 None
             }
-            _ if !embedded => None,
+            _ if !embedded && !up => None,
             _ => Some(HomeAssistant {
                 discovery_prefix: prefix,
+                embedded,
+                upstream: up,
             }),
         }
     }

@@ -231,17 +231,35 @@ fn fnv(s: &str) -> u32 {
     })
 }
 
-/// Every discovery config of `model` (none when discovery is off).
+/// Every discovery config of `model` for the embedded broker (none when discovery is off
+/// there).
 pub fn configs(model: &Model) -> Vec<Config> {
     iter(model).collect()
 }
 
 /// [`configs`] one at a time: the gateway's own, then every point's (10 000 configs at
-/// once would be ~30 MB of JSON trees).
+/// once would be ~30 MB of JSON trees). The configs for the embedded broker (none when
+/// discovery is not on there).
 pub fn iter(model: &Model) -> impl Iterator<Item = Config> + Send + '_ {
+    let on = model.homeassistant.as_ref().is_some_and(|h| h.embedded);
+    iter_with(model, "").filter(move |_| on)
+}
+
+/// The configs for the upstream broker (`homeassistant.upstream`): the same entities
+/// with `prefix` in front of every state, command and availability topic (the config
+/// topics themselves are not prefixed: Home Assistant listens on its own prefix).
+pub fn iter_upstream<'a>(
+    model: &'a Model,
+    prefix: &'a str,
+) -> impl Iterator<Item = Config> + Send + 'a {
+    let on = model.homeassistant.as_ref().is_some_and(|h| h.upstream);
+    iter_with(model, prefix).filter(move |_| on)
+}
+
+fn iter_with<'a>(model: &'a Model, prefix: &'a str) -> impl Iterator<Item = Config> + Send + 'a {
     let ha = model.homeassistant.as_ref();
     let gateway = ha
-        .map(|ha| gateway_configs(model, ha))
+        .map(|ha| gateway_configs(model, ha, prefix))
         .unwrap_or_default()
         .into_iter();
     let mut ids: HashSet<String> = HashSet::new();
@@ -266,7 +284,7 @@ pub fn iter(model: &Model) -> impl Iterator<Item = Config> + Send + '_ {
                 uid = format!("{uid}_{:08x}", fnv(&p.topic));
                 ids.insert(uid.clone());
             }
-            point_config(model, ha, d, p, uid)
+            point_config(model, ha, d, p, uid, prefix)
         });
     gateway.chain(points)
 }
@@ -274,7 +292,7 @@ pub fn iter(model: &Model) -> impl Iterator<Item = Config> + Send + '_ {
 /// How many entities of each component `model` yields (for `check`).
 pub fn counts(model: &Model) -> BTreeMap<&'static str, usize> {
     let mut n = BTreeMap::new();
-    for c in iter(model) {
+    for c in iter_with(model, "") {
         *n.entry(c.component.name()).or_default() += 1;
     }
     n
@@ -309,7 +327,7 @@ fn device_block(model: &Model, d: &Device) -> Value {
 
 /// The gateway as a device, with its status, uptime, failed polls and (with an upstream
 /// broker) the upstream queue as diagnostic entities.
-fn gateway_configs(model: &Model, ha: &HomeAssistant) -> Vec<Config> {
+fn gateway_configs(model: &Model, ha: &HomeAssistant, prefix: &str) -> Vec<Config> {
     let gw = id_safe(&model.gateway_id);
     let device = json!({
         "identifiers": [format!("fieldlink_{}", model.gateway_id)],
@@ -318,8 +336,8 @@ fn gateway_configs(model: &Model, ha: &HomeAssistant) -> Vec<Config> {
         "model": "gateway",
         "sw_version": env!("CARGO_PKG_VERSION"),
     });
-    let diag = model.diagnostics_topic();
-    let status = model.status_topic();
+    let diag = format!("{prefix}{}", model.diagnostics_topic());
+    let status = format!("{prefix}{}", model.status_topic());
     let mut out = vec![(
         Component::BinarySensor,
         "status",
@@ -390,7 +408,14 @@ fn gateway_configs(model: &Model, ha: &HomeAssistant) -> Vec<Config> {
 }
 
 /// The config of point `p` of device `d`.
-fn point_config(model: &Model, ha: &HomeAssistant, d: &Device, p: &Point, uid: String) -> Config {
+fn point_config(
+    model: &Model,
+    ha: &HomeAssistant,
+    d: &Device,
+    p: &Point,
+    uid: String,
+    prefix: &str,
+) -> Config {
     let component = p.ha.component.unwrap_or_else(|| Component::derive(p));
     let mut m = Map::new();
     let name = p.ha.name.clone().unwrap_or_else(|| default_name(&p.topic));
@@ -401,7 +426,7 @@ fn point_config(model: &Model, ha: &HomeAssistant, d: &Device, p: &Point, uid: S
         json!(format!("{}.{}", component.name(), slug(&p.topic))),
     );
     if component != Component::Button {
-        m.insert("state_topic".into(), json!(p.topic));
+        m.insert("state_topic".into(), json!(format!("{prefix}{}", p.topic)));
     }
     if p.payload == Payload::Json && component != Component::Button {
         let template = if p.ty == ValueType::Bool && p.value_map.is_empty() {
@@ -412,13 +437,16 @@ fn point_config(model: &Model, ha: &HomeAssistant, d: &Device, p: &Point, uid: S
         m.insert("value_template".into(), json!(template));
     }
     if p.writable {
-        m.insert("command_topic".into(), json!(p.set_topic()));
+        m.insert(
+            "command_topic".into(),
+            json!(format!("{prefix}{}", p.set_topic())),
+        );
     }
     m.insert(
         "availability".into(),
         json!([
-            {"topic": model.status_topic()},
-            {"topic": model.availability_topic(&d.id)},
+            {"topic": format!("{prefix}{}", model.status_topic())},
+            {"topic": format!("{prefix}{}", model.availability_topic(&d.id))},
         ]),
     );
     m.insert("availability_mode".into(), json!("all"));
@@ -550,11 +578,20 @@ fn overrides(m: &mut Map<String, Value>, component: Component, p: &Point) {
 /// the config topic of every entity that is gone (Home Assistant removes it). Unchanged
 /// ones are not sent again.
 pub(crate) fn changes(old: &Model, new: &Model) -> Vec<Outgoing> {
-    let before: std::collections::HashMap<String, Value> = configs(old)
-        .into_iter()
-        .map(|c| (c.topic, c.payload))
-        .collect();
-    let after = configs(new);
+    diff(iter(old).collect(), iter(new).collect())
+}
+
+/// [`changes`] of the upstream configs (topics under `prefix`).
+pub(crate) fn changes_upstream(old: &Model, new: &Model, prefix: &str) -> Vec<Outgoing> {
+    diff(
+        iter_upstream(old, prefix).collect(),
+        iter_upstream(new, prefix).collect(),
+    )
+}
+
+fn diff(old: Vec<Config>, after: Vec<Config>) -> Vec<Outgoing> {
+    let before: std::collections::HashMap<String, Value> =
+        old.into_iter().map(|c| (c.topic, c.payload)).collect();
     let now: HashSet<&str> = after.iter().map(|c| c.topic.as_str()).collect();
     let mut out: Vec<Outgoing> = after
         .iter()

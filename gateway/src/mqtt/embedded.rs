@@ -241,22 +241,6 @@ impl Conn {
     }
 }
 
-/// How long after Home Assistant's `online` the configs go out again: 1 to 3 s, varied
-/// so that several gateways on one broker do not answer at the same moment.
-fn ha_delay() -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    Duration::from_millis(1000 + u64::from(nanos % 2000))
-}
-
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Run the gateway's side of the embedded broker until `rx` is closed (every producer
 /// stopped); then publish `offline` on the status topic and wait until it is written.
 /// `current` is the model in force, which a reload replaces.
@@ -277,6 +261,7 @@ pub async fn run_client(
     let ha_prefix = model
         .homeassistant
         .as_ref()
+        .filter(|h| h.embedded)
         .map(|h| format!("{}/", h.discovery_prefix));
     let ha_status = ha_prefix.as_ref().map(|p| format!("{p}status"));
     let mut conn = Conn {
@@ -343,14 +328,14 @@ pub async fn run_client(
                     conn.publish(batch).await;
                 }
             }
-            () = sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
+            () = super::sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
                 conn.ha_due = None;
                 conn.republish_for_ha().await;
             }
             command = commands.recv(), if listening => match command {
                 Some(c) if Some(&c.topic) == ha_status.as_ref() => {
                     if c.payload.as_ref() == b"online" && conn.ha_due.is_none() {
-                        let wait = ha_delay();
+                        let wait = super::ha_delay();
                         debug!(wait = ?wait, "Home Assistant online; discovery republished soon.");
                         conn.ha_due = Some(tokio::time::Instant::now() + wait);
                     }

@@ -70,3 +70,19 @@ pub(crate) fn overwrite(last: &mut (Vec<u8>, u8), payload: &[u8], qos: u8) {
     last.0.extend_from_slice(payload);
     last.1 = qos;
 }
+
+/// How long after Home Assistant's `online` the configs go out again: 1 to 3 s, varied
+/// so that several gateways on one broker do not answer at the same moment.
+pub(crate) fn ha_delay() -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::time::Duration::from_millis(1000 + u64::from(nanos % 2000))
+}
+
+pub(crate) async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

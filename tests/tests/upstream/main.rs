@@ -513,3 +513,72 @@ async fn both_brokers_get_the_same_readings_and_upstream_commands_work() {
     assert_eq!(dev.registers(Table::Holding, 100, 1), vec![25]);
     gw.stop().await;
 }
+
+/// `homeassistant.upstream: true`: a Home Assistant connected to the cloud broker sees
+/// the gateway's entities there, their topics under the upstream prefix, and its birth
+/// message brings the configs and then the states again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_discovery_upstream_carries_the_prefix() {
+    let Some(broker) = Broker::start(&BrokerOpts::default()) else {
+        return;
+    };
+    let state = tempfile::tempdir().expect("tempdir");
+    let (_dev, mapping) = device(1, "200ms").await;
+    let up = format!(
+        "    url: mqtt://127.0.0.1:{}\n    prefix: sites/t/\n    accept_commands: true\n",
+        broker.port
+    );
+    let gw = Gateway::start(model_from(
+        &format!(
+            "{}homeassistant: {{ upstream: true }}\n",
+            gateway_yaml(false, &up, state.path())
+        ),
+        &mapping,
+    ))
+    .await;
+    let mut ha = Observer::connect(broker.port, "homeassistant/#", QoS::AtLeastOnce).await;
+    let topic = "homeassistant/number/fieldlink_t_meter_casa_setpoint/config";
+    let m = ha
+        .next_on(topic, Duration::from_secs(10))
+        .await
+        .expect("the setpoint's config upstream, not under the prefix");
+    // Retained: a Home Assistant that connects later finds it.
+    let mut late = Observer::connect(broker.port, topic, QoS::AtLeastOnce).await;
+    let again = late
+        .next_on(topic, Duration::from_secs(5))
+        .await
+        .expect("retained upstream");
+    assert!(again.retain);
+    let c: serde_json::Value = serde_json::from_str(&m.payload).expect("JSON config");
+    assert_eq!(c["state_topic"], "sites/t/casa/setpoint");
+    assert_eq!(c["command_topic"], "sites/t/casa/setpoint/set");
+    assert_eq!(c["availability"][0]["topic"], "sites/t/fieldlink/t/status");
+    assert_eq!(
+        c["availability"][1]["topic"],
+        "sites/t/fieldlink/t/meter/availability"
+    );
+    // Home Assistant (re)starts on the cloud broker: configs, then the states.
+    let mut all = Observer::connect(broker.port, "#", QoS::AtLeastOnce).await;
+    let _ = all.collect(Duration::from_millis(500)).await;
+    let client = fieldlink_tests::publisher(broker.port).await;
+    client
+        .publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
+        .await
+        .expect("birth message");
+    let after = all
+        .collect_until(
+            |m| m.topic == "sites/t/casa/setpoint",
+            Duration::from_secs(10),
+        )
+        .await;
+    let config = after.iter().position(|m| m.topic == topic);
+    let value = after
+        .iter()
+        .position(|m| m.topic == "sites/t/casa/setpoint");
+    assert!(
+        matches!((config, value), (Some(c), Some(v)) if c < v),
+        "configs again, then the states: {:?}",
+        after.iter().map(|m| &m.topic).collect::<Vec<_>>()
+    );
+    gw.stop().await;
+}

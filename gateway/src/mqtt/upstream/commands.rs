@@ -10,15 +10,25 @@ use crate::commands::Router;
 
 /// The command subscriptions under `prefix`, at QoS 0: a broker does not keep commands for
 /// an offline gateway (a stale "open the valve" must not run hours later).
-pub(super) fn subscriptions(router: Option<&Router>, prefix: &str) -> Vec<SubscribeFilter> {
-    match router {
+/// With Home Assistant discovery upstream, its `<discovery prefix>/status` too (not under
+/// `prefix`: Home Assistant publishes it there).
+pub(super) fn subscriptions(
+    router: Option<&Router>,
+    prefix: &str,
+    ha_status: Option<&str>,
+) -> Vec<SubscribeFilter> {
+    let mut subs: Vec<SubscribeFilter> = match router {
         Some(r) => r
             .subscriptions()
             .into_iter()
             .map(|t| SubscribeFilter::new(format!("{prefix}{t}"), QoS::AtMostOnce))
             .collect(),
         None => Vec::new(),
+    };
+    if let Some(t) = ha_status {
+        subs.push(SubscribeFilter::new(t.to_string(), QoS::AtMostOnce));
     }
+    subs
 }
 
 impl Up {
@@ -42,7 +52,7 @@ impl Up {
             return;
         }
         self.subs_generation = generation;
-        let new = subscriptions(Some(router), &self.prefix);
+        let new = subscriptions(Some(router), &self.prefix, self.ha_status.as_deref());
         let added: Vec<SubscribeFilter> = new
             .iter()
             .filter(|f| !self.subs.iter().any(|o| o.path == f.path))
@@ -81,6 +91,14 @@ impl Up {
     /// A message from upstream: a command when it is under the prefix and commands are
     /// accepted.
     pub(super) fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        if self.ha_status.as_deref() == Some(topic) {
+            if payload == b"online" && self.ha_due.is_none() {
+                let wait = crate::mqtt::ha_delay();
+                debug!(wait = ?wait, "Home Assistant online upstream; discovery republished soon.");
+                self.ha_due = Some(tokio::time::Instant::now() + wait);
+            }
+            return;
+        }
         let (Some(router), Some(t)) = (self.router.as_ref(), topic.strip_prefix(&self.prefix))
         else {
             return;

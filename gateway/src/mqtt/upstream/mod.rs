@@ -107,12 +107,14 @@ impl Writes {
 
 /// Run the upstream link until `rx` is closed; then write the queue to disk, publish
 /// `offline` and disconnect.
+/// `current` follows the model in force (a reload changes discovery configs).
 pub async fn run_upstream(
     model: Arc<Model>,
     spool: Spool,
     mut rx: mpsc::Receiver<Batch>,
     stats: Arc<Stats>,
     router: Option<Router>,
+    mut current: Option<tokio::sync::watch::Receiver<Arc<Model>>>,
 ) -> Result<(), UpstreamError> {
     let Some(u) = model.mqtt.upstream.clone() else {
         return Ok(());
@@ -165,6 +167,19 @@ pub async fn run_upstream(
                 up.follow_routes();
                 up.publish_stats();
             }
+            () = crate::mqtt::sleep_until(up.ha_due), if up.ha_due.is_some() => {
+                up.ha_due = None;
+                up.configs_due = true;
+            }
+            changed = async { match current.as_mut() { Some(c) => c.changed().await, None => std::future::pending().await } } => {
+                match (changed, current.as_mut()) {
+                    (Ok(()), Some(c)) => {
+                        let new = c.borrow_and_update().clone();
+                        up.follow_model(new);
+                    }
+                    _ => current = None,
+                }
+            }
             () = tokio::time::sleep(wait), if rate_wait.is_some() => {},
         }
         rate_wait = up.pump();
@@ -216,8 +231,9 @@ pub(crate) async fn run_logged(
     rx: mpsc::Receiver<Batch>,
     stats: Arc<Stats>,
     router: Option<Router>,
+    current: Option<tokio::sync::watch::Receiver<Arc<Model>>>,
 ) {
-    if let Err(e) = run_upstream(model, spool, rx, stats, router).await {
+    if let Err(e) = run_upstream(model, spool, rx, stats, router, current).await {
         tracing::error!(error = %e, "Upstream link stopped.");
     }
 }

@@ -79,6 +79,15 @@ pub(super) struct Up {
     pub(super) subs: Vec<SubscribeFilter>,
     /// The router's generation `subs` were made for.
     pub(super) subs_generation: u64,
+    /// Home Assistant discovery upstream: `<discovery prefix>/status`.
+    pub(super) ha_status: Option<String>,
+    /// When Home Assistant's `online` asks for the configs and states again.
+    pub(super) ha_due: Option<tokio::time::Instant>,
+    /// The configs are to be sent (at the first connect, and after Home Assistant's
+    /// `online`): after `online`, then the retained state.
+    pub(super) configs_due: bool,
+    /// The model whose configs upstream has.
+    pub(super) model: Arc<Model>,
     /// The broker's URL, for the logs.
     pub(super) url: String,
     /// Connected at least once.
@@ -97,7 +106,12 @@ impl Up {
         u: &Upstream,
         router: Option<Router>,
     ) -> Up {
-        let subs = super::commands::subscriptions(router.as_ref(), &u.prefix);
+        let ha_status = model
+            .homeassistant
+            .as_ref()
+            .filter(|h| h.upstream)
+            .map(|h| format!("{}/status", h.discovery_prefix));
+        let subs = super::commands::subscriptions(router.as_ref(), &u.prefix, ha_status.as_deref());
         let subs_generation = router.as_ref().map_or(0, Router::generation);
         Up {
             client,
@@ -123,6 +137,10 @@ impl Up {
             router,
             subs,
             subs_generation,
+            configs_due: ha_status.is_some(),
+            ha_status,
+            ha_due: None,
+            model: Arc::new(model.clone()),
             url: u.url.clone(),
             ever: false,
             failing: None,
@@ -163,6 +181,28 @@ impl Up {
         }
     }
 
+    /// Queue every upstream discovery config (their topics as they are: Home Assistant
+    /// listens on its own prefix), then the retained state once they are out.
+    fn queue_configs(&mut self) {
+        let model = self.model.clone();
+        let mut n = 0;
+        for c in crate::homeassistant::iter_upstream(&model, &self.prefix) {
+            let m = c.message();
+            self.spool.push(m.topic, m.payload, 1, true);
+            n += 1;
+        }
+        self.state_due = true;
+        debug!(configs = n, "Discovery configs queued upstream.");
+    }
+
+    /// After a reload: the upstream configs that changed, and clears for the gone ones.
+    pub(super) fn follow_model(&mut self, new: Arc<Model>) {
+        for m in crate::homeassistant::changes_upstream(&self.model, &new, &self.prefix) {
+            self.spool.push(m.topic, m.payload, 1, true);
+        }
+        self.model = new;
+    }
+
     /// A new connection: `online` first, then the backlog at the replay rate, then the
     /// retained state once caught up.
     pub(super) fn start_session(&mut self) {
@@ -184,6 +224,11 @@ impl Up {
                 self.online_due = false;
                 let topic = self.status_topic.clone();
                 self.request(topic, b"online".to_vec(), 1, true, None);
+                continue;
+            }
+            if self.configs_due {
+                self.configs_due = false;
+                self.queue_configs();
                 continue;
             }
             match self.spool.peek() {
