@@ -117,9 +117,10 @@ impl Validator {
             publish,
             heartbeat,
             source,
-            ha: crate::model::PointHa::default(),
+            ha_overrides: None,
         };
-        point.ha = self.point_ha(cx, p.homeassistant.as_ref(), &point);
+        let ha = self.point_ha(cx, p.homeassistant.as_ref(), &point);
+        point.ha_overrides = (ha != crate::model::PointHa::default()).then(|| Box::new(ha));
         if self.error_count() > errors_before {
             return None;
         }

@@ -269,7 +269,7 @@ fn iter_with<'a>(model: &'a Model, prefix: &'a str) -> impl Iterator<Item = Conf
             model.devices().flat_map(move |d| {
                 d.points
                     .iter()
-                    .filter(|p| !p.ha.hidden)
+                    .filter(|p| !p.ha().hidden)
                     .map(move |p| (ha, d, p))
             })
         })
@@ -416,9 +416,9 @@ fn point_config(
     uid: String,
     prefix: &str,
 ) -> Config {
-    let component = p.ha.component.unwrap_or_else(|| Component::derive(p));
+    let component = p.ha().component.unwrap_or_else(|| Component::derive(p));
     let mut m = Map::new();
-    let name = p.ha.name.clone().unwrap_or_else(|| default_name(&p.topic));
+    let name = p.ha().name.clone().unwrap_or_else(|| default_name(&p.topic));
     m.insert("name".into(), json!(name));
     m.insert("unique_id".into(), json!(uid));
     m.insert(
@@ -538,7 +538,7 @@ fn number_keys(m: &mut Map<String, Value>, p: &Point) {
 
 /// The point's `homeassistant:` overrides.
 fn overrides(m: &mut Map<String, Value>, component: Component, p: &Point) {
-    let o = &p.ha;
+    let o = p.ha();
     if let Some(c) = &o.device_class {
         m.insert("device_class".into(), json!(c));
     }
