@@ -418,7 +418,11 @@ fn point_config(
 ) -> Config {
     let component = p.ha().component.unwrap_or_else(|| Component::derive(p));
     let mut m = Map::new();
-    let name = p.ha().name.clone().unwrap_or_else(|| default_name(&p.topic));
+    let name = p
+        .ha()
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&p.topic));
     m.insert("name".into(), json!(name));
     m.insert("unique_id".into(), json!(uid));
     m.insert(

@@ -264,6 +264,10 @@ pub async fn run_client(
         .filter(|h| h.embedded)
         .map(|h| format!("{}/", h.discovery_prefix));
     let ha_status = ha_prefix.as_ref().map(|p| format!("{p}status"));
+    let by_slot = model
+        .points()
+        .enumerate()
+        .all(|(i, p)| p.slot as usize == i);
     let mut conn = Conn {
         inbox,
         status_topic: status_topic.clone(),
@@ -271,11 +275,14 @@ pub async fn run_client(
         resync: false,
         // Slots as numbered by validation; a model numbered otherwise keeps every
         // value in the map by topic instead.
-        by_slot: model
-            .points()
-            .enumerate()
-            .all(|(i, p)| p.slot as usize == i),
-        values: Vec::new(),
+        by_slot,
+        // Exactly as many as there are points (growing one by one would leave up to
+        // twice that); a reload's new points grow it.
+        values: if by_slot {
+            vec![None; model.points().count()]
+        } else {
+            Vec::new()
+        },
         model: current,
         others: HashMap::new(),
         ha_due: None,
