@@ -123,7 +123,7 @@ async fn the_demo_house_appears_in_home_assistant_works_from_it_and_survives_its
     })
     .await;
     // The temperature: a number, its unit and device class as the mapping implies.
-    let t = find(&states, "sensor", "sensor-terreo Temperatura").expect("temperature entity");
+    let t = find(&states, "sensor", "Sensor térreo Temperatura").expect("temperature entity");
     assert_eq!(t["attributes"]["unit_of_measurement"], "°C");
     assert_eq!(t["attributes"]["device_class"], "temperature");
     assert_eq!(t["attributes"]["state_class"], "measurement");
@@ -132,9 +132,23 @@ async fn the_demo_house_appears_in_home_assistant_works_from_it_and_survives_its
         .and_then(|s| s.parse().ok())
         .expect("a number");
     assert!((0.0..50.0).contains(&celsius), "{celsius}");
-    let e = find(&states, "sensor", "medidor-energia Consumo").expect("energy entity");
+    let e = find(&states, "sensor", "Medidor de energia Consumo").expect("energy entity");
     assert_eq!(e["attributes"]["device_class"], "energy");
     assert_eq!(e["attributes"]["state_class"], "total_increasing");
+    // The device as the mapping names it: manufacturer, model and area in HA's registry.
+    let meter = e["entity_id"].as_str().expect("entity id").to_string();
+    let (h, id) = (ha.clone(), meter.clone());
+    let (maker, area) = blocking(move || {
+        (
+            h.render_template(&format!("{{{{ device_attr(device_id('{id}'), 'manufacturer') }}}} {{{{ device_attr(device_id('{id}'), 'model') }}}}"))
+                .expect("template"),
+            h.render_template(&format!("{{{{ area_name('{id}') }}}}"))
+                .expect("template"),
+        )
+    })
+    .await;
+    assert_eq!(maker.trim(), "Eastron SDM120");
+    assert_eq!(area.trim(), "Quadro");
     assert!(
         ha.mqtt_problems().is_empty(),
         "HA complained about our configs: {:?}",
@@ -142,7 +156,7 @@ async fn the_demo_house_appears_in_home_assistant_works_from_it_and_survives_its
     );
     // A switch turned on in HA reaches the device: its read-back comes on MQTT and HA
     // shows it on.
-    let light = find(&states, "switch", "porta-rele Luz")
+    let light = find(&states, "switch", "Módulo de relés Luz")
         .and_then(|s| s["entity_id"].as_str())
         .expect("the garage light is a switch")
         .to_string();
@@ -178,7 +192,7 @@ async fn the_demo_house_appears_in_home_assistant_works_from_it_and_survives_its
             "after HA's restart, missing: {:?}",
             missing(&ha.states(), &w)
         );
-        let light = find(&ha.states(), "switch", "porta-rele Luz").cloned();
+        let light = find(&ha.states(), "switch", "Módulo de relés Luz").cloned();
         assert_eq!(light.expect("light")["state"], "on", "its state survived");
         ha
     })
