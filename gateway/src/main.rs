@@ -325,23 +325,7 @@ fn check(config: &std::path::Path) -> ExitCode {
         checked.files.len(),
         m.buses.len(),
     );
-    let entities = fieldlink::homeassistant::counts(m);
-    if let Some(ha) = &m.homeassistant {
-        let list: Vec<String> = entities.iter().map(|(c, n)| format!("{n} {c}")).collect();
-        println!(
-            "Home Assistant discovery on `{}/`: {} entit{} ({}).",
-            ha.discovery_prefix,
-            entities.values().sum::<usize>(),
-            if entities.values().sum::<usize>() == 1 {
-                "y"
-            } else {
-                "ies"
-            },
-            list.join(", ")
-        );
-    } else {
-        println!("Home Assistant discovery: off.");
-    }
+    print_discovery(m);
     if let Some(e) = &m.mqtt.embedded {
         println!(
             "Embedded broker: {}, {}, {}, anonymous clients {}.",
@@ -380,6 +364,23 @@ fn check(config: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `check`'s line on Home Assistant discovery: how many entities of each kind.
+fn print_discovery(m: &fieldlink::Model) {
+    let Some(ha) = &m.homeassistant else {
+        println!("Home Assistant discovery: off.");
+        return;
+    };
+    let entities = fieldlink::homeassistant::counts(m);
+    let total: usize = entities.values().sum();
+    let list: Vec<String> = entities.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    println!(
+        "Home Assistant discovery on `{}/`: {total} entit{} ({}).",
+        ha.discovery_prefix,
+        if total == 1 { "y" } else { "ies" },
+        list.join(", ")
+    );
 }
 
 /// The user name and the password read from its file, for `watch`.

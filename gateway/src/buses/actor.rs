@@ -265,6 +265,22 @@ struct Devices {
 }
 
 impl Devices {
+    /// The devices of `bus` (its first device is `first` of all) at start: each first
+    /// polled at its offset among `slots`.
+    fn new(bus: &Bus, first: usize, slots: u32) -> Devices {
+        let mut devs = Devices {
+            schedule: Vec::new(),
+            since: vec![0; bus.devices.len()],
+            generation: 0,
+            slots,
+        };
+        let now = TokioInstant::now();
+        devs.schedule = (0..bus.devices.len())
+            .map(|i| devs.fresh(bus, first, i, now))
+            .collect();
+        devs
+    }
+
     /// A first poll for device `i` of a bus whose first device is `first`: spread
     /// over the stagger slots.
     fn fresh(&self, bus: &Bus, first: usize, i: usize, now: TokioInstant) -> Schedule {
@@ -302,20 +318,12 @@ pub(crate) async fn run<D: Driver>(
     if bus.devices.is_empty() {
         return;
     }
-    let start = TokioInstant::now();
-    let mut devs = Devices {
-        schedule: Vec::new(),
-        since: vec![0; bus.devices.len()],
-        generation: 0,
-        slots: if driver.shares_time() {
-            STAGGER_SLOTS.min(model.devices().count().max(1) as u32)
-        } else {
-            1
-        },
+    let slots = if driver.shares_time() {
+        STAGGER_SLOTS.min(model.devices().count().max(1) as u32)
+    } else {
+        1
     };
-    devs.schedule = (0..bus.devices.len())
-        .map(|i| devs.fresh(&bus, first_index, i, start))
-        .collect();
+    let mut devs = Devices::new(&bus, first_index, slots);
     let mut cx = Cx {
         states: bus
             .devices
@@ -387,8 +395,16 @@ pub(crate) async fn run<D: Driver>(
         }
         cx.flush().await;
     };
-    // Nobody is left waiting for a result that never comes. By topic: a command queued
-    // before a reload the task took may carry the indices of the old configuration.
+    refuse_queued(&end, &mut commands, &mut cx);
+    driver.stop(&mut cx);
+    cx.flush().await;
+    debug!(bus = %bus.id, "Bus stopped.");
+}
+
+/// Answer every command still queued: nobody is left waiting for a result that never
+/// comes. By topic: a command queued before a reload the task took may carry the indices
+/// of the old configuration.
+fn refuse_queued(end: &End, commands: &mut tokio::sync::mpsc::Receiver<Command>, cx: &mut Cx) {
     let error = match end {
         End::Shutdown => CommandError::ShuttingDown,
         // Replaced or removed by a reload: the router refuses new ones the same way
@@ -403,9 +419,6 @@ pub(crate) async fn run<D: Driver>(
             c.id.as_ref(),
         ));
     }
-    driver.stop(&mut cx);
-    cx.flush().await;
-    debug!(bus = %bus.id, "Bus stopped.");
 }
 
 /// The counters of every device of `bus` (fresh ones for a device `stats` does not

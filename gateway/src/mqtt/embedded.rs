@@ -241,6 +241,91 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The state before the first broker serves, for the model in force.
+    fn new(current: watch::Receiver<Arc<Model>>, inbox: broker::Inbox, stats: Arc<Stats>) -> Conn {
+        let model = current.borrow().clone();
+        let ha_prefix = model
+            .homeassistant
+            .as_ref()
+            .filter(|h| h.embedded)
+            .map(|h| format!("{}/", h.discovery_prefix));
+        // Slots as numbered by validation; a model numbered otherwise keeps every value
+        // in the map by topic instead.
+        let by_slot = model
+            .points()
+            .enumerate()
+            .all(|(i, p)| p.slot as usize == i);
+        Conn {
+            inbox,
+            status_topic: model.status_topic(),
+            connected: false,
+            resync: false,
+            by_slot,
+            // Exactly as many as there are points (growing one by one would leave up to
+            // twice that); a reload's new points grow it.
+            values: if by_slot {
+                vec![None; model.points().count()]
+            } else {
+                Vec::new()
+            },
+            model: current,
+            others: HashMap::new(),
+            ha_due: None,
+            ha_prefix,
+            stats,
+        }
+    }
+
+    /// A reload: publish the discovery configs that changed since `shown`, and clears for
+    /// the gone ones; returns the model now shown.
+    async fn follow_model(&mut self, shown: &Model) -> Arc<Model> {
+        let new = self.model.borrow_and_update().clone();
+        let changes = crate::homeassistant::changes(shown, &new);
+        if self.connected && !changes.is_empty() {
+            debug!(configs = changes.len(), "Discovery configs changed.");
+            let batch = changes
+                .into_iter()
+                .map(|message| Routed {
+                    message,
+                    store: true,
+                })
+                .collect();
+            self.publish(batch).await;
+        }
+        new
+    }
+
+    /// Home Assistant said `payload` on its status topic: `online` schedules the configs
+    /// and states again, after a short varied delay.
+    fn heard_ha(&mut self, payload: &[u8]) {
+        if payload == b"online" && self.ha_due.is_none() {
+            let wait = super::ha_delay();
+            debug!(wait = ?wait, "Home Assistant online; discovery republished soon.");
+            self.ha_due = Some(tokio::time::Instant::now() + wait);
+        }
+    }
+
+    /// Clean shutdown: publish offline and give the broker time to write it before the
+    /// process ends.
+    async fn shut_down(mut self) {
+        if !self.connected {
+            return;
+        }
+        let topic = self.status_topic.clone();
+        self.send(vec![Outgoing {
+            topic,
+            payload: b"offline".to_vec(),
+            retain: true,
+            qos: 1,
+            slot: None,
+        }])
+        .await;
+        self.inbox.flush(Duration::from_secs(3)).await;
+        info!("Gateway status offline.");
+    }
+}
+
 /// Run the gateway's side of the embedded broker until `rx` is closed (every producer
 /// stopped); then publish `offline` on the status topic and wait until it is written.
 /// `current` is the model in force, which a reload replaces.
@@ -251,50 +336,17 @@ pub async fn run_client(
     router: Router,
     link: broker::Link,
 ) {
-    let model = current.borrow().clone();
-    let status_topic = model.status_topic();
     let broker::Link {
         inbox,
         mut serving,
         mut commands,
     } = link;
-    let ha_prefix = model
-        .homeassistant
-        .as_ref()
-        .filter(|h| h.embedded)
-        .map(|h| format!("{}/", h.discovery_prefix));
-    let ha_status = ha_prefix.as_ref().map(|p| format!("{p}status"));
-    let by_slot = model
-        .points()
-        .enumerate()
-        .all(|(i, p)| p.slot as usize == i);
-    let mut conn = Conn {
-        inbox,
-        status_topic: status_topic.clone(),
-        connected: false,
-        resync: false,
-        // Slots as numbered by validation; a model numbered otherwise keeps every
-        // value in the map by topic instead.
-        by_slot,
-        // Exactly as many as there are points (growing one by one would leave up to
-        // twice that); a reload's new points grow it.
-        values: if by_slot {
-            vec![None; model.points().count()]
-        } else {
-            Vec::new()
-        },
-        model: current,
-        others: HashMap::new(),
-        ha_due: None,
-        ha_prefix: ha_prefix.clone(),
-        stats,
-    };
-    let mut seen = Serving::default();
     // The model whose discovery configs the broker has.
-    let mut shown = model.clone();
-    let mut following = true;
-    let mut linked = true;
-    let mut listening = true;
+    let mut shown = current.borrow().clone();
+    let mut conn = Conn::new(current, inbox, stats);
+    let ha_status = conn.ha_prefix.as_ref().map(|p| format!("{p}status"));
+    let mut seen = Serving::default();
+    let (mut following, mut linked, mut listening) = (true, true, true);
     loop {
         tokio::select! {
             changed = serving.changed(), if linked => {
@@ -318,35 +370,16 @@ pub async fn run_client(
                 }
             }
             // A reload: the discovery configs that changed, and clears for the gone ones.
-            changed = conn.model.changed(), if following => {
-                if changed.is_err() {
-                    following = false;
-                    continue;
-                }
-                let new = conn.model.borrow_and_update().clone();
-                let changes = crate::homeassistant::changes(&shown, &new);
-                shown = new;
-                if conn.connected && !changes.is_empty() {
-                    debug!(configs = changes.len(), "Discovery configs changed.");
-                    let batch = changes
-                        .into_iter()
-                        .map(|message| Routed { message, store: true })
-                        .collect();
-                    conn.publish(batch).await;
-                }
-            }
+            changed = conn.model.changed(), if following => match changed {
+                Ok(()) => shown = conn.follow_model(&shown).await,
+                Err(_) => following = false,
+            },
             () = super::sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
                 conn.ha_due = None;
                 conn.republish_for_ha().await;
             }
             command = commands.recv(), if listening => match command {
-                Some(c) if Some(&c.topic) == ha_status.as_ref() => {
-                    if c.payload.as_ref() == b"online" && conn.ha_due.is_none() {
-                        let wait = super::ha_delay();
-                        debug!(wait = ?wait, "Home Assistant online; discovery republished soon.");
-                        conn.ha_due = Some(tokio::time::Instant::now() + wait);
-                    }
-                }
+                Some(c) if Some(&c.topic) == ha_status.as_ref() => conn.heard_ha(&c.payload),
                 Some(c) => {
                     if let Some(rejected) = router.handle(&c.topic, &c.payload) {
                         debug!(topic = %c.topic, "Command rejected.");
@@ -361,18 +394,5 @@ pub async fn run_client(
             },
         }
     }
-    // Clean shutdown: publish offline and give the broker time to write it before the
-    // process ends.
-    if conn.connected {
-        conn.send(vec![Outgoing {
-            topic: status_topic,
-            payload: b"offline".to_vec(),
-            retain: true,
-            qos: 1,
-            slot: None,
-        }])
-        .await;
-        conn.inbox.flush(Duration::from_secs(3)).await;
-        info!("Gateway status offline.");
-    }
+    conn.shut_down().await;
 }
