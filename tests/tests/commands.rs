@@ -542,3 +542,110 @@ async fn commands_queued_at_shutdown_are_answered() {
         .collect();
     assert_eq!(writes, vec![0], "only A was written");
 }
+
+/// 64-bit commands are parsed as integers from their text, never through `f64`: in range
+/// they land exactly in the registers (2^53 + 1 stays odd), out of range they are refused
+/// with the type's range and nothing is written — as plain text and as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_bit_commands_are_exact_or_refused() {
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    let port = server.spawn_local().await.expect("sim");
+    let mapping = format!(
+        "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 5s\n    points:\n      - {{ topic: w/u64, table: holding, address: 0, type: u64, writable: true }}\n      - {{ topic: w/i64, table: holding, address: 10, type: i64, writable: true }}\n"
+    );
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "w/#", QoS::AtMostOnce).await;
+    let client = publisher(gw.broker_port()).await;
+    assert!(obs.wait_seen("w/u64", "0", Duration::from_secs(10)).await);
+    // (topic, address, payload, the registers expected; None: refused with this text)
+    let u64_range = "does not fit u64 (0 to 18446744073709551615)";
+    let i64_range = "does not fit i64 (-9223372036854775808 to 9223372036854775807)";
+    // The registers written, or the refusal's text.
+    type Outcome = Result<[u16; 4], String>;
+    let cases: [(&str, u16, String, Outcome); 8] = [
+        ("w/u64", 0, "9007199254740993".into(), Ok([0x20, 0, 0, 1])),
+        (
+            "w/u64",
+            0,
+            r#"{"value": 9007199254740993}"#.into(),
+            Ok([0x20, 0, 0, 1]),
+        ),
+        (
+            "w/u64",
+            0,
+            "18446744073709551615".into(),
+            Ok([0xffff, 0xffff, 0xffff, 0xffff]),
+        ),
+        (
+            "w/u64",
+            0,
+            "18446744073709551616".into(),
+            Err(format!("value 18446744073709551616 {u64_range}")),
+        ),
+        (
+            "w/u64",
+            0,
+            r#"{"value": 18446744073709551616}"#.into(),
+            Err(format!("value 18446744073709551616 {u64_range}")),
+        ),
+        (
+            "w/i64",
+            10,
+            "-9223372036854775808".into(),
+            Ok([0x8000, 0, 0, 0]),
+        ),
+        (
+            "w/i64",
+            10,
+            r#"{"value": -9223372036854775809}"#.into(),
+            Err(format!("value -9223372036854775809 {i64_range}")),
+        ),
+        (
+            "w/i64",
+            10,
+            "9223372036854775808".into(),
+            Err(format!("value 9223372036854775808 {i64_range}")),
+        ),
+    ];
+    for (topic, addr, payload, want) in cases {
+        dev.clear_log();
+        let before = dev.registers(Table::Holding, addr, 4);
+        client
+            .publish(
+                format!("{topic}/set"),
+                QoS::AtLeastOnce,
+                false,
+                payload.clone(),
+            )
+            .await
+            .expect("publish");
+        let res = obs
+            .next_on(&format!("{topic}/set/result"), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{topic} {payload}: no result"));
+        let r = json(&res.payload);
+        match want {
+            Ok(regs) => {
+                assert_eq!(r["ok"], true, "{payload}: {}", res.payload);
+                assert_eq!(
+                    dev.registers(Table::Holding, addr, 4),
+                    regs,
+                    "{payload}: registers"
+                );
+            }
+            Err(text) => {
+                assert_eq!(r["ok"], false, "{payload}: {}", res.payload);
+                assert_eq!(r["error"], format!("out of range: {text}"), "{payload}");
+                assert!(
+                    dev.log()
+                        .iter()
+                        .all(|q| q.function != 16 && q.function != 6),
+                    "{payload}: nothing written"
+                );
+                assert_eq!(dev.registers(Table::Holding, addr, 4), before);
+            }
+        }
+    }
+    gw.stop().await;
+}

@@ -4,6 +4,7 @@
 //! outcome of every command is published on `<topic>/set/result` (not retained).
 
 mod error;
+mod value;
 
 use std::{
     collections::HashMap,
@@ -14,13 +15,15 @@ use std::{
 };
 
 pub use error::{parse_bool, parse_number, CommandError};
-use fieldlink_drivers::{modbus::codec, value::Value};
+use fieldlink_drivers::value::Value;
 use serde_json::json;
 use tokio::sync::mpsc;
+pub(crate) use value::value_range;
+pub use value::{parse_payload, to_raw};
 
 use crate::{
     health::{Availability, DeviceStats, Stats},
-    model::{Model, Point, ValueType},
+    model::{Model, Point},
     publish::Outgoing,
     topics::PointRef,
 };
@@ -182,183 +185,6 @@ impl Routes {
     }
 }
 
-/// Parse a `/set` payload: a plain value (`21.5`, `true`, `ON`) or JSON
-/// `{"value": 21.5, "id": "abc"}`.
-pub fn parse_payload(
-    payload: &[u8],
-) -> Result<(serde_json::Value, Option<serde_json::Value>), (CommandError, Option<serde_json::Value>)>
-{
-    let bad = |why: String| CommandError::Unparsable(why);
-    let text = std::str::from_utf8(payload)
-        .map_err(|_| (bad("not UTF-8 text".into()), None))?
-        .trim();
-    if text.is_empty() {
-        return Err((bad("empty".into()), None));
-    }
-    if text.starts_with('{') {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| (bad(format!("invalid JSON ({e})")), None))?;
-        let id = v.get("id").cloned();
-        return match v.get("value") {
-            Some(value) => Ok((value.clone(), id)),
-            None => Err((bad("JSON needs a \"value\" field".into()), id)),
-        };
-    }
-    Ok((serde_json::Value::String(text.to_string()), None))
-}
-
-fn fmt_num(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 {
-        format!("{}", n as i64)
-    } else if n.abs() >= 1e15 {
-        format!("{n:e}")
-    } else {
-        n.to_string()
-    }
-}
-
-/// Check a command value against the point and turn it into the raw value to encode.
-pub fn to_raw(point: &Point, value: &serde_json::Value) -> Result<Value, CommandError> {
-    use CommandError::{OutOfRange, WrongType};
-    if !point.writable {
-        return Err(CommandError::NotWritable(format!(
-            "point `{}` is not writable",
-            point.topic
-        )));
-    }
-    // Named values first (`ON` → 1), exact then case-insensitive.
-    let named = value.as_str().and_then(|s| {
-        point
-            .value_map
-            .iter()
-            .find(|(k, _)| k == s)
-            .or_else(|| {
-                point
-                    .value_map
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(s))
-            })
-            .map(|(_, v)| *v)
-    });
-    match point.ty {
-        ValueType::Bool => {
-            let b = match (named, value) {
-                (Some(n), _) => n != 0.0,
-                (None, serde_json::Value::Bool(b)) => *b,
-                (None, serde_json::Value::Number(n)) if n.as_f64() == Some(0.0) => false,
-                (None, serde_json::Value::Number(n)) if n.as_f64() == Some(1.0) => true,
-                (None, serde_json::Value::String(s)) => parse_bool(s).ok_or_else(|| {
-                    WrongType(format!(
-                        "`{s}` is not a boolean (true/false, ON/OFF, 1/0, yes/no, high/low)"
-                    ))
-                })?,
-                (None, other) => return Err(WrongType(format!("{other} is not a boolean"))),
-            };
-            Ok(Value::Bool(b))
-        }
-        ValueType::String { len } => match value {
-            serde_json::Value::String(s) if s.len() <= usize::from(len) => {
-                Ok(Value::Str(s.clone()))
-            }
-            serde_json::Value::String(s) => Err(OutOfRange(format!(
-                "text of {} bytes is longer than the point's {len}",
-                s.len()
-            ))),
-            other => Err(WrongType(format!("{other} is not text"))),
-        },
-        ty => {
-            let v = match (named, value) {
-                (Some(n), _) => n,
-                (None, serde_json::Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-                (None, serde_json::Value::String(s)) => {
-                    match parse_number(s, ty).and_then(|v| v.as_f64()) {
-                        Some(v) => v,
-                        None => return Err(WrongType(format!("`{s}` is not a number"))),
-                    }
-                }
-                // A bool is not a number, in JSON as in plain text (`true` is refused
-                // above as text that does not parse).
-                (None, other) => return Err(WrongType(format!("{other} is not a number"))),
-            };
-            if let Some(max) = point.max {
-                if v > max {
-                    return Err(CommandError::AboveMax {
-                        value: fmt_num(v),
-                        max: fmt_num(max),
-                    });
-                }
-            }
-            if let Some(min) = point.min {
-                if v < min {
-                    return Err(CommandError::BelowMin {
-                        value: fmt_num(v),
-                        min: fmt_num(min),
-                    });
-                }
-            }
-            let raw = (v - point.offset) / point.scale;
-            if matches!(ty, ValueType::F32 | ValueType::F64) {
-                let raw = Value::Float(raw);
-                codec::encode(&raw, ty, fieldlink_drivers::modbus::WordOrder::Abcd)
-                    .map_err(|_| OutOfRange(format!("value {} does not fit {ty}", fmt_num(v))))?;
-                return Ok(raw);
-            }
-            let r = raw.round();
-            if (raw - r).abs() > 1e-6 * r.abs().max(1.0) {
-                return Err(OutOfRange(format!(
-                    "{} is not a whole multiple of the scale {}",
-                    fmt_num(v),
-                    fmt_num(point.scale)
-                )));
-            }
-            // The type's own range (e.g. 70000 for a u16), checked here on the number
-            // itself, so the text names the real value and the type's limits.
-            let (lo, hi) = int_range(ty);
-            if r < lo || r > hi {
-                let scaled = if point.scale == 1.0 && point.offset == 0.0 {
-                    String::new()
-                } else {
-                    format!(" ({} in the register)", fmt_num(r))
-                };
-                return Err(OutOfRange(format!(
-                    "value {}{scaled} does not fit {ty} ({} to {})",
-                    fmt_num(v),
-                    fmt_num(lo),
-                    fmt_num(hi)
-                )));
-            }
-            Ok(if r > i64::MAX as f64 {
-                Value::U64(r as u64)
-            } else {
-                Value::Int(r as i64)
-            })
-        }
-    }
-}
-
-/// The smallest and largest value a command may give point `p` by its type alone, in
-/// engineering units (after scale and offset); floats: ±10¹².
-pub(crate) fn value_range(p: &Point) -> (f64, f64) {
-    if matches!(p.ty, ValueType::F32 | ValueType::F64) {
-        return (-1e12, 1e12);
-    }
-    let (lo, hi) = int_range(p.ty);
-    let (a, b) = (lo * p.scale + p.offset, hi * p.scale + p.offset);
-    (a.min(b).max(-1e15), a.max(b).min(1e15))
-}
-
-/// The smallest and largest value of an integer register type.
-fn int_range(ty: ValueType) -> (f64, f64) {
-    match ty {
-        ValueType::U16 => (0.0, f64::from(u16::MAX)),
-        ValueType::I16 => (f64::from(i16::MIN), f64::from(i16::MAX)),
-        ValueType::U32 => (0.0, f64::from(u32::MAX)),
-        ValueType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX)),
-        ValueType::U64 => (0.0, u64::MAX as f64),
-        _ => (i64::MIN as f64, i64::MAX as f64),
-    }
-}
-
 /// `first` and every command already queued behind it.
 pub fn drain(first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
     let mut batch = vec![first];
@@ -426,115 +252,5 @@ pub fn result_on(
         // would hold back the next command to us by a delayed ACK (~40 ms).
         qos: 0,
         slot: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    fn point(ty: ValueType) -> Point {
-        let mut p = crate::model::test_point(ty);
-        p.writable = true;
-        p
-    }
-
-    fn err(p: &Point, v: serde_json::Value) -> String {
-        match to_raw(p, &v) {
-            Ok(raw) => panic!("{v} accepted as {raw:?}"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn a_bool_is_not_a_number_in_any_form() {
-        for ty in [ValueType::U16, ValueType::I32, ValueType::F32] {
-            let p = point(ty);
-            assert_eq!(err(&p, json!(true)), "wrong type: true is not a number");
-            assert_eq!(err(&p, json!("true")), "wrong type: `true` is not a number");
-        }
-        // On a bool point both forms are fine.
-        let b = point(ValueType::Bool);
-        assert_eq!(to_raw(&b, &json!(true)), Ok(Value::Bool(true)));
-        assert_eq!(to_raw(&b, &json!("yes")), Ok(Value::Bool(true)));
-        assert_eq!(to_raw(&b, &json!("LOW")), Ok(Value::Bool(false)));
-    }
-
-    #[test]
-    fn out_of_range_names_the_value_and_the_limits_once() {
-        let p = point(ValueType::U16);
-        assert_eq!(
-            err(&p, json!(70000)),
-            "out of range: value 70000 does not fit u16 (0 to 65535)"
-        );
-        assert_eq!(
-            err(&p, json!(3.5e38)),
-            "out of range: value 3.5e38 does not fit u16 (0 to 65535)"
-        );
-        assert_eq!(
-            err(&point(ValueType::I16), json!(-40000)),
-            "out of range: value -40000 does not fit i16 (-32768 to 32767)"
-        );
-        let mut scaled = point(ValueType::U16);
-        scaled.scale = 0.1;
-        assert_eq!(
-            err(&scaled, json!(7000)),
-            "out of range: value 7000 (70000 in the register) does not fit u16 (0 to 65535)"
-        );
-        assert_eq!(to_raw(&scaled, &json!(6553.5)), Ok(Value::Int(65535)));
-        assert_eq!(
-            err(&point(ValueType::F32), json!(1e39)),
-            "out of range: value 1e39 does not fit f32"
-        );
-        assert_eq!(
-            to_raw(&point(ValueType::U64), &json!(18446744073709551615u64)),
-            Ok(Value::U64(18446744073709551615))
-        );
-    }
-
-    #[test]
-    fn limits_scale_and_names() {
-        let mut p = point(ValueType::I16);
-        p.max = Some(30.0);
-        p.min = Some(5.0);
-        assert_eq!(err(&p, json!(31)), "value 31 above max 30");
-        assert_eq!(err(&p, json!("4.5")), "value 4.5 below min 5");
-        p.scale = 0.5;
-        assert_eq!(
-            err(&p, json!(10.2)),
-            "out of range: 10.2 is not a whole multiple of the scale 0.5"
-        );
-        assert_eq!(to_raw(&p, &json!(10.5)), Ok(Value::Int(21)));
-        let mut named = point(ValueType::U16);
-        named.value_map = vec![("ECO".into(), 2.0)];
-        assert_eq!(to_raw(&named, &json!("eco")), Ok(Value::Int(2)));
-        let mut ro = point(ValueType::U16);
-        ro.writable = false;
-        assert_eq!(
-            err(&ro, json!(1)),
-            "not writable: point `t` is not writable"
-        );
-    }
-
-    #[test]
-    fn payload_forms() {
-        assert_eq!(parse_payload(b" 21.5 ").map(|(v, _)| v), Ok(json!("21.5")));
-        let (v, id) = parse_payload(br#"{"value": 2, "id": "a"}"#).expect("json");
-        assert_eq!((v, id), (json!(2), Some(json!("a"))));
-        let cases: [(&[u8], &str); 4] = [
-            (b"", "unparsable payload: empty"),
-            (b"\xff", "unparsable payload: not UTF-8 text"),
-            (
-                br#"{"id": 1}"#,
-                "unparsable payload: JSON needs a \"value\" field",
-            ),
-            (b"{nope", "unparsable payload: invalid JSON"),
-        ];
-        for (payload, text) in cases {
-            let (e, _) = parse_payload(payload).expect_err("refused");
-            assert!(e.to_string().starts_with(text), "{e}");
-        }
     }
 }
