@@ -217,6 +217,28 @@ pub enum Parser {
     Json,
 }
 
+/// Equal when of the same kind with the same settings, a regular expression by its
+/// pattern (a `Regex` has no `==`).
+impl PartialEq for Parser {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (
+                Parser::KeyValue {
+                    pair_separator: a,
+                    kv_separator: b,
+                },
+                Parser::KeyValue {
+                    pair_separator: c,
+                    kv_separator: d,
+                },
+            ) => a == c && b == d,
+            (Parser::Regex(a), Parser::Regex(b)) => a.as_str() == b.as_str(),
+            (Parser::Json, Parser::Json) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Which field of a parsed line a point reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FieldRef {

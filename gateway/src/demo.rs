@@ -97,7 +97,8 @@ pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
         }
         let server = SimServer::new();
         for d in &bus.devices {
-            let dev = server.add(d.unit, SimDevice::new());
+            let unit = d.modbus().map_or(1, |m| m.unit);
+            let dev = server.add(unit, SimDevice::new());
             dev.set_logging(false);
             animated.push((dev, d.points.clone()));
         }

@@ -16,7 +16,9 @@
 //! - [`model`]: the validated, immutable runtime model (buses, devices, points).
 //! - [`buses`]: one task per bus. One device actor (schedule, availability, backoff,
 //!   commands, shutdown) serves every bus kind; `modbus`, `uart` and `gpio` supply only
-//!   their I/O.
+//!   their I/O; its registry starts, reconfigures and stops the tasks. The bus kinds are
+//!   Modbus TCP, Modbus RTU (both `modbus`), `uart` and `gpio`; [`buses`] lists every file
+//!   a new kind touches.
 //! - `publish`: from a decoded value to a message (scale, precision, payload, publish
 //!   policy); `commands`: `<topic>/set` parsed and checked, routed to its bus, answered on
 //!   `<topic>/set/result`; `topics`: the MQTT topic contract shared by both.
@@ -27,8 +29,8 @@
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
 //! - [`homeassistant`]: Home Assistant MQTT discovery, derived from the mappings.
 //! - `runtime`: [`run`], which starts those parts in order and stops them in reverse;
-//!   `reload`: the bus tasks as it keeps them, and live reload (SIGHUP), which restarts
-//!   only what changed; `service`: what systemd hears (ready, watchdog, reloading,
+//!   `reload`: live reload (SIGHUP), which plans what changed and has the bus registry
+//!   restart only that; `service`: what systemd hears (ready, watchdog, reloading,
 //!   stopping).
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
 

@@ -308,7 +308,8 @@ fn check(config: &std::path::Path) -> ExitCode {
                 })
             })
             .collect();
-        let n = Planner::new(items, d.max_gap).plan().len();
+        let max_gap = d.modbus().map_or(0, |m| m.max_gap);
+        let n = Planner::new(items, max_gap).plan().len();
         requests += n;
         per_second += n as f64 / d.poll_interval.as_secs_f64();
     }

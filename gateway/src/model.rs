@@ -278,7 +278,7 @@ impl Secret {
 }
 
 /// A bus: one task owns it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Bus {
     /// Bus id.
     pub id: String,
@@ -386,44 +386,75 @@ pub enum OnShutdown {
 }
 
 /// A device on a bus.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Device {
     /// Device id.
     pub id: String,
-    /// Modbus unit id.
-    pub unit: u8,
-    /// Poll period.
+    /// Poll period (for a GPIO device, only the default of its points' settings).
     pub poll_interval: Duration,
     /// Consecutive failed polls that make it offline.
     pub offline_after: u32,
-    /// Largest gap the planner bridges.
-    pub max_gap: u16,
-    /// Always write with FC16/FC15.
-    pub write_multiple: bool,
     /// Longest wait between two polls of an offline device (exponential backoff cap).
     pub max_backoff: Duration,
-    /// Line parsing and polling, for a device on a `uart` bus.
-    pub uart: Option<UartDevice>,
+    /// What only its bus kind has, one variant per bus kind (as points have [`Source`]).
+    pub kind: DeviceKind,
     /// How it shows in Home Assistant.
     pub ha: DeviceHa,
     /// Points.
     pub points: Vec<Point>,
 }
 
+/// What a device has that depends on its bus kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceKind {
+    /// A device on a Modbus bus (TCP or RTU).
+    Modbus(ModbusDevice),
+    /// A device on a `uart` bus.
+    Uart(UartDevice),
+    /// The lines of a `gpio` bus: nothing of its own.
+    Gpio,
+}
+
+/// A device on a Modbus bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModbusDevice {
+    /// Modbus unit id.
+    pub unit: u8,
+    /// Largest gap the planner bridges.
+    pub max_gap: u16,
+    /// Always write with FC16/FC15.
+    pub write_multiple: bool,
+}
+
+impl Device {
+    /// Its Modbus settings, for a device on a Modbus bus.
+    pub fn modbus(&self) -> Option<&ModbusDevice> {
+        match &self.kind {
+            DeviceKind::Modbus(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Its line parsing and polling, for a device on a `uart` bus.
+    pub fn uart(&self) -> Option<&UartDevice> {
+        match &self.kind {
+            DeviceKind::Uart(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
 /// Whether two devices are defined the same for their bus task: every field, their
 /// points' slots included, but the Home Assistant ones (discovery has its own diff).
-/// Compared through the `Debug` form every model type derives, so that a field added
-/// later takes part without anyone remembering to add it here (and a `regex::Regex`,
-/// which has no `PartialEq`, compares by its pattern).
 pub(crate) fn same(a: &Device, b: &Device) -> bool {
-    let runs = |d: &Device| {
+    fn runs(d: &Device) -> Device {
         let mut d = d.clone();
         d.ha = DeviceHa::default();
         for p in &mut d.points {
             p.ha_overrides = None;
         }
-        format!("{d:?}")
-    };
+        d
+    }
     a.id == b.id && a.points.len() == b.points.len() && runs(a) == runs(b)
 }
 
@@ -449,7 +480,7 @@ pub enum PublishMode {
 }
 
 /// A point: one value, one topic, and where it comes from on its bus.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Point {
     /// Topic.
     pub topic: String,
@@ -492,7 +523,7 @@ pub struct Point {
 }
 
 /// Where a point's value lives, one variant per bus kind.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Source {
     /// Registers or bits of a Modbus device.
     Modbus(ModbusPoint),
@@ -527,7 +558,7 @@ impl ModbusPoint {
 }
 
 /// A device on a `uart` bus.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UartDevice {
     /// How its lines become fields (none: a write-only device).
     pub parser: Option<Parser>,
@@ -537,7 +568,7 @@ pub struct UartDevice {
 }
 
 /// A point on a `uart` bus.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UartPoint {
     /// The field of a parsed line holding the value (`None`: command only).
     pub field: Option<FieldRef>,
@@ -556,6 +587,17 @@ pub struct UartCommand {
     pub ack: Option<regex::Regex>,
     /// How long to wait for it (default: the bus `timeout`).
     pub ack_timeout: Option<Duration>,
+}
+
+/// Equal when every field is, the acknowledgement by its pattern (a `Regex` has no `==`).
+impl PartialEq for UartCommand {
+    fn eq(&self, o: &Self) -> bool {
+        self.template == o.template
+            && self.params == o.params
+            && self.ack.as_ref().map(regex::Regex::as_str)
+                == o.ack.as_ref().map(regex::Regex::as_str)
+            && self.ack_timeout == o.ack_timeout
+    }
 }
 
 impl Point {

@@ -1,5 +1,5 @@
-//! Live reload: the bus tasks as the runtime keeps them ([`Buses`]), and what a reload
-//! does to a running gateway ([`Running::reload`]).
+//! Live reload: what a reload does to a running gateway ([`Running::reload`]); it plans
+//! and applies, the bus tasks themselves are `buses`' registry ([`Buses`]).
 //!
 //! A reload reads and validates the configuration again; one with errors is logged (the
 //! lines `check` prints) and changes nothing. A valid one is compared with the running
@@ -15,208 +15,21 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
-use fieldlink_drivers::{
-    gpio::{GpioBackend, SimGpio},
-    modbus::{rtu::RtuTransport, tcp::TcpTransport},
-};
-use tokio::{
-    sync::{mpsc, oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::{
-    buses::{self, BusIo, Control},
-    commands::{self, Command},
-    config,
-    health::{ReloadOutcome, Stats},
-    model::{same, Bus, BusKind, Device, Model},
+    buses::{self, Buses},
+    commands, config,
+    health::ReloadOutcome,
+    model::{same, Bus, Device, Model},
     publish::{Batch, Outgoing},
     service,
-    shutdown::Shutdown,
     topics::LiveContract,
 };
-
-/// Commands that may wait for one bus task.
-const COMMAND_CAPACITY: usize = 256;
-
-/// Longest wait for a bus task to take a reload (it finishes its transaction first).
-const BUS_WAIT: Duration = Duration::from_secs(30);
-
-/// One running bus task.
-struct BusTask {
-    bus: Arc<Bus>,
-    commands: mpsc::Sender<Command>,
-    control: mpsc::Sender<Control>,
-    task: JoinHandle<()>,
-}
-
-/// The bus tasks, by bus id, and what a new one needs.
-pub(crate) struct Buses {
-    tasks: HashMap<String, BusTask>,
-    out: mpsc::Sender<Batch>,
-    stats: Arc<Stats>,
-    shutdown: Shutdown,
-    /// Simulated boards given by the caller, for gpio buses a reload starts.
-    boards: HashMap<String, SimGpio>,
-}
-
-impl Buses {
-    pub(crate) fn new(
-        out: mpsc::Sender<Batch>,
-        stats: Arc<Stats>,
-        shutdown: Shutdown,
-        boards: HashMap<String, SimGpio>,
-    ) -> Buses {
-        Buses {
-            tasks: HashMap::new(),
-            out,
-            stats,
-            shutdown,
-            boards,
-        }
-    }
-
-    /// Start a task for every bus of `model` (the gpio controllers opened already);
-    /// returns the command channel of every bus, in model order.
-    pub(crate) fn spawn_all(
-        &mut self,
-        model: &Arc<Model>,
-        gpio: &mut HashMap<String, Box<dyn GpioBackend>>,
-    ) -> Vec<mpsc::Sender<Command>> {
-        let mut first = 0;
-        for bus in &model.buses {
-            let backend = gpio.remove(&bus.id);
-            self.spawn(model, bus, first, backend);
-            first += bus.devices.len();
-        }
-        self.senders(model)
-    }
-
-    /// The command channel of every bus of `model`, in model order (a closed one for a
-    /// bus without a task: it has no devices, so no commands either).
-    fn senders(&self, model: &Model) -> Vec<mpsc::Sender<Command>> {
-        model
-            .buses
-            .iter()
-            .map(|b| match self.tasks.get(&b.id) {
-                Some(t) => t.commands.clone(),
-                None => mpsc::channel(1).0,
-            })
-            .collect()
-    }
-
-    /// Start the task of `bus` (none for a bus without devices, or a gpio bus without
-    /// its controller).
-    fn spawn(
-        &mut self,
-        model: &Arc<Model>,
-        bus: &Arc<Bus>,
-        first: usize,
-        gpio: Option<Box<dyn GpioBackend>>,
-    ) {
-        if bus.devices.is_empty() {
-            return;
-        }
-        let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-        let (control, control_rx) = mpsc::channel(4);
-        let io = BusIo {
-            out: self.out.clone(),
-            commands: commands_rx,
-            control: control_rx,
-            stats: self.stats.clone(),
-            shutdown: self.shutdown.clone(),
-        };
-        let (m, b) = (model.clone(), bus.clone());
-        let task = match &bus.kind {
-            BusKind::ModbusTcp {
-                host,
-                port,
-                timeout,
-            } => {
-                let t = TcpTransport::new(host.clone(), *port, *timeout);
-                tokio::spawn(buses::run_modbus(m, b, first, t, io))
-            }
-            BusKind::ModbusRtu {
-                serial,
-                timeout,
-                frame_delay,
-            } => {
-                let t = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
-                tokio::spawn(buses::run_modbus(m, b, first, t, io))
-            }
-            BusKind::Uart { .. } => tokio::spawn(buses::run_uart(m, b, first, io)),
-            BusKind::Gpio { .. } => {
-                let Some(backend) = gpio else {
-                    return;
-                };
-                tokio::spawn(buses::run_gpio(m, b, first, backend, io))
-            }
-        };
-        self.tasks.insert(
-            bus.id.clone(),
-            BusTask {
-                bus: bus.clone(),
-                commands,
-                control,
-                task,
-            },
-        );
-    }
-
-    /// Wait for every task to end (after shutdown).
-    pub(crate) async fn join(&mut self) {
-        for (_, t) in self.tasks.drain() {
-            let _ = t.task.await;
-        }
-    }
-
-    /// Stop the task of bus `id` and wait until it ended (its queued commands run
-    /// first).
-    async fn stop(&mut self, id: &str) {
-        let Some(t) = self.tasks.remove(id) else {
-            return;
-        };
-        if tokio::time::timeout(BUS_WAIT, t.control.send(Control::Stop))
-            .await
-            .is_err()
-        {
-            warn!(bus = %id, "Bus task slow to take the reload.");
-        }
-        // It stops after its current transaction (bounded by the bus timeout): waited
-        // for, so that its port and lines are free for whatever replaces it.
-        let _ = t.task.await;
-    }
-
-    /// Give the task of bus `bus.id` its new devices and wait until it took them.
-    async fn reconfigure(&mut self, bus: &Arc<Bus>, first: usize, generation: u64) {
-        let Some(t) = self.tasks.get_mut(&bus.id) else {
-            return;
-        };
-        let (done, taken) = oneshot::channel();
-        let c = Control::Reconfigure {
-            bus: bus.clone(),
-            first,
-            generation,
-            done,
-        };
-        match tokio::time::timeout(BUS_WAIT, t.control.send(c)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                warn!(bus = %bus.id, "Bus task slow to take the reload.");
-                return;
-            }
-        }
-        if tokio::time::timeout(BUS_WAIT, taken).await.is_err() {
-            warn!(bus = %bus.id, "Bus task slow to take the reload.");
-        }
-        t.bus = bus.clone();
-    }
-}
 
 /// What runs, as a reload sees it.
 pub(crate) struct Running {
@@ -262,7 +75,7 @@ impl Running {
                     hint: None,
                 }])
             });
-        let stats = self.buses.stats.clone();
+        let stats = self.buses.stats().clone();
         match loaded {
             Err(diags) => {
                 // The lines `fieldlink check` prints, to the same place.
@@ -423,7 +236,7 @@ impl Running {
     async fn apply(&mut self, plan: Plan) {
         let new = Arc::new(plan.model);
         let generation = self.router.generation() + 1;
-        self.buses.stats.update(&new);
+        self.buses.stats().update(&new);
         let wanted: HashSet<&str> = new
             .buses
             .iter()
@@ -434,16 +247,12 @@ impl Running {
         // for the task that replaces it.
         let stop: Vec<String> = self
             .buses
-            .tasks
-            .iter()
-            .filter(|(id, t)| {
-                !wanted.contains(id.as_str())
-                    || new
-                        .buses
-                        .iter()
-                        .any(|b| b.id == **id && b.kind != t.bus.kind)
+            .all()
+            .filter(|t| {
+                !wanted.contains(t.id.as_str())
+                    || new.buses.iter().any(|b| b.id == t.id && b.kind != t.kind)
             })
-            .map(|(id, _)| id.clone())
+            .map(|t| t.id.clone())
             .collect();
         self.router.set_restarting(!stop.is_empty());
         for id in &stop {
@@ -453,19 +262,19 @@ impl Running {
         let mut first = 0;
         let mut starts = Vec::new();
         for b in &new.buses {
-            match self.buses.tasks.get(&b.id) {
-                Some(t) if bus_same(&t.bus, b) => {}
+            match self.buses.running(&b.id) {
+                Some(t) if bus_same(t, b) => {}
                 Some(t) => {
                     let keep = Arc::new(Bus {
                         devices: b
                             .devices
                             .iter()
-                            .filter(|d| t.bus.devices.iter().any(|o| same(o, d)))
+                            .filter(|d| t.devices.iter().any(|o| same(o, d)))
                             .cloned()
                             .collect(),
                         ..Bus::clone(b)
                     });
-                    if !bus_same(&t.bus, &keep) {
+                    if !bus_same(t, &keep) {
                         self.buses.reconfigure(&keep, first, generation).await;
                     }
                     starts.push((b.clone(), first));
@@ -478,30 +287,20 @@ impl Running {
         // nothing new starts only to stop again).
         let mut unavailable = Vec::new();
         for (b, first) in starts {
-            if self.buses.shutdown.is_shutdown() {
+            if self.buses.stopping() {
                 break;
             }
-            if self.buses.tasks.contains_key(&b.id) {
+            if self.buses.running(&b.id).is_some() {
                 self.buses.reconfigure(&b, first, generation).await;
                 continue;
             }
-            let gpio = match &b.kind {
-                BusKind::Gpio { backend } => {
-                    match crate::runtime::open_backend(&b.id, *backend, &self.buses.boards) {
-                        Ok(g) => Some(g),
-                        Err(e) => {
-                            error!(bus = %b.id, error = %e, "Cannot start the bus.");
-                            unavailable.extend(b.devices.iter().map(|d| d.id.clone()));
-                            continue;
-                        }
-                    }
-                }
-                _ => None,
-            };
-            self.buses.spawn(&new, &b, first, gpio);
+            if let Err(e) = self.buses.start(&new, &b, first) {
+                error!(bus = %b.id, error = %e, "Cannot start the bus.");
+                unavailable.extend(b.devices.iter().map(|d| d.id.clone()));
+            }
         }
         let senders = self.buses.senders(&new);
-        let g = self.router.update(new.clone(), senders, &self.buses.stats);
+        let g = self.router.update(new.clone(), senders, self.buses.stats());
         debug_assert_eq!(g, generation);
         self.router.set_restarting(false);
         self.contract.set(&new);
@@ -514,7 +313,7 @@ impl Running {
         );
         self.model = new;
         if !gone.is_empty() {
-            let _ = self.buses.out.send(gone).await;
+            let _ = self.buses.out().send(gone).await;
         }
     }
 }

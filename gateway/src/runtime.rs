@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use fieldlink_drivers::gpio::{GpioBackend, GpioError, SimGpio};
+use fieldlink_drivers::gpio::{GpioError, SimGpio};
 use thiserror::Error;
 use tokio::{
     sync::{mpsc, watch},
@@ -12,12 +12,8 @@ use tokio::{
 use tracing::info;
 
 use crate::{
-    broker, buses, commands, config,
-    health::Stats,
-    model::{BusKind, GpioBackendKind, Model},
-    mqtt, publish, reload, service,
-    shutdown::Shutdown,
-    topics::LiveContract,
+    broker, buses, commands, config, health::Stats, model::Model, mqtt, publish, reload, service,
+    shutdown::Shutdown, topics::LiveContract,
 };
 
 /// Why the gateway could not run.
@@ -103,7 +99,8 @@ pub async fn run_with(
     mut hooks: Hooks,
 ) -> Result<(), RunError> {
     // Off a Pi, `backend: rppal` fails here, before anything else starts.
-    let mut gpio = open_gpio(&model, &hooks)?;
+    let mut gpio = buses::open_gpio(&model, &hooks.gpio)
+        .map_err(|(bus, error)| RunError::Gpio { bus, error })?;
     // A queue directory that cannot be written stops the gateway here, with the reason.
     let spool = match &model.mqtt.upstream {
         Some(u) => {
@@ -121,7 +118,7 @@ pub async fn run_with(
     let link = start_broker(&model, &contract, &stats, hooks.bound.take()).await?;
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
     let (current, current_rx) = watch::channel(model.clone());
-    let mut buses = reload::Buses::new(tx.clone(), stats.clone(), shutdown.clone(), hooks.gpio);
+    let mut buses = buses::Buses::new(tx.clone(), stats.clone(), shutdown.clone(), hooks.gpio);
     let command_txs = buses.spawn_all(&model, &mut gpio);
     let router = commands::Router::new(model.clone(), command_txs, stats.clone());
     let mqtt = start_mqtt(&model, current_rx, &stats, rx, router.clone(), link, spool);
@@ -194,39 +191,6 @@ async fn next_request(reloads: &mut Option<Reloads>) -> Option<()> {
         Some(r) => r.requests.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Open the controller of every gpio bus (a simulated board from `hooks`, or rppal).
-fn open_gpio(
-    model: &Model,
-    hooks: &Hooks,
-) -> Result<HashMap<String, Box<dyn GpioBackend>>, RunError> {
-    let mut gpio: HashMap<String, Box<dyn GpioBackend>> = HashMap::new();
-    for bus in &model.buses {
-        if let BusKind::Gpio { backend } = bus.kind {
-            let b = open_backend(&bus.id, backend, &hooks.gpio)?;
-            gpio.insert(bus.id.clone(), b);
-        }
-    }
-    Ok(gpio)
-}
-
-/// The controller of gpio bus `bus`: its simulated board from `boards` (or a board of
-/// its own), or rppal.
-pub(crate) fn open_backend(
-    bus: &str,
-    backend: GpioBackendKind,
-    boards: &HashMap<String, SimGpio>,
-) -> Result<Box<dyn GpioBackend>, RunError> {
-    Ok(match backend {
-        GpioBackendKind::Simulated => Box::new(boards.get(bus).cloned().unwrap_or_default()),
-        GpioBackendKind::Rppal => {
-            fieldlink_drivers::gpio::open_rppal().map_err(|error| RunError::Gpio {
-                bus: bus.to_string(),
-                error,
-            })?
-        }
-    })
 }
 
 /// Start the embedded broker, when enabled: the gateway's link into it.

@@ -340,12 +340,13 @@ async fn a_reload_keeps_an_unchanged_device_on_its_cadence_and_restarts_only_the
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let (done, taken) = tokio::sync::oneshot::channel();
     control
-        .send(buses::Control::Reconfigure {
-            bus: m2.buses[0].clone(),
-            first: 0,
-            generation: 1,
+        .send(buses::Control::reconfigure(
+            &m.buses[0],
+            m2.buses[0].clone(),
+            0,
+            1,
             done,
-        })
+        ))
         .await
         .expect("the bus task takes control messages");
     taken.await.expect("the reload was applied");
@@ -418,12 +419,13 @@ async fn a_gpio_reload_keeps_unchanged_lines_untouched_and_releases_removed_ones
     board.drive(4, Some(true));
     let (done, taken) = tokio::sync::oneshot::channel();
     control
-        .send(buses::Control::Reconfigure {
-            bus: m2.buses[0].clone(),
-            first: 0,
-            generation: 1,
+        .send(buses::Control::reconfigure(
+            &m.buses[0],
+            m2.buses[0].clone(),
+            0,
+            1,
             done,
-        })
+        ))
         .await
         .expect("the bus task takes control messages");
     taken.await.expect("the reload was applied");

@@ -241,6 +241,10 @@ pub enum Control {
     Reconfigure {
         /// The new bus.
         bus: Arc<Bus>,
+        /// For each of its devices, the index of the running device it keeps (defined
+        /// the same, Home Assistant settings aside), or `None` to start it afresh. Decided by
+        /// the caller ([`Control::reconfigure`]); the task does not compare again.
+        kept: Vec<Option<usize>>,
         /// Index of its first device among all devices (their start offsets).
         first: usize,
         /// The configuration generation it belongs to.
@@ -251,6 +255,31 @@ pub enum Control {
     /// Leave the bus and end (a reload replaces or removes it); commands still queued
     /// are answered "configuration reloading", not written.
     Stop,
+}
+
+impl Control {
+    /// A reconfigure from the bus the task runs (`old`) to `new`: every device of `new`
+    /// defined the same as one of `old` keeps running with its state.
+    pub fn reconfigure(
+        old: &Bus,
+        new: Arc<Bus>,
+        first: usize,
+        generation: u64,
+        done: tokio::sync::oneshot::Sender<()>,
+    ) -> Control {
+        let kept = new
+            .devices
+            .iter()
+            .map(|n| old.devices.iter().position(|o| crate::model::same(o, n)))
+            .collect();
+        Control::Reconfigure {
+            bus: new,
+            kept,
+            first,
+            generation,
+            done,
+        }
+    }
 }
 
 /// The state the actor keeps per device besides the driver's.
@@ -446,11 +475,12 @@ fn apply<D: Driver>(
         Control::Stop => Some(End::Stop),
         Control::Reconfigure {
             bus,
+            kept,
             first,
             generation,
             done,
         } => {
-            reconfigure(model, driver, cx, devs, bus, first, generation);
+            reconfigure(model, driver, cx, devs, (bus, &kept), first, generation);
             let _ = done.send(());
             None
         }
@@ -466,27 +496,19 @@ fn reconfigure<D: Driver>(
     driver: &mut D,
     cx: &mut Cx,
     devs: &mut Devices,
-    bus: Arc<Bus>,
+    (bus, kept): (Arc<Bus>, &[Option<usize>]),
     first: usize,
     generation: u64,
 ) {
-    let old = cx.bus.clone();
-    let kept: Vec<Option<usize>> = bus
-        .devices
-        .iter()
-        .map(|n| {
-            old.devices
-                .iter()
-                .position(|o| o.id == n.id && crate::model::same(o, n))
-        })
-        .collect();
     let now = TokioInstant::now();
     let mut schedule: Vec<Option<Schedule>> = devs.schedule.drain(..).map(Some).collect();
     let mut states: Vec<Option<Vec<PointState>>> = cx.states.drain(..).map(Some).collect();
     let mut new_schedule = Vec::with_capacity(bus.devices.len());
     let mut since = Vec::with_capacity(bus.devices.len());
     for (j, k) in kept.iter().enumerate() {
-        let (s, st) = match k.and_then(|i| Some((schedule[i].take()?, states[i].take()?))) {
+        let (s, st) = match k
+            .and_then(|i| Some((schedule.get_mut(i)?.take()?, states.get_mut(i)?.take()?)))
+        {
             Some(both) => both,
             None => (
                 devs.fresh(&bus, first, j, now),
@@ -495,10 +517,10 @@ fn reconfigure<D: Driver>(
         };
         new_schedule.push(s);
         cx.states.push(st);
-        since.push(match k {
-            Some(i) => devs.since[*i],
-            None => generation,
-        });
+        since.push(
+            k.and_then(|i| devs.since.get(i).copied())
+                .unwrap_or(generation),
+        );
     }
     devs.schedule = new_schedule;
     devs.since = since;
@@ -510,7 +532,7 @@ fn reconfigure<D: Driver>(
         .collect();
     cx.counters = counters(&cx.stats, &bus);
     cx.bus = bus.clone();
-    driver.reconfigure(&kept, cx);
+    driver.reconfigure(kept, cx);
     info!(
         bus = %bus.id,
         devices = bus.devices.len(),

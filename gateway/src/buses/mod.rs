@@ -10,13 +10,20 @@
 //!   that answers every command still queued.
 //! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
+//! - `registry`: the running bus tasks by bus id (`Buses`): started by the runtime,
+//!   reconfigured or stopped by a reload, and the one list of which bus kind runs which
+//!   driver.
 //!
-//! A fourth bus kind is one new file here implementing `Driver` and one under
-//! `config/` for its schema.
+//! A new bus kind touches, and only touches: one file here implementing `Driver` (or a
+//! transport for an existing driver) and its line in `registry`'s spawn; one file under
+//! `config/` for its schema and its name in `config::mapping`'s kind list; one variant of
+//! `model::BusKind` (and of `model::DeviceKind` / `model::Source` when its devices or
+//! points carry settings of their own); and the list of bus kinds in `lib.rs`.
 
 mod actor;
 mod gpio;
 mod modbus;
+mod registry;
 mod uart;
 
 use std::sync::Arc;
@@ -29,6 +36,7 @@ pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
 pub use gpio::run_gpio;
 pub use modbus::run_modbus;
+pub(crate) use registry::{open_gpio, Buses};
 pub use uart::run_uart;
 
 /// The channels a bus task talks through.

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{actor, BusIo, Cx, Driver, Polled};
 use crate::{
     commands::{Command, CommandError},
-    model::{Bus, Device, ModbusPoint, Model, Point},
+    model::{Bus, Device, ModbusDevice, ModbusPoint, Model, Point},
     publish::{reading, Reading},
 };
 
@@ -90,7 +90,7 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
             cx.stats_of(d).requests.fetch_add(1, Relaxed);
             let reply = self
                 .transport
-                .read(device.unit, req.table, req.start, req.count)
+                .read(settings(&device).unit, req.table, req.start, req.count)
                 .await;
             if reply.is_err() {
                 cx.stats_of(d).request_errors.fetch_add(1, Relaxed);
@@ -171,7 +171,7 @@ impl Unit {
             })
             .collect();
         Unit {
-            planner: Planner::new(items, d.max_gap),
+            planner: Planner::new(items, settings(d).max_gap),
             bad_points: vec![false; points.len()],
             points,
         }
@@ -258,8 +258,11 @@ async fn write_point<T: ModbusTransport>(
         order,
         bit,
     } = at;
-    let unit = device.unit;
-    let multiple = device.write_multiple;
+    let ModbusDevice {
+        unit,
+        write_multiple: multiple,
+        ..
+    } = settings(device);
     let d = |e: DriverError| CommandError::Device(e);
     match (table, bit) {
         (Table::Coil, _) => {
@@ -312,4 +315,14 @@ async fn write_point<T: ModbusTransport>(
             .map_err(|e| CommandError::Protocol(format!("read-back: {e}")))?,
     };
     Ok(reading(point, &v))
+}
+
+/// The Modbus settings of a device on a Modbus bus (validation gives every such device
+/// its [`DeviceKind::Modbus`]; the defaults only stand for what cannot happen).
+fn settings(d: &Device) -> ModbusDevice {
+    d.modbus().copied().unwrap_or(ModbusDevice {
+        unit: 1,
+        max_gap: 0,
+        write_multiple: false,
+    })
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{at, did_you_mean, mapping::Topics, Class, Cx, DeviceFile, Validator};
 use crate::{
-    model::{Device, Parser, Point},
+    model::{Device, DeviceKind, ModbusDevice, Parser, Point},
     topics::is_id,
 };
 
@@ -73,8 +73,19 @@ impl Validator {
             d.max_backoff.as_ref(),
             DEFAULT_MAX_BACKOFF,
         );
-        let uart = (class == Class::Uart).then(|| self.uart_device(cx, d));
-        let parser = uart.as_ref().and_then(|u| u.parser.as_ref());
+        let kind = match class {
+            Class::Modbus => DeviceKind::Modbus(ModbusDevice {
+                unit: unit as u8,
+                max_gap: max_gap as u16,
+                write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
+            }),
+            Class::Uart => DeviceKind::Uart(self.uart_device(cx, d)),
+            Class::Gpio => DeviceKind::Gpio,
+        };
+        let parser = match &kind {
+            DeviceKind::Uart(u) => u.parser.as_ref(),
+            _ => None,
+        };
         let parser_failed = class == Class::Uart && d.parser.is_some() && parser.is_none();
         let points = self.device_points(cx, d, class, parser, parser_failed, topics);
         if d.points.is_empty() {
@@ -97,13 +108,10 @@ impl Validator {
             d.bus.value.clone(),
             Device {
                 id,
-                unit: unit as u8,
                 poll_interval,
                 offline_after: offline_after as u32,
-                max_gap: max_gap as u16,
-                write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
                 max_backoff,
-                uart,
+                kind,
                 ha: self.device_ha(cx, d.homeassistant.as_ref()),
                 points,
             },

@@ -181,8 +181,11 @@ impl Validator {
         if !d.unit.as_ref().is_none_or(|u| (1..=247).contains(&u.value)) {
             return;
         }
+        let Some(unit) = dev.modbus().map(|m| m.unit) else {
+            return;
+        };
         let first = unit_where
-            .entry((bus_id.to_string(), dev.unit))
+            .entry((bus_id.to_string(), unit))
             .or_insert_with(|| dev.id.clone());
         if *first != dev.id {
             let loc = d.unit.as_ref().map_or(at(&d.id), at);
@@ -192,8 +195,7 @@ impl Validator {
                 ""
             };
             let msg = format!(
-                "unit id {}{default} is already used by device `{first}` on bus `{bus_id}`",
-                dev.unit
+                "unit id {unit}{default} is already used by device `{first}` on bus `{bus_id}`"
             );
             self.error(
                 &cx.at("unit"),

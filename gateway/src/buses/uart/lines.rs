@@ -50,8 +50,7 @@ impl Uart {
     /// Whether device `d`'s parser accepts `line` and finds one of its fields.
     fn parses(&self, d: usize, line: &str) -> bool {
         let dev = &self.bus.devices[d];
-        dev.uart
-            .as_ref()
+        dev.uart()
             .and_then(|u| u.parser.as_ref())
             .and_then(|p| p.parse(line))
             .is_some_and(|parsed| !fields_of(dev, &parsed).is_empty())
@@ -62,7 +61,7 @@ impl Uart {
     fn accept(&mut self, d: usize, line: &str, cx: &mut Cx) -> bool {
         let bus = self.bus.clone();
         let dev = &bus.devices[d];
-        let Some(parser) = dev.uart.as_ref().and_then(|u| u.parser.as_ref()) else {
+        let Some(parser) = dev.uart().and_then(|u| u.parser.as_ref()) else {
             return false;
         };
         let Some(parsed) = parser.parse(line) else {

@@ -167,11 +167,7 @@ impl Driver for Uart {
     }
 
     async fn poll(&mut self, d: usize, cx: &mut Cx) -> Polled {
-        let Some(query) = self.bus.devices[d]
-            .uart
-            .as_ref()
-            .and_then(|u| u.query.clone())
-        else {
+        let Some(query) = self.bus.devices[d].uart().and_then(|u| u.query.clone()) else {
             return Polled::Skipped;
         };
         cx.stats_of(d).requests.fetch_add(1, Relaxed);
@@ -310,23 +306,20 @@ impl Uart {
     /// A device sending on its own: it is offline after a silence.
     fn listens(&self, d: usize) -> bool {
         self.bus.devices[d]
-            .uart
-            .as_ref()
+            .uart()
             .is_some_and(|u| u.query.is_none() && u.parser.is_some())
     }
 
     /// A device that only takes commands (no parser): online while the port is open.
     fn write_only(&self, d: usize) -> bool {
         self.bus.devices[d]
-            .uart
-            .as_ref()
+            .uart()
             .is_none_or(|u| u.parser.is_none())
     }
 
     fn polled(&self, d: usize) -> bool {
         self.bus.devices[d]
-            .uart
-            .as_ref()
+            .uart()
             .is_some_and(|u| u.query.is_some())
     }
 
