@@ -31,6 +31,9 @@ use crate::{
     topics::LiveContract,
 };
 
+/// Reads and validates the configuration.
+pub type Loader = Arc<dyn Fn() -> Result<config::Checked, Vec<config::Diagnostic>> + Send + Sync>;
+
 /// What runs, as a reload sees it.
 pub(crate) struct Running {
     /// The model in force.
@@ -59,7 +62,7 @@ struct Plan {
 
 impl Running {
     /// Reload with `load`: `RELOADING=1`, read and validate, apply or refuse, `READY=1`.
-    pub(crate) async fn reload(&mut self, load: crate::runtime::Loader) {
+    pub(crate) async fn reload(&mut self, load: Loader) {
         info!("Reloading configuration.");
         service::reloading();
         let loaded = tokio::task::spawn_blocking(move || load())

@@ -12,7 +12,7 @@ use tokio::{
 use tracing::info;
 
 use crate::{
-    broker, buses, commands, config, health::Stats, model::Model, mqtt, publish, reload, service,
+    broker, buses, commands, health::Stats, model::Model, mqtt, publish, reload, service,
     shutdown::Shutdown, topics::LiveContract,
 };
 
@@ -59,8 +59,7 @@ pub struct Reloads {
     pub load: Loader,
 }
 
-/// Reads and validates the configuration.
-pub type Loader = Arc<dyn Fn() -> Result<config::Checked, Vec<config::Diagnostic>> + Send + Sync>;
+pub use crate::reload::Loader;
 
 /// Capacity (in poll batches) of the channel from the bus tasks to the MQTT task.
 const OUT_CAPACITY: usize = 1024;
