@@ -26,6 +26,7 @@
 //!   disk store-and-forward queue.
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
 //! - [`homeassistant`]: Home Assistant MQTT discovery, derived from the mappings.
+//! - [`logs`]: the log line formatter that escapes what clients send.
 //! - `runtime`: [`run`], which starts those parts in order and stops them in reverse;
 //!   `reload`: the bus tasks as it keeps them, and live reload (SIGHUP), which restarts
 //!   only what changed; `service`: what systemd hears (ready, watchdog, reloading,
@@ -39,6 +40,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod homeassistant;
+pub mod logs;
 pub mod model;
 pub mod mqtt;
 mod publish;

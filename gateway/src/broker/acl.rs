@@ -123,6 +123,53 @@ fn intersects_levels(a: &[&str], b: &[&str]) -> bool {
     }
 }
 
+/// Whether topic name `topic` matches `filter`; in a pattern (`with` = user name and
+/// client id) `%u` and `%c` stand for them. Allocates nothing.
+fn matches_topic(filter: &str, topic: &str, with: Option<(&str, &str)>) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
+        return false;
+    }
+    let (mut f, mut t) = (filter.split('/'), topic.split('/'));
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) | (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) => {
+                let same = match with {
+                    Some((u, c)) if fl.contains('%') => level_expands_to(fl, u, c, tl),
+                    _ => fl == tl,
+                };
+                if !same {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Whether pattern level `level`, with `%u` and `%c` replaced by `user` and `client`,
+/// is `topic_level`.
+fn level_expands_to(level: &str, user: &str, client: &str, topic_level: &str) -> bool {
+    let (mut p, mut t) = (level, topic_level);
+    while !p.is_empty() {
+        let (part, rest) = if let Some(r) = p.strip_prefix("%u") {
+            (user, r)
+        } else if let Some(r) = p.strip_prefix("%c") {
+            (client, r)
+        } else {
+            let n = p.chars().next().map_or(1, char::len_utf8);
+            (&p[..n], &p[n..])
+        };
+        match t.strip_prefix(part) {
+            Some(after) => t = after,
+            None => return false,
+        }
+        p = rest;
+    }
+    t.is_empty()
+}
+
 fn parse_rule(rest: &str, line: u64, pattern: bool) -> Result<Rule, LineError> {
     let err = |message: String| LineError { line, message };
     let rest = rest.trim();
@@ -287,6 +334,46 @@ impl Acl {
         granted
     }
 
+    /// Whether the client may read `topic` (a message's topic name): the check on every
+    /// delivery, as Mosquitto makes it. The same rules as a subscription to exactly
+    /// `topic`, without allocating (it runs for every message delivered).
+    pub fn may_read(&self, user: Option<&str>, client_id: &str, topic: &str) -> bool {
+        let own = match user {
+            Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
+            None => self.anonymous.as_slice(),
+        };
+        let mut granted = false;
+        for r in own {
+            if matches_topic(&r.filter, topic, None) {
+                if r.access == Access::Deny {
+                    return false;
+                }
+                granted |= r.access.reads();
+            }
+        }
+        // As in `rules`: a pattern whose replacement would be empty or hold `/`, `+`
+        // or `#` does not apply.
+        let safe = |s: &str| !s.is_empty() && !s.contains(['/', '+', '#']);
+        let (u, c) = (
+            user.filter(|u| safe(u)),
+            Some(client_id).filter(|c| safe(c)),
+        );
+        for r in &self.patterns {
+            if (u.is_none() && r.filter.contains("%u")) || (c.is_none() && r.filter.contains("%c"))
+            {
+                continue;
+            }
+            let with = (u.unwrap_or_default(), c.unwrap_or_default());
+            if matches_topic(&r.filter, topic, Some(with)) {
+                if r.access == Access::Deny {
+                    return false;
+                }
+                granted |= r.access.reads();
+            }
+        }
+        granted
+    }
+
     /// Whether anonymous clients may publish on some `<topic>/set` of `topics`.
     pub fn anonymous_may_command<'a>(&self, mut topics: impl Iterator<Item = &'a str>) -> bool {
         topics.any(|t| self.may_publish(None, "", &format!("{t}/set")))
@@ -352,6 +439,55 @@ pattern write devices/%u/#
         // an unknown user gets only the patterns
         assert!(!a.may_subscribe(Some("stranger"), "s", "casa/#"));
         assert!(!a.anonymous_may_command(["casa/luz"].into_iter()));
+    }
+
+    #[test]
+    fn reading_a_topic_is_subscribing_to_exactly_it() {
+        let a = Acl::parse(&format!(
+            "{FILE}\nuser garagem\ntopic write casa/garagem/luz/set\npattern read x/%u-%c/#\npattern deny casa/%c\n"
+        ))
+        .expect("parses");
+        let topics = [
+            "public/a",
+            "casa/luz",
+            "casa/segredo",
+            "casa/luz/set",
+            "casa/garagem/luz/set",
+            "devices/nodered/x",
+            "devices/homeassistant/x",
+            "x/garagem-g1/y",
+            "x/garagem-g1",
+            "x/garagem-g2/y",
+            "casa/g1",
+            "casa",
+            "$SYS/broker/uptime",
+            "",
+            "/",
+            "casa//luz",
+        ];
+        for user in [
+            None,
+            Some("homeassistant"),
+            Some("nodered"),
+            Some("garagem"),
+            Some("x"),
+        ] {
+            for client in ["g1", "ha", "a/b", ""] {
+                for t in topics {
+                    assert_eq!(
+                        a.may_read(user, client, t),
+                        a.may_subscribe(user, client, t),
+                        "{user:?} {client} {t}"
+                    );
+                }
+            }
+        }
+        assert!(a.may_read(Some("homeassistant"), "ha", "casa/luz"));
+        assert!(!a.may_read(Some("homeassistant"), "ha", "casa/segredo"));
+        assert!(!a.may_read(Some("garagem"), "g1", "casa/luz"));
+        assert!(!a.may_read(Some("garagem"), "g1", "casa/garagem/luz/set"));
+        assert!(a.may_read(Some("garagem"), "g1", "x/garagem-g1/y"));
+        assert!(!a.may_read(Some("homeassistant"), "ha", "$SYS/broker/uptime"));
     }
 
     #[test]

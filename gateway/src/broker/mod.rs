@@ -19,10 +19,13 @@
 //!   publishes its retained state into the new broker.
 
 pub mod acl;
+mod delivery;
+mod discovery;
 mod link;
 pub mod passwd;
 mod policy;
 mod reaper;
+mod subscriptions;
 mod sys;
 mod tls;
 
@@ -261,6 +264,23 @@ async fn register_hooks(
             )
             .await;
     }
+    // Rights on delivery (only with a rights file: nothing runs per message without
+    // one) and the subscription bounds, checked before the rights (priority 1).
+    if cfg.acl.is_some() {
+        let rights = delivery::DeliveryRights::new(policy.clone(), stats.clone());
+        register
+            .add(Type::MessageExpiryCheck, Box::new(rights))
+            .await;
+    }
+    let limits = subscriptions::SubscriptionLimits::new(
+        cfg.max_subscriptions,
+        cfg.max_subscriptions_total,
+        scx.clone(),
+        stats.clone(),
+    );
+    register
+        .add_priority(Type::ClientSubscribeCheckAcl, 1, Box::new(limits))
+        .await;
     register.start().await;
     online
 }

@@ -37,6 +37,7 @@
 mod device;
 mod diagnostic;
 mod embedded;
+mod embedded_subscriptions;
 mod gateway;
 mod gateway_file;
 mod gpio;
