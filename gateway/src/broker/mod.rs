@@ -171,6 +171,7 @@ async fn build(
             watch.fault.notify_one();
         }
     });
+    tokio::spawn(subscriptions::trim_when_released(scx.clone()));
     tokio::spawn(reaper::run(
         scx.clone(),
         stats.clone(),
