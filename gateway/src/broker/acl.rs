@@ -15,10 +15,11 @@
 //! Access is `read`, `write`, `readwrite` (the default when omitted) or `deny`. A `deny`
 //! rule wins over any grant. With a rights file, what it does not grant is refused.
 //!
-//! Subscriptions are checked as a whole, since the broker cannot filter single messages
-//! of a granted subscription: a filter is allowed when a read rule covers it entirely
-//! (`casa/#` covers `casa/terreo/+`, not `#`) and no deny rule could match a topic it
-//! receives.
+//! Subscriptions are checked as a whole when made: a filter is allowed when a read rule
+//! covers it entirely (`casa/#` covers `casa/terreo/+`, not `#`) and no deny rule could
+//! match a topic it receives. Every delivered message is checked again ([`Acl::may_read`],
+//! as Mosquitto does), so a subscription that outlives its user (a session taken over
+//! by another user) delivers nothing the new user may not read.
 
 use std::{collections::HashMap, path::Path};
 

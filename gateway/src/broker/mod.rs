@@ -8,6 +8,12 @@
 //! - [`acl`]: rights from a Mosquitto `acl_file`, and the topics only the gateway writes;
 //! - `policy`: the rmqtt hook that applies both, logs connects and refusals (refusals
 //!   rate-limited) and counts for diagnostics;
+//! - `delivery`: read rights checked again on every delivery (a session taken over by
+//!   another user, queued and in-flight messages), through rmqtt's message expiry hook;
+//! - `subscriptions`: `max_subscriptions` per client and `max_subscriptions_total`, and
+//!   the heap given back once many subscriptions were released;
+//! - `discovery`: no client publishes a discovery config that claims the gateway's
+//!   entities or devices, whatever its topic;
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
