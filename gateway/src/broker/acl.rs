@@ -130,17 +130,58 @@ fn matches_topic(filter: &str, topic: &str, with: Option<(&str, &str)>) -> bool 
     if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
         return false;
     }
+    match with {
+        Some((u, c)) if filter.contains('%') => matches_pattern(filter, topic, u, c),
+        _ => matches_plain(filter.as_bytes(), topic.as_bytes()),
+    }
+}
+
+/// [`matches_topic`] for a filter without `%u`/`%c`: one walk over both, byte by byte
+/// (it runs for every rule of every delivered message).
+fn matches_plain(f: &[u8], t: &[u8]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        // At the start of a level in both.
+        match f.get(i) {
+            Some(b'#') if i + 1 == f.len() => return true,
+            Some(b'+') if matches!(f.get(i + 1), None | Some(b'/')) => {
+                i += 1;
+                while t.get(j).is_some_and(|b| *b != b'/') {
+                    j += 1;
+                }
+            }
+            _ => {
+                while let Some(b) = f.get(i).filter(|b| **b != b'/') {
+                    if t.get(j) != Some(b) {
+                        return false;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                if t.get(j).is_some_and(|b| *b != b'/') {
+                    return false;
+                }
+            }
+        }
+        match (i == f.len(), j == t.len()) {
+            (true, true) => return true,
+            (false, false) => (i, j) = (i + 1, j + 1),
+            // `a/#` matches `a` too.
+            (false, true) => return f.get(i..) == Some(b"/#"),
+            (true, false) => return false,
+        }
+    }
+}
+
+/// [`matches_topic`] for a pattern with `%u` or `%c`, level by level.
+fn matches_pattern(filter: &str, topic: &str, user: &str, client: &str) -> bool {
     let (mut f, mut t) = (filter.split('/'), topic.split('/'));
     loop {
         match (f.next(), t.next()) {
             (Some("#"), _) | (None, None) => return true,
             (Some("+"), Some(_)) => {}
             (Some(fl), Some(tl)) => {
-                let same = match with {
-                    Some((u, c)) if fl.contains('%') => level_expands_to(fl, u, c, tl),
-                    _ => fl == tl,
-                };
-                if !same {
+                if !level_expands_to(fl, user, client, tl) {
                     return false;
                 }
             }
@@ -443,6 +484,22 @@ pattern write devices/%u/#
     }
 
     #[test]
+    fn a_topic_matches_a_filter_as_the_filter_covers_it() {
+        let filters = [
+            "#", "+", "a", "a/#", "a/+", "+/b", "a/+/c", "a/b", "a//b", "+/+", "a/", "/#",
+            "$SYS/#", "a/bc", "ab",
+        ];
+        let topics = [
+            "", "a", "a/", "a/b", "a/bc", "ab", "a/b/c", "a//b", "/", "/a", "$SYS/x", "a/c/c",
+        ];
+        for f in filters {
+            for t in topics {
+                assert_eq!(matches_topic(f, t, None), covers(f, t), "{f} {t}");
+            }
+        }
+    }
+
+    #[test]
     fn reading_a_topic_is_subscribing_to_exactly_it() {
         let a = Acl::parse(&format!(
             "{FILE}\nuser garagem\ntopic write casa/garagem/luz/set\npattern read x/%u-%c/#\npattern deny casa/%c\n"
@@ -465,6 +522,12 @@ pattern write devices/%u/#
             "",
             "/",
             "casa//luz",
+            "casa/",
+            "casab",
+            "homeassistant",
+            "homeassistant/sensor/x/config",
+            "$SYS",
+            "devices/nodered",
         ];
         for user in [
             None,
