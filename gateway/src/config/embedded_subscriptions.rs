@@ -54,3 +54,57 @@ impl Validator {
         (per_client, total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(embedded: &str) -> Result<(usize, usize), Vec<String>> {
+        let gateway = format!(
+            "id: t\nmappings: m.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:1883\"\n{embedded}"
+        );
+        let mapping = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }\ndevices:\n  - id: d\n    bus: b\n    points:\n      - { topic: casa/a, table: holding, address: 0 }\n";
+        crate::config::check_sources(std::path::Path::new("/g.yaml"), &gateway, |_, _| {
+            vec![("m.yaml".into(), mapping.to_string())]
+        })
+        .map(|c| {
+            let e = c.model.mqtt.embedded.expect("embedded");
+            (e.max_subscriptions, e.max_subscriptions_total)
+        })
+        .map_err(|d| {
+            d.iter()
+                .map(|d| format!("{}: {}", d.path, d.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn defaults_values_and_errors() {
+        assert_eq!(
+            check(""),
+            Ok((DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_SUBSCRIPTIONS_TOTAL))
+        );
+        assert_eq!(
+            check("    max_subscriptions: 50000\n"),
+            Ok((50_000, 50_000)),
+            "the total's default grows with the per-client bound"
+        );
+        assert_eq!(
+            check("    max_subscriptions: 100\n    max_subscriptions_total: 500\n"),
+            Ok((100, 500))
+        );
+        let errors = check("    max_subscriptions: 0\n    max_subscriptions_total: 2000000\n")
+            .expect_err("out of range");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("mqtt.embedded.max_subscriptions:"),
+            "{errors:?}"
+        );
+        let errors = check("    max_subscriptions: 500\n    max_subscriptions_total: 100\n")
+            .expect_err("total below per client");
+        assert!(
+            errors[0].contains("max_subscriptions_total 100 is below max_subscriptions 500"),
+            "{errors:?}"
+        );
+    }
+}

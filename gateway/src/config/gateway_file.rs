@@ -172,7 +172,8 @@ pub struct EmbeddedFile {
     #[serde(default)]
     pub max_subscriptions: Option<Spanned<u32>>,
     /// Most subscriptions all clients together may hold, offline persistent sessions
-    /// included; beyond it SUBSCRIBE entries are refused as above. Default 20000.
+    /// included; beyond it SUBSCRIBE entries are refused as above. At least
+    /// `max_subscriptions`. Default 20000 (or `max_subscriptions`, when that is higher).
     #[serde(default)]
     pub max_subscriptions_total: Option<Spanned<u32>>,
 }
