@@ -237,6 +237,15 @@ pub struct BrokerStats {
     pub dropped_commands: AtomicU64,
     /// Times the broker failed and was rebuilt.
     pub restarts: AtomicU64,
+    // Rights on delivery and subscription bounds:
+    /// Messages not delivered because the receiving client's user may not read their
+    /// topic (a session taken over by another user, say).
+    pub denied_deliveries: AtomicU64,
+    /// SUBSCRIBE entries refused at `max_subscriptions` or `max_subscriptions_total`.
+    pub subscriptions_over_limit: AtomicU64,
+    /// Subscriptions held by all clients, online and offline (refreshed every
+    /// `sys_interval`).
+    pub subscriptions: AtomicI64,
     /// Notified, the broker stops as if it had failed, and the supervisor rebuilds it
     /// (tests use it to check the recovery path).
     pub fault: tokio::sync::Notify,
@@ -461,6 +470,9 @@ impl Stats {
                 "messages_sent": b.messages_sent.load(Relaxed),
                 "dropped_commands": b.dropped_commands.load(Relaxed),
                 "restarts": b.restarts.load(Relaxed),
+                "denied_deliveries": b.denied_deliveries.load(Relaxed),
+                "subscriptions": b.subscriptions.load(Relaxed),
+                "subscriptions_over_limit": b.subscriptions_over_limit.load(Relaxed),
             },
             "devices": devices,
             "serial": serial,

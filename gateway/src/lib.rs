@@ -28,6 +28,7 @@
 //!   disk store-and-forward queue.
 //! - [`health`]: counters and the diagnostics document; [`shutdown`]: the stop signal.
 //! - [`homeassistant`]: Home Assistant MQTT discovery, derived from the mappings.
+//! - [`logs`]: the log line formatter that escapes what clients send.
 //! - `runtime`: [`run`], which starts those parts in order and stops them in reverse;
 //!   `reload`: live reload (SIGHUP), which plans what changed and has the bus registry
 //!   restart only that; `service`: what systemd hears (ready, watchdog, reloading,
@@ -41,6 +42,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod homeassistant;
+pub mod logs;
 pub mod model;
 pub mod mqtt;
 mod publish;

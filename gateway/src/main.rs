@@ -78,7 +78,10 @@ fn init_logs() {
     // Colours only on a terminal; under systemd's journal (it sets JOURNAL_STREAM for the
     // streams it connects) no timestamp either: the journal stamps every line itself.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Every field escaped: what clients send (ids, user names, topics) never writes a
+    // line of its own or a terminal escape (`fieldlink::logs`), rmqtt's lines included.
     let layer = tracing_subscriber::fmt::layer()
+        .fmt_fields(fieldlink::logs::EscapedFields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(true);

@@ -259,6 +259,11 @@ pub struct EmbeddedBroker {
     pub tls: Option<EmbeddedTls>,
     /// The gateway client's own password on this broker, new at every start.
     pub secret: Secret,
+    // Subscription bounds:
+    /// Most subscriptions one client may hold (`max_subscriptions`).
+    pub max_subscriptions: usize,
+    /// Most subscriptions all clients together may hold (`max_subscriptions_total`).
+    pub max_subscriptions_total: usize,
 }
 
 impl Secret {

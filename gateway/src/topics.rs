@@ -76,7 +76,11 @@ impl Contract {
     }
 
     /// Whether only the gateway may publish on `topic`: its own topics, and its
-    /// discovery configs (nobody else may replace or clear them).
+    /// discovery configs (nobody else may replace or clear them), in both forms Home
+    /// Assistant reads, `<prefix>/<component>/<object_id>/config` and
+    /// `<prefix>/<component>/<node_id>/<object_id>/config`: a node or object id that
+    /// starts with the gateway's `fieldlink_<id>_`. (A config elsewhere that carries the
+    /// gateway's ids in its payload is refused by `broker::discovery`.)
     pub(crate) fn protects(&self, topic: &str) -> bool {
         if self.protected.contains(topic) {
             return true;
@@ -88,7 +92,7 @@ impl Contract {
             .strip_prefix(prefix.as_str())
             .and_then(|rest| rest.strip_suffix("/config"))
             .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(_, object)| object.starts_with(id.as_str()))
+            .is_some_and(|(_, ids)| ids.split('/').any(|l| l.starts_with(id.as_str())))
     }
 }
 

@@ -393,7 +393,9 @@ pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     BUF.get_or_init(|| {
         let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
         let b2 = buf.clone();
+        // The product's field formatter (`fieldlink::logs`), as `main` sets it up.
         let sub = tracing_subscriber::fmt()
+            .fmt_fields(fieldlink::logs::EscapedFields)
             .with_ansi(false)
             .with_max_level(tracing::Level::INFO)
             .with_writer(move || LogWriter(b2.clone()))

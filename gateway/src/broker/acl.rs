@@ -15,10 +15,11 @@
 //! Access is `read`, `write`, `readwrite` (the default when omitted) or `deny`. A `deny`
 //! rule wins over any grant. With a rights file, what it does not grant is refused.
 //!
-//! Subscriptions are checked as a whole, since the broker cannot filter single messages
-//! of a granted subscription: a filter is allowed when a read rule covers it entirely
-//! (`casa/#` covers `casa/terreo/+`, not `#`) and no deny rule could match a topic it
-//! receives.
+//! Subscriptions are checked as a whole when made: a filter is allowed when a read rule
+//! covers it entirely (`casa/#` covers `casa/terreo/+`, not `#`) and no deny rule could
+//! match a topic it receives. Every delivered message is checked again ([`Acl::may_read`],
+//! as Mosquitto does), so a subscription that outlives its user (a session taken over
+//! by another user) delivers nothing the new user may not read.
 
 use std::{collections::HashMap, path::Path};
 
@@ -121,6 +122,94 @@ fn intersects_levels(a: &[&str], b: &[&str]) -> bool {
             _ => return false,
         }
     }
+}
+
+/// Whether topic name `topic` matches `filter`; in a pattern (`with` = user name and
+/// client id) `%u` and `%c` stand for them. Allocates nothing.
+fn matches_topic(filter: &str, topic: &str, with: Option<(&str, &str)>) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
+        return false;
+    }
+    match with {
+        Some((u, c)) if filter.contains('%') => matches_pattern(filter, topic, u, c),
+        _ => matches_plain(filter.as_bytes(), topic.as_bytes()),
+    }
+}
+
+/// [`matches_topic`] for a filter without `%u`/`%c`: one walk over both, byte by byte
+/// (it runs for every rule of every delivered message).
+fn matches_plain(f: &[u8], t: &[u8]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        // At the start of a level in both.
+        match f.get(i) {
+            Some(b'#') if i + 1 == f.len() => return true,
+            Some(b'+') if matches!(f.get(i + 1), None | Some(b'/')) => {
+                i += 1;
+                while t.get(j).is_some_and(|b| *b != b'/') {
+                    j += 1;
+                }
+            }
+            _ => {
+                while let Some(b) = f.get(i).filter(|b| **b != b'/') {
+                    if t.get(j) != Some(b) {
+                        return false;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                if t.get(j).is_some_and(|b| *b != b'/') {
+                    return false;
+                }
+            }
+        }
+        match (i == f.len(), j == t.len()) {
+            (true, true) => return true,
+            (false, false) => (i, j) = (i + 1, j + 1),
+            // `a/#` matches `a` too.
+            (false, true) => return f.get(i..) == Some(b"/#"),
+            (true, false) => return false,
+        }
+    }
+}
+
+/// [`matches_topic`] for a pattern with `%u` or `%c`, level by level.
+fn matches_pattern(filter: &str, topic: &str, user: &str, client: &str) -> bool {
+    let (mut f, mut t) = (filter.split('/'), topic.split('/'));
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) | (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) => {
+                if !level_expands_to(fl, user, client, tl) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Whether pattern level `level`, with `%u` and `%c` replaced by `user` and `client`,
+/// is `topic_level`.
+fn level_expands_to(level: &str, user: &str, client: &str, topic_level: &str) -> bool {
+    let (mut p, mut t) = (level, topic_level);
+    while !p.is_empty() {
+        let (part, rest) = if let Some(r) = p.strip_prefix("%u") {
+            (user, r)
+        } else if let Some(r) = p.strip_prefix("%c") {
+            (client, r)
+        } else {
+            let n = p.chars().next().map_or(1, char::len_utf8);
+            (&p[..n], &p[n..])
+        };
+        match t.strip_prefix(part) {
+            Some(after) => t = after,
+            None => return false,
+        }
+        p = rest;
+    }
+    t.is_empty()
 }
 
 fn parse_rule(rest: &str, line: u64, pattern: bool) -> Result<Rule, LineError> {
@@ -287,6 +376,46 @@ impl Acl {
         granted
     }
 
+    /// Whether the client may read `topic` (a message's topic name): the check on every
+    /// delivery, as Mosquitto makes it. The same rules as a subscription to exactly
+    /// `topic`, without allocating (it runs for every message delivered).
+    pub fn may_read(&self, user: Option<&str>, client_id: &str, topic: &str) -> bool {
+        let own = match user {
+            Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
+            None => self.anonymous.as_slice(),
+        };
+        let mut granted = false;
+        for r in own {
+            if matches_topic(&r.filter, topic, None) {
+                if r.access == Access::Deny {
+                    return false;
+                }
+                granted |= r.access.reads();
+            }
+        }
+        // As in `rules`: a pattern whose replacement would be empty or hold `/`, `+`
+        // or `#` does not apply.
+        let safe = |s: &str| !s.is_empty() && !s.contains(['/', '+', '#']);
+        let (u, c) = (
+            user.filter(|u| safe(u)),
+            Some(client_id).filter(|c| safe(c)),
+        );
+        for r in &self.patterns {
+            if (u.is_none() && r.filter.contains("%u")) || (c.is_none() && r.filter.contains("%c"))
+            {
+                continue;
+            }
+            let with = (u.unwrap_or_default(), c.unwrap_or_default());
+            if matches_topic(&r.filter, topic, Some(with)) {
+                if r.access == Access::Deny {
+                    return false;
+                }
+                granted |= r.access.reads();
+            }
+        }
+        granted
+    }
+
     /// Whether anonymous clients may publish on some `<topic>/set` of `topics`.
     pub fn anonymous_may_command<'a>(&self, mut topics: impl Iterator<Item = &'a str>) -> bool {
         topics.any(|t| self.may_publish(None, "", &format!("{t}/set")))
@@ -352,6 +481,77 @@ pattern write devices/%u/#
         // an unknown user gets only the patterns
         assert!(!a.may_subscribe(Some("stranger"), "s", "casa/#"));
         assert!(!a.anonymous_may_command(["casa/luz"].into_iter()));
+    }
+
+    #[test]
+    fn a_topic_matches_a_filter_as_the_filter_covers_it() {
+        let filters = [
+            "#", "+", "a", "a/#", "a/+", "+/b", "a/+/c", "a/b", "a//b", "+/+", "a/", "/#",
+            "$SYS/#", "a/bc", "ab",
+        ];
+        let topics = [
+            "", "a", "a/", "a/b", "a/bc", "ab", "a/b/c", "a//b", "/", "/a", "$SYS/x", "a/c/c",
+        ];
+        for f in filters {
+            for t in topics {
+                assert_eq!(matches_topic(f, t, None), covers(f, t), "{f} {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn reading_a_topic_is_subscribing_to_exactly_it() {
+        let a = Acl::parse(&format!(
+            "{FILE}\nuser garagem\ntopic write casa/garagem/luz/set\npattern read x/%u-%c/#\npattern deny casa/%c\n"
+        ))
+        .expect("parses");
+        let topics = [
+            "public/a",
+            "casa/luz",
+            "casa/segredo",
+            "casa/luz/set",
+            "casa/garagem/luz/set",
+            "devices/nodered/x",
+            "devices/homeassistant/x",
+            "x/garagem-g1/y",
+            "x/garagem-g1",
+            "x/garagem-g2/y",
+            "casa/g1",
+            "casa",
+            "$SYS/broker/uptime",
+            "",
+            "/",
+            "casa//luz",
+            "casa/",
+            "casab",
+            "homeassistant",
+            "homeassistant/sensor/x/config",
+            "$SYS",
+            "devices/nodered",
+        ];
+        for user in [
+            None,
+            Some("homeassistant"),
+            Some("nodered"),
+            Some("garagem"),
+            Some("x"),
+        ] {
+            for client in ["g1", "ha", "a/b", ""] {
+                for t in topics {
+                    assert_eq!(
+                        a.may_read(user, client, t),
+                        a.may_subscribe(user, client, t),
+                        "{user:?} {client} {t}"
+                    );
+                }
+            }
+        }
+        assert!(a.may_read(Some("homeassistant"), "ha", "casa/luz"));
+        assert!(!a.may_read(Some("homeassistant"), "ha", "casa/segredo"));
+        assert!(!a.may_read(Some("garagem"), "g1", "casa/luz"));
+        assert!(!a.may_read(Some("garagem"), "g1", "casa/garagem/luz/set"));
+        assert!(a.may_read(Some("garagem"), "g1", "x/garagem-g1/y"));
+        assert!(!a.may_read(Some("homeassistant"), "ha", "$SYS/broker/uptime"));
     }
 
     #[test]

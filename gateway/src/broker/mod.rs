@@ -8,6 +8,12 @@
 //! - [`acl`]: rights from a Mosquitto `acl_file`, and the topics only the gateway writes;
 //! - `policy`: the rmqtt hook that applies both, logs connects and refusals (refusals
 //!   rate-limited) and counts for diagnostics;
+//! - `delivery`: read rights checked again on every delivery (a session taken over by
+//!   another user, queued and in-flight messages), through rmqtt's message expiry hook;
+//! - `subscriptions`: `max_subscriptions` per client and `max_subscriptions_total`, and
+//!   the heap given back once many subscriptions were released;
+//! - `discovery`: no client publishes a discovery config that claims the gateway's
+//!   entities or devices, whatever its topic;
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
@@ -19,10 +25,13 @@
 //!   publishes its retained state into the new broker.
 
 pub mod acl;
+mod delivery;
+mod discovery;
 mod link;
 pub mod passwd;
 mod policy;
 mod reaper;
+mod subscriptions;
 mod sys;
 mod tls;
 
@@ -168,6 +177,7 @@ async fn build(
             watch.fault.notify_one();
         }
     });
+    tokio::spawn(subscriptions::trim_when_released(scx.clone()));
     tokio::spawn(reaper::run(
         scx.clone(),
         stats.clone(),
@@ -261,6 +271,23 @@ async fn register_hooks(
             )
             .await;
     }
+    // Rights on delivery (only with a rights file: nothing runs per message without
+    // one) and the subscription bounds, checked before the rights (priority 1).
+    if cfg.acl.is_some() {
+        let rights = delivery::DeliveryRights::new(policy.clone(), stats.clone());
+        register
+            .add(Type::MessageExpiryCheck, Box::new(rights))
+            .await;
+    }
+    let limits = subscriptions::SubscriptionLimits::new(
+        cfg.max_subscriptions,
+        cfg.max_subscriptions_total,
+        scx.clone(),
+        stats.clone(),
+    );
+    register
+        .add_priority(Type::ClientSubscribeCheckAcl, 1, Box::new(limits))
+        .await;
     register.start().await;
     online
 }

@@ -95,11 +95,29 @@ impl Policy {
         }
     }
 
+    /// Whether a client's `payload` on `topic` would pass for one of the gateway's Home
+    /// Assistant entities or devices (`discovery`).
+    pub(crate) fn claims_gateway(&self, topic: &str, payload: &[u8]) -> bool {
+        super::discovery::claims_gateway(&self.contract.get(), topic, payload)
+    }
+
     /// Whether the gateway hears publishes on `topic`: the `<topic>/set` of a writable
     /// point, or Home Assistant's status.
     pub(crate) fn is_command(&self, topic: &str) -> bool {
         let c = self.contract.get();
         c.commands.contains_key(topic) || c.heard.contains(topic)
+    }
+
+    /// Whether a client may receive a message on `topic`: checked on every delivery
+    /// (`delivery`), only with a rights file.
+    pub(crate) fn may_read(&self, user: Option<&str>, client_id: &str, topic: &str) -> bool {
+        match &self.acl {
+            Some(acl) => {
+                client_id == self.gateway_client_id
+                    || acl.may_read(self.acl_user(user), client_id, topic)
+            }
+            None => true,
+        }
     }
 
     /// Whether a client may subscribe to `filter`.
@@ -282,7 +300,7 @@ impl Guard {
         };
         if self.commands.try_send(c).is_err() {
             self.stats.dropped_commands.fetch_add(1, Relaxed);
-            tracing::debug!(topic, "Command dropped: the gateway is busy.");
+            tracing::debug!(topic = ?topic, "Command dropped: the gateway is busy.");
         }
     }
 
@@ -301,8 +319,8 @@ impl Guard {
             .unwrap_or(false);
         if log {
             warn!(
-                client = %client_id,
-                user = user.unwrap_or("-"),
+                client = ?client_id,
+                user = ?user.unwrap_or("-"),
                 addr = %addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
                 reason = why,
                 "Login refused."
@@ -321,8 +339,8 @@ impl Guard {
         let id = c.id();
         let user = c.username().map(|u| &**u);
         let will = c.last_will().map(|w| match w {
-            rmqtt::types::LastWill::V3(w) => w.topic.to_string(),
-            rmqtt::types::LastWill::V5(w) => w.topic.to_string(),
+            rmqtt::types::LastWill::V3(w) => (w.topic.to_string(), w.message.clone()),
+            rmqtt::types::LastWill::V5(w) => (w.topic.to_string(), w.message.clone()),
         });
         let login = self
             .policy
@@ -335,10 +353,11 @@ impl Guard {
             // A Last Will is published by the broker without a publish check: refuse a
             // client whose Will it may not publish (as Mosquitto 2).
             Login::User
-                if will.as_deref().is_some_and(|t| {
+                if will.as_ref().is_some_and(|(t, m)| {
                     !self
                         .policy
                         .may_publish(self.policy.acl_user(user), &id.client_id, t)
+                        || self.policy.claims_gateway(t, m)
                 }) =>
             {
                 Login::Refused("Last Will on a topic the client may not publish")
@@ -375,7 +394,7 @@ impl Guard {
             SubscribeAclResult::new_success(sub.opts.qos(), None)
         } else {
             self.stats.denied_subscriptions.fetch_add(1, Relaxed);
-            tracing::debug!(client = %s.id.client_id, filter = %sub.topic_filter, "Subscription denied.");
+            tracing::debug!(client = ?&*s.id.client_id, filter = ?&*sub.topic_filter, "Subscription denied.");
             SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
         }
     }
@@ -385,6 +404,7 @@ impl Guard {
     fn publish(&self, s: &Session, p: &Publish) -> PublishAclResult {
         let user = self.policy.acl_user(s.id.username.as_deref());
         let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
+            && !self.policy.claims_gateway(&p.topic, &p.payload)
             && self.retained.admit(&p.topic, p.retain, p.payload.len());
         if allowed {
             if self.policy.is_command(&p.topic) {
@@ -393,7 +413,7 @@ impl Guard {
             PublishAclResult::allow()
         } else {
             self.stats.denied_publishes.fetch_add(1, Relaxed);
-            tracing::debug!(client = %s.id.client_id, topic = %p.topic, "Publish denied.");
+            tracing::debug!(client = ?&*s.id.client_id, topic = ?&*p.topic, "Publish denied.");
             PublishAclResult::rejected(false, Some("not authorized".into()))
         }
     }
@@ -409,12 +429,14 @@ impl Guard {
         if s.id.client_id == self.policy.gateway_client_id {
             return;
         }
-        let (client, user) = (&s.id.client_id, s.id.username.as_deref().unwrap_or("-"));
+        let (client, user) = (&*s.id.client_id, s.id.username.as_deref().unwrap_or("-"));
         let addr = addr_text(s.id.remote_addr);
         match reason {
-            None => info!(client = %client, user, addr = %addr, "Client connected."),
+            None => info!(client = ?client, user = ?user, addr = %addr, "Client connected."),
             Some(r) => {
-                info!(client = %client, user, addr = %addr, reason = %r, "Client disconnected.");
+                // The reason's text can quote what the client sent.
+                let reason = r.to_string();
+                info!(client = ?client, user = ?user, addr = %addr, reason = ?reason, "Client disconnected.");
             }
         }
     }

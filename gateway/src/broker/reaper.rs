@@ -44,7 +44,7 @@ pub(crate) async fn reap(scx: &ServerContext, stats: &BrokerStats, online: &Onli
         {
             removed += 1;
             online.remove(&id, stats);
-            tracing::debug!(client = %id.client_id, "Orphaned session removed.");
+            tracing::debug!(client = ?&*id.client_id, "Orphaned session removed.");
         }
     }
     removed
@@ -79,7 +79,7 @@ pub(crate) async fn evict_offline(scx: &ServerContext, max: usize) -> usize {
             if !locked.is_connected().await && matches!(locked.remove_with(&id).await, Ok(Some(_)))
             {
                 removed += 1;
-                tracing::debug!(client = %id.client_id, "Oldest offline session removed.");
+                tracing::debug!(client = ?&*id.client_id, "Oldest offline session removed.");
             }
         }
     }

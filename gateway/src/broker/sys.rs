@@ -53,6 +53,8 @@ pub(crate) async fn publish(scx: ServerContext, stats: Arc<BrokerStats>, every: 
     loop {
         tick.tick().await;
         let retained = scx.extends.retain().await.count().await.max(0);
+        let subscriptions = scx.extends.router().await.routes().count().max(0);
+        stats.subscriptions.store(subscriptions as i64, Relaxed);
         let values = [
             ("uptime", format!("{} seconds", started.elapsed().as_secs())),
             (
@@ -69,6 +71,7 @@ pub(crate) async fn publish(scx: ServerContext, stats: Arc<BrokerStats>, every: 
                 stats.messages_sent.load(Relaxed).to_string(),
             ),
             ("retained messages/count", retained.to_string()),
+            ("subscriptions/count", subscriptions.to_string()),
             (
                 "clients/refused",
                 stats.refused_logins.load(Relaxed).to_string(),

@@ -655,7 +655,7 @@ async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, devs: &Devices, ba
         let device = cx.device(c.device).id.clone();
         match driver.write(&c, cx).await {
             Ok(r) => {
-                info!(device = %device, topic = %topic, value = %r.text(), "Command written.");
+                info!(device = %device, topic = %topic, value = ?r.text(), "Command written.");
                 let json = r.json();
                 cx.force(c.device, c.point, r);
                 cx.answer(&c, Ok(json));

@@ -59,7 +59,10 @@ impl Validator {
             e.sys_interval.as_ref(),
             std::time::Duration::from_secs(10),
         );
+        let (max_subscriptions, max_subscriptions_total) = self.embedded_subscriptions(cx, e);
         e.enabled.then(|| EmbeddedBroker {
+            max_subscriptions,
+            max_subscriptions_total,
             sys_interval,
             tls,
             listen,

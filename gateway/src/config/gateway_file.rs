@@ -164,6 +164,18 @@ pub struct EmbeddedFile {
     /// A second listener that speaks MQTT over TLS, for clients on an untrusted network.
     #[serde(default)]
     pub tls: Option<Spanned<EmbeddedTlsFile>>,
+    // Subscription bounds:
+    /// Most subscriptions one client (one session) may hold; a SUBSCRIBE entry beyond it
+    /// gets the failure return code (MQTT 5: 0x97 "Quota exceeded"). Re-subscribing a
+    /// filter the client has does not count again. Default 10000: a Home Assistant with
+    /// 2000 entities subscribes to a few topics each.
+    #[serde(default)]
+    pub max_subscriptions: Option<Spanned<u32>>,
+    /// Most subscriptions all clients together may hold, offline persistent sessions
+    /// included; beyond it SUBSCRIBE entries are refused as above. At least
+    /// `max_subscriptions`. Default 20000 (or `max_subscriptions`, when that is higher).
+    #[serde(default)]
+    pub max_subscriptions_total: Option<Spanned<u32>>,
 }
 
 /// `mqtt.embedded.tls:` section.
@@ -194,6 +206,8 @@ impl Default for EmbeddedFile {
             allow_anonymous: None,
             sys_interval: None,
             tls: None,
+            max_subscriptions: None,
+            max_subscriptions_total: None,
         }
     }
 }

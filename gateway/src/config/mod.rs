@@ -22,6 +22,7 @@
 //! | `gateway.rs` | the gateway file's top level and `mqtt:` |
 //! | `upstream.rs` | `mqtt.upstream` (and [`parse_url`]) |
 //! | `embedded.rs` | `mqtt.embedded`: listener, users, rights, TLS, and the warnings that need the points |
+//! | `embedded_subscriptions.rs` | `mqtt.embedded.max_subscriptions` and `max_subscriptions_total` |
 //! | `mapping.rs` | all mapping files together: bus and device ids, reserved and command topics |
 //! | `device.rs` | one device |
 //! | `point.rs` | one point: the keys every bus kind shares; its bus kind's file gives the value type and the `model::Source` |
@@ -37,6 +38,7 @@
 mod device;
 mod diagnostic;
 mod embedded;
+mod embedded_subscriptions;
 mod gateway;
 mod gateway_file;
 mod gpio;

@@ -382,7 +382,7 @@ pub async fn run_client(
                 Some(c) if Some(&c.topic) == ha_status.as_ref() => conn.heard_ha(&c.payload),
                 Some(c) => {
                     if let Some(rejected) = router.handle(&c.topic, &c.payload) {
-                        debug!(topic = %c.topic, "Command rejected.");
+                        debug!(topic = ?c.topic, "Command rejected.");
                         conn.send(vec![rejected]).await;
                     }
                 }

@@ -104,7 +104,7 @@ impl Up {
             return;
         };
         if let Some(rejected) = router.handle(t, payload) {
-            debug!(topic = %topic, "Upstream command rejected.");
+            debug!(topic = ?topic, "Upstream command rejected.");
             self.push(rejected);
         }
     }
