@@ -298,6 +298,50 @@ impl SimServer {
             .await
     }
 
+    /// Serve as the devices behind a serial-to-Ethernet converter in transparent mode:
+    /// the tokio-modbus RTU server on one end of a pseudo-terminal pair (the serial
+    /// line), and every TCP connection on `listener` bridged byte for byte to the other
+    /// end, as a converter does. One connection at a time: a new one replaces the old
+    /// (bytes in flight then reach whichever client is connected, as on a real one).
+    #[cfg(unix)]
+    pub async fn serve_rtu_over_tcp(self, listener: TcpListener) -> io::Result<()> {
+        use tokio_serial::SerialPortBuilderExt;
+        let (device_end, keeper, path) = pty_pair()?;
+        let server = tokio::spawn(async move {
+            let _keeper = keeper;
+            self.serve_rtu(device_end).await
+        });
+        let mut line = tokio_serial::new(&path, 115_200)
+            .open_native_async()
+            .map_err(io::Error::other)?;
+        let mut current: Option<tokio::net::TcpStream> = None;
+        while !server.is_finished() {
+            let Some(mut tcp) = current.take() else {
+                current = Some(listener.accept().await?.0);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (mut from_client, mut to_client) = tcp.split();
+            let (mut from_line, mut to_line) = tokio::io::split(&mut line);
+            tokio::select! {
+                next = listener.accept() => current = next.ok().map(|(s, _)| s),
+                _ = tokio::io::copy(&mut from_client, &mut to_line) => {}
+                _ = tokio::io::copy(&mut from_line, &mut to_client) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// [`SimServer::serve_rtu_over_tcp`] on 127.0.0.1 and a free port, in the background;
+    /// returns the port.
+    #[cfg(unix)]
+    pub async fn spawn_rtu_over_tcp(self) -> io::Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(self.serve_rtu_over_tcp(listener));
+        Ok(port)
+    }
+
     /// Bind 127.0.0.1 on a free port, serve in the background, return the port.
     pub async fn spawn_local(self) -> io::Result<u16> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -116,6 +116,10 @@ pub async fn simulate(mut model: Model) -> Result<(Model, Hooks), DemoError> {
                     let _ = server.serve_rtu(port).await;
                 });
             }
+            BusKind::ModbusRtuOverTcp { host, port, .. } => {
+                *port = server.spawn_rtu_over_tcp().await?;
+                *host = "127.0.0.1".into();
+            }
             BusKind::Uart { .. } | BusKind::Gpio { .. } => {}
         }
     }

@@ -286,7 +286,9 @@ fn check(config: &std::path::Path) -> ExitCode {
                 lines += bus.devices.iter().map(|d| d.points.len()).sum::<usize>();
             }
             BusKind::Uart { .. } => uart += bus.devices.len(),
-            BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. } => {}
+            BusKind::ModbusTcp { .. }
+            | BusKind::ModbusRtu { .. }
+            | BusKind::ModbusRtuOverTcp { .. } => {}
         }
     }
     let modbus = m
@@ -295,7 +297,9 @@ fn check(config: &std::path::Path) -> ExitCode {
         .filter(|b| {
             matches!(
                 b.kind,
-                BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. }
+                BusKind::ModbusTcp { .. }
+                    | BusKind::ModbusRtu { .. }
+                    | BusKind::ModbusRtuOverTcp { .. }
             )
         })
         .flat_map(|b| b.devices.iter());

@@ -304,6 +304,10 @@ pub enum BusKind {
         port: u16,
         /// Request and connect timeout.
         timeout: Duration,
+        /// Silence between a reply and the next request.
+        frame_delay: Duration,
+        /// Wait after every (re)connect before the first request.
+        connect_delay: Duration,
     },
     /// Modbus RTU on a serial line.
     ModbusRtu {
@@ -313,6 +317,19 @@ pub enum BusKind {
         timeout: Duration,
         /// Extra silence between frames.
         frame_delay: Duration,
+    },
+    /// Modbus RTU frames through a serial-to-Ethernet converter (transparent mode).
+    ModbusRtuOverTcp {
+        /// The converter's host name or address.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// Request and connect timeout.
+        timeout: Duration,
+        /// Silence between a reply and the next request.
+        frame_delay: Duration,
+        /// Wait after every (re)connect before the first request.
+        connect_delay: Duration,
     },
     /// Text lines on a serial port (UART line devices).
     Uart {

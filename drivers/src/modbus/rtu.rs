@@ -1,4 +1,8 @@
-//! Modbus RTU master over a serial port (RS-485), written for a shared bus.
+//! Modbus RTU master over any byte stream, written for a shared bus: a serial port
+//! (RS-485, [`RtuTransport`]) or a TCP connection to a serial-to-Ethernet converter in
+//! transparent mode ([`RtuOverTcpTransport`]: the same frames, unit + PDU + CRC, no MBAP
+//! header). One master, [`RtuMaster`], frames every request; a link ([`RtuLink`]) only
+//! opens the stream and knows its timing.
 //!
 //! tokio-modbus's RTU client keeps no silence between frames and can match a late reply to
 //! the next request, so this master frames requests itself:
@@ -11,15 +15,18 @@
 //!   can never be taken for the answer to another request.
 //! - A reply must come from the unit asked, carry the function asked, and pass its CRC;
 //!   anything else is an error for that request, never a value.
-//! - An unplugged adapter (hang-up, I/O error) drops the port; it is reopened with
-//!   exponential backoff, and stale input is flushed after every open.
+//! - An unplugged adapter or a dropped connection (hang-up, I/O error) drops the stream;
+//!   it is reopened with exponential backoff, and stale input is flushed after every open.
 //!
-//! The port is opened exclusively (TIOCEXCL).
+//! A serial port is opened exclusively (TIOCEXCL). Behind a TCP converter the converter
+//! keeps the serial line's silences; the master keeps `frame_delay` between a reply and
+//! the next request, and `connect_delay` after every (re)connect.
 
-use std::time::Duration;
+use std::{future::Future, io, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
     time::Instant,
 };
 use tokio_serial::{SerialPort, SerialStream};
@@ -64,13 +71,149 @@ pub fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
-/// A Modbus RTU bus: one serial port, any number of unit ids on it.
-pub struct RtuTransport {
-    settings: SerialSettings,
+/// What an RTU master needs of the byte stream its frames travel on.
+pub trait RtuLink: Send + 'static {
+    /// The open stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    /// What it is, in logs and errors: "serial port", "connection".
+    const NOUN: &'static str;
+    /// Open it.
+    fn open(&mut self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    /// Where it leads: `/dev/ttyUSB0`, `192.168.1.7:8899`.
+    fn endpoint(&self) -> String;
+    /// The silence the line needs between frames (3.5 character times on a serial line;
+    /// none over TCP, where the converter keeps it).
+    fn inter_frame(&self) -> Duration;
+    /// One character's time on the line (a request's bytes take that long each before a
+    /// reply can start); none over TCP.
+    fn char_time(&self) -> Duration;
+    /// Throw away the input waiting now; how many bytes. An error: the stream is gone.
+    fn discard_waiting(stream: &mut Self::Stream) -> io::Result<usize>;
+}
+
+/// A serial port (RS-485 adapter).
+pub struct SerialLink(pub SerialSettings);
+
+impl RtuLink for SerialLink {
+    type Stream = SerialStream;
+    const NOUN: &'static str = "serial port";
+
+    async fn open(&mut self) -> io::Result<SerialStream> {
+        self.0.open().map_err(io::Error::other)
+    }
+
+    fn endpoint(&self) -> String {
+        self.0.path.clone()
+    }
+
+    fn inter_frame(&self) -> Duration {
+        self.0.inter_frame()
+    }
+
+    fn char_time(&self) -> Duration {
+        self.0.char_time()
+    }
+
+    fn discard_waiting(port: &mut SerialStream) -> io::Result<usize> {
+        let n = port.bytes_to_read().map_err(io::Error::other)? as usize;
+        if n > 0 {
+            port.clear(tokio_serial::ClearBuffer::Input)
+                .map_err(io::Error::other)?;
+        }
+        Ok(n)
+    }
+}
+
+/// A TCP connection to a serial-to-Ethernet converter in transparent mode.
+pub struct TcpLink {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Longest a connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+impl RtuLink for TcpLink {
+    type Stream = TcpStream;
+    const NOUN: &'static str = "connection";
+
+    async fn open(&mut self) -> io::Result<TcpStream> {
+        let addr = (self.host.as_str(), self.port);
+        let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn inter_frame(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn char_time(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn discard_waiting(s: &mut TcpStream) -> io::Result<usize> {
+        let mut buf = [0u8; 256];
+        let mut n = 0;
+        loop {
+            match s.try_read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A Modbus RTU bus on a serial port: any number of unit ids on it.
+pub type RtuTransport = RtuMaster<SerialLink>;
+
+/// Modbus RTU frames through a TCP converter: any number of unit ids behind it.
+pub type RtuOverTcpTransport = RtuMaster<TcpLink>;
+
+impl RtuTransport {
+    /// A transport for `settings`; the port is opened on the first request.
+    pub fn new(settings: SerialSettings, timeout: Duration, frame_delay: Duration) -> Self {
+        RtuMaster::over(SerialLink(settings), timeout, frame_delay, Duration::ZERO)
+    }
+}
+
+impl RtuOverTcpTransport {
+    /// A transport to the converter at `host:port`; connected on the first request,
+    /// waiting `connect_delay` after every (re)connect before the first request.
+    pub fn tcp(
+        host: String,
+        port: u16,
+        timeout: Duration,
+        frame_delay: Duration,
+        connect_delay: Duration,
+    ) -> Self {
+        let link = TcpLink {
+            host,
+            port,
+            connect_timeout: timeout,
+        };
+        RtuMaster::over(link, timeout, frame_delay, connect_delay)
+    }
+}
+
+/// The one RTU master: one request outstanding on `L`'s stream, every reply checked.
+pub struct RtuMaster<L: RtuLink> {
+    link: L,
     timeout: Duration,
     frame_delay: Duration,
-    port: Option<SerialStream>,
-    /// When the line was last busy (our request sent or a reply received).
+    connect_delay: Duration,
+    port: Option<L::Stream>,
+    /// When the line was last busy (our request sent or a reply received); after a
+    /// (re)connect, the end of `connect_delay`.
     last_activity: Instant,
     backoff: Backoff,
     next_open: Option<Instant>,
@@ -79,13 +222,19 @@ pub struct RtuTransport {
     pub discarded: u64,
 }
 
-impl RtuTransport {
-    /// A transport for `settings`; the port is opened on the first request.
-    pub fn new(settings: SerialSettings, timeout: Duration, frame_delay: Duration) -> Self {
-        RtuTransport {
-            settings,
+impl<L: RtuLink> RtuMaster<L> {
+    /// A master over `link`; the stream is opened on the first request.
+    pub fn over(
+        link: L,
+        timeout: Duration,
+        frame_delay: Duration,
+        connect_delay: Duration,
+    ) -> Self {
+        RtuMaster {
+            link,
             timeout,
             frame_delay,
+            connect_delay,
             port: None,
             last_activity: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
@@ -97,44 +246,46 @@ impl RtuTransport {
 
     /// The silence kept before every request.
     pub fn gap(&self) -> Duration {
-        self.settings.inter_frame() + self.frame_delay
+        self.link.inter_frame() + self.frame_delay
     }
 
-    fn open(&mut self) -> Result<(), DriverError> {
+    async fn open(&mut self) -> Result<(), DriverError> {
         if self.port.is_some() {
             return Ok(());
         }
+        let (noun, endpoint) = (L::NOUN, self.link.endpoint());
         if let Some(at) = self.next_open {
             if Instant::now() < at {
                 return Err(DriverError::NotConnected(format!(
-                    "serial port {} unavailable, reopening in {:?}",
-                    self.settings.path,
+                    "{noun} {endpoint} unavailable, reopening in {:?}",
                     at - Instant::now()
                 )));
             }
         }
-        match self.settings.open() {
-            Ok(p) => {
-                info!(port = %self.settings.path, baud = self.settings.baud, "Serial port open.");
+        match self.link.open().await {
+            Ok(mut p) => {
+                info!(endpoint = %endpoint, "Modbus RTU {noun} open.");
+                // Whatever waits already is from before us.
+                let _ = L::discard_waiting(&mut p);
                 self.port = Some(p);
                 self.backoff.reset();
                 self.next_open = None;
                 self.was_open = true;
-                self.last_activity = Instant::now();
+                // The first request waits `connect_delay` (a gap is added on top).
+                self.last_activity = Instant::now() + self.connect_delay;
                 Ok(())
             }
             Err(e) => {
                 let wait = self.backoff.next_delay();
                 self.next_open = Some(Instant::now() + wait);
                 if self.was_open || wait == Duration::from_millis(500) {
-                    warn!(port = %self.settings.path, error = %e, retry_in = ?wait, "Cannot open serial port.");
+                    warn!(endpoint = %endpoint, error = %e, retry_in = ?wait, "Cannot open Modbus RTU {noun}.");
                 } else {
-                    debug!(port = %self.settings.path, error = %e, retry_in = ?wait, "Cannot open serial port.");
+                    debug!(endpoint = %endpoint, error = %e, retry_in = ?wait, "Cannot open Modbus RTU {noun}.");
                 }
                 self.was_open = false;
                 Err(DriverError::NotConnected(format!(
-                    "cannot open {}: {e}",
-                    self.settings.path
+                    "cannot open {endpoint}: {e}"
                 )))
             }
         }
@@ -142,7 +293,7 @@ impl RtuTransport {
 
     fn drop_port(&mut self, why: &str) {
         if self.port.take().is_some() {
-            warn!(port = %self.settings.path, reason = why, "Serial port lost; reopening with backoff.");
+            warn!(endpoint = %self.link.endpoint(), reason = why, "Modbus RTU {} lost; reopening with backoff.", L::NOUN);
             let wait = self.backoff.next_delay();
             self.next_open = Some(Instant::now() + wait);
         }
@@ -152,7 +303,7 @@ impl RtuTransport {
     /// start (a late reply after a timeout), then until the line has been quiet for one
     /// inter-frame gap, throwing everything away, and flush the input.
     async fn settle(&mut self, first: Duration) {
-        let gap = self.settings.inter_frame().max(Duration::from_millis(2));
+        let gap = self.link.inter_frame().max(Duration::from_millis(2));
         let hard_stop = Instant::now() + first + self.timeout.max(Duration::from_millis(50));
         let Some(port) = self.port.as_mut() else {
             return;
@@ -174,30 +325,34 @@ impl RtuTransport {
                 }
             }
         }
-        if hung_up {
+        if hung_up || L::discard_waiting(port).is_err() {
             self.drop_port("hang-up");
             return;
         }
-        let _ = port.clear(tokio_serial::ClearBuffer::Input);
         if dropped > 0 {
             self.discarded += 1;
-            debug!(port = %self.settings.path, bytes = dropped, "Discarded late or stray bytes.");
+            debug!(endpoint = %self.link.endpoint(), bytes = dropped, "Discarded late or stray bytes.");
         }
         self.last_activity = Instant::now();
     }
 
     /// Send one request PDU to `unit` and return the reply PDU (function code first).
     async fn transact(&mut self, unit: u8, pdu: &[u8]) -> Result<Vec<u8>, DriverError> {
-        self.open()?;
+        self.open().await?;
         let gap = self.gap();
         sleep_precisely_until(self.last_activity + gap).await;
         let Some(port) = self.port.as_mut() else {
-            return Err(DriverError::NotConnected("serial port closed".into()));
+            return Err(DriverError::NotConnected(format!("{} closed", L::NOUN)));
         };
         // Bytes waiting now arrived during the silence: nobody asked for them.
-        if port.bytes_to_read().unwrap_or(0) > 0 {
-            let _ = port.clear(tokio_serial::ClearBuffer::Input);
-            self.discarded += 1;
+        match L::discard_waiting(port) {
+            Ok(0) => {}
+            Ok(_) => self.discarded += 1,
+            Err(e) => {
+                let msg = e.to_string();
+                self.drop_port(&msg);
+                return Err(DriverError::Io(msg));
+            }
         }
         let mut frame = Vec::with_capacity(pdu.len() + 3);
         frame.push(unit);
@@ -221,7 +376,7 @@ impl RtuTransport {
             }
         }
         // The request takes this long on the wire before the device can start answering.
-        let on_wire = self.settings.char_time() * frame.len() as u32;
+        let on_wire = self.link.char_time() * frame.len() as u32;
         let deadline = Instant::now() + on_wire + self.timeout;
         let result = self.read_reply(unit, pdu[0], deadline).await;
         match &result {
@@ -249,7 +404,7 @@ impl RtuTransport {
     ) -> Result<Vec<u8>, DriverError> {
         let timeout = self.timeout;
         let Some(port) = self.port.as_mut() else {
-            return Err(DriverError::NotConnected("serial port closed".into()));
+            return Err(DriverError::NotConnected(format!("{} closed", L::NOUN)));
         };
         let mut buf: Vec<u8> = Vec::with_capacity(256);
         let mut chunk = [0u8; 256];
@@ -285,7 +440,7 @@ impl RtuTransport {
                         buf.len()
                     )))
                 }
-                Ok(Ok(0)) => return Err(DriverError::Io("serial port hung up".into())),
+                Ok(Ok(0)) => return Err(DriverError::Io(format!("{} hung up", L::NOUN))),
                 Ok(Err(e)) => return Err(DriverError::Io(e.to_string())),
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             }
@@ -344,7 +499,7 @@ fn read_pdu(table: Table, addr: u16, count: u16) -> [u8; 5] {
     [fc, a[0], a[1], c[0], c[1]]
 }
 
-impl ModbusTransport for RtuTransport {
+impl<L: RtuLink> ModbusTransport for RtuMaster<L> {
     async fn read(
         &mut self,
         unit: u8,
@@ -437,7 +592,7 @@ impl ModbusTransport for RtuTransport {
     }
 
     fn endpoint(&self) -> String {
-        self.settings.path.clone()
+        self.link.endpoint()
     }
 }
 

@@ -1,5 +1,7 @@
-//! Modbus TCP transport: a tokio-modbus client with a timeout around every call and
-//! reconnection with exponential backoff.
+//! Modbus TCP transport: a tokio-modbus client with a timeout around every call,
+//! reconnection with exponential backoff, and the pauses some devices need: after every
+//! (re)connect before the first request (`connect_delay`) and between a reply and the next
+//! request (`frame_delay`).
 
 use std::time::Duration;
 
@@ -22,6 +24,11 @@ pub struct TcpTransport {
     backoff: Backoff,
     next_attempt: Option<Instant>,
     was_connected: bool,
+    frame_delay: Duration,
+    connect_delay: Duration,
+    /// No request before this: the end of `connect_delay`, or `frame_delay` after the
+    /// last reply.
+    ready_at: Instant,
 }
 
 impl TcpTransport {
@@ -35,7 +42,18 @@ impl TcpTransport {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             next_attempt: None,
             was_connected: false,
+            frame_delay: Duration::ZERO,
+            connect_delay: Duration::ZERO,
+            ready_at: Instant::now(),
         }
+    }
+
+    /// Keep `frame_delay` of silence between a reply and the next request, and wait
+    /// `connect_delay` after every (re)connect before the first request.
+    pub fn with_pauses(mut self, frame_delay: Duration, connect_delay: Duration) -> Self {
+        self.frame_delay = frame_delay;
+        self.connect_delay = connect_delay;
+        self
     }
 
     fn drop_connection(&mut self, why: &str) {
@@ -69,6 +87,7 @@ impl TcpTransport {
                         info!(endpoint = %self.endpoint(), "Connected.");
                     }
                     self.was_connected = true;
+                    self.ready_at = Instant::now() + self.connect_delay;
                     self.ctx = Some(tokio_modbus::client::tcp::attach(stream));
                 }
                 Ok(Err(e)) => return Err(self.connect_failed(e.to_string())),
@@ -105,9 +124,13 @@ impl TcpTransport {
         >,
     {
         let timeout = self.timeout;
+        self.connect().await?;
+        tokio::time::sleep_until(self.ready_at).await;
         let ctx = self.connect().await?;
         ctx.set_slave(Slave(unit));
-        match tokio::time::timeout(timeout, f(ctx)).await {
+        let outcome = tokio::time::timeout(timeout, f(ctx)).await;
+        self.ready_at = Instant::now() + self.frame_delay;
+        match outcome {
             Err(_) => {
                 self.drop_connection("timeout");
                 Err(DriverError::Timeout(timeout))

@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fieldlink_drivers::{
     gpio::{GpioBackend, GpioError, SimGpio},
-    modbus::{rtu::RtuTransport, tcp::TcpTransport},
+    modbus::{
+        rtu::{RtuOverTcpTransport, RtuTransport},
+        tcp::TcpTransport,
+    },
 };
 use tokio::{
     sync::{mpsc, oneshot},
@@ -121,10 +124,13 @@ impl Buses {
                     host,
                     port,
                     timeout,
+                    frame_delay,
+                    connect_delay,
                 },
                 _,
             ) => {
-                let t = TcpTransport::new(host.clone(), *port, *timeout);
+                let t = TcpTransport::new(host.clone(), *port, *timeout)
+                    .with_pauses(*frame_delay, *connect_delay);
                 tokio::spawn(super::run_modbus(m, b, first, t, io))
             }
             (
@@ -136,6 +142,25 @@ impl Buses {
                 _,
             ) => {
                 let t = RtuTransport::new(serial.clone(), *timeout, *frame_delay);
+                tokio::spawn(super::run_modbus(m, b, first, t, io))
+            }
+            (
+                BusKind::ModbusRtuOverTcp {
+                    host,
+                    port,
+                    timeout,
+                    frame_delay,
+                    connect_delay,
+                },
+                _,
+            ) => {
+                let t = RtuOverTcpTransport::tcp(
+                    host.clone(),
+                    *port,
+                    *timeout,
+                    *frame_delay,
+                    *connect_delay,
+                );
                 tokio::spawn(super::run_modbus(m, b, first, t, io))
             }
             (BusKind::Uart { .. }, _) => tokio::spawn(super::run_uart(m, b, first, io)),

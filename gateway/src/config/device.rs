@@ -20,7 +20,7 @@ impl Validator {
         cx: &Cx,
         d: &DeviceFile,
         bus_ids: &[String],
-        class: Class,
+        (class, units): (Class, (i64, i64)),
         topics: &mut Topics,
     ) -> Option<(String, Device)> {
         self.device_keys(cx, d, class);
@@ -48,7 +48,7 @@ impl Validator {
                 Some(hint),
             );
         }
-        let unit = self.int_in(&cx.at("unit"), d.unit.as_ref(), "unit id", (1, 247), 1);
+        let unit = self.int_in(&cx.at("unit"), d.unit.as_ref(), "unit id", units, 1);
         let poll_interval = self.positive_duration(
             &cx.at("poll_interval"),
             d.poll_interval.as_ref(),

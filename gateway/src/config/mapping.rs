@@ -17,7 +17,7 @@ use crate::{
 /// What a device's bus is, for the checks that differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Class {
-    /// `modbus_tcp` or `modbus_rtu`.
+    /// `modbus_tcp`, `modbus_rtu` or `modbus_rtu_over_tcp`.
     Modbus,
     /// `gpio`.
     Gpio,
@@ -31,8 +31,19 @@ impl Class {
         match kind {
             BusKind::Gpio { .. } => Class::Gpio,
             BusKind::Uart { .. } => Class::Uart,
-            BusKind::ModbusTcp { .. } | BusKind::ModbusRtu { .. } => Class::Modbus,
+            BusKind::ModbusTcp { .. }
+            | BusKind::ModbusRtu { .. }
+            | BusKind::ModbusRtuOverTcp { .. } => Class::Modbus,
         }
+    }
+}
+
+/// The unit ids a device on a bus of `kind` may have: 0–255 on Modbus TCP (devices that
+/// answer only unit 0 or 255 exist), 1–247 on a serial line (0 is broadcast there).
+pub(super) fn unit_range(kind: &BusKind) -> (i64, i64) {
+    match kind {
+        BusKind::ModbusTcp { .. } => (0, 255),
+        _ => (1, 247),
     }
 }
 
@@ -43,7 +54,7 @@ type Where = (PathBuf, (u64, u64));
 pub(super) type Topics = BTreeMap<String, (PathBuf, (u64, u64), String)>;
 
 /// The bus keys every kind may have, with where they are.
-fn bus_keys(b: &BusFile) -> [(&'static str, Option<(u64, u64)>); 12] {
+fn bus_keys(b: &BusFile) -> [(&'static str, Option<(u64, u64)>); 13] {
     [
         ("host", b.host.as_ref().map(at)),
         ("port", b.port.as_ref().map(at)),
@@ -55,6 +66,7 @@ fn bus_keys(b: &BusFile) -> [(&'static str, Option<(u64, u64)>); 12] {
         ("data_bits", b.data_bits.as_ref().map(at)),
         ("stop_bits", b.stop_bits.as_ref().map(at)),
         ("frame_delay", b.frame_delay.as_ref().map(at)),
+        ("connect_delay", b.connect_delay.as_ref().map(at)),
         ("delimiter", b.delimiter.as_ref().map(at)),
         ("max_line", b.max_line.as_ref().map(at)),
     ]
@@ -124,9 +136,9 @@ impl Validator {
         topics: &mut Topics,
     ) -> Vec<String> {
         let bus_ids: Vec<String> = buses.iter().map(|b| b.id.clone()).collect();
-        let classes: HashMap<String, Class> = buses
+        let classes: HashMap<String, (Class, (i64, i64))> = buses
             .iter()
-            .map(|b| (b.id.clone(), Class::of(&b.kind)))
+            .map(|b| (b.id.clone(), (Class::of(&b.kind), unit_range(&b.kind))))
             .collect();
         let mut device_where: HashMap<String, Where> = HashMap::new();
         let mut unit_where: HashMap<(String, u8), String> = HashMap::new();
@@ -135,8 +147,12 @@ impl Validator {
             for (i, d) in m.devices.iter().enumerate() {
                 device_ids.push(d.id.value.clone());
                 let cx = Cx::new(file).item("devices", i);
-                let class = classes.get(&d.bus.value).copied().unwrap_or(Class::Modbus);
-                let Some((bus_id, dev)) = self.device(&cx, d, &bus_ids, class, topics) else {
+                let (class, units) = classes
+                    .get(&d.bus.value)
+                    .copied()
+                    .unwrap_or((Class::Modbus, (1, 247)));
+                let Some((bus_id, dev)) = self.device(&cx, d, &bus_ids, (class, units), topics)
+                else {
                     continue;
                 };
                 if let Some((f0, l0)) = device_where.get(&dev.id) {
@@ -157,7 +173,7 @@ impl Validator {
                 device_where.insert(dev.id.clone(), (file.clone(), at(&d.id)));
                 // A bus holds devices of one class: only Modbus ones have unit ids.
                 if class == Class::Modbus {
-                    self.unique_unit(&cx, d, &dev, &bus_id, &mut unit_where);
+                    self.unique_unit(&cx, d, &dev, (&bus_id, units), &mut unit_where);
                 }
                 if let Some(bus) = buses.iter_mut().find(|b| b.id == bus_id) {
                     bus.devices.push(Arc::new(dev));
@@ -173,12 +189,12 @@ impl Validator {
         cx: &Cx,
         d: &DeviceFile,
         dev: &Device,
-        bus_id: &str,
+        (bus_id, (lo, hi)): (&str, (i64, i64)),
         unit_where: &mut HashMap<(String, u8), String>,
     ) {
         // An out-of-range unit is reported where it is read; it claims no unit id here
         // (it would make the default unit 1 of a later device look taken).
-        if !d.unit.as_ref().is_none_or(|u| (1..=247).contains(&u.value)) {
+        if !d.unit.as_ref().is_none_or(|u| (lo..=hi).contains(&u.value)) {
             return;
         }
         let Some(unit) = dev.modbus().map(|m| m.unit) else {
@@ -260,13 +276,19 @@ impl Validator {
         let (kind_name, allowed): (&str, &[&str]) = match b.kind.value {
             BusKindName::ModbusTcp => ("modbus_tcp", modbus::TCP_BUS_KEYS),
             BusKindName::ModbusRtu => ("modbus_rtu", modbus::RTU_BUS_KEYS),
+            BusKindName::ModbusRtuOverTcp => ("modbus_rtu_over_tcp", modbus::RTU_OVER_TCP_BUS_KEYS),
             BusKindName::Uart => ("uart", uart::BUS_KEYS),
             BusKindName::Gpio => ("gpio", gpio::BUS_KEYS),
         };
         for (key, loc) in bus_keys(b) {
             if let (Some(loc), false) = (loc, allowed.contains(&key)) {
+                let serial = ["path", "baud", "parity", "data_bits", "stop_bits"];
                 let hint = if key == "port" && matches!(kind_name, "modbus_rtu" | "uart") {
                     format!("the serial port of a {kind_name} bus is `path: /dev/ttyUSB0`")
+                } else if kind_name == "modbus_rtu_over_tcp" && serial.contains(&key) {
+                    "the converter's serial side (baud, parity, ...) is set on the converter \
+                     itself; here it is `host` and `port`"
+                        .into()
                 } else {
                     format!("a {kind_name} bus takes: {}", allowed.join(", "))
                 };
@@ -281,6 +303,7 @@ impl Validator {
         let kind = match b.kind.value {
             BusKindName::ModbusTcp => self.modbus_tcp_bus(cx, b)?,
             BusKindName::ModbusRtu => self.modbus_rtu_bus(cx, b, &id)?,
+            BusKindName::ModbusRtuOverTcp => self.modbus_rtu_over_tcp_bus(cx, b)?,
             BusKindName::Uart => self.uart_bus(cx, b, &id)?,
             BusKindName::Gpio => gpio::bus(b),
         };

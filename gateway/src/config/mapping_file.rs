@@ -25,7 +25,7 @@ pub struct MappingFile {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BusKindName {
-    /// Modbus TCP: `host`, `port`, `timeout`.
+    /// Modbus TCP: `host`, `port`, `timeout`, `frame_delay`, `connect_delay`.
     ModbusTcp,
     /// The GPIO lines of the board the gateway runs on: `backend`.
     Gpio,
@@ -35,6 +35,10 @@ pub enum BusKindName {
     /// Text lines on a serial port (sensors and boards with an ASCII protocol): `path`,
     /// `baud`, `parity`, `data_bits`, `stop_bits`, `timeout`, `delimiter`, `max_line`.
     Uart,
+    /// Modbus RTU frames through a serial-to-Ethernet converter in transparent mode (raw
+    /// RTU over a TCP socket, no MBAP header): `host`, `port`, `timeout`, `frame_delay`,
+    /// `connect_delay`. A converter in "Modbus TCP gateway" mode is a `modbus_tcp` bus.
+    ModbusRtuOverTcp,
 }
 
 /// One bus.
@@ -43,12 +47,14 @@ pub enum BusKindName {
 pub struct BusFile {
     /// Bus id, referenced by `devices[].bus`.
     pub id: Spanned<String>,
-    /// `modbus_tcp`, `modbus_rtu`, `uart` or `gpio`.
+    /// `modbus_tcp`, `modbus_rtu`, `modbus_rtu_over_tcp`, `uart` or `gpio`.
     pub kind: Spanned<BusKindName>,
-    /// Host name or IP address (modbus_tcp).
+    /// Host name or IP address (modbus_tcp, modbus_rtu_over_tcp: the device, Modbus
+    /// gateway or serial converter).
     #[serde(default)]
     pub host: Option<Spanned<String>>,
-    /// TCP port (modbus_tcp). Default 502.
+    /// TCP port (modbus_tcp, modbus_rtu_over_tcp). Default 502; converters often use
+    /// another (USR-TCP232 and Waveshare: 8887 or 4196, Elfin EW11: 8899): see its page.
     #[serde(default)]
     pub port: Option<Spanned<u16>>,
     /// Timeout of one request (and of connecting). Default `1s`. On a uart bus: how long
@@ -75,9 +81,18 @@ pub struct BusFile {
     #[serde(default)]
     pub stop_bits: Option<Spanned<i64>>,
     /// Extra silence between frames on top of the 3.5 character times (modbus_rtu), for
-    /// slow devices or RS-485 adapters that switch direction late. Default `0s`.
+    /// slow devices or RS-485 adapters that switch direction late; on modbus_rtu_over_tcp
+    /// the silence kept between a reply and the next request (the converter keeps the
+    /// serial line's own); on modbus_tcp the same, for devices and dongles that drop
+    /// requests sent back to back. Default `0s`.
     #[serde(default)]
     pub frame_delay: Option<Spanned<HumanDuration>>,
+    /// Wait after every (re)connect before the first request (modbus_tcp,
+    /// modbus_rtu_over_tcp), for devices, converters and inverter dongles that drop
+    /// requests sent right after the connection opens or drop the connection.
+    /// Default `0s`.
+    #[serde(default)]
+    pub connect_delay: Option<Spanned<HumanDuration>>,
     /// End of a line (uart). Default `"\n"` (a `\r` before it is trimmed off); write
     /// `"\r\n"` or any other text in double quotes.
     #[serde(default)]
@@ -96,7 +111,9 @@ pub struct DeviceFile {
     pub id: Spanned<String>,
     /// Id of the bus the device is on.
     pub bus: Spanned<String>,
-    /// Modbus unit id (slave address), 1–247. Default 1.
+    /// Modbus unit id (slave address): 1–247 on `modbus_rtu` and `modbus_rtu_over_tcp`
+    /// (0 is broadcast on a serial line), 0–255 on `modbus_tcp` (some inverters and
+    /// their dongles answer only 0 or 255). Default 1.
     #[serde(default)]
     pub unit: Option<Spanned<i64>>,
     /// Time between the starts of two polls. Default `1s`. On a uart device without

@@ -1,4 +1,4 @@
-//! Modbus (`modbus_tcp`, `modbus_rtu`): the values of its point keys, its buses, the
+//! Modbus (`modbus_tcp`, `modbus_rtu`, `modbus_rtu_over_tcp`): the values of its point keys, its buses, the
 //! Modbus half of a point and the registers two points of a device share.
 
 use std::time::Duration;
@@ -43,7 +43,12 @@ pub enum OrderName {
 }
 
 /// The keys of a `modbus_tcp` bus.
-pub(super) const TCP_BUS_KEYS: &[&str] = &["host", "port", "timeout"];
+pub(super) const TCP_BUS_KEYS: &[&str] =
+    &["host", "port", "timeout", "frame_delay", "connect_delay"];
+
+/// The keys of a `modbus_rtu_over_tcp` bus.
+pub(super) const RTU_OVER_TCP_BUS_KEYS: &[&str] =
+    &["host", "port", "timeout", "frame_delay", "connect_delay"];
 
 /// The keys of a `modbus_rtu` bus.
 pub(super) const RTU_BUS_KEYS: &[&str] = &[
@@ -81,8 +86,8 @@ fn missing_parts() -> KindParts {
 }
 
 impl Validator {
-    /// A `modbus_tcp` bus: `host`, `port`, `timeout`.
-    pub(super) fn modbus_tcp_bus(&mut self, cx: &Cx, b: &BusFile) -> Option<BusKind> {
+    /// The `host` and `port` of a bus of `kind` on TCP (port 502 by default).
+    fn tcp_endpoint(&mut self, cx: &Cx, b: &BusFile, kind: &str) -> Option<(String, u16)> {
         let host = match &b.host {
             Some(h) if !h.value.trim().is_empty() => h.value.trim().to_string(),
             Some(h) => {
@@ -90,28 +95,44 @@ impl Validator {
                 return None;
             }
             None => {
+                let what = if kind == "modbus_tcp" {
+                    "the device or Modbus gateway"
+                } else {
+                    "the serial converter"
+                };
                 self.error(
                     cx,
                     &b.kind,
-                    "a modbus_tcp bus needs `host`",
-                    Some("add `host: 192.168.1.20` (the device or Modbus gateway)".into()),
+                    format!("a {kind} bus needs `host`"),
+                    Some(format!("add `host: 192.168.1.20` ({what})")),
                 );
                 return None;
             }
         };
         let port = match &b.port {
             Some(p) if p.value == 0 => {
+                let hint = if kind == "modbus_tcp" {
+                    "Modbus TCP uses 502"
+                } else {
+                    "the converter's TCP port is on its setup page (Elfin EW11: 8899)"
+                };
                 self.error(
                     &cx.at("port"),
                     p,
                     "port 0 is not a valid TCP port",
-                    Some("Modbus TCP uses 502".into()),
+                    Some(hint.into()),
                 );
                 502
             }
             Some(p) => p.value,
             None => 502,
         };
+        Some((host, port))
+    }
+
+    /// A `modbus_tcp` bus: `host`, `port`, `timeout`, `frame_delay`, `connect_delay`.
+    pub(super) fn modbus_tcp_bus(&mut self, cx: &Cx, b: &BusFile) -> Option<BusKind> {
+        let (host, port) = self.tcp_endpoint(cx, b, "modbus_tcp")?;
         let timeout = self.positive_duration(
             &cx.at("timeout"),
             b.timeout.as_ref(),
@@ -121,6 +142,32 @@ impl Validator {
             host,
             port,
             timeout,
+            frame_delay: b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0),
+            connect_delay: b
+                .connect_delay
+                .as_ref()
+                .map_or(Duration::ZERO, |d| d.value.0),
+        })
+    }
+
+    /// A `modbus_rtu_over_tcp` bus: `host`, `port`, `timeout`, `frame_delay`,
+    /// `connect_delay`.
+    pub(super) fn modbus_rtu_over_tcp_bus(&mut self, cx: &Cx, b: &BusFile) -> Option<BusKind> {
+        let (host, port) = self.tcp_endpoint(cx, b, "modbus_rtu_over_tcp")?;
+        let timeout = self.positive_duration(
+            &cx.at("timeout"),
+            b.timeout.as_ref(),
+            Duration::from_secs(1),
+        );
+        Some(BusKind::ModbusRtuOverTcp {
+            host,
+            port,
+            timeout,
+            frame_delay: b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0),
+            connect_delay: b
+                .connect_delay
+                .as_ref()
+                .map_or(Duration::ZERO, |d| d.value.0),
         })
     }
 
