@@ -22,6 +22,8 @@ struct Bus485 {
     /// A unit that loses exactly one reply: (unit, its read number that times out).
     glitch: Option<(u8, u32)>,
     reads: std::collections::HashMap<u8, u32>,
+    /// When each try of the dead unit began.
+    dead_tries: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
 }
 
 impl ModbusTransport for Bus485 {
@@ -34,6 +36,11 @@ impl ModbusTransport for Bus485 {
     ) -> Result<ReadData, DriverError> {
         let n = self.reads.entry(unit).or_default();
         *n += 1;
+        if unit == self.dead {
+            if let Ok(mut t) = self.dead_tries.lock() {
+                t.push(tokio::time::Instant::now());
+            }
+        }
         if unit == self.dead || self.glitch == Some((unit, *n)) {
             tokio::time::sleep(self.timeout * 2).await;
             return Err(DriverError::Timeout(self.timeout));
@@ -108,6 +115,7 @@ async fn polls_with(
             dead,
             glitch,
             reads: Default::default(),
+            dead_tries: Default::default(),
         },
         io,
     ));
@@ -162,4 +170,108 @@ async fn one_lost_reply_does_not_cost_a_unit_its_cadence() {
         stats.devices()[0].availability(),
         fieldlink::health::Availability::Online
     );
+}
+
+/// What a run with a dead unit 3 looked like: polls per unit, when the dead unit's tries
+/// began, and when its `offline` was published.
+struct Run {
+    counts: Vec<u64>,
+    dead_tries: Vec<tokio::time::Instant>,
+    offline_at: Option<tokio::time::Instant>,
+}
+
+/// Units 1 and 2 healthy, unit 3 dead from the start, for `run` of virtual time.
+async fn run_with_dead_unit(timeout: Duration, run: Duration) -> Run {
+    let mapping = format!(
+        "buses:\n  - {{ id: rs485, kind: modbus_rtu, path: /dev/ttyUSB0, baud: 9600, timeout: {}ms }}\ndevices:\n\
+         \x20 - {{ id: u1, bus: rs485, unit: 1, poll_interval: 1s, points: [{{ topic: f/u1, table: holding, address: 0 }}] }}\n\
+         \x20 - {{ id: u2, bus: rs485, unit: 2, poll_interval: 1s, points: [{{ topic: f/u2, table: holding, address: 0 }}] }}\n\
+         \x20 - {{ id: u3, bus: rs485, unit: 3, poll_interval: 1s, points: [{{ topic: f/u3, table: holding, address: 0 }}] }}\n",
+        timeout.as_millis()
+    );
+    let model = Arc::new(model(&mapping, ""));
+    let stats = Arc::new(Stats::new(&model));
+    let (out, mut rx) = mpsc::channel::<Vec<fieldlink::Outgoing>>(1024);
+    let offline_at: Arc<std::sync::Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    let seen = offline_at.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            for m in batch.iter() {
+                if m.topic == "fieldlink/t/u3/availability" && m.payload == b"offline" {
+                    if let Ok(mut o) = seen.lock() {
+                        o.get_or_insert(tokio::time::Instant::now());
+                    }
+                }
+            }
+        }
+    });
+    let (_commands_tx, commands) = mpsc::channel(16);
+    let (trigger, sd) = shutdown::channel();
+    let io = buses::BusIo {
+        out,
+        commands,
+        control: mpsc::channel(1).1,
+        stats: stats.clone(),
+        shutdown: sd,
+    };
+    let bus = Bus485 {
+        timeout,
+        dead: 3,
+        glitch: None,
+        reads: Default::default(),
+        dead_tries: Default::default(),
+    };
+    let tries = bus.dead_tries.clone();
+    let task = tokio::spawn(buses::run_modbus(
+        model.clone(),
+        model.buses[0].clone(),
+        0,
+        bus,
+        io,
+    ));
+    tokio::time::sleep(run).await;
+    trigger.trigger();
+    task.await.expect("bus task");
+    let counts = stats
+        .devices()
+        .iter()
+        .map(|d| d.polls.load(Relaxed))
+        .collect();
+    let dead_tries = tries.lock().map(|t| t.clone()).unwrap_or_default();
+    let offline_at = offline_at.lock().ok().and_then(|o| *o);
+    Run {
+        counts,
+        dead_tries,
+        offline_at,
+    }
+}
+
+/// The fair share spaces out the dead unit's retries but not its verdict: it is
+/// `offline` within `offline_after` × `poll_interval` + 2 × `timeout` of its first failed
+/// poll (5 s at the defaults), while its neighbours keep at least 90 % of their polls in
+/// the first 20 s and over two minutes.
+#[tokio::test(start_paused = true)]
+async fn a_dead_unit_is_offline_promptly_and_its_neighbours_keep_their_cadence() {
+    for timeout_ms in [1000u64, 150, 300] {
+        let timeout = Duration::from_millis(timeout_ms);
+        for window in [20u64, 120] {
+            let r = run_with_dead_unit(timeout, Duration::from_secs(window)).await;
+            for (i, &n) in r.counts[..2].iter().enumerate() {
+                assert!(
+                    n * 10 >= window * 9,
+                    "timeout {timeout:?}, {window} s: unit {} polled {n} of {window} times ({:?})",
+                    i + 1,
+                    r.counts
+                );
+            }
+            let first = *r.dead_tries.first().expect("the dead unit was tried");
+            let offline = r.offline_at.expect("the dead unit went offline");
+            let bound = Duration::from_secs(3) + 2 * timeout;
+            assert!(
+                offline - first <= bound,
+                "timeout {timeout:?}: offline {:?} after its first failed poll (bound {bound:?})",
+                offline - first
+            );
+        }
+    }
 }

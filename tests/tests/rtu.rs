@@ -83,10 +83,19 @@ async fn three_units_publish_and_take_writes_and_a_dead_unit_does_not_starve_the
     assert_eq!(w, 1, "one FC16 write");
 
     // Unit 3 stops answering: it goes offline; units 1 and 2 keep their cadence.
+    let died = std::time::Instant::now();
     devs[2].set_responding(false);
     assert!(
         obs.wait_seen("fieldlink/t/dev3/availability", "offline", T)
             .await
+    );
+    // Within offline_after × poll_interval + 2 × timeout (0.7 s) of its first failed
+    // poll, which begins within one poll interval (0.2 s): 1.5 s leaves room for a busy
+    // machine, far below the 10 s the fair share alone would take.
+    assert!(
+        died.elapsed() <= Duration::from_millis(1500),
+        "offline {:?} after the unit died",
+        died.elapsed()
     );
     let before: Vec<u64> = (0..2)
         .map(|i| gw.stats.devices()[i].polls.load(Relaxed))

@@ -68,3 +68,86 @@ async fn connect_delay_and_frame_delay_are_kept_on_modbus_tcp() {
     }
     gw.stop().await;
 }
+
+/// A dead unit on a shared bus is published `offline` within `offline_after` ×
+/// `poll_interval` + 2 × `timeout` of its first failed poll (5 s here, plus up to one poll
+/// interval until that poll), while its neighbours keep at least 90 % of their polls in
+/// the first 20 s.
+pub async fn prompt_offline_on(
+    kind: &str,
+    spawn: impl std::future::Future<Output = u16>,
+    devs: [std::sync::Arc<SimDevice>; 3],
+) {
+    let port = spawn.await;
+    let mut mapping = format!(
+        "buses:\n  - {{ id: b, kind: {kind}, host: 127.0.0.1, port: {port}, timeout: 1s }}\ndevices:\n"
+    );
+    for u in 1..=3 {
+        mapping += &format!(
+            "  - {{ id: u{u}, bus: b, unit: {u}, poll_interval: 1s, points: [{{ topic: o/u{u}, table: holding, address: 0, publish: every_poll }}] }}\n"
+        );
+    }
+    let gw = Gateway::start(model(&mapping, "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "#", QoS::AtMostOnce).await;
+    for u in 1..=3 {
+        assert!(
+            obs.wait_seen(&format!("fieldlink/t/u{u}/availability"), "online", T)
+                .await
+        );
+    }
+    let polls = |i: usize| {
+        gw.stats.devices()[i]
+            .polls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = [polls(0), polls(2)];
+    let stopped = Instant::now();
+    devs[1].set_responding(false);
+    assert!(
+        obs.wait_seen("fieldlink/t/u2/availability", "offline", T)
+            .await,
+        "{kind}: unit 2 goes offline"
+    );
+    let took = stopped.elapsed();
+    assert!(
+        took <= Duration::from_millis(6500),
+        "{kind}: offline {took:?} after the unit died (bound 5 s from its first failed poll)"
+    );
+    // The neighbours over the first 20 s after the death: a window to count in (the
+    // dead unit's first two tries hold the bus for 2 × timeout each on RTU).
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(took)).await;
+    let secs = stopped.elapsed().as_secs();
+    for (i, b) in [(0usize, before[0]), (2, before[1])] {
+        let n = polls(i) - b;
+        assert!(
+            n * 10 >= secs * 9,
+            "{kind}: unit {} polled {n} times in {secs} s",
+            i + 1
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_unit_on_modbus_tcp_goes_offline_promptly() {
+    let server = SimServer::new();
+    let devs = [1u8, 2, 3].map(|u| server.add(u, SimDevice::new()));
+    prompt_offline_on(
+        "modbus_tcp",
+        async move { server.spawn_local().await.expect("sim") },
+        devs,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_unit_behind_a_converter_goes_offline_promptly() {
+    let server = SimServer::new();
+    let devs = [1u8, 2, 3].map(|u| server.add(u, SimDevice::new()));
+    prompt_offline_on(
+        "modbus_rtu_over_tcp",
+        async move { server.spawn_rtu_over_tcp().await.expect("converter") },
+        devs,
+    )
+    .await;
+}

@@ -4,7 +4,9 @@
 //! events and timers. Everything else is here, once: when each device is polled, what a
 //! failed poll means (offline after `offline_after` in a row, then exponential backoff up
 //! to `max_backoff`; on a shared bus a failing device's tries take at most 1/20 of the bus
-//! time), availability messages with their logs and counters, command batches (collapsed
+//! time, which spaces its retries but never its verdict: it is offline once it has failed
+//! twice and `offline_after` poll intervals have passed since its first failure without
+//! an answer), availability messages with their logs and counters, command batches (collapsed
 //! per point, run ahead of the next poll, answered on `<topic>/set/result`), and the
 //! shutdown path, which answers every command still queued.
 
@@ -230,6 +232,25 @@ impl Cx {
 struct Schedule {
     next_due: TokioInstant,
     failures: u32,
+    /// When the first of the failed polls in a row began (`None` while answering).
+    first_failure: Option<TokioInstant>,
+    /// Declared offline since its last answer.
+    offline: bool,
+}
+
+impl Schedule {
+    /// When a failing device that is still online is declared offline without another
+    /// try: `offline_after` poll intervals after its first failure began (when its
+    /// `offline_after`-th poll at its cadence would have ended), once it failed
+    /// at least twice in a row (one lost reply is line noise; with fewer tries than that
+    /// the fair share spaced its retries out).
+    fn verdict_at(&self, device: &Device) -> Option<TokioInstant> {
+        if self.offline || self.failures < 2.min(device.offline_after) {
+            return None;
+        }
+        let first = self.first_failure?;
+        Some(first + device.poll_interval * device.offline_after)
+    }
 }
 
 /// What the runtime tells a running bus task: a reload.
@@ -317,6 +338,8 @@ impl Devices {
             next_due: now
                 + bus.devices[i].poll_interval / self.slots * ((first + i) as u32 % self.slots),
             failures: 0,
+            first_failure: None,
+            offline: false,
         }
     }
 }
@@ -379,7 +402,10 @@ pub(crate) async fn run<D: Driver>(
             .filter(|&d| driver.polls(d))
             .min_by_key(|&d| devs.schedule[d].next_due);
         let timer = driver.next_timer();
-        let wake = [due.map(|d| devs.schedule[d].next_due), timer]
+        let verdict = (0..devs.schedule.len())
+            .filter_map(|d| devs.schedule[d].verdict_at(&bus_now(&cx, d)))
+            .min();
+        let wake = [due.map(|d| devs.schedule[d].next_due), timer, verdict]
             .into_iter()
             .flatten()
             .min();
@@ -414,6 +440,9 @@ pub(crate) async fn run<D: Driver>(
                 if timer.is_some_and(|t| t <= now) {
                     driver.on_timer(now, &mut cx);
                 }
+                if verdict.is_some_and(|t| t <= now) {
+                    verdicts(&mut cx, &mut devs, now);
+                }
                 if let Some(d) = due.filter(|&d| devs.schedule[d].next_due <= now) {
                     let shared = driver.shares_time()
                         && (0..devs.schedule.len()).filter(|&i| driver.polls(i)).count() > 1;
@@ -428,6 +457,29 @@ pub(crate) async fn run<D: Driver>(
     driver.stop(&mut cx);
     cx.flush().await;
     debug!(bus = %bus.id, "Bus stopped.");
+}
+
+/// The device `d` of the bus the task runs now.
+fn bus_now(cx: &Cx, d: usize) -> Arc<Device> {
+    cx.device(d).clone()
+}
+
+/// Declare offline every failing device whose verdict is due (its retries were spaced
+/// out by the fair share, so its count of failures lags behind the time it has failed).
+fn verdicts(cx: &mut Cx, devs: &mut Devices, now: TokioInstant) {
+    for d in 0..devs.schedule.len() {
+        let device = bus_now(cx, d);
+        let s = &mut devs.schedule[d];
+        if s.verdict_at(&device).is_some_and(|t| t <= now) {
+            s.offline = true;
+            let why = format!(
+                "no answer for {:?} ({} failed polls, retries spaced out on the shared bus)",
+                s.first_failure.map(|f| now - f).unwrap_or_default(),
+                s.failures
+            );
+            cx.set_online(d, false, Some(&why));
+        }
+    }
 }
 
 /// Answer every command still queued: nobody is left waiting for a result that never
@@ -569,14 +621,21 @@ async fn poll<D: Driver>(
                 .last_poll_us
                 .store(started.elapsed().as_micros() as u64, Relaxed);
             sched.failures = 0;
+            sched.first_failure = None;
+            sched.offline = false;
             cx.set_online(d, true, None);
             true
         }
         Polled::Failed(error) => {
             cx.stats_of(d).failed_polls.fetch_add(1, Relaxed);
             sched.failures = sched.failures.saturating_add(1);
+            sched.first_failure.get_or_insert(began);
             debug!(device = %device.id, failures = sched.failures, error = %error, "Poll failed.");
-            if sched.failures >= device.offline_after {
+            let late = sched
+                .verdict_at(&device)
+                .is_some_and(|t| t <= TokioInstant::now());
+            if sched.failures >= device.offline_after || late {
+                sched.offline = true;
                 cx.set_online(d, false, Some(&error));
             }
             false
@@ -588,8 +647,8 @@ async fn poll<D: Driver>(
     // A unit that does not answer holds a shared bus for its whole timeout (twice on
     // RTU, which listens for a late reply). From its second failure in a row (one lost
     // reply is line noise, not a dead unit) its next try waits until its tries take at
-    // most 1/20 of the bus time, so its neighbours keep their cadence. The price: it goes
-    // offline later (README "Modbus RTU").
+    // most 1/20 of the bus time, so its neighbours keep their cadence. Its verdict does
+    // not wait for those tries ([`Schedule::verdict_at`]).
     let fair = if ok || !shared || sched.failures < 2 {
         now
     } else {

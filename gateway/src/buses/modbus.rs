@@ -130,7 +130,16 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         if answered {
             Polled::Answered
         } else {
-            Polled::Failed(last_error.map(|e| e.to_string()).unwrap_or_default())
+            // Every failure says why: no request left to send means every point's address
+            // answered exception 02 and waits to be probed again.
+            Polled::Failed(last_error.map_or_else(
+                || {
+                    "every point's address answered exception 0x02 (illegal data address); \
+                     probed again with backoff"
+                        .to_string()
+                },
+                |e| e.to_string(),
+            ))
         }
     }
 
