@@ -65,6 +65,8 @@ pub struct SimDevice {
     requests: AtomicU64,
     responding: AtomicBool,
     delay_us: AtomicU64,
+    /// Longest read answered (registers or bits); longer ones get exception 03.
+    max_read: AtomicU64,
 }
 
 impl Default for SimDevice {
@@ -76,6 +78,7 @@ impl Default for SimDevice {
             requests: AtomicU64::new(0),
             responding: AtomicBool::new(true),
             delay_us: AtomicU64::new(0),
+            max_read: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -175,6 +178,12 @@ impl SimDevice {
         }
     }
 
+    /// Refuse reads of more than `n` registers or bits with exception 03 (illegal data
+    /// value), as devices with a short read buffer do.
+    pub fn set_max_read(&self, n: u16) {
+        self.max_read.store(u64::from(n), Ordering::SeqCst);
+    }
+
     /// Handle one request as the device would.
     pub fn handle(&self, unit: u8, req: &Request<'_>) -> Result<Option<Response>, ExceptionCode> {
         let (function, table, address, count, written): (u8, Table, u16, u16, Vec<u16>) = match req
@@ -213,6 +222,9 @@ impl SimDevice {
         let end = u32::from(address) + u32::from(count);
         if count == 0 || end > 65536 {
             return Err(ExceptionCode::IllegalDataAddress);
+        }
+        if function <= 4 && u64::from(count) > self.max_read.load(Ordering::SeqCst) {
+            return Err(ExceptionCode::IllegalDataValue);
         }
         if (u32::from(address)..end).any(|a| t.holes.contains(&(table, a as u16))) {
             return Err(ExceptionCode::IllegalDataAddress);

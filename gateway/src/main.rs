@@ -315,8 +315,8 @@ fn check(config: &std::path::Path) -> ExitCode {
                 })
             })
             .collect();
-        let max_gap = d.modbus().map_or(0, |m| m.max_gap);
-        let n = Planner::new(items, max_gap).plan().len();
+        let limits = d.modbus().map(|m| m.read_limits()).unwrap_or_default();
+        let n = Planner::with_limits(items, limits).plan().len();
         requests += n;
         per_second += n as f64 / d.poll_interval.as_secs_f64();
     }

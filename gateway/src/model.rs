@@ -444,8 +444,23 @@ pub struct ModbusDevice {
     pub unit: u8,
     /// Largest gap the planner bridges.
     pub max_gap: u16,
+    /// Most registers in one read.
+    pub max_read_registers: u16,
+    /// Most bits in one read.
+    pub max_read_bits: u16,
     /// Always write with FC16/FC15.
     pub write_multiple: bool,
+}
+
+impl ModbusDevice {
+    /// The read planner's limits for this device.
+    pub fn read_limits(&self) -> fieldlink_drivers::modbus::ReadLimits {
+        fieldlink_drivers::modbus::ReadLimits {
+            max_gap: self.max_gap,
+            registers: self.max_read_registers,
+            bits: self.max_read_bits,
+        }
+    }
 }
 
 impl Device {

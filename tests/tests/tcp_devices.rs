@@ -151,3 +151,47 @@ async fn a_dead_unit_behind_a_converter_goes_offline_promptly() {
     )
     .await;
 }
+
+/// A device that refuses reads of more than 10 registers (exception 03) is read whole
+/// with `max_read_registers: 10`: every request stays within the limit, every value is
+/// published. Without the key the planner's one long read is refused and nothing of it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_read_registers_keeps_a_short_buffered_device_readable() {
+    let server = SimServer::new();
+    let dev = server.add(1, SimDevice::new());
+    dev.set_max_read(10);
+    let values: Vec<u16> = (0..30).map(|a| 1000 + a).collect();
+    dev.set_registers(Table::Input, 0, &values);
+    let port = server.spawn_local().await.expect("sim");
+    let points: String = (0..30)
+        .map(|a| format!("      - {{ topic: lim/r{a}, table: input, address: {a} }}\n"))
+        .collect();
+    let mapping = |limit: &str| {
+        format!(
+            "buses:\n  - {{ id: b, kind: modbus_tcp, host: 127.0.0.1, port: {port} }}\ndevices:\n  - id: d\n    bus: b\n    poll_interval: 200ms\n{limit}    points:\n{points}"
+        )
+    };
+    let gw = Gateway::start(model(&mapping("    max_read_registers: 10\n"), "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "lim/#", QoS::AtMostOnce).await;
+    for a in 0..30u16 {
+        assert!(
+            obs.wait_seen(&format!("lim/r{a}"), &(1000 + a).to_string(), T)
+                .await,
+            "register {a}"
+        );
+    }
+    assert!(dev.log().iter().all(|r| r.count <= 10), "{:?}", dev.log());
+    gw.stop().await;
+    // The same device without the key: one read of 30, refused; nothing published.
+    dev.clear_log();
+    let gw = Gateway::start(model(&mapping(""), "")).await;
+    let mut obs = Observer::connect(gw.broker_port(), "lim/#", QoS::AtMostOnce).await;
+    let refused = fieldlink_tests::eventually(T, || dev.log().iter().any(|r| r.count == 30)).await;
+    assert!(refused, "{:?}", dev.log());
+    let seen = obs.collect(Duration::from_millis(600)).await;
+    assert!(
+        seen.iter().all(|m| m.payload.is_empty()),
+        "nothing read without the limit: {seen:?}"
+    );
+    gw.stop().await;
+}

@@ -8,7 +8,7 @@ pub mod tcp;
 
 pub use client::{DriverError, ModbusTransport};
 pub use codec::{CodecError, Value, ValueType, WordOrder};
-pub use planner::{Plan, PlanItem, Planner, ReadRequest};
+pub use planner::{Plan, PlanItem, Planner, ReadLimits, ReadRequest};
 
 use std::fmt;
 

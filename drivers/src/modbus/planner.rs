@@ -115,11 +115,45 @@ impl Learned {
     }
 }
 
+/// How large the reads of one device may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Largest gap (registers or bits) bridged to merge two reads.
+    pub max_gap: u16,
+    /// Most registers in one read (1–125; some devices refuse long reads).
+    pub registers: u16,
+    /// Most bits in one read (1–2000).
+    pub bits: u16,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_gap: 8,
+            registers: Table::Holding.max_read(),
+            bits: Table::Coil.max_read(),
+        }
+    }
+}
+
+impl ReadLimits {
+    /// The most one read of `table` may ask for.
+    pub fn max_read(&self, table: Table) -> u16 {
+        let limit = if table.is_bits() {
+            self.bits
+        } else {
+            self.registers
+        };
+        limit.clamp(1, table.max_read())
+    }
+}
+
 /// Plans reads for one device and learns from illegal-address exceptions.
 #[derive(Clone, Debug)]
 pub struct Planner {
     items: Vec<PlanItem>,
     max_gap: u16,
+    limits: ReadLimits,
     /// Gap addresses not to bridge.
     holes: BTreeMap<(Table, u16), Learned>,
     /// Items being read alone to find which of a failed gap-less read is at fault.
@@ -132,9 +166,22 @@ pub struct Planner {
 impl Planner {
     /// A planner for these items, bridging gaps of up to `max_gap` registers.
     pub fn new(items: Vec<PlanItem>, max_gap: u16) -> Self {
+        Planner::with_limits(
+            items,
+            ReadLimits {
+                max_gap,
+                ..ReadLimits::default()
+            },
+        )
+    }
+
+    /// A planner for these items within `limits` (an item larger than the read limit is
+    /// still read, alone: a value cannot be split).
+    pub fn with_limits(items: Vec<PlanItem>, limits: ReadLimits) -> Self {
         let mut p = Planner {
             items,
-            max_gap,
+            max_gap: limits.max_gap,
+            limits,
             holes: BTreeMap::new(),
             suspects: HashSet::new(),
             unreadable: BTreeMap::new(),
@@ -230,7 +277,7 @@ impl Planner {
                 continue;
             }
             if let Some((req, end)) = cur.as_mut() {
-                let max = u32::from(it.table.max_read());
+                let max = u32::from(self.limits.max_read(it.table));
                 let new_end = (*end).max(it.end());
                 let bridge_ok = u32::from(it.address) <= *end + u32::from(self.max_gap)
                     && !(*end..u32::from(it.address)).any(|a| {
@@ -335,6 +382,50 @@ mod tests {
         let p = Planner::new(bits, 8);
         assert_eq!(p.plan().len(), 2);
         assert_eq!(p.plan()[0].count, 2000);
+    }
+
+    #[test]
+    fn device_read_limits_are_kept() {
+        // 30 contiguous registers, a device that reads at most 10 at a time.
+        let items: Vec<_> = (0..30).map(|i| reg(i, 1)).collect();
+        let limits = ReadLimits {
+            max_gap: 8,
+            registers: 10,
+            bits: 16,
+        };
+        let p = Planner::with_limits(items, limits);
+        let spans: Vec<_> = p.plan().iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(spans, vec![(0, 10), (10, 10), (20, 10)]);
+        // A value larger than the limit is read alone, whole.
+        let p = Planner::with_limits(
+            vec![reg(0, 4), reg(4, 1)],
+            ReadLimits {
+                registers: 2,
+                ..limits
+            },
+        );
+        let spans: Vec<_> = p.plan().iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(spans, vec![(0, 4), (4, 1)]);
+        // Bits: 40 coils at 16 a read.
+        let coils: Vec<_> = (0..40)
+            .map(|a| PlanItem {
+                table: Table::Coil,
+                address: a,
+                count: 1,
+            })
+            .collect();
+        let p = Planner::with_limits(coils, limits);
+        let spans: Vec<_> = p.plan().iter().map(|r| (r.start, r.count)).collect();
+        assert_eq!(spans, vec![(0, 16), (16, 16), (32, 8)]);
+        // Out-of-range limits fall back to the protocol's.
+        assert_eq!(
+            ReadLimits {
+                registers: 500,
+                ..limits
+            }
+            .max_read(Table::Input),
+            125
+        );
     }
 
     #[test]

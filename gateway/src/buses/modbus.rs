@@ -180,7 +180,7 @@ impl Unit {
             })
             .collect();
         Unit {
-            planner: Planner::new(items, settings(d).max_gap),
+            planner: Planner::with_limits(items, settings(d).read_limits()),
             bad_points: vec![false; points.len()],
             points,
         }
@@ -332,6 +332,8 @@ fn settings(d: &Device) -> ModbusDevice {
     d.modbus().copied().unwrap_or(ModbusDevice {
         unit: 1,
         max_gap: 0,
+        max_read_registers: 125,
+        max_read_bits: 2000,
         write_multiple: false,
     })
 }

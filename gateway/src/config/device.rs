@@ -77,6 +77,20 @@ impl Validator {
             Class::Modbus => DeviceKind::Modbus(ModbusDevice {
                 unit: unit as u8,
                 max_gap: max_gap as u16,
+                max_read_registers: self.int_in(
+                    &cx.at("max_read_registers"),
+                    d.max_read_registers.as_ref(),
+                    "max_read_registers",
+                    (1, 125),
+                    125,
+                ) as u16,
+                max_read_bits: self.int_in(
+                    &cx.at("max_read_bits"),
+                    d.max_read_bits.as_ref(),
+                    "max_read_bits",
+                    (1, 2000),
+                    2000,
+                ) as u16,
                 write_multiple: d.write_multiple.as_ref().is_some_and(|w| w.value),
             }),
             Class::Uart => DeviceKind::Uart(self.uart_device(cx, d)),
@@ -95,8 +109,9 @@ impl Validator {
                 format!("device `{id}` has no points"),
             );
         }
-        if class == Class::Modbus {
+        if let DeviceKind::Modbus(m) = &kind {
             self.overlapping_registers(cx, d, &points);
+            self.points_within_read_limit(cx, d, &points, m.max_read_registers);
         }
         if !bus_ok {
             return None;
@@ -138,6 +153,8 @@ impl Validator {
                 ("unit", d.unit.as_ref().map(at)),
                 ("max_gap", d.max_gap.as_ref().map(at)),
                 ("write_multiple", d.write_multiple.as_ref().map(at)),
+                ("max_read_registers", d.max_read_registers.as_ref().map(at)),
+                ("max_read_bits", d.max_read_bits.as_ref().map(at)),
             ],
                 |key| format!("`{key}` does not apply to a device on a uart bus"),
                 "a uart device takes `parser`, `query`, `poll_interval`, `offline_after`, `max_backoff`",
@@ -152,6 +169,8 @@ impl Validator {
                 ("offline_after", d.offline_after.as_ref().map(at)),
                 ("max_gap", d.max_gap.as_ref().map(at)),
                 ("write_multiple", d.write_multiple.as_ref().map(at)),
+                ("max_read_registers", d.max_read_registers.as_ref().map(at)),
+                ("max_read_bits", d.max_read_bits.as_ref().map(at)),
                 ("max_backoff", d.max_backoff.as_ref().map(at)),
             ],
                 |key| format!("`{key}` does not apply to a device on a gpio bus"),

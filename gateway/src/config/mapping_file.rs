@@ -132,6 +132,15 @@ pub struct DeviceFile {
     /// not implement FC06/FC05). Default `false`.
     #[serde(default)]
     pub write_multiple: Option<Spanned<bool>>,
+    /// Most registers one read may ask for, 1–125 (Modbus devices). Default 125, the
+    /// protocol's limit; lower it for devices that answer exception 03 or time out
+    /// beyond some count.
+    #[serde(default)]
+    pub max_read_registers: Option<Spanned<i64>>,
+    /// Most coils or discrete inputs one read may ask for, 1–2000 (Modbus devices).
+    /// Default 2000.
+    #[serde(default)]
+    pub max_read_bits: Option<Spanned<i64>>,
     /// Longest wait between two polls of an offline device: the retry interval doubles
     /// from `poll_interval` up to this. Default `60s`.
     #[serde(default)]

@@ -390,6 +390,37 @@ impl Validator {
 
     /// A warning for two points of a device (`cx`) that read overlapping registers
     /// differently; `points` holds each valid point with its index in `d.points`.
+    /// Points larger than one read of the device may be (`max_read_registers`): such a
+    /// value can never be read whole.
+    pub(super) fn points_within_read_limit(
+        &mut self,
+        cx: &Cx,
+        d: &DeviceFile,
+        points: &[(usize, Point)],
+        limit: u16,
+    ) {
+        for (i, p) in points {
+            let Some(m) = p.modbus() else { continue };
+            let n = m.count(p.ty);
+            if m.table.is_bits() || n <= limit {
+                continue;
+            }
+            let pf = &d.points[*i];
+            self.error(
+                &cx.item("points", *i).at("type"),
+                pf.ty.as_ref().map_or(at(&pf.topic), at),
+                format!(
+                    "a `{}` takes {n} registers, more than the device's max_read_registers {limit}",
+                    p.ty
+                ),
+                Some(
+                    "raise max_read_registers to at least the value's size, or read a smaller type"
+                        .into(),
+                ),
+            );
+        }
+    }
+
     pub(super) fn overlapping_registers(
         &mut self,
         cx: &Cx,
