@@ -10,6 +10,8 @@ use std::{
 
 use serde_json::json;
 
+use fieldlink_drivers::modbus::{Faults, ReplyFault};
+
 use crate::model::{BusKind, Model};
 
 /// Availability of a device as last published.
@@ -45,6 +47,8 @@ pub struct DeviceStats {
     /// Topics of the points the device answers with exception 02 (illegal data address)
     /// when read alone; they are probed again with backoff.
     unreadable: std::sync::Mutex<Vec<String>>,
+    /// Replies and bytes not used, by kind ([`ReplyFault::ALL`]'s order).
+    rejected: [AtomicU64; 8],
 }
 
 impl DeviceStats {
@@ -54,6 +58,23 @@ impl DeviceStats {
             id: id.to_string(),
             ..Default::default()
         }
+    }
+
+    /// Add the faults a transport saw while talking to this device.
+    pub fn add_faults(&self, f: &Faults) {
+        for (counter, n) in self.rejected.iter().zip(f.0) {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// Replies and bytes rejected so far, by kind.
+    pub fn rejected(&self, kind: ReplyFault) -> u64 {
+        ReplyFault::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.rejected[i].load(Relaxed))
     }
 
     /// Current availability.
@@ -401,6 +422,10 @@ impl Stats {
                         "last_poll_ms": d.last_poll_us.load(Relaxed) as f64 / 1000.0,
                         "published": d.published.load(Relaxed),
                         "unreadable": d.unreadable(),
+                        "rejected_replies": ReplyFault::ALL
+                            .iter()
+                            .map(|k| (k.name().to_string(), json!(d.rejected(*k))))
+                            .collect::<serde_json::Map<_, _>>(),
                     }),
                 )
             })

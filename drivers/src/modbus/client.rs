@@ -30,6 +30,14 @@ pub enum DriverError {
     /// The reply did not match the request (wrong length, unit, function).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A reply that failed its checks, with the kind of fault.
+    #[error("bad reply ({fault}): {detail}")]
+    BadReply {
+        /// What was wrong.
+        fault: super::frame::ReplyFault,
+        /// The details, for the logs.
+        detail: String,
+    },
 }
 
 impl DriverError {
@@ -88,4 +96,10 @@ pub trait ModbusTransport: Send {
 
     /// A short description of the endpoint for logs (`192.168.1.20:502`).
     fn endpoint(&self) -> String;
+
+    /// The faults seen since the last call (rejected replies, skipped late frames, stray
+    /// bytes), by kind; the bus task adds them to the device it was talking to.
+    fn take_faults(&mut self) -> super::frame::Faults {
+        super::frame::Faults::default()
+    }
 }

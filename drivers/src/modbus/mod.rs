@@ -1,13 +1,18 @@
-//! Modbus: codec, read planner, client seam and transports.
+//! Modbus: codec, read planner, client seam, and the one master (framing × link) behind
+//! the RTU, RTU-over-TCP and TCP transports.
 
 pub mod client;
 pub mod codec;
+pub mod frame;
+pub mod link;
+pub mod master;
 pub mod planner;
 pub mod rtu;
 pub mod tcp;
 
 pub use client::{DriverError, ModbusTransport};
 pub use codec::{CodecError, Value, ValueType, WordOrder};
+pub use frame::{Faults, ReplyFault};
 pub use planner::{Plan, PlanItem, Planner, ReadLimits, ReadRequest};
 
 use std::fmt;

@@ -95,6 +95,10 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
             if reply.is_err() {
                 cx.stats_of(d).request_errors.fetch_add(1, Relaxed);
             }
+            let faults = self.transport.take_faults();
+            if !faults.is_empty() {
+                cx.stats_of(d).add_faults(&faults);
+            }
             match reply {
                 Ok(data) => {
                     answered = true;
@@ -152,7 +156,12 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         else {
             return Err(CommandError::NotWritable("not a Modbus point".into()));
         };
-        write_point(&mut self.transport, &device, point, at, &c.value).await
+        let written = write_point(&mut self.transport, &device, point, at, &c.value).await;
+        let faults = self.transport.take_faults();
+        if !faults.is_empty() {
+            cx.stats_of(c.device).add_faults(&faults);
+        }
+        written
     }
 
     async fn event(&mut self) -> Self::Event {

@@ -103,6 +103,9 @@ fn device_text(e: &DriverError) -> String {
         DriverError::NotConnected(s) => format!("device not reachable ({s})"),
         DriverError::Io(s) => format!("i/o error: {s}"),
         DriverError::Protocol(s) => format!("protocol error: {s}"),
+        DriverError::BadReply { fault, detail } => {
+            format!("protocol error: bad reply ({fault}): {detail}")
+        }
     }
 }
 
