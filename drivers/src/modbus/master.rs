@@ -121,7 +121,7 @@ impl<F: Framing, L: Link> Master<F, L> {
         }
         match self.link.open().await {
             Ok(mut p) => {
-                info!(endpoint = %endpoint, "Modbus RTU {noun} open.");
+                info!(endpoint = %endpoint, "Modbus {noun} open.");
                 // Whatever waits already is from before us.
                 let _ = L::discard_waiting(&mut p);
                 self.port = Some(p);
@@ -136,9 +136,9 @@ impl<F: Framing, L: Link> Master<F, L> {
                 let wait = self.backoff.next_delay();
                 self.next_open = Some(Instant::now() + wait);
                 if self.was_open || wait == Duration::from_millis(500) {
-                    warn!(endpoint = %endpoint, error = %e, retry_in = ?wait, "Cannot open Modbus RTU {noun}.");
+                    warn!(endpoint = %endpoint, error = %e, retry_in = ?wait, "Cannot open Modbus {noun}.");
                 } else {
-                    debug!(endpoint = %endpoint, error = %e, retry_in = ?wait, "Cannot open Modbus RTU {noun}.");
+                    debug!(endpoint = %endpoint, error = %e, retry_in = ?wait, "Cannot open Modbus {noun}.");
                 }
                 self.was_open = false;
                 Err(DriverError::NotConnected(format!(
@@ -150,7 +150,7 @@ impl<F: Framing, L: Link> Master<F, L> {
 
     fn drop_port(&mut self, why: &str) {
         if self.port.take().is_some() {
-            warn!(endpoint = %self.link.endpoint(), reason = why, "Modbus RTU {} lost; reopening with backoff.", L::NOUN);
+            warn!(endpoint = %self.link.endpoint(), reason = why, "Modbus {} lost; reopening with backoff.", L::NOUN);
             let wait = self.backoff.next_delay();
             self.next_open = Some(Instant::now() + wait);
         }
