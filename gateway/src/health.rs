@@ -237,6 +237,20 @@ pub struct BrokerStats {
     pub dropped_commands: AtomicU64,
     /// Times the broker failed and was rebuilt.
     pub restarts: AtomicU64,
+    // The connection front (issue #21).
+    /// Connections closed because their CONNECT was not complete within
+    /// `connect_timeout` of the accept (TLS handshake included).
+    pub connect_timeouts: AtomicU64,
+    /// Connections closed at once: their address (or all) had as many still before
+    /// CONNECT as `max_connecting_per_address` (`max_connecting`) allow.
+    pub connecting_refused: AtomicU64,
+    /// Connections closed for a forbidden client id, user name, Will topic, topic name
+    /// or Topic Alias, or a malformed packet.
+    pub bad_packets: AtomicU64,
+    /// Connections closed for a packet above `max_packet_size`.
+    pub oversized_packets: AtomicU64,
+    /// Sessions started clean because another user connected with their client id.
+    pub session_takeovers: AtomicU64,
     /// Notified, the broker stops as if it had failed, and the supervisor rebuilds it
     /// (tests use it to check the recovery path).
     pub fault: tokio::sync::Notify,
@@ -461,6 +475,11 @@ impl Stats {
                 "messages_sent": b.messages_sent.load(Relaxed),
                 "dropped_commands": b.dropped_commands.load(Relaxed),
                 "restarts": b.restarts.load(Relaxed),
+                "connect_timeouts": b.connect_timeouts.load(Relaxed),
+                "connecting_refused": b.connecting_refused.load(Relaxed),
+                "bad_packets": b.bad_packets.load(Relaxed),
+                "oversized_packets": b.oversized_packets.load(Relaxed),
+                "session_takeovers": b.session_takeovers.load(Relaxed),
             },
             "devices": devices,
             "serial": serial,

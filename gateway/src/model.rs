@@ -259,6 +259,15 @@ pub struct EmbeddedBroker {
     pub tls: Option<EmbeddedTls>,
     /// The gateway client's own password on this broker, new at every start.
     pub secret: Secret,
+    // The connection front (issue #21): bounds before CONNECT and on packets.
+    /// Longest from accept to a complete CONNECT (TLS handshake included).
+    pub connect_timeout: Duration,
+    /// Connections still before their CONNECT from one source address (IPv6: a /64).
+    pub max_connecting_per_address: usize,
+    /// Connections still before their CONNECT, in all.
+    pub max_connecting: usize,
+    /// Largest packet a client may send, in bytes, fixed header included.
+    pub max_packet_size: u32,
 }
 
 impl Secret {
