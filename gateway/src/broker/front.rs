@@ -315,8 +315,16 @@ impl Front {
             }
         };
         let broker = timeout_at(deadline, self.broker_hello(&hello)).await;
-        let Ok(Ok((mut broker, (got, bounds), accepted, alias_max))) = broker else {
-            return;
+        let (mut broker, (got, bounds), accepted, alias_max) = match broker {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                debug!(addr = %peer, error = %e, "Connection closed: the broker did not answer its CONNECT.");
+                return;
+            }
+            Err(_) => {
+                debug!(addr = %peer, "Connection closed: the broker did not answer its CONNECT in time.");
+                return;
+            }
         };
         if client.write_all(&got).await.is_err() {
             return;
