@@ -267,6 +267,20 @@ pub struct BrokerStats {
     /// Subscriptions held by all clients, online and offline (refreshed every
     /// `sys_interval`).
     pub subscriptions: AtomicI64,
+    // The connection front (issue #21).
+    /// Connections closed because their CONNECT was not complete within
+    /// `connect_timeout` of the accept (TLS handshake included).
+    pub connect_timeouts: AtomicU64,
+    /// Connections closed at once: their address (or all) had as many still before
+    /// CONNECT as `max_connecting_per_address` (`max_connecting`) allow.
+    pub connecting_refused: AtomicU64,
+    /// Connections closed for a forbidden client id, user name, Will topic, topic name
+    /// or Topic Alias, or a malformed packet.
+    pub bad_packets: AtomicU64,
+    /// Connections closed for a packet above `max_packet_size`.
+    pub oversized_packets: AtomicU64,
+    /// Sessions started clean because another user connected with their client id.
+    pub session_takeovers: AtomicU64,
     /// Notified, the broker stops as if it had failed, and the supervisor rebuilds it
     /// (tests use it to check the recovery path).
     pub fault: tokio::sync::Notify,
@@ -498,6 +512,11 @@ impl Stats {
                 "denied_deliveries": b.denied_deliveries.load(Relaxed),
                 "subscriptions": b.subscriptions.load(Relaxed),
                 "subscriptions_over_limit": b.subscriptions_over_limit.load(Relaxed),
+                "connect_timeouts": b.connect_timeouts.load(Relaxed),
+                "connecting_refused": b.connecting_refused.load(Relaxed),
+                "bad_packets": b.bad_packets.load(Relaxed),
+                "oversized_packets": b.oversized_packets.load(Relaxed),
+                "session_takeovers": b.session_takeovers.load(Relaxed),
             },
             "devices": devices,
             "serial": serial,

@@ -264,6 +264,15 @@ pub struct EmbeddedBroker {
     pub max_subscriptions: usize,
     /// Most subscriptions all clients together may hold (`max_subscriptions_total`).
     pub max_subscriptions_total: usize,
+    // The connection front (issue #21): bounds before CONNECT and on packets.
+    /// Longest from accept to a complete CONNECT (TLS handshake included).
+    pub connect_timeout: Duration,
+    /// Connections still before their CONNECT from one source address (IPv6: a /64).
+    pub max_connecting_per_address: usize,
+    /// Connections still before their CONNECT, in all.
+    pub max_connecting: usize,
+    /// Largest packet a client may send, in bytes, fixed header included.
+    pub max_packet_size: u32,
 }
 
 impl Secret {

@@ -8,6 +8,7 @@ pub mod homeassistant;
 pub mod mosquitto;
 pub mod process;
 pub mod raw;
+pub mod wire;
 
 use std::{
     collections::HashMap,

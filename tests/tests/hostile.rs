@@ -144,10 +144,14 @@ async fn hostile_clients_leave_the_gateway_serving() {
         let _ = s.write_all(&connect[..cut]).await;
         raw::reset(s);
     }
-    // Client-id takeover storm: 200 connections with one id, all reset.
+    // Client-id takeover storm: 200 connections with one id, all reset. (Those beyond
+    // `max_connecting_per_address` still before their CONNACK are reset by the broker
+    // at once, sometimes before `connect` returns.)
     let mut storm = Vec::new();
     for _ in 0..200 {
-        let mut s = raw::open(port).await.expect("connect");
+        let Ok(mut s) = raw::open(port).await else {
+            continue;
+        };
         let _ = s.write_all(&raw::connect("same", 4, None)).await;
         storm.push(s);
     }
@@ -157,12 +161,9 @@ async fn hostile_clients_leave_the_gateway_serving() {
     // 1000 connections at once (more than max_connections), then all reset.
     let mut many = Vec::new();
     for i in 0..1000 {
-        match raw::open(port).await {
-            Ok(mut s) => {
-                let _ = s.write_all(&raw::connect(&format!("m{i}"), 4, None)).await;
-                many.push(s);
-            }
-            Err(e) => panic!("connection {i}: {e}"),
+        if let Ok(mut s) = raw::open(port).await {
+            let _ = s.write_all(&raw::connect(&format!("m{i}"), 4, None)).await;
+            many.push(s);
         }
     }
     for s in many {

@@ -15,6 +15,10 @@
 //! - `discovery`: no client publishes a discovery config that claims the gateway's
 //!   entities or devices, whatever its topic;
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
+//! - `front`: every client connection passes through it before rmqtt (which listens
+//!   only on loopback): the bounds before CONNECT, the topic-name, client-id and
+//!   packet-size rules, and session ownership ([`owners`]); `relay` carries a
+//!   connection after its CONNECT; `packet` reads just enough MQTT for both;
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
 //! - `link`: the gateway's own side, in process: its messages go straight into the
@@ -27,11 +31,15 @@
 pub mod acl;
 mod delivery;
 mod discovery;
+pub(crate) mod front;
 mod link;
+pub mod owners;
+mod packet;
 pub mod passwd;
 mod policy;
 mod reaper;
 mod subscriptions;
+mod relay;
 mod sys;
 mod tls;
 
@@ -43,7 +51,7 @@ use std::{
 
 use rmqtt::{context::ServerContext, hook::Type, net::Builder, server::MqttServer};
 use thiserror::Error;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use link::{ClientCommand, Inbox, Link, Routed, Serving};
 
@@ -100,11 +108,6 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// Largest MQTT packet a client may send (a remaining length beyond it closes the
-/// connection before anything is buffered).
-pub const MAX_PACKET: u32 = 256 * 1024;
-/// Longest a client may take from TCP connect to a complete CONNECT.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for one slow or offline (persistent-session) client.
 const MAX_QUEUE: usize = 1_000;
 /// Longest an offline persistent session is kept (MQTT 5 clients may ask for less).
@@ -143,12 +146,13 @@ async fn build(
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
     at: Option<Bound>,
+    owners: &Arc<owners::Owners>,
 ) -> Result<(MqttServer, Bound), BrokerError> {
     let addr = at.map_or(cfg.listen, |b| b.mqtt);
     let retainer = format!(
         "storage.type = \"ram\"\nmax_retained_messages = {}\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
         retained_limit(model),
-        MAX_PACKET
+        cfg.max_packet_size
     );
     let scx = ServerContext::new()
         // rmqtt refuses every new client while the machine's load average is high: on a
@@ -184,15 +188,29 @@ async fn build(
         online,
         4 * cfg.max_connections,
     ));
-    let listener = listener_builder(cfg, addr)
+    // The front listens where clients connect; rmqtt only on loopback behind it, on a
+    // port the system picks (held from bind to close, so no other process can take
+    // it), a PROXY header first.
+    let plain = front::bind(addr).await?;
+    let mqtt = plain
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    let inner_listener = listener_builder(cfg, loopback)
         .name("mqtt")
+        .proxy_protocol(true)
+        .proxy_protocol_timeout(cfg.connect_timeout)
         .bind()
         .and_then(|l| l.tcp())
-        .map_err(|e| bind_error(addr, e))?;
-    let mqtt = listener.local_addr().map_err(|e| bind_error(addr, e))?;
-    // Listener ids are ports (rmqtt shows them in client ids); the configured port may
-    // be 0, so the bound one.
-    let mut server = MqttServer::new(scx).listener_by_id(listener, mqtt.port());
+        .map_err(|e| bind_error(loopback, e))?;
+    let inner = inner_listener
+        .local_addr()
+        .map_err(|e| bind_error(loopback, e))?;
+    // Listener ids are ports (rmqtt shows them in client ids): the one clients use.
+    let server = MqttServer::new(scx).listener_by_id(inner_listener, mqtt.port());
+    let settings = front::Settings::new(cfg, &model.mqtt.client_id);
+    let front = front::Front::new(settings, stats.clone(), owners.clone(), inner);
+    tokio::spawn(front::serve(front.clone(), plain, None));
     let mut bound = Bound { mqtt, tls: None };
     if let Some(t) = &cfg.tls {
         let outer = at.and_then(|b| b.tls).unwrap_or(t.listen);
@@ -203,32 +221,7 @@ async fn build(
                 addr: outer,
                 source,
             })?;
-        // rmqtt's side of the TLS listener: loopback, on a port the system picks (held
-        // from bind to close, so no other process can take it), PROXY header first.
-        let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        let inner_listener = listener_builder(cfg, loopback)
-            .name("mqtt-tls")
-            .proxy_protocol(true)
-            .proxy_protocol_timeout(HANDSHAKE_TIMEOUT)
-            .bind()
-            .and_then(|l| l.tcp())
-            .map_err(|e| bind_error(loopback, e))?;
-        let inner = inner_listener
-            .local_addr()
-            .map_err(|e| bind_error(loopback, e))?;
-        // Ids must differ: on another address family the system may pick the same port.
-        let inner_id = if inner.port() == mqtt.port() {
-            0
-        } else {
-            inner.port()
-        };
-        server = server.listener_by_id(inner_listener, inner_id);
-        tokio::spawn(tls::serve(
-            tls_listener,
-            acceptor,
-            inner,
-            cfg.max_connections,
-        ));
+        tokio::spawn(front::serve(front, tls_listener, Some(acceptor)));
         info!(listen = %tls_addr, "Embedded broker TLS listener ready.");
         bound.tls = Some(tls_addr);
     }
@@ -292,17 +285,20 @@ async fn register_hooks(
     online
 }
 
-/// The listener settings shared by the plain listener and the TLS listener's inner side.
+/// The settings of rmqtt's listener (behind the front, on loopback).
 fn listener_builder(cfg: &EmbeddedBroker, addr: SocketAddr) -> Builder {
     Builder::new()
         .laddr(addr)
         .reuseaddr(Some(true))
         // One more for the start-up check, which logs in with the gateway's id; clients are
-        // limited to `max_connections` by the policy.
-        .max_connections(cfg.max_connections + 1)
-        .max_handshaking_limit(64)
-        .handshake_timeout(HANDSHAKE_TIMEOUT)
-        .max_packet_size(MAX_PACKET)
+        // limited to `max_connections` by the policy, and those still in CONNECT by the
+        // front (which forwards only complete CONNECTs).
+        .max_connections(cfg.max_connections + cfg.max_connecting + 1)
+        .max_handshaking_limit(cfg.max_connecting + 1)
+        .handshake_timeout(cfg.connect_timeout)
+        // The front refuses bigger packets first; rmqtt announces it in MQTT 5's CONNACK.
+        .max_packet_size(cfg.max_packet_size)
+        .max_topic_aliases(front::TOPIC_ALIASES)
         // Every login goes through our hook, anonymous ones included.
         .allow_anonymous(false)
         .max_mqueue_len(MAX_QUEUE)
@@ -415,9 +411,13 @@ pub fn start(
     // A bind error comes back here, so that it reaches the caller.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Bound, BrokerError>>();
     let (link, end) = link::pair();
+    warn_open_files(&cfg);
+    // Owners of the sessions: more than the broker keeps (connected clients, and 4 ×
+    // `max_connections` offline sessions).
+    let owners = Arc::new(owners::Owners::new(8 * cfg.max_connections + 64));
     std::thread::Builder::new()
         .name("mqtt-broker".into())
-        .spawn(move || supervise(&model, &contract, &cfg, &stats, &end, ready_tx))
+        .spawn(move || supervise(&model, &contract, &cfg, &stats, &end, ready_tx, &owners))
         .map_err(BrokerError::Thread)?;
     let at = match ready_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(at)) => at,
@@ -438,6 +438,18 @@ pub fn start(
     Err(BrokerError::NotReady(at.mqtt))
 }
 
+/// A WARN when the open-file limit leaves no room for `max_connections` clients.
+fn warn_open_files(cfg: &EmbeddedBroker) {
+    let need = front::descriptors_needed(cfg);
+    if let Some(limit) = front::open_files_limit().filter(|l| *l < need) {
+        warn!(
+            limit,
+            need,
+            "The open-file limit is below what max_connections needs; raise LimitNOFILE= (the unit sets 32768) or lower max_connections."
+        );
+    }
+}
+
 /// Run the broker; whenever it stops (an error, or a panic inside rmqtt), drop its
 /// runtime with every task and connection in it and build a new one.
 fn supervise(
@@ -447,6 +459,7 @@ fn supervise(
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
     ready: std::sync::mpsc::Sender<Result<Bound, BrokerError>>,
+    owners: &Arc<owners::Owners>,
 ) {
     let mut ready = Some(ready);
     // The addresses of the first build: every rebuild binds them again (a configured
@@ -474,7 +487,7 @@ fn supervise(
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
-                let (server, at) = build(model, contract, cfg, stats, end, bound).await?;
+                let (server, at) = build(model, contract, cfg, stats, end, bound, owners).await?;
                 bound = Some(at);
                 end.announce(true);
                 if let Some(r) = ready.take() {

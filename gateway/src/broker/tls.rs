@@ -1,25 +1,18 @@
 //! The TLS listener: rmqtt's own TLS feature would bring aws-lc (a C library that the
 //! cross builds for the Pi cannot take easily), so TLS ends here, in rustls with ring
-//! as the upstream side uses, and the plain MQTT stream goes on to an rmqtt listener on
-//! loopback that expects a PROXY protocol header first. That header carries the client's
-//! real address, so logs and the policy see the client, not 127.0.0.1.
+//! as the upstream side uses, and the plain MQTT stream goes through the front
+//! (`front.rs`) to rmqtt's listener on loopback, which expects a PROXY protocol header
+//! first. That header carries the client's real address, so logs and the policy see
+//! the client, not 127.0.0.1.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
 
 use super::BrokerError;
 use crate::model::EmbeddedTls;
-
-/// Longest a client may take for the TLS handshake.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The rustls server configuration for `t` (already checked to parse by validation).
 fn server_config(t: &EmbeddedTls) -> Result<rustls::ServerConfig, String> {
@@ -36,7 +29,7 @@ fn server_config(t: &EmbeddedTls) -> Result<rustls::ServerConfig, String> {
 }
 
 /// A PROXY protocol v1 header for a connection from `src` to `dst`.
-fn proxy_header(src: SocketAddr, dst: SocketAddr) -> String {
+pub(crate) fn proxy_header(src: SocketAddr, dst: SocketAddr) -> String {
     let family = if src.is_ipv4() && dst.is_ipv4() {
         "TCP4"
     } else {
@@ -73,68 +66,6 @@ pub(crate) async fn bind(
         }
     })?;
     Ok((listener, TlsAcceptor::from(Arc::new(config))))
-}
-
-/// Accept TLS clients and hand each one's plain stream to rmqtt at `inner`, at most
-/// `max` at a time.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    inner: SocketAddr,
-    max: usize,
-) {
-    let slots = Arc::new(Semaphore::new(max));
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                debug!(error = %e, "TLS accept failed.");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(addr = %peer, "TLS client refused: too many connections.");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let local = tcp.local_addr().unwrap_or(inner);
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(addr = %peer, error = %e, "TLS handshake failed.");
-                    return;
-                }
-                Err(_) => {
-                    debug!(addr = %peer, "TLS handshake timed out.");
-                    return;
-                }
-            };
-            let Ok(mut plain) = TcpStream::connect(inner).await else {
-                return;
-            };
-            let _ = plain.set_nodelay(true);
-            if plain
-                .write_all(proxy_header(peer, local).as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // Either side ending ends both (rmqtt closing a client that stays silent
-            // would otherwise hold the slot for ever).
-            let (mut tr, mut tw) = tokio::io::split(tls);
-            let (mut pr, mut pw) = plain.into_split();
-            tokio::select! {
-                _ = tokio::io::copy(&mut tr, &mut pw) => {}
-                _ = tokio::io::copy(&mut pr, &mut tw) => {}
-            }
-            let _ = tw.shutdown().await;
-        });
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{at, Cx, Diagnostic, EmbeddedFile, EmbeddedTlsFile, Severity, Validator};
+use super::{at, Cx, Diagnostic, EmbeddedFile, EmbeddedTlsFile, Severity, Spanned, Validator};
 use crate::{
     broker::{acl::Acl, passwd::Users, LineError},
     model::{EmbeddedBroker, EmbeddedTls, Model, Secret},
@@ -60,6 +60,7 @@ impl Validator {
             std::time::Duration::from_secs(10),
         );
         let (max_subscriptions, max_subscriptions_total) = self.embedded_subscriptions(cx, e);
+        let front = self.embedded_front(cx, e);
         e.enabled.then(|| EmbeddedBroker {
             max_subscriptions,
             max_subscriptions_total,
@@ -71,7 +72,54 @@ impl Validator {
             acl,
             allow_anonymous,
             secret: Secret::random(),
+            connect_timeout: front.connect_timeout,
+            max_connecting_per_address: front.max_connecting_per_address,
+            max_connecting: front.max_connecting,
+            max_packet_size: front.max_packet_size,
         })
+    }
+
+    /// The connection front's bounds (issue #21).
+    fn embedded_front(&mut self, cx: &Cx, e: &EmbeddedFile) -> FrontBounds {
+        let mut range =
+            |key: &str, field: &Option<Spanned<u32>>, lo: u32, hi: u32, default: u32| match field {
+                None => default,
+                Some(v) if (lo..=hi).contains(&v.value) => v.value,
+                Some(v) => {
+                    self.error(
+                        &cx.at(key),
+                        v,
+                        format!("{key} {} is outside {lo}–{hi}", v.value),
+                        Some(format!("the default is {default}")),
+                    );
+                    default
+                }
+            };
+        let per_address = range(
+            "max_connecting_per_address",
+            &e.max_connecting_per_address,
+            1,
+            1024,
+            8,
+        );
+        let total = range("max_connecting", &e.max_connecting, 1, 1024, 64);
+        let packet = range(
+            "max_packet_size",
+            &e.max_packet_size,
+            1024,
+            16 * 1024 * 1024,
+            256 * 1024,
+        );
+        FrontBounds {
+            connect_timeout: self.positive_duration(
+                &cx.at("connect_timeout"),
+                e.connect_timeout.as_ref(),
+                std::time::Duration::from_secs(10),
+            ),
+            max_connecting_per_address: per_address as usize,
+            max_connecting: total as usize,
+            max_packet_size: packet,
+        }
     }
 
     /// `users_file` and `acl_file`, loaded.
@@ -228,6 +276,14 @@ impl Validator {
     }
 }
 
+/// The connection front's settings, validated.
+struct FrontBounds {
+    connect_timeout: std::time::Duration,
+    max_connecting_per_address: usize,
+    max_connecting: usize,
+    max_packet_size: u32,
+}
+
 /// Warnings that need the points: anonymous clients that may command devices from
 /// the network.
 pub(super) fn warnings(
@@ -239,6 +295,7 @@ pub(super) fn warnings(
     let Some(e) = &model.mqtt.embedded else {
         return;
     };
+    open_files(e, gateway, file, diags);
     let lan = !e.listen.ip().is_loopback()
         || e.tls.as_ref().is_some_and(|t| !t.listen.ip().is_loopback());
     if !e.allow_anonymous || !lan {
@@ -267,4 +324,30 @@ pub(super) fn warnings(
             hint: Some("add `users_file` (and `acl_file` to limit who writes `/set`), or keep anonymous clients to a loopback listener".into()),
         });
     }
+}
+
+/// A warning when this process's open-file limit leaves no room for `max_connections`
+/// clients (each holds two descriptors: its own and the front's to rmqtt).
+fn open_files(
+    e: &crate::model::EmbeddedBroker,
+    gateway: &Path,
+    file: &EmbeddedFile,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let need = crate::broker::front::descriptors_needed(e);
+    let Some(limit) = crate::broker::front::open_files_limit().filter(|l| *l < need) else {
+        return;
+    };
+    diags.push(Diagnostic {
+        severity: Severity::Warning,
+        file: gateway.to_path_buf(),
+        line: file.max_connections.as_ref().map_or(0, |m| m.line()),
+        column: file.max_connections.as_ref().map_or(0, |m| m.column()),
+        path: "mqtt.embedded.max_connections".into(),
+        message: format!(
+            "max_connections {} needs about {need} open files (two per client, one per connection before CONNECT), but this process may open {limit}",
+            e.max_connections
+        ),
+        hint: Some("the systemd unit sets LimitNOFILE=32768; elsewhere raise the limit (`ulimit -n`) or lower max_connections".into()),
+    });
 }

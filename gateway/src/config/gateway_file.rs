@@ -176,6 +176,27 @@ pub struct EmbeddedFile {
     /// `max_subscriptions`. Default 20000 (or `max_subscriptions`, when that is higher).
     #[serde(default)]
     pub max_subscriptions_total: Option<Spanned<u32>>,
+    // The connection front (issue #21): bounds before CONNECT and on packets.
+    /// Longest a client may take from its TCP connect to a complete CONNECT packet, the
+    /// TLS handshake included; then the connection is closed (and counted in
+    /// `<base>/diagnostics`, `broker.connect_timeouts`). Default `10s`.
+    #[serde(default)]
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    /// Connections from one address (IPv6: one /64 network) that have not yet completed
+    /// their CONNECT; one more is closed at once (`broker.connecting_refused`), so one
+    /// host cannot hold the broker's slots. 1–1024, default 8.
+    #[serde(default)]
+    pub max_connecting_per_address: Option<Spanned<u32>>,
+    /// Connections from all addresses that have not yet completed their CONNECT; one
+    /// more is closed at once. 1–1024, default 64.
+    #[serde(default)]
+    pub max_connecting: Option<Spanned<u32>>,
+    /// Largest MQTT packet a client may send, in bytes, fixed header included (as
+    /// Mosquitto's `max_packet_size`); a bigger one closes the connection before it is
+    /// read (MQTT 5: DISCONNECT 0x95, and the CONNACK announces the limit).
+    /// 1024–16777216, default 262144 (256 KiB).
+    #[serde(default)]
+    pub max_packet_size: Option<Spanned<u32>>,
 }
 
 /// `mqtt.embedded.tls:` section.
@@ -208,6 +229,10 @@ impl Default for EmbeddedFile {
             tls: None,
             max_subscriptions: None,
             max_subscriptions_total: None,
+            connect_timeout: None,
+            max_connecting_per_address: None,
+            max_connecting: None,
+            max_packet_size: None,
         }
     }
 }
