@@ -246,11 +246,14 @@ async fn next_where(
     false
 }
 
-/// Home Assistant's persistent session (`#`, QoS 1) is taken over by `garagem`: it gets
-/// the session (session present = 1), and through it only what it may read. Nothing its
-/// rights deny arrives: not the message Home Assistant had in flight (unacknowledged),
-/// not what was queued while the session was offline, not the gateway's readings, not
-/// what is published after the takeover.
+/// Home Assistant's persistent session (`#`, QoS 1) is taken over by `garagem`: the
+/// session belongs to the user who made it, so `garagem` starts clean (session present =
+/// 0; the connection front sets clean start) and nothing its rights deny arrives: not the
+/// message Home Assistant had in flight (unacknowledged), not what was queued while the
+/// session was offline, not the gateway's readings, not what is published after the
+/// takeover. What it subscribes to itself and may read still arrives. (Should an owner
+/// ever be unknown, the rights check on every delivery, `broker/delivery.rs`, still holds:
+/// it was tested here with session present = 1 before the front made the session clean.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_over_session_delivers_only_what_the_new_user_may_read() {
     let Some(t) = tools() else { return };
@@ -309,14 +312,16 @@ async fn a_taken_over_session_delivers_only_what_the_new_user_may_read() {
     }
 
     // garagem takes the client id: it resumes the session and its `#` subscription.
-    let denied_before = gw.stats.broker.denied_deliveries.load(Relaxed);
-    let (_garagem, present, mut rx, _task) = persistent(port, "ha-sessao", "garagem").await;
-    assert!(present, "the session was taken over (session present = 1)");
-    let mut got = Vec::new();
+    let (garagem, present, mut rx, _task) = persistent(port, "ha-sessao", "garagem").await;
     assert!(
-        next_where(&mut rx, &mut got, Duration::from_secs(10), |m| m.1 == "1").await,
-        "the queued message garagem may read arrives: {got:?}"
+        !present,
+        "another user's session is not taken over (session present = 0)"
     );
+    garagem
+        .subscribe("casa/garagem/luz/set", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
     // Live: one message it may not read, then one it may (when that one is there, the
     // other had its chance).
     assert_eq!(
@@ -357,7 +362,7 @@ async fn a_taken_over_session_delivers_only_what_the_new_user_may_read() {
         "garagem received {} messages its rights deny: {denied:?}",
         denied.len()
     );
-    assert!(gw.stats.broker.denied_deliveries.load(Relaxed) > denied_before);
+    assert_eq!(gw.stats.broker.session_takeovers.load(Relaxed), 1);
     gw.stop().await;
 }
 

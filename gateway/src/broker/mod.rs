@@ -38,8 +38,8 @@ mod packet;
 pub mod passwd;
 mod policy;
 mod reaper;
-mod subscriptions;
 mod relay;
+mod subscriptions;
 mod sys;
 mod tls;
 
