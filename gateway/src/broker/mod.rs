@@ -11,6 +11,8 @@
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
+//! - `queues`: the count and byte bounds of what offline persistent sessions hold;
+//! - `store`: clients' retained messages and persistent sessions on disk (`persistence`);
 //! - `link`: the gateway's own side, in process: its messages go straight into the
 //!   router and retained store, and allowed client commands come back from the rights
 //!   check (the gateway is not a network client of its own broker);
@@ -22,7 +24,9 @@ pub mod acl;
 mod link;
 pub mod passwd;
 mod policy;
+mod queues;
 mod reaper;
+mod store;
 mod sys;
 mod tls;
 
@@ -37,6 +41,7 @@ use thiserror::Error;
 use tracing::{error, info};
 
 pub use link::{ClientCommand, Inbox, Link, Routed, Serving};
+pub use store::{Restored, Saver};
 
 use crate::{health::BrokerStats, model::EmbeddedBroker, topics::LiveContract, Model};
 
@@ -96,8 +101,6 @@ pub enum BrokerError {
 pub const MAX_PACKET: u32 = 256 * 1024;
 /// Longest a client may take from TCP connect to a complete CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages queued for one slow or offline (persistent-session) client.
-const MAX_QUEUE: usize = 1_000;
 /// Longest an offline persistent session is kept (MQTT 5 clients may ask for less).
 const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Longest a queued message waits for an offline client (rmqtt's default is 5 min).
@@ -133,6 +136,7 @@ async fn build(
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
+    store: Option<&store::StoreEnd>,
     at: Option<Bound>,
 ) -> Result<(MqttServer, Bound), BrokerError> {
     let addr = at.map_or(cfg.listen, |b| b.mqtt);
@@ -155,7 +159,21 @@ async fn build(
     if let Err(e) = rmqtt_retainer::register(&scx, true, false).await {
         return Err(BrokerError::Thread(std::io::Error::other(e.to_string())));
     }
-    let online = register_hooks(&scx, model, contract, cfg, stats, end).await;
+    let policy = Arc::new(policy::Policy::new(model, cfg, contract.clone()));
+    let retained = Arc::new(policy::ClientRetained::default());
+    let online = register_hooks(&scx, &policy, &retained, stats, end).await;
+    let queues = queues::start(&scx, cfg.queues, stats).await;
+    if let Some(store) = store {
+        let rules = store::Rules {
+            policy: &policy,
+            retained: &retained,
+            listen_cfg: Arc::new(listener_builder(cfg, addr).name("mqtt")),
+            listener_id: at.map_or(cfg.listen.port(), |b| b.mqtt.port()),
+            max_sessions: 4 * cfg.max_connections,
+        };
+        // `_restored.owners`: the user owning each re-created session (client id → user).
+        let _restored = store.start(&scx, model, contract, &rules, &queues).await;
+    }
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
     // The gateway's messages: if their task fails (a panic in rmqtt's routing ends only
     // that task), the broker is rebuilt, as for any other failure; nothing would carry
@@ -229,15 +247,12 @@ async fn build(
 /// returns the set of connected clients they keep (the reaper reads it).
 async fn register_hooks(
     scx: &ServerContext,
-    model: &Model,
-    contract: &LiveContract,
-    cfg: &EmbeddedBroker,
+    policy: &Arc<policy::Policy>,
+    retained: &Arc<policy::ClientRetained>,
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
 ) -> Arc<policy::Online> {
-    let policy = Arc::new(policy::Policy::new(model, cfg, contract.clone()));
     let online = Arc::new(policy::Online::default());
-    let retained = Arc::new(policy::ClientRetained::default());
     let register = scx.extends.hook_mgr().register();
     for t in [
         Type::ClientAuthenticate,
@@ -278,7 +293,7 @@ fn listener_builder(cfg: &EmbeddedBroker, addr: SocketAddr) -> Builder {
         .max_packet_size(MAX_PACKET)
         // Every login goes through our hook, anonymous ones included.
         .allow_anonymous(false)
-        .max_mqueue_len(MAX_QUEUE)
+        .max_mqueue_len(queues::rmqtt_queue_len(&cfg.queues))
         .max_inflight(std::num::NonZeroU16::new(128).unwrap_or(std::num::NonZeroU16::MIN))
         .max_clientid_len(256)
         // A client silent for 1.5 × its keepalive is closed (MQTT 3.1.1 §3.1.2.10):
@@ -387,10 +402,15 @@ pub fn start(
     let secret = cfg.secret.0.clone();
     // A bind error comes back here, so that it reaches the caller.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Bound, BrokerError>>();
-    let (link, end) = link::pair();
+    let (mut link, end) = link::pair();
+    let (saver, store) = store::pair(cfg.persistence.as_ref(), &stats);
+    link.store = saver;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
-        .spawn(move || supervise(&model, &contract, &cfg, &stats, &end, ready_tx))
+        .spawn(move || {
+            let ends = (&end, store.as_ref());
+            supervise(&model, &contract, &cfg, &stats, ends, ready_tx);
+        })
         .map_err(BrokerError::Thread)?;
     let at = match ready_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(at)) => at,
@@ -418,7 +438,7 @@ fn supervise(
     contract: &LiveContract,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
-    end: &link::BrokerEnd,
+    (end, store): (&link::BrokerEnd, Option<&store::StoreEnd>),
     ready: std::sync::mpsc::Sender<Result<Bound, BrokerError>>,
 ) {
     let mut ready = Some(ready);
@@ -447,7 +467,7 @@ fn supervise(
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
-                let (server, at) = build(model, contract, cfg, stats, end, bound).await?;
+                let (server, at) = build(model, contract, cfg, stats, end, store, bound).await?;
                 bound = Some(at);
                 end.announce(true);
                 if let Some(r) = ready.take() {

@@ -16,7 +16,12 @@ use crate::{
 impl Validator {
     /// The embedded broker's model (when enabled), with every problem collected; `cx` is
     /// `mqtt.embedded`.
-    pub(super) fn embedded(&mut self, cx: &Cx, e: &EmbeddedFile) -> Option<EmbeddedBroker> {
+    pub(super) fn embedded(
+        &mut self,
+        cx: &Cx,
+        e: &EmbeddedFile,
+        state_dir: &Path,
+    ) -> Option<EmbeddedBroker> {
         let listen = match &e.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 1883)),
             Some(l) => match l.value.parse::<SocketAddr>() {
@@ -59,7 +64,10 @@ impl Validator {
             e.sys_interval.as_ref(),
             std::time::Duration::from_secs(10),
         );
+        let (queues, persistence) = self.embedded_store(cx, e, state_dir);
         e.enabled.then(|| EmbeddedBroker {
+            queues,
+            persistence,
             sys_interval,
             tls,
             listen,

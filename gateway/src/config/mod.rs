@@ -22,6 +22,7 @@
 //! | `gateway.rs` | the gateway file's top level and `mqtt:` |
 //! | `upstream.rs` | `mqtt.upstream` (and [`parse_url`]) |
 //! | `embedded.rs` | `mqtt.embedded`: listener, users, rights, TLS, and the warnings that need the points |
+//! | `embedded_store.rs` | `mqtt.embedded`: bounds of what is held for offline clients, the store on disk |
 //! | `mapping.rs` | all mapping files together: bus and device ids, reserved and command topics |
 //! | `device.rs` | one device |
 //! | `point.rs` | one point: the keys every bus kind shares; its bus kind's file gives the value type and the `model::Source` |
@@ -37,6 +38,7 @@
 mod device;
 mod diagnostic;
 mod embedded;
+mod embedded_store;
 mod gateway;
 mod gateway_file;
 mod gpio;
@@ -55,6 +57,10 @@ mod values;
 
 pub use device::DEFAULT_MAX_BACKOFF;
 pub use diagnostic::{Diagnostic, Severity};
+pub use embedded_store::{
+    DEFAULT_AUTOSAVE_INTERVAL, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+    DEFAULT_MAX_QUEUED_MESSAGES, STORE_FILE,
+};
 pub use gateway::DEFAULT_STATE_DIR;
 pub use gateway_file::{
     EmbeddedFile, EmbeddedTlsFile, GatewayFile, MqttFile, QueueFile, UpstreamFile,
