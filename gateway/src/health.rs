@@ -261,6 +261,9 @@ pub struct OfflineStats {
     pub dropped_total: AtomicU64,
     /// Messages larger than `max_queued_bytes` on their own.
     pub dropped_oversized: AtomicU64,
+    /// Offline sessions made anew after taking in many messages (rmqtt keeps a wakeup
+    /// per message queued for an offline session: `broker/queues/renew.rs`).
+    pub renewed: AtomicU64,
     /// The store is on (`persistence`).
     pub persistence: AtomicBool,
     /// Store files written.
@@ -287,6 +290,7 @@ impl OfflineStats {
             "sessions": self.sessions.load(Relaxed),
             "messages": self.messages.load(Relaxed),
             "bytes": self.bytes.load(Relaxed),
+            "renewed": self.renewed.load(Relaxed),
             "dropped": {
                 "qos0": self.dropped_qos0.load(Relaxed),
                 "oldest": self.dropped_oldest.load(Relaxed),

@@ -404,6 +404,59 @@ async fn an_offline_session_keeps_only_the_newest_within_max_queued_bytes() {
     );
 }
 
+/// rmqtt keeps a wakeup for every message queued for an offline session; after twice its
+/// queue length the session is made anew (`broker/queues/renew.rs`). Across that, it keeps
+/// its subscriptions and its newest messages, in order, and goes on queueing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_session_made_anew_keeps_its_messages_and_subscriptions() {
+    let Some((publ, _)) = tools() else {
+        return;
+    };
+    let s = Setup::new(
+        "    max_queued_messages: 10
+    persistence: false
+",
+    );
+    let (_gw, port) = s.start().await;
+    let (mut c, _) = Client::connect(port, "many").await;
+    c.subscribe("many/#").await;
+    c.leave().await;
+    let lines = |from: usize, to: usize| {
+        (from..=to)
+            .map(|i| format!("m{i:04}\n"))
+            .collect::<String>()
+    };
+    let feed = |text: String| {
+        use std::io::Write;
+        let mut child = Command::new(&publ)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "many/x"])
+            .args(["-q", "1", "-l"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub -l");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        assert!(child.wait().expect("wait").success());
+    };
+    feed(lines(1, 200));
+    offline_until(port, |o| o["renewed"].as_u64() >= Some(1)).await;
+    feed(lines(201, 300));
+    let o = offline_until(port, |o| o["dropped"]["oldest"] == 290).await;
+    assert_eq!(o["messages"], 10, "{o}");
+    let (mut c, present) = Client::connect(port, "many").await;
+    assert!(present);
+    publish(&publ, port, "many/x", "end", &["-q", "1"]);
+    let want: Vec<String> = (291..=300)
+        .map(|i| format!("m{i:04}"))
+        .chain(["end".to_string()])
+        .collect();
+    assert_eq!(c.payloads_until("end").await, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_takes_the_oldest_of_the_session_holding_the_most() {
     let Some((publ, _)) = tools() else {

@@ -1,7 +1,7 @@
 //! The queues' rmqtt hooks, the copy that frees a client message from its connection's
 //! read buffer, and the bound on connected clients' queues.
 
-use std::sync::Arc;
+use std::sync::{atomic::Ordering::Relaxed, Arc};
 
 use async_trait::async_trait;
 use rmqtt::{
@@ -10,6 +10,8 @@ use rmqtt::{
     session::Session,
     types::{Publish, TopicName},
 };
+
+use tracing::debug;
 
 use super::Queues;
 use crate::broker::store::{self, persistent_expiry};
@@ -59,7 +61,8 @@ impl Handler for Hook {
             Parameter::SessionSubscribed(..) | Parameter::SessionUnsubscribed(..) => {
                 store::touch(&q.changes);
             }
-            Parameter::OfflineMessage(s, _, p) => q.offline_message(s, p),
+            // Not for a session already replaced (its loop queues what it still had).
+            Parameter::OfflineMessage(s, _, p) if registered(s).await => q.offline_message(s, p),
             Parameter::MessagePublish(_, _, p) => {
                 // A client's retained message (the gateway's own do not come this way).
                 if p.retain {
@@ -124,6 +127,12 @@ async fn run(scx: ServerContext, queues: Arc<Queues>) {
     loop {
         tick.tick().await;
         queues.purge_all();
+        for s in queues.due_for_renewal() {
+            if super::renew::renew(&scx, &queues, &s).await {
+                queues.stats.offline.renewed.fetch_add(1, Relaxed);
+                debug!(client = ?s.id.client_id, "Offline session made anew.");
+            }
+        }
         let sessions: Vec<Session> = {
             let shared = scx.extends.shared().await;
             shared

@@ -32,6 +32,9 @@ use rmqtt::{
 use crate::{health::BrokerStats, model::QueueLimits};
 
 mod hook;
+mod renew;
+
+pub(crate) use renew::{offline_session, Offline};
 
 pub(crate) use hook::start;
 
@@ -77,6 +80,10 @@ struct Item {
 struct Held {
     /// The session's `Id::create_time` (a client id may come back as a new session).
     created: i64,
+    /// The session (to make it anew, see `renew`).
+    session: Session,
+    /// Messages it took in since it went offline or was made anew.
+    taken: usize,
     queue: MessageQueueType,
     inflight: OutInflightType,
     /// Sizes of the in-flight messages it went offline with, oldest first.
@@ -131,7 +138,7 @@ impl State {
 /// The bounds and what every offline session holds.
 pub(crate) struct Queues {
     limits: QueueLimits,
-    stats: Arc<BrokerStats>,
+    pub(crate) stats: Arc<BrokerStats>,
     /// Bumped on every change (the store saves when it moved).
     pub(crate) changes: Arc<AtomicU64>,
     state: Mutex<State>,
@@ -177,6 +184,8 @@ impl Queues {
     pub(crate) fn track(&self, s: &Session) {
         let mut held = Held {
             created: s.id.create_time,
+            session: s.clone(),
+            taken: 0,
             queue: s.deliver_queue().clone(),
             inflight: s.out_inflight().clone(),
             inflight_sizes: VecDeque::new(),
@@ -311,6 +320,7 @@ impl Queues {
         let Some(h) = st.sessions.get_mut(id) else {
             return;
         };
+        h.taken += 1;
         if h.queue.len() >= full {
             // Never expected (marked messages go before there are this many): rmqtt
             // applies its own policy, refusing QoS 0 and dropping the oldest otherwise.
@@ -339,6 +349,17 @@ impl Queues {
             h.doomed_bytes += size;
         }
         self.changed(&st);
+    }
+
+    /// The offline sessions that took in enough messages to be made anew.
+    pub(crate) fn due_for_renewal(&self) -> Vec<Session> {
+        let due = renew::RENEW_AFTER * rmqtt_queue_len(&self.limits);
+        self.lock()
+            .sessions
+            .values()
+            .filter(|h| h.taken >= due)
+            .map(|h| h.session.clone())
+            .collect()
     }
 
     /// Drop the oldest messages until session `id` has room for `incoming` more bytes and

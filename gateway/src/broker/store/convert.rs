@@ -7,23 +7,25 @@
 //! with `Entry::subscribe`. When the client comes back with `clean session` off, rmqtt
 //! hands the session over as it does for any offline session (session present = 1).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use rmqtt::{
     codec::v5::{PublishProperties, RetainHandling},
     context::ServerContext,
     inflight::MomentStatus,
-    session::{Session, SessionState},
+    session::Session,
     types::{
-        ClientId, CodecPublish, ConnectInfo, DisconnectInfo, From, FromType, Id, ListenerConfig,
-        Publish, QoS, Retain, SessionSubs, SubOptionsV3, SubOptionsV5, Subscribe,
-        SubscriptionOptions, TopicFilter, TopicName, UserName,
+        CodecPublish, ConnectInfo, From, FromType, Id, ListenerConfig, Publish, QoS, Retain,
+        SubOptionsV3, SubOptionsV5, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
     },
 };
 use tracing::{debug, warn};
 
 use super::format::{Message, Origin, Props, SessionRec, Snapshot, Sub, SubV5};
-use crate::{broker::queues::Queues, topics::LiveContract};
+use crate::{
+    broker::queues::{offline_session, Offline, Queues},
+    topics::LiveContract,
+};
 
 /// What of the broker's state belongs to clients: the gateway republishes its own topics
 /// itself, and must never publish a stale value.
@@ -364,61 +366,15 @@ async fn session_back(
     queues: &Queues,
     now: i64,
 ) -> rmqtt::Result<usize> {
-    let id = Id::new(
-        scx.node.id(),
-        rules.listener_id,
-        None,
-        None,
-        ClientId::from(rec.client_id.clone()),
-        rec.user.clone().map(UserName::from),
-    );
-    let left = u64::try_from(rec.expires_ms - now).unwrap_or(0) / 1000;
-    let left = u32::try_from(left).unwrap_or(u32::MAX).max(1);
-    // An MQTT 5 CONNECT with the time left as its session expiry, disconnected now: the
-    // expiry rmqtt computes (and the next snapshot reads back) is the stored one.
-    let connect = rmqtt::codec::v5::Connect {
-        clean_start: false,
-        keep_alive: 60,
-        session_expiry_interval_secs: left,
-        auth_method: None,
-        auth_data: None,
-        request_problem_info: false,
-        request_response_info: false,
-        receive_max: None,
-        topic_alias_max: 0,
-        user_properties: Vec::new(),
-        max_packet_size: None,
-        last_will: None,
-        client_id: ClientId::from(rec.client_id.clone()),
-        username: rec.user.clone().map(UserName::from),
-        password: None,
-        cert: None,
+    let spec = Offline {
+        client_id: &rec.client_id,
+        user: rec.user.as_deref(),
+        created_ms: rec.created_ms,
+        expiry: Duration::from_millis(u64::try_from(rec.expires_ms - now).unwrap_or(0)),
+        listen_cfg: rules.listen_cfg.clone(),
+        listener_id: rules.listener_id,
     };
-    let conn_info = Arc::new(ConnectInfo::V5(id.clone(), Box::new(connect)));
-    let fitter = scx.extends.fitter_mgr().await.create(
-        conn_info.clone(),
-        id.clone(),
-        rules.listen_cfg.clone(),
-    );
-    let session = Session::new(
-        id.clone(),
-        scx.clone(),
-        fitter.max_mqueue_len(),
-        rules.listen_cfg.clone(),
-        fitter.clone(),
-        None,
-        fitter.max_inflight(),
-        rec.created_ms,
-        conn_info,
-        false,
-        false,
-        false,
-        now,
-        SessionSubs::new(),
-        Some(DisconnectInfo::new(now)),
-        None,
-    )
-    .await?;
+    let (session, tx) = offline_session(scx, &spec).await?;
     let mut queued = 0;
     for m in rec.messages {
         let (from, mut p) = publish(scx, m);
@@ -429,9 +385,7 @@ async fn session_back(
         queued += 1;
     }
     queues.track(&session);
-    let tx = SessionState::offline_restart(session.clone(), Duration::from_secs(u64::from(left)))
-        .await?;
-    let mut entry = scx.extends.shared().await.entry(id.clone());
+    let mut entry = scx.extends.shared().await.entry(session.id.clone());
     entry.set(session.clone(), tx).await?;
     let user = rec.user.as_deref();
     for s in &rec.subs {
