@@ -25,7 +25,8 @@ pub struct GatewayFile {
     /// How often `<base>/diagnostics` is published. Default `30s`.
     #[serde(default)]
     pub diagnostics_interval: Option<Spanned<HumanDuration>>,
-    /// Where the gateway keeps state across restarts (the upstream queue). Default
+    /// Where the gateway keeps state across restarts (the upstream queue, the embedded
+    /// broker's store `broker.store`). Default
     /// `/var/lib/fieldlink` (systemd's `StateDirectory=fieldlink`). Relative paths are
     /// resolved against the directory of the gateway file.
     #[serde(default)]
