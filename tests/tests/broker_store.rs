@@ -143,8 +143,13 @@ struct Client {
 impl Client {
     /// Connect with `clean session` off; the client and CONNACK's session present flag.
     async fn connect(port: u16, id: &str) -> (Client, bool) {
+        Self::connect_with(port, id, false).await
+    }
+
+    /// [`Client::connect`] with `clean session` as given.
+    async fn connect_with(port: u16, id: &str, clean: bool) -> (Client, bool) {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_clean_session(false);
+        o.set_clean_session(clean);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 64);
@@ -418,9 +423,11 @@ async fn an_offline_session_made_anew_keeps_its_messages_and_subscriptions() {
 ",
     );
     let (_gw, port) = s.start().await;
-    let (mut c, _) = Client::connect(port, "many").await;
-    c.subscribe("many/#").await;
-    c.leave().await;
+    for id in ["many", "gone"] {
+        let (mut c, _) = Client::connect(port, id).await;
+        c.subscribe("many/#").await;
+        c.leave().await;
+    }
     let lines = |from: usize, to: usize| {
         (from..=to)
             .map(|i| format!("m{i:04}\n"))
@@ -443,10 +450,10 @@ async fn an_offline_session_made_anew_keeps_its_messages_and_subscriptions() {
         assert!(child.wait().expect("wait").success());
     };
     feed(lines(1, 200));
-    offline_until(port, |o| o["renewed"].as_u64() >= Some(1)).await;
+    offline_until(port, |o| o["renewed"].as_u64() >= Some(2)).await;
     feed(lines(201, 300));
-    let o = offline_until(port, |o| o["dropped"]["oldest"] == 290).await;
-    assert_eq!(o["messages"], 10, "{o}");
+    let o = offline_until(port, |o| o["dropped"]["oldest"] == 2 * 290).await;
+    assert_eq!(o["messages"], 2 * 10, "{o}");
     let (mut c, present) = Client::connect(port, "many").await;
     assert!(present);
     publish(&publ, port, "many/x", "end", &["-q", "1"]);
@@ -455,6 +462,19 @@ async fn an_offline_session_made_anew_keeps_its_messages_and_subscriptions() {
         .chain(["end".to_string()])
         .collect();
     assert_eq!(c.payloads_until("end").await, want);
+    // Starting clean, a client id gets nothing of its old subscription.
+    let (mut clean, present) = Client::connect_with(port, "gone", true).await;
+    assert!(!present);
+    clean.subscribe("marker/#").await;
+    publish(
+        &publ,
+        port,
+        "many/x",
+        "not for a clean session",
+        &["-q", "1"],
+    );
+    publish(&publ, port, "marker/x", "marker", &["-q", "1"]);
+    assert_eq!(clean.payloads_until("marker").await, ["marker"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,8 +183,11 @@ pub(crate) async fn renew(scx: &ServerContext, queues: &Queues, old: &Session) -
     let kicked = old_tx
         .unbounded_send(Message::Kick(ack, new.id.clone(), false, false))
         .is_ok();
+    // Under the new session's id: the router keeps the id it was given, and removes a
+    // route only for that id (when the session ends or its client starts clean).
+    let by_new = scx.extends.shared().await.entry(new.id.clone());
     for s in &subs {
-        if let Err(e) = locked.subscribe(s).await {
+        if let Err(e) = by_new.subscribe(s).await {
             debug!(client = ?old.id.client_id, error = %e, "Subscription not renewed.");
         }
     }
