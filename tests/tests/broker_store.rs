@@ -239,14 +239,16 @@ async fn survives(signal: &str, autosave: &str) {
         "21.5",
         &["-r", "-q", "1"],
     );
-    let (mut ha, present) = Client::connect(port, "ha-store").await;
-    assert!(!present, "a new session");
-    ha.subscribe("notes/#").await;
-    ha.leave().await;
+    for id in ["ha-store", "gone-store"] {
+        let (mut c, present) = Client::connect(port, id).await;
+        assert!(!present, "a new session");
+        c.subscribe("notes/#").await;
+        c.leave().await;
+    }
     for i in 1..=3 {
         publish(&publ, port, "notes/n", &format!("queued-{i}"), &["-q", "1"]);
     }
-    offline_until(port, |o| o["messages"] == 3).await;
+    offline_until(port, |o| o["messages"] == 2 * 3).await;
     if signal == "-KILL" {
         // Nothing is written at a kill -9: wait for the autosave to have it all.
         s.wait_store_holds(&["21.5", "queued-1", "queued-2", "queued-3"])
@@ -261,7 +263,7 @@ async fn survives(signal: &str, autosave: &str) {
     let at = gw.expect_log(0, "Broker store restored.", T).await;
     let line = &gw.log_since(at)[0];
     assert!(
-        line.contains("retained=1") && line.contains("sessions=1") && line.contains("messages=3"),
+        line.contains("retained=1") && line.contains("sessions=2") && line.contains("messages=6"),
         "{line}"
     );
     assert_eq!(
@@ -275,6 +277,19 @@ async fn survives(signal: &str, autosave: &str) {
         ha.payloads_until("queued-4").await,
         ["queued-1", "queued-2", "queued-3", "queued-4"]
     );
+    // A restored session's client coming back clean gets nothing of its subscription.
+    let (mut clean, present) = Client::connect_with(port, "gone-store", true).await;
+    assert!(!present);
+    clean.subscribe("marker/#").await;
+    publish(
+        &publ,
+        port,
+        "notes/n",
+        "not for a clean session",
+        &["-q", "1"],
+    );
+    publish(&publ, port, "marker/x", "marker", &["-q", "1"]);
+    assert_eq!(clean.payloads_until("marker").await, ["marker"]);
     // The gateway's own topics are not in the store (it republishes them itself).
     let bytes = std::fs::read(s.store()).unwrap_or_default();
     assert!(
