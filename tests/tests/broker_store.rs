@@ -492,6 +492,57 @@ async fn an_offline_session_made_anew_keeps_its_messages_and_subscriptions() {
     assert_eq!(clean.payloads_until("marker").await, ["marker"]);
 }
 
+/// A connected client that stops acknowledging: 128 messages in flight, then its queue,
+/// held to `max_queued_bytes` (in flight included) every second, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_client_that_does_not_acknowledge_is_held_to_max_queued_bytes() {
+    let Some((publ, _)) = tools() else {
+        return;
+    };
+    let s = Setup::new("    max_queued_bytes: 256KiB\n    persistence: false\n");
+    let (_gw, port) = s.start().await;
+    let mut o = MqttOptions::new("stuck", "127.0.0.1", port);
+    o.set_manual_acks(true);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 64);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = el.poll().await {
+            if let Event::Incoming(Packet::SubAck(_)) = ev {
+                let _ = tx.send(());
+            }
+        }
+    });
+    client
+        .subscribe("stuck/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(T, rx.recv()).await.expect("SUBACK");
+    // 300 messages of 1 000 bytes, 1 517 counted each: 128 in flight (194 176 bytes), room
+    // for 44 queued (256 KiB in all); the oldest of the other 128 go.
+    let lines: String = (1..=300)
+        .map(|i| sized(&format!("{i:03}-"), 1000) + "\n")
+        .collect();
+    let mut child = Command::new(&publ)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "stuck/x"])
+        .args(["-q", "1", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub -l");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(lines.as_bytes()).expect("write");
+    }
+    assert!(child.wait().expect("wait").success());
+    let o = offline_until(port, |o| o["dropped"]["oldest"] == 128).await;
+    assert_eq!(
+        o["messages"], 0,
+        "nothing is held for an offline session: {o}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_takes_the_oldest_of_the_session_holding_the_most() {
     let Some((publ, _)) = tools() else {

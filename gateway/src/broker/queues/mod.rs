@@ -249,8 +249,8 @@ impl Queues {
     }
 
     /// A connected client's queue (messages wait there while its in-flight window is
-    /// full): the oldest go until they and the in-flight ones are within
-    /// `max_queued_bytes`. (rmqtt logs a WARN for each when the client catches up: a
+    /// full): the oldest go until it is within `max_queued_messages` and, with the
+    /// in-flight ones, within `max_queued_bytes`. (rmqtt logs a WARN for each when the client catches up: a
     /// wakeup finds the queue shorter than it was.)
     pub(crate) fn bound_online(&self, s: &Session) {
         let mut bytes = 0;
@@ -275,7 +275,7 @@ impl Queues {
             }
         }
         let mut dropped = 0;
-        while bytes > self.limits.max_bytes {
+        while bytes > self.limits.max_bytes || sizes.len() > self.limits.max_messages {
             let (Some(_), Some(size)) = (q.pop(), sizes.pop_front()) else {
                 break;
             };
