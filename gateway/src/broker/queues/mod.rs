@@ -108,7 +108,7 @@ impl Held {
 
 /// Why messages were dropped (the counters in `broker.offline.dropped`).
 #[derive(Clone, Copy)]
-enum Drop {
+enum Why {
     Qos0,
     Oldest,
     Total,
@@ -159,13 +159,13 @@ impl Queues {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn count_drop(&self, why: Drop, n: u64) {
+    fn count_drop(&self, why: Why, n: u64) {
         let o = &self.stats.offline;
         match why {
-            Drop::Qos0 => o.dropped_qos0.fetch_add(n, Relaxed),
-            Drop::Oldest => o.dropped_oldest.fetch_add(n, Relaxed),
-            Drop::Total => o.dropped_total.fetch_add(n, Relaxed),
-            Drop::Oversized => o.dropped_oversized.fetch_add(n, Relaxed),
+            Why::Qos0 => o.dropped_qos0.fetch_add(n, Relaxed),
+            Why::Oldest => o.dropped_oldest.fetch_add(n, Relaxed),
+            Why::Total => o.dropped_total.fetch_add(n, Relaxed),
+            Why::Oversized => o.dropped_oversized.fetch_add(n, Relaxed),
         };
     }
 
@@ -250,8 +250,8 @@ impl Queues {
 
     /// A connected client's queue (messages wait there while its in-flight window is
     /// full): the oldest go until it is within `max_queued_messages` and, with the
-    /// in-flight ones, within `max_queued_bytes`. (rmqtt logs a WARN for each when the client catches up: a
-    /// wakeup finds the queue shorter than it was.)
+    /// in-flight ones, within `max_queued_bytes`. (rmqtt logs a WARN for each when the
+    /// client catches up: a wakeup finds the queue shorter than it was.)
     pub(crate) fn bound_online(&self, s: &Session) {
         let mut bytes = 0;
         if let Ok(mut inflight) = s.out_inflight().try_write() {
@@ -282,7 +282,7 @@ impl Queues {
             bytes -= size;
             dropped += 1;
         }
-        self.count_drop(Drop::Oldest, dropped);
+        self.count_drop(Why::Oldest, dropped);
     }
 
     /// rmqtt is about to queue `p` for the offline session `s`: make room for it, or mark
@@ -303,18 +303,18 @@ impl Queues {
             h.count() < self.limits.max_messages && h.live_bytes() + size <= self.limits.max_bytes;
         let fits_total = st.live_bytes() + size <= self.limits.max_bytes_total;
         let doom = if size > self.limits.max_bytes {
-            Some(Drop::Oversized)
+            Some(Why::Oversized)
         } else if qos0 && !fits_session {
-            Some(Drop::Qos0)
+            Some(Why::Qos0)
         } else if qos0 && !fits_total {
-            Some(Drop::Total)
+            Some(Why::Total)
         } else if qos0 {
             None
         } else {
             // QoS 1 and 2: the oldest go first, of this session, then of the session
             // holding the most.
             self.within_bounds(&mut st, id, size);
-            (st.live_bytes() + size > self.limits.max_bytes_total).then_some(Drop::Total)
+            (st.live_bytes() + size > self.limits.max_bytes_total).then_some(Why::Total)
         };
         let full = rmqtt_queue_len(&self.limits);
         let Some(h) = st.sessions.get_mut(id) else {
@@ -325,7 +325,7 @@ impl Queues {
             // Never expected (marked messages go before there are this many): rmqtt
             // applies its own policy, refusing QoS 0 and dropping the oldest otherwise.
             if qos0 {
-                self.count_drop(doom.unwrap_or(Drop::Qos0), 1);
+                self.count_drop(doom.unwrap_or(Why::Qos0), 1);
                 return;
             }
             if let Some(item) = h.items.pop_front() {
@@ -334,7 +334,7 @@ impl Queues {
                     h.doomed -= 1;
                     h.doomed_bytes -= item.size;
                 } else {
-                    self.count_drop(Drop::Oldest, 1);
+                    self.count_drop(Why::Oldest, 1);
                 }
             }
         }
@@ -379,7 +379,7 @@ impl Queues {
                 None => break,
             }
         }
-        self.count_drop(Drop::Oldest, dropped);
+        self.count_drop(Why::Oldest, dropped);
         let mut dropped = 0;
         while st.live_bytes() + incoming > self.limits.max_bytes_total {
             let Some(h) = st
@@ -395,7 +395,7 @@ impl Queues {
                 None => break,
             }
         }
-        self.count_drop(Drop::Total, dropped);
+        self.count_drop(Why::Total, dropped);
     }
 }
 
