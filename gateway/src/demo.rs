@@ -48,7 +48,8 @@ pub enum DemoError {
 /// The demo's model: `mappings/casa.yaml` with the embedded broker on `listen`.
 pub fn model(listen: SocketAddr) -> Result<Model, DemoError> {
     let gateway = format!(
-        "id: casa\nmappings: casa.yaml\nmqtt:\n  embedded:\n    listen: \"{listen}\"\ndiagnostics_interval: 10s\n"
+        // No broker store: a demo keeps nothing and writes nothing under /var/lib.
+        "id: casa\nmappings: casa.yaml\nmqtt:\n  embedded:\n    listen: \"{listen}\"\n    persistence: false\ndiagnostics_interval: 10s\n"
     );
     check_sources(Path::new("demo-gateway.yaml"), &gateway, |_, _| {
         vec![(PathBuf::from("mappings/casa.yaml"), CASA_YAML.to_string())]

@@ -284,6 +284,77 @@ pub struct BrokerStats {
     /// Notified, the broker stops as if it had failed, and the supervisor rebuilds it
     /// (tests use it to check the recovery path).
     pub fault: tokio::sync::Notify,
+    /// What is held for offline clients, and the store on disk (issue #21).
+    pub offline: OfflineStats,
+}
+
+/// Messages the embedded broker holds for offline persistent sessions, and its store.
+#[derive(Debug, Default)]
+pub struct OfflineStats {
+    /// Offline persistent sessions holding messages now.
+    pub sessions: AtomicU64,
+    /// Messages held for them now (in flight included).
+    pub messages: AtomicU64,
+    /// Bytes held for them now (topic, payload, properties).
+    pub bytes: AtomicU64,
+    /// QoS 0 messages not kept: a session's count or bytes bound was reached.
+    pub dropped_qos0: AtomicU64,
+    /// QoS 1/2 messages dropped, oldest first, to keep a session within its bounds.
+    pub dropped_oldest: AtomicU64,
+    /// Messages dropped to keep all sessions within `max_queued_bytes_total`.
+    pub dropped_total: AtomicU64,
+    /// Messages larger than `max_queued_bytes` on their own.
+    pub dropped_oversized: AtomicU64,
+    /// Offline sessions made anew after taking in many messages (rmqtt keeps a wakeup
+    /// per message queued for an offline session: `broker/queues/renew.rs`).
+    pub renewed: AtomicU64,
+    /// The store is on (`persistence`).
+    pub persistence: AtomicBool,
+    /// Store files written.
+    pub saves: AtomicU64,
+    /// Store writes that failed.
+    pub save_failures: AtomicU64,
+    /// When the store was last written, ms since the Unix epoch (0: never).
+    pub last_save_ms: AtomicU64,
+    /// Size of the store file last written.
+    pub store_bytes: AtomicU64,
+    /// Retained messages restored from the store at start.
+    pub restored_retained: AtomicU64,
+    /// Sessions restored from the store at start.
+    pub restored_sessions: AtomicU64,
+    /// Queued messages restored with them.
+    pub restored_messages: AtomicU64,
+}
+
+impl OfflineStats {
+    /// The `broker.offline` object of the diagnostics.
+    pub fn to_json(&self) -> serde_json::Value {
+        let last = self.last_save_ms.load(Relaxed);
+        json!({
+            "sessions": self.sessions.load(Relaxed),
+            "messages": self.messages.load(Relaxed),
+            "bytes": self.bytes.load(Relaxed),
+            "renewed": self.renewed.load(Relaxed),
+            "dropped": {
+                "qos0": self.dropped_qos0.load(Relaxed),
+                "oldest": self.dropped_oldest.load(Relaxed),
+                "total": self.dropped_total.load(Relaxed),
+                "oversized": self.dropped_oversized.load(Relaxed),
+            },
+            "persistence": {
+                "enabled": self.persistence.load(Relaxed),
+                "saves": self.saves.load(Relaxed),
+                "failures": self.save_failures.load(Relaxed),
+                "last_save_unix": (last > 0).then_some(last / 1000),
+                "bytes": self.store_bytes.load(Relaxed),
+                "restored": {
+                    "retained": self.restored_retained.load(Relaxed),
+                    "sessions": self.restored_sessions.load(Relaxed),
+                    "messages": self.restored_messages.load(Relaxed),
+                },
+            },
+        })
+    }
 }
 
 impl Stats {
@@ -517,6 +588,7 @@ impl Stats {
                 "bad_packets": b.bad_packets.load(Relaxed),
                 "oversized_packets": b.oversized_packets.load(Relaxed),
                 "session_takeovers": b.session_takeovers.load(Relaxed),
+                "offline": b.offline.to_json(),
             },
             "devices": devices,
             "serial": serial,

@@ -273,6 +273,32 @@ pub struct EmbeddedBroker {
     pub max_connecting: usize,
     /// Largest packet a client may send, in bytes, fixed header included.
     pub max_packet_size: u32,
+    // Issue #21, offline queues and persistence (broker/queues.rs, broker/store/).
+    /// Bounds of what is held for offline persistent sessions.
+    pub queues: QueueLimits,
+    /// Where clients' retained messages and persistent sessions are kept across restarts;
+    /// `None`: in memory only (`persistence: false`).
+    pub persistence: Option<Persistence>,
+}
+
+/// Bounds of the messages the embedded broker holds for offline persistent sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages per session (`max_queued_messages`).
+    pub max_messages: usize,
+    /// Bytes per session (`max_queued_bytes`): topic, payload and properties.
+    pub max_bytes: usize,
+    /// Bytes for all offline sessions together (`max_queued_bytes_total`).
+    pub max_bytes_total: usize,
+}
+
+/// The embedded broker's store on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// The store file (`<state_dir>/broker.store`).
+    pub file: std::path::PathBuf,
+    /// How often changes are written (`autosave_interval`).
+    pub autosave_interval: Duration,
 }
 
 impl Secret {

@@ -72,6 +72,20 @@ pub struct Gateway {
     pub stats: Arc<Stats>,
     /// Where its embedded broker listens, as bound (`None` without one).
     pub bound: Option<Bound>,
+    /// Its broker store's directory, when the model had none of its own.
+    _state: Option<tempfile::TempDir>,
+}
+
+/// A broker store of its own for a model whose store is under the default state
+/// directory (every test gateway would otherwise read what the one before it stored).
+fn isolate_store(model: &mut Model) -> Option<tempfile::TempDir> {
+    let p = model.mqtt.embedded.as_mut()?.persistence.as_mut()?;
+    if !p.file.starts_with(fieldlink::config::DEFAULT_STATE_DIR) {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir for the broker store");
+    p.file = dir.path().join(fieldlink::config::STORE_FILE);
+    Some(dir)
 }
 
 impl Gateway {
@@ -81,7 +95,8 @@ impl Gateway {
     }
 
     /// [`Gateway::start`] with hooks (e.g. simulated GPIO boards the test drives).
-    pub async fn start_with(model: Model, mut hooks: fieldlink::Hooks) -> Gateway {
+    pub async fn start_with(mut model: Model, mut hooks: fieldlink::Hooks) -> Gateway {
+        let state = isolate_store(&mut model);
         let (trigger, sd) = shutdown::channel();
         let stats = Arc::new(Stats::new(&model));
         hooks.stats = Some(stats.clone());
@@ -111,6 +126,7 @@ impl Gateway {
             model,
             stats,
             bound,
+            _state: state,
         }
     }
 

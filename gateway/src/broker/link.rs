@@ -74,6 +74,8 @@ pub struct Link {
     pub serving: watch::Receiver<Serving>,
     /// Commands from clients.
     pub commands: mpsc::Receiver<ClientCommand>,
+    /// The broker's store, written once more at shutdown.
+    pub store: super::Saver,
 }
 
 /// The broker's end, kept by the supervisor across rebuilds.
@@ -93,6 +95,7 @@ pub(crate) fn pair() -> (Link, BrokerEnd) {
             inbox: Inbox(inbox_tx),
             serving: serving_rx,
             commands: command_rx,
+            store: super::Saver::default(),
         },
         BrokerEnd {
             inbox: Arc::new(Mutex::new(inbox_rx)),

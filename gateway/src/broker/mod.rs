@@ -21,6 +21,8 @@
 //!   connection after its CONNECT; `packet` reads just enough MQTT for both;
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
+//! - `queues`: the count and byte bounds of what offline persistent sessions hold;
+//! - `store`: clients' retained messages and persistent sessions on disk (`persistence`);
 //! - `link`: the gateway's own side, in process: its messages go straight into the
 //!   router and retained store, and allowed client commands come back from the rights
 //!   check (the gateway is not a network client of its own broker);
@@ -37,8 +39,10 @@ pub mod owners;
 mod packet;
 pub mod passwd;
 mod policy;
+mod queues;
 mod reaper;
 mod relay;
+mod store;
 mod subscriptions;
 mod sys;
 mod tls;
@@ -54,6 +58,7 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 pub use link::{ClientCommand, Inbox, Link, Routed, Serving};
+pub use store::{Restored, Saver};
 
 use crate::{health::BrokerStats, model::EmbeddedBroker, topics::LiveContract, Model};
 
@@ -108,8 +113,6 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// Messages queued for one slow or offline (persistent-session) client.
-const MAX_QUEUE: usize = 1_000;
 /// Longest an offline persistent session is kept (MQTT 5 clients may ask for less).
 const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Longest a queued message waits for an offline client (rmqtt's default is 5 min).
@@ -144,10 +147,10 @@ async fn build(
     contract: &LiveContract,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
-    end: &link::BrokerEnd,
+    ends: Ends<'_>,
     at: Option<Bound>,
-    owners: &Arc<owners::Owners>,
 ) -> Result<(MqttServer, Bound), BrokerError> {
+    let Ends { end, store, owners } = ends;
     let addr = at.map_or(cfg.listen, |b| b.mqtt);
     let retainer = format!(
         "storage.type = \"ram\"\nmax_retained_messages = {}\nmax_payload_size = \"{}B\"\nretained_message_ttl = \"0s\"\n",
@@ -168,7 +171,25 @@ async fn build(
     if let Err(e) = rmqtt_retainer::register(&scx, true, false).await {
         return Err(BrokerError::Thread(std::io::Error::other(e.to_string())));
     }
-    let online = register_hooks(&scx, model, contract, cfg, stats, end).await;
+    let policy = Arc::new(policy::Policy::new(model, cfg, contract.clone()));
+    let retained = Arc::new(policy::ClientRetained::default());
+    let online = register_hooks(&scx, cfg, (&policy, &retained), stats, end).await;
+    let queues = queues::start(&scx, cfg.queues, stats).await;
+    if let Some(store) = store {
+        let rules = store::Rules {
+            policy: &policy,
+            retained: &retained,
+            listen_cfg: Arc::new(listener_builder(cfg, addr).name("mqtt")),
+            listener_id: at.map_or(cfg.listen.port(), |b| b.mqtt.port()),
+            max_sessions: 4 * cfg.max_connections,
+        };
+        // Each re-created session belongs to the user who made it, as before the restart:
+        // another user taking its client id starts clean (the front).
+        let restored = store.start(&scx, model, contract, &rules, &queues).await;
+        for (client_id, user) in &restored.owners {
+            owners.set(client_id, user.as_deref());
+        }
+    }
     tokio::spawn(sys::publish(scx.clone(), stats.clone(), cfg.sys_interval));
     // The gateway's messages: if their task fails (a panic in rmqtt's routing ends only
     // that task), the broker is rebuilt, as for any other failure; nothing would carry
@@ -228,19 +249,25 @@ async fn build(
     Ok((server.build(), bound))
 }
 
+/// What outlives a rebuilt broker and each build is handed: the gateway's end of the
+/// link, the store on disk, the owners of the sessions.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    end: &'a link::BrokerEnd,
+    store: Option<&'a store::StoreEnd>,
+    owners: &'a Arc<owners::Owners>,
+}
+
 /// Register the login and rights checks and the counters (rmqtt's hooks) on `scx`;
 /// returns the set of connected clients they keep (the reaper reads it).
 async fn register_hooks(
     scx: &ServerContext,
-    model: &Model,
-    contract: &LiveContract,
     cfg: &EmbeddedBroker,
+    (policy, retained): (&Arc<policy::Policy>, &Arc<policy::ClientRetained>),
     stats: &Arc<BrokerStats>,
     end: &link::BrokerEnd,
 ) -> Arc<policy::Online> {
-    let policy = Arc::new(policy::Policy::new(model, cfg, contract.clone()));
     let online = Arc::new(policy::Online::default());
-    let retained = Arc::new(policy::ClientRetained::default());
     let register = scx.extends.hook_mgr().register();
     for t in [
         Type::ClientAuthenticate,
@@ -301,7 +328,7 @@ fn listener_builder(cfg: &EmbeddedBroker, addr: SocketAddr) -> Builder {
         .max_topic_aliases(front::TOPIC_ALIASES)
         // Every login goes through our hook, anonymous ones included.
         .allow_anonymous(false)
-        .max_mqueue_len(MAX_QUEUE)
+        .max_mqueue_len(queues::rmqtt_queue_len(&cfg.queues))
         .max_inflight(std::num::NonZeroU16::new(128).unwrap_or(std::num::NonZeroU16::MIN))
         .max_clientid_len(256)
         // A client silent for 1.5 × its keepalive is closed (MQTT 3.1.1 §3.1.2.10):
@@ -410,14 +437,23 @@ pub fn start(
     let secret = cfg.secret.0.clone();
     // A bind error comes back here, so that it reaches the caller.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Bound, BrokerError>>();
-    let (link, end) = link::pair();
+    let (mut link, end) = link::pair();
     warn_open_files(&cfg);
     // Owners of the sessions: more than the broker keeps (connected clients, and 4 ×
     // `max_connections` offline sessions).
     let owners = Arc::new(owners::Owners::new(8 * cfg.max_connections + 64));
+    let (saver, store) = store::pair(cfg.persistence.as_ref(), &stats);
+    link.store = saver;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
-        .spawn(move || supervise(&model, &contract, &cfg, &stats, &end, ready_tx, &owners))
+        .spawn(move || {
+            let ends = Ends {
+                end: &end,
+                store: store.as_ref(),
+                owners: &owners,
+            };
+            supervise(&model, &contract, &cfg, &stats, ends, ready_tx);
+        })
         .map_err(BrokerError::Thread)?;
     let at = match ready_rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Ok(at)) => at,
@@ -457,10 +493,10 @@ fn supervise(
     contract: &LiveContract,
     cfg: &EmbeddedBroker,
     stats: &Arc<BrokerStats>,
-    end: &link::BrokerEnd,
+    ends: Ends<'_>,
     ready: std::sync::mpsc::Sender<Result<Bound, BrokerError>>,
-    owners: &Arc<owners::Owners>,
 ) {
+    let end = ends.end;
     let mut ready = Some(ready);
     // The addresses of the first build: every rebuild binds them again (a configured
     // port 0 must not become another port after a failure).
@@ -487,7 +523,7 @@ fn supervise(
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(async {
-                let (server, at) = build(model, contract, cfg, stats, end, bound, owners).await?;
+                let (server, at) = build(model, contract, cfg, stats, ends, bound).await?;
                 bound = Some(at);
                 end.announce(true);
                 if let Some(r) = ready.take() {

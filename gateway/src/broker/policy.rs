@@ -206,7 +206,7 @@ pub(crate) struct ClientRetained(Mutex<(HashMap<String, usize>, usize)>);
 impl ClientRetained {
     /// Whether a client's publish may go on: a retained message fits the bounds, or
     /// replaces or clears one already counted. Other messages always may.
-    fn admit(&self, topic: &str, retain: bool, len: usize) -> bool {
+    pub(crate) fn admit(&self, topic: &str, retain: bool, len: usize) -> bool {
         if !retain {
             return true;
         }

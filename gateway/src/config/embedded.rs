@@ -16,7 +16,12 @@ use crate::{
 impl Validator {
     /// The embedded broker's model (when enabled), with every problem collected; `cx` is
     /// `mqtt.embedded`.
-    pub(super) fn embedded(&mut self, cx: &Cx, e: &EmbeddedFile) -> Option<EmbeddedBroker> {
+    pub(super) fn embedded(
+        &mut self,
+        cx: &Cx,
+        e: &EmbeddedFile,
+        state_dir: &Path,
+    ) -> Option<EmbeddedBroker> {
         let listen = match &e.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 1883)),
             Some(l) => match l.value.parse::<SocketAddr>() {
@@ -61,9 +66,12 @@ impl Validator {
         );
         let (max_subscriptions, max_subscriptions_total) = self.embedded_subscriptions(cx, e);
         let front = self.embedded_front(cx, e);
+        let (queues, persistence) = self.embedded_store(cx, e, state_dir);
         e.enabled.then(|| EmbeddedBroker {
             max_subscriptions,
             max_subscriptions_total,
+            queues,
+            persistence,
             sys_interval,
             tls,
             listen,

@@ -71,7 +71,7 @@ impl Validator {
             .upstream
             .as_ref()
             .map(|u| self.upstream(&cx.at("mqtt.upstream"), &u.value, &id, &state_dir));
-        let embedded = self.embedded(&cx.at("mqtt.embedded"), e);
+        let embedded = self.embedded(&cx.at("mqtt.embedded"), e, &state_dir);
         let client_id = self.client_id(&cx.at("mqtt.client_id"), gw.mqtt.client_id.as_ref(), &id);
         // No effect any more: a warning only, whatever the value, so an older file never
         // stops the gateway for it.

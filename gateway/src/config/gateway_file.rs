@@ -25,7 +25,8 @@ pub struct GatewayFile {
     /// How often `<base>/diagnostics` is published. Default `30s`.
     #[serde(default)]
     pub diagnostics_interval: Option<Spanned<HumanDuration>>,
-    /// Where the gateway keeps state across restarts (the upstream queue). Default
+    /// Where the gateway keeps state across restarts (the upstream queue, the embedded
+    /// broker's store `broker.store`). Default
     /// `/var/lib/fieldlink` (systemd's `StateDirectory=fieldlink`). Relative paths are
     /// resolved against the directory of the gateway file.
     #[serde(default)]
@@ -197,6 +198,30 @@ pub struct EmbeddedFile {
     /// 1024–16777216, default 262144 (256 KiB).
     #[serde(default)]
     pub max_packet_size: Option<Spanned<u32>>,
+    // Issue #21: what is held for offline clients, and kept across restarts.
+    /// Messages held for one offline persistent session (`clean session` off), in flight
+    /// included, as Mosquitto's `max_queued_messages`. Beyond it a QoS 0 message is
+    /// dropped and a QoS 1 or 2 message makes room by dropping the oldest. Default `1000`.
+    #[serde(default)]
+    pub max_queued_messages: Option<Spanned<u32>>,
+    /// Bytes (topic, payload and properties) held for one offline persistent session, as
+    /// Mosquitto's `max_queued_bytes`; same policy. Default `1MiB`.
+    #[serde(default)]
+    pub max_queued_bytes: Option<Spanned<ByteSize>>,
+    /// Bytes held for all offline persistent sessions together; beyond it the oldest
+    /// messages of the session holding the most are dropped. Default `16MiB`.
+    #[serde(default)]
+    pub max_queued_bytes_total: Option<Spanned<ByteSize>>,
+    /// Keep clients' retained messages and persistent sessions (subscriptions, queued
+    /// messages) in `<state_dir>/broker.store`, so that a restart, an upgrade or a crash
+    /// loses at most the last `autosave_interval`. Default `true`.
+    #[serde(default)]
+    pub persistence: Option<Spanned<bool>>,
+    /// How often changes are written to the store (in the background, only when
+    /// something changed), as Mosquitto's `autosave_interval`; at shutdown it is written
+    /// once more. Default `10s`.
+    #[serde(default)]
+    pub autosave_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// `mqtt.embedded.tls:` section.
@@ -233,6 +258,11 @@ impl Default for EmbeddedFile {
             max_connecting_per_address: None,
             max_connecting: None,
             max_packet_size: None,
+            max_queued_messages: None,
+            max_queued_bytes: None,
+            max_queued_bytes_total: None,
+            persistence: None,
+            autosave_interval: None,
         }
     }
 }

@@ -23,6 +23,7 @@
 //! | `upstream.rs` | `mqtt.upstream` (and [`parse_url`]) |
 //! | `embedded.rs` | `mqtt.embedded`: listener, users, rights, TLS, and the warnings that need the points |
 //! | `embedded_subscriptions.rs` | `mqtt.embedded.max_subscriptions` and `max_subscriptions_total` |
+//! | `embedded_store.rs` | `mqtt.embedded`: bounds of what is held for offline clients, the store on disk |
 //! | `mapping.rs` | all mapping files together: bus and device ids, reserved and command topics |
 //! | `device.rs` | one device |
 //! | `point.rs` | one point: the keys every bus kind shares; its bus kind's file gives the value type and the `model::Source` |
@@ -38,6 +39,7 @@
 mod device;
 mod diagnostic;
 mod embedded;
+mod embedded_store;
 mod embedded_subscriptions;
 mod gateway;
 mod gateway_file;
@@ -57,6 +59,10 @@ mod values;
 
 pub use device::DEFAULT_MAX_BACKOFF;
 pub use diagnostic::{Diagnostic, Severity};
+pub use embedded_store::{
+    DEFAULT_AUTOSAVE_INTERVAL, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+    DEFAULT_MAX_QUEUED_MESSAGES, STORE_FILE,
+};
 pub use gateway::DEFAULT_STATE_DIR;
 pub use gateway_file::{
     EmbeddedFile, EmbeddedTlsFile, GatewayFile, MqttFile, QueueFile, UpstreamFile,

@@ -340,6 +340,7 @@ pub async fn run_client(
         inbox,
         mut serving,
         mut commands,
+        store,
     } = link;
     // The model whose discovery configs the broker has.
     let mut shown = current.borrow().clone();
@@ -395,4 +396,6 @@ pub async fn run_client(
         }
     }
     conn.shut_down().await;
+    // What clients stored in the broker, written once more before the process ends.
+    store.save(Duration::from_secs(10)).await;
 }
