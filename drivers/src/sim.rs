@@ -311,37 +311,12 @@ impl SimServer {
     }
 
     /// Serve as the devices behind a serial-to-Ethernet converter in transparent mode:
-    /// the tokio-modbus RTU server on one end of a pseudo-terminal pair (the serial
-    /// line), and every TCP connection on `listener` bridged byte for byte to the other
-    /// end, as a converter does. One connection at a time: a new one replaces the old
-    /// (bytes in flight then reach whichever client is connected, as on a real one).
+    /// the tokio-modbus RTU server on the device end of a [`converter`]'s serial line.
     #[cfg(unix)]
     pub async fn serve_rtu_over_tcp(self, listener: TcpListener) -> io::Result<()> {
-        use tokio_serial::SerialPortBuilderExt;
-        let (device_end, keeper, path) = pty_pair()?;
-        let server = tokio::spawn(async move {
-            let _keeper = keeper;
-            self.serve_rtu(device_end).await
-        });
-        let mut line = tokio_serial::new(&path, 115_200)
-            .open_native_async()
-            .map_err(io::Error::other)?;
-        let mut current: Option<tokio::net::TcpStream> = None;
-        while !server.is_finished() {
-            let Some(mut tcp) = current.take() else {
-                current = Some(listener.accept().await?.0);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (mut from_client, mut to_client) = tcp.split();
-            let (mut from_line, mut to_line) = tokio::io::split(&mut line);
-            tokio::select! {
-                next = listener.accept() => current = next.ok().map(|(s, _)| s),
-                _ = tokio::io::copy(&mut from_client, &mut to_line) => {}
-                _ = tokio::io::copy(&mut from_line, &mut to_client) => {}
-            }
-        }
-        Ok(())
+        let (device_end, keeper) = converter(listener)?;
+        let _keeper = keeper;
+        self.serve_rtu(device_end).await
     }
 
     /// [`SimServer::serve_rtu_over_tcp`] on 127.0.0.1 and a free port, in the background;
@@ -389,6 +364,42 @@ impl Service for SimServer {
             })
         }
     }
+}
+
+/// A simulated serial-to-Ethernet converter in transparent mode: a pseudo-terminal pair
+/// is the serial line, and every TCP connection on `listener` is bridged byte for byte to
+/// it, in the background, as a converter does. One connection at a time: a new one
+/// replaces the old (bytes in flight then reach whichever client is connected, as on a
+/// real one). Returns the device end of the line, for any RTU slave, and the handle that
+/// keeps the line open.
+#[cfg(unix)]
+pub fn converter(listener: TcpListener) -> io::Result<(tokio_serial::SerialStream, std::fs::File)> {
+    use tokio_serial::SerialPortBuilderExt;
+    let (device_end, keeper, path) = pty_pair()?;
+    let mut line = tokio_serial::new(&path, 115_200)
+        .open_native_async()
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        let mut current: Option<tokio::net::TcpStream> = None;
+        loop {
+            let Some(mut tcp) = current.take() else {
+                match listener.accept().await {
+                    Ok((s, _)) => current = Some(s),
+                    Err(_) => return,
+                }
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (mut from_client, mut to_client) = tcp.split();
+            let (mut from_line, mut to_line) = tokio::io::split(&mut line);
+            tokio::select! {
+                next = listener.accept() => current = next.ok().map(|(s, _)| s),
+                _ = tokio::io::copy(&mut from_client, &mut to_line) => {}
+                _ = tokio::io::copy(&mut from_line, &mut to_client) => {}
+            }
+        }
+    });
+    Ok((device_end, keeper))
 }
 
 /// A pseudo-terminal pair for RTU tests: the master end (the device side, for

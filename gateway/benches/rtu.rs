@@ -15,6 +15,12 @@
 //!   the required gap: what the gateway itself costs per transaction (decode, publish
 //!   hand-off, scheduling, timer granularity, pty hops).
 //! - "idle beyond the gap" = that excess summed, over the whole bus time.
+//!
+//! The last scenario runs the same master as `modbus_rtu_over_tcp` through a simulated
+//! serial-to-Ethernet converter (`fieldlink_drivers::sim::converter`: TCP bridged to the
+//! pty): the gateway keeps no gap there (a converter keeps the serial line's), so its
+//! "added latency" is everything between a reply and the next request, converter hop
+//! included.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,7 +28,7 @@ use std::{
 };
 
 use fieldlink::{config, shutdown};
-use fieldlink_drivers::sim::{pty_pair, Exchange, TimedRtuSlave};
+use fieldlink_drivers::sim::{converter, pty_pair, Exchange, TimedRtuSlave};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -68,19 +74,31 @@ fn window(log: &[Exchange], from: Instant, to: Instant, required: Duration) -> W
     }
 }
 
-async fn scenario(name: &str, baud: u32, modelled: bool) {
-    let (master, _keeper, path) = pty_pair().expect("pty");
+async fn scenario(name: &str, baud: u32, modelled: bool, over_tcp: bool) {
     let bits = 10u32; // 8N1
     let char_time = Duration::from_secs_f64(f64::from(bits) / f64::from(baud));
-    let required = if baud > 19_200 {
+    let (master, _keeper, bus) = if over_tcp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (line, keeper) = converter(listener).expect("converter");
+        let bus = format!("kind: modbus_rtu_over_tcp\n    host: 127.0.0.1\n    port: {port}");
+        (line, keeper, bus)
+    } else {
+        let (master, keeper, path) = pty_pair().expect("pty");
+        let bus = format!("kind: modbus_rtu\n    path: {path}\n    baud: {baud}");
+        (master, keeper, bus)
+    };
+    let required = if over_tcp {
+        Duration::ZERO
+    } else if baud > 19_200 {
         Duration::from_micros(1750)
     } else {
         char_time.mul_f64(3.5)
     };
     let slave = TimedRtuSlave::spawn(master, vec![1, 2, 3], modelled.then_some(char_time));
-    let mut mapping = format!(
-        "buses:\n  - id: rs485\n    kind: modbus_rtu\n    path: {path}\n    baud: {baud}\n    timeout: 500ms\ndevices:\n"
-    );
+    let mut mapping = format!("buses:\n  - id: rs485\n    {bus}\n    timeout: 500ms\ndevices:\n");
     for u in 1..=3 {
         mapping.push_str(&format!(
             "  - id: d{u}\n    bus: rs485\n    unit: {u}\n    poll_interval: 1ms\n    points:\n      - {{ topic: bench/d{u}, table: holding, address: {u}, publish: every_poll }}\n"
@@ -144,17 +162,27 @@ fn main() {
             "pty, 115200 baud configured (no modelled wire time)",
             115_200,
             false,
+            false,
         )
         .await;
         scenario(
             "pty, 9600 baud configured (no modelled wire time)",
             9_600,
             false,
+            false,
         )
         .await;
         scenario(
             "modelled 9600 baud 8N1 (request 8 B, reply 7 B)",
             9_600,
+            true,
+            false,
+        )
+        .await;
+        scenario(
+            "RTU over TCP through a simulated converter (no modelled wire time)",
+            115_200,
+            false,
             true,
         )
         .await;

@@ -92,12 +92,35 @@ impl Fieldlink {
 
     /// [`Fieldlink::run`] with extra environment variables for the child only.
     pub fn run_with_env(config: &Path, env: &[(&str, &OsStr)]) -> Fieldlink {
+        Self::spawn(
+            &[
+                OsStr::new("run"),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ],
+            env,
+        )
+    }
+
+    /// `fieldlink demo --listen 127.0.0.1:0`: the demo house with its simulated devices.
+    pub fn demo() -> Fieldlink {
+        Self::spawn(
+            &[
+                OsStr::new("demo"),
+                OsStr::new("--listen"),
+                OsStr::new("127.0.0.1:0"),
+            ],
+            &[],
+        )
+    }
+
+    /// The `fieldlink` binary with `args` and extra environment variables.
+    fn spawn(args: &[&OsStr], env: &[(&str, &OsStr)]) -> Fieldlink {
         let filter = std::env::var("CHILD_LOG").unwrap_or_else(|_| {
             "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=error,rmqtt_codec=warn".into()
         });
         let mut cmd = Command::new(fieldlink_bin());
-        cmd.args(["run", "--config"])
-            .arg(config)
+        cmd.args(args)
             .env("RUST_LOG", filter)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
