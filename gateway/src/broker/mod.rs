@@ -11,7 +11,7 @@
 //! - `delivery`: read rights checked again on every delivery (a session taken over by
 //!   another user, queued and in-flight messages), through rmqtt's message expiry hook;
 //! - `subscriptions`: `max_subscriptions` per client and `max_subscriptions_total`, and
-//!   the heap given back once many subscriptions were released;
+//!   the broker's count of them in diagnostics;
 //! - `discovery`: no client publishes a discovery config that claims the gateway's
 //!   entities or devices, whatever its topic;
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
@@ -22,6 +22,8 @@
 //! - `reaper`: removes sessions rmqtt leaves behind when a client resets during the
 //!   handshake (they would fill `max_connections` and lock everyone out);
 //! - `queues`: the count and byte bounds of what offline persistent sessions hold;
+//! - `trim`: the heap given back once many subscriptions, queued or retained bytes were
+//!   released;
 //! - `store`: clients' retained messages and persistent sessions on disk (`persistence`);
 //! - `link`: the gateway's own side, in process: its messages go straight into the
 //!   router and retained store, and allowed client commands come back from the rights
@@ -46,6 +48,7 @@ mod store;
 mod subscriptions;
 mod sys;
 mod tls;
+mod trim;
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -202,7 +205,11 @@ async fn build(
             watch.fault.notify_one();
         }
     });
-    tokio::spawn(subscriptions::trim_when_released(scx.clone()));
+    tokio::spawn(trim::give_back(
+        scx.clone(),
+        retained.clone(),
+        stats.clone(),
+    ));
     tokio::spawn(reaper::run(
         scx.clone(),
         stats.clone(),

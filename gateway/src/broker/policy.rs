@@ -204,6 +204,11 @@ pub(crate) const CLIENT_RETAINED_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) struct ClientRetained(Mutex<(HashMap<String, usize>, usize)>);
 
 impl ClientRetained {
+    /// Bytes of retained payload clients keep now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.lock().map_or(0, |g| g.1)
+    }
+
     /// Whether a client's publish may go on: a retained message fits the bounds, or
     /// replaces or clears one already counted. Other messages always may.
     pub(crate) fn admit(&self, topic: &str, retain: bool, len: usize) -> bool {
@@ -219,6 +224,10 @@ impl ClientRetained {
             if let Some(o) = old {
                 topics.remove(topic);
                 *bytes -= o;
+                // Cleared: the map does not keep the room of thousands gone.
+                if topics.len() * 4 < topics.capacity() {
+                    topics.shrink_to_fit();
+                }
             }
             return true;
         }

@@ -121,23 +121,3 @@ impl Handler for SubscriptionLimits {
         (true, acc)
     }
 }
-
-/// Subscriptions released since the last heap trim that make another one worthwhile.
-const TRIM_AFTER_RELEASED: isize = 1_000;
-
-/// Until the broker's runtime ends: once many subscriptions were released (a client with
-/// thousands of them left, or its session expired), give the freed memory back to the
-/// kernel, so the resident set returns to where it was (glibc keeps it otherwise).
-pub(crate) async fn trim_when_released(scx: ServerContext) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut high = 0;
-    loop {
-        tick.tick().await;
-        let now = scx.extends.router().await.routes().count();
-        high = high.max(now);
-        if high - now >= TRIM_AFTER_RELEASED {
-            crate::trim_heap();
-            high = now;
-        }
-    }
-}
