@@ -114,7 +114,13 @@ async fn run(s: &Scenario, ports: &[u16], windows: usize, window: Duration) -> R
     };
     std::fs::write(
         dir.path().join("gateway.yaml"),
-        format!("id: bench\nmappings: mapping.yaml\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\ndiagnostics_interval: 10s\n{ha}"),
+        // The state (the broker's store) in the benchmark's own directory; BENCH_EMBEDDED
+        // adds lines under `mqtt.embedded` (e.g. "    persistence: false\n").
+        format!(
+            "id: bench\nmappings: mapping.yaml\nstate_dir: {}\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:0\"\n{}diagnostics_interval: 10s\n{ha}",
+            dir.path().display(),
+            std::env::var("BENCH_EMBEDDED").unwrap_or_default()
+        ),
     )
     .expect("write gateway");
     // BENCH_WRAP="heaptrack" (or "perf record -g -o FILE", ...) runs the gateway under a

@@ -204,6 +204,13 @@ pub(crate) const CLIENT_RETAINED_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) struct ClientRetained(Mutex<(HashMap<String, usize>, usize)>);
 
 impl ClientRetained {
+    /// The topics clients keep a retained message on.
+    pub(crate) fn topics(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map_or(Vec::new(), |g| g.0.keys().cloned().collect())
+    }
+
     /// Bytes of retained payload clients keep now.
     pub(crate) fn bytes(&self) -> usize {
         self.0.lock().map_or(0, |g| g.1)

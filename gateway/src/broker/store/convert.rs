@@ -163,30 +163,37 @@ pub(crate) async fn persistent_expiry(s: &Session) -> Option<Duration> {
     }
 }
 
-/// Take what clients stored: their retained messages and persistent sessions (the
-/// gateway's own topics and the broker's `$SYS` are left out). Marked QoS 0 messages
-/// are taken out of the queues first.
-pub(crate) async fn snapshot(scx: &ServerContext, keep: &Keep, queues: &Queues) -> Snapshot {
+/// Take what clients stored: their retained messages (on `client_topics`, the topics
+/// the clients' retained bound counts; the gateway's own thousands are never read) and
+/// persistent sessions (the gateway's own topics and the broker's `$SYS` are left out).
+/// Marked QoS 0 messages are taken out of the queues first.
+pub(crate) async fn snapshot(
+    scx: &ServerContext,
+    keep: &Keep,
+    queues: &Queues,
+    client_topics: Vec<String>,
+) -> Snapshot {
     queues.purge_all();
     let mut snap = Snapshot {
         saved_ms: now_ms(),
         ..Snapshot::default()
     };
-    match scx
-        .extends
-        .retain()
-        .await
-        .get_all_paginated(0, 1 << 30)
-        .await
-    {
-        Ok((all, _)) => {
-            snap.retained = all
-                .into_iter()
-                .filter(|(t, r, _)| keep.retained(t, &r.from))
-                .map(|(_, r, _)| message(&r.from, &r.publish))
-                .collect();
+    let retain = scx.extends.retain().await;
+    for topic in client_topics {
+        // A client's topic name holds no wildcard (the front refuses them): as a filter
+        // it matches itself alone.
+        match retain.get(&TopicFilter::from(topic.as_str())).await {
+            Ok(found) => snap.retained.extend(
+                found
+                    .iter()
+                    .filter(|(t, r)| keep.retained(t, &r.from))
+                    .map(|(_, r)| message(&r.from, &r.publish)),
+            ),
+            Err(e) => {
+                warn!(error = %e, "Retained messages not read for the store.");
+                break;
+            }
         }
-        Err(e) => warn!(error = %e, "Retained messages not read for the store."),
     }
     let sessions: Vec<Session> = {
         let shared = scx.extends.shared().await;

@@ -123,7 +123,7 @@ impl StoreEnd {
         &self,
         scx: ServerContext,
         keep: Keep,
-        queues: Arc<Queues>,
+        (queues, retained): (Arc<Queues>, Arc<ClientRetained>),
         damaged: bool,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (requests, interval) = (self.requests.clone(), self.cfg.autosave_interval);
@@ -148,7 +148,7 @@ impl StoreEnd {
                 if reply.is_none() && written == Some(now) {
                     continue;
                 }
-                let snap = convert::snapshot(&scx, &keep, &queues).await;
+                let snap = convert::snapshot(&scx, &keep, &queues, retained.topics()).await;
                 if writer.write(snap).await {
                     written = Some(now);
                 }
@@ -164,8 +164,9 @@ impl StoreEnd {
 pub(crate) struct Rules<'a> {
     /// Rights: a restored subscription its owner may no longer make is left out.
     pub(crate) policy: &'a Policy,
-    /// The clients' retained bounds, which restored messages count against.
-    pub(crate) retained: &'a ClientRetained,
+    /// The clients' retained bounds, which restored messages count against; the store
+    /// saves the retained messages of the topics it counts.
+    pub(crate) retained: &'a Arc<ClientRetained>,
     /// The listener's settings, which restored sessions get.
     pub(crate) listen_cfg: rmqtt::types::ListenerConfig,
     /// Its id.
@@ -190,7 +191,8 @@ impl StoreEnd {
             gateway_client_id: model.mqtt.client_id.clone(),
             contract: contract.clone(),
         };
-        tokio::spawn(self.run(scx.clone(), keep, queues.clone(), damaged));
+        let ends = (queues.clone(), rules.retained.clone());
+        tokio::spawn(self.run(scx.clone(), keep, ends, damaged));
         restored
     }
 
