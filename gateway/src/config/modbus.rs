@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    at, point::KindParts, value_type, BusFile, Cx, DeviceFile, PointFile, Spanned, TypeName,
-    Validator,
+    at, point::KindParts, value_type, BusFile, Cx, DeviceFile, HumanDuration, PointFile, Spanned,
+    TypeName, Validator,
 };
 use crate::model::{BusKind, ModbusPoint, Point, Source, Table, ValueType, WordOrder};
 
@@ -45,6 +45,15 @@ pub enum OrderName {
 /// The keys of a `modbus_tcp` bus.
 pub(super) const TCP_BUS_KEYS: &[&str] =
     &["host", "port", "timeout", "frame_delay", "connect_delay"];
+
+/// The settings of a Modbus bus on TCP, as validated.
+struct TcpBus {
+    host: String,
+    port: u16,
+    timeout: Duration,
+    frame_delay: Duration,
+    connect_delay: Duration,
+}
 
 /// The keys of a `modbus_rtu_over_tcp` bus.
 pub(super) const RTU_OVER_TCP_BUS_KEYS: &[&str] =
@@ -130,44 +139,47 @@ impl Validator {
         Some((host, port))
     }
 
-    /// A `modbus_tcp` bus: `host`, `port`, `timeout`, `frame_delay`, `connect_delay`.
-    pub(super) fn modbus_tcp_bus(&mut self, cx: &Cx, b: &BusFile) -> Option<BusKind> {
-        let (host, port) = self.tcp_endpoint(cx, b, "modbus_tcp")?;
+    /// The settings of a bus of `kind` on TCP: `host`, `port`, `timeout`, `frame_delay`,
+    /// `connect_delay`.
+    fn tcp_bus(&mut self, cx: &Cx, b: &BusFile, kind: &str) -> Option<TcpBus> {
+        let (host, port) = self.tcp_endpoint(cx, b, kind)?;
         let timeout = self.positive_duration(
             &cx.at("timeout"),
             b.timeout.as_ref(),
             Duration::from_secs(1),
         );
-        Some(BusKind::ModbusTcp {
+        let pause =
+            |d: &Option<Spanned<HumanDuration>>| d.as_ref().map_or(Duration::ZERO, |d| d.value.0);
+        Some(TcpBus {
             host,
             port,
             timeout,
-            frame_delay: b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0),
-            connect_delay: b
-                .connect_delay
-                .as_ref()
-                .map_or(Duration::ZERO, |d| d.value.0),
+            frame_delay: pause(&b.frame_delay),
+            connect_delay: pause(&b.connect_delay),
         })
     }
 
-    /// A `modbus_rtu_over_tcp` bus: `host`, `port`, `timeout`, `frame_delay`,
-    /// `connect_delay`.
+    /// A `modbus_tcp` bus.
+    pub(super) fn modbus_tcp_bus(&mut self, cx: &Cx, b: &BusFile) -> Option<BusKind> {
+        let t = self.tcp_bus(cx, b, "modbus_tcp")?;
+        Some(BusKind::ModbusTcp {
+            host: t.host,
+            port: t.port,
+            timeout: t.timeout,
+            frame_delay: t.frame_delay,
+            connect_delay: t.connect_delay,
+        })
+    }
+
+    /// A `modbus_rtu_over_tcp` bus.
     pub(super) fn modbus_rtu_over_tcp_bus(&mut self, cx: &Cx, b: &BusFile) -> Option<BusKind> {
-        let (host, port) = self.tcp_endpoint(cx, b, "modbus_rtu_over_tcp")?;
-        let timeout = self.positive_duration(
-            &cx.at("timeout"),
-            b.timeout.as_ref(),
-            Duration::from_secs(1),
-        );
+        let t = self.tcp_bus(cx, b, "modbus_rtu_over_tcp")?;
         Some(BusKind::ModbusRtuOverTcp {
-            host,
-            port,
-            timeout,
-            frame_delay: b.frame_delay.as_ref().map_or(Duration::ZERO, |d| d.value.0),
-            connect_delay: b
-                .connect_delay
-                .as_ref()
-                .map_or(Duration::ZERO, |d| d.value.0),
+            host: t.host,
+            port: t.port,
+            timeout: t.timeout,
+            frame_delay: t.frame_delay,
+            connect_delay: t.connect_delay,
         })
     }
 
