@@ -20,6 +20,7 @@ use fieldlink_drivers::value::Value;
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
+use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
 use super::{availability, BusIo};
 use crate::{
     commands::{self, Command, CommandError},
@@ -34,11 +35,6 @@ use crate::{
 /// (bursts cost memory in the broker and make slow subscribers skip), while devices in
 /// the same slot still share wakeups.
 pub const STAGGER_SLOTS: u32 = 10;
-
-/// After its second failed poll in a row on a bus with several polled devices, a device
-/// waits this many times the failed poll's duration before its next try (its tries then
-/// take at most 1/20 of the bus time).
-const FAILING_SHARE: u32 = 19;
 
 /// How a poll went.
 #[derive(Debug)]
@@ -228,31 +224,6 @@ impl Cx {
     }
 }
 
-/// The schedule of one device.
-struct Schedule {
-    next_due: TokioInstant,
-    failures: u32,
-    /// When the first of the failed polls in a row began (`None` while answering).
-    first_failure: Option<TokioInstant>,
-    /// Declared offline since its last answer.
-    offline: bool,
-}
-
-impl Schedule {
-    /// When a failing device that is still online is declared offline without another
-    /// try: `offline_after` poll intervals after its first failure began (when its
-    /// `offline_after`-th poll at its cadence would have ended), once it failed
-    /// at least twice in a row (one lost reply is line noise; with fewer tries than that
-    /// the fair share spaced its retries out).
-    fn verdict_at(&self, device: &Device) -> Option<TokioInstant> {
-        if self.offline || self.failures < 2.min(device.offline_after) {
-            return None;
-        }
-        let first = self.first_failure?;
-        Some(first + device.poll_interval * device.offline_after)
-    }
-}
-
 /// What the runtime tells a running bus task: a reload.
 #[derive(Debug)]
 pub enum Control {
@@ -299,47 +270,6 @@ impl Control {
             first,
             generation,
             done,
-        }
-    }
-}
-
-/// The state the actor keeps per device besides the driver's.
-struct Devices {
-    schedule: Vec<Schedule>,
-    /// The configuration generation each device's definition dates from.
-    since: Vec<u64>,
-    /// The generation the bus runs now.
-    generation: u64,
-    /// Start offsets the polled devices are spread over.
-    slots: u32,
-}
-
-impl Devices {
-    /// The devices of `bus` (its first device is `first` of all) at start: each first
-    /// polled at its offset among `slots`.
-    fn new(bus: &Bus, first: usize, slots: u32) -> Devices {
-        let mut devs = Devices {
-            schedule: Vec::new(),
-            since: vec![0; bus.devices.len()],
-            generation: 0,
-            slots,
-        };
-        let now = TokioInstant::now();
-        devs.schedule = (0..bus.devices.len())
-            .map(|i| devs.fresh(bus, first, i, now))
-            .collect();
-        devs
-    }
-
-    /// A first poll for device `i` of a bus whose first device is `first`: spread
-    /// over the stagger slots.
-    fn fresh(&self, bus: &Bus, first: usize, i: usize, now: TokioInstant) -> Schedule {
-        Schedule {
-            next_due: now
-                + bus.devices[i].poll_interval / self.slots * ((first + i) as u32 % self.slots),
-            failures: 0,
-            first_failure: None,
-            offline: false,
         }
     }
 }
@@ -457,29 +387,6 @@ pub(crate) async fn run<D: Driver>(
     driver.stop(&mut cx);
     cx.flush().await;
     debug!(bus = %bus.id, "Bus stopped.");
-}
-
-/// The device `d` of the bus the task runs now.
-fn bus_now(cx: &Cx, d: usize) -> Arc<Device> {
-    cx.device(d).clone()
-}
-
-/// Declare offline every failing device whose verdict is due (its retries were spaced
-/// out by the fair share, so its count of failures lags behind the time it has failed).
-fn verdicts(cx: &mut Cx, devs: &mut Devices, now: TokioInstant) {
-    for d in 0..devs.schedule.len() {
-        let device = bus_now(cx, d);
-        let s = &mut devs.schedule[d];
-        if s.verdict_at(&device).is_some_and(|t| t <= now) {
-            s.offline = true;
-            let why = format!(
-                "no answer for {:?} ({} failed polls, retries spaced out on the shared bus)",
-                s.first_failure.map(|f| now - f).unwrap_or_default(),
-                s.failures
-            );
-            cx.set_online(d, false, Some(&why));
-        }
-    }
 }
 
 /// Answer every command still queued: nobody is left waiting for a result that never

@@ -10,6 +10,8 @@
 //!   that answers every command still queued.
 //! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
+//! - `schedule`: when each device is polled (offsets, cadence, the fair share of a
+//!   failing device) and the availability verdict that does not wait for its tries.
 //! - `registry`: the running bus tasks by bus id (`Buses`): started by the runtime,
 //!   reconfigured or stopped by a reload, and the one list of which bus kind runs which
 //!   driver.
@@ -24,6 +26,7 @@ mod actor;
 mod gpio;
 mod modbus;
 mod registry;
+mod schedule;
 mod uart;
 
 use std::sync::Arc;
