@@ -340,3 +340,33 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// Mosquitto's three client tools, found ([`tool`]).
+pub struct Tools {
+    /// `mosquitto_pub`.
+    pub publ: PathBuf,
+    /// `mosquitto_sub`.
+    pub sub: PathBuf,
+    /// `mosquitto_passwd`.
+    pub passwd: PathBuf,
+}
+
+/// All three of Mosquitto's client tools, or `None` (off CI) when one is missing.
+pub fn tools() -> Option<Tools> {
+    Some(Tools {
+        publ: tool("mosquitto_pub")?,
+        sub: tool("mosquitto_sub")?,
+        passwd: tool("mosquitto_passwd")?,
+    })
+}
+
+/// One of Mosquitto's clients (`bin`) with `args` against the broker on 127.0.0.1:`port`,
+/// run to its end.
+pub fn run(bin: &Path, port: u16, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()))
+}

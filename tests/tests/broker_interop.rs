@@ -20,29 +20,7 @@ use fieldlink_drivers::{
 use fieldlink_tests::{eventually, model_from, mosquitto, Gateway, Observer};
 use rumqttc::QoS;
 
-struct Tools {
-    publ: PathBuf,
-    sub: PathBuf,
-    passwd: PathBuf,
-}
-
-fn tools() -> Option<Tools> {
-    Some(Tools {
-        publ: mosquitto::tool("mosquitto_pub")?,
-        sub: mosquitto::tool("mosquitto_sub")?,
-        passwd: mosquitto::tool("mosquitto_passwd")?,
-    })
-}
-
-/// One of Mosquitto's clients (`bin`) with `args` against the broker, run to its end.
-fn run(bin: &Path, port: u16, args: &[&str]) -> std::process::Output {
-    Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()))
-}
+use mosquitto::{run, tools, Tools};
 
 /// `mosquitto_pub` with `args` against the broker; its exit code.
 fn publish(t: &Tools, port: u16, args: &[&str]) -> i32 {

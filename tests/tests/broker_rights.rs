@@ -11,7 +11,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::atomic::Ordering::Relaxed,
     time::Duration,
@@ -24,29 +24,7 @@ use fieldlink_drivers::{
 use fieldlink_tests::{eventually, model_from, mosquitto, Gateway};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-struct Tools {
-    publ: PathBuf,
-    sub: PathBuf,
-    passwd: PathBuf,
-}
-
-fn tools() -> Option<Tools> {
-    Some(Tools {
-        publ: mosquitto::tool("mosquitto_pub")?,
-        sub: mosquitto::tool("mosquitto_sub")?,
-        passwd: mosquitto::tool("mosquitto_passwd")?,
-    })
-}
-
-/// One of Mosquitto's clients (`bin`) with `args` against the broker, run to its end.
-fn run(bin: &Path, port: u16, args: &[&str]) -> std::process::Output {
-    Command::new(bin)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()))
-}
+use mosquitto::{run, tools, Tools};
 
 /// `mosquitto_pub` as `user` with `args`; its exit code.
 fn publish(t: &Tools, port: u16, user: &str, args: &[&str]) -> i32 {
