@@ -14,6 +14,10 @@
 //! [`RECHECK_MAX`]); a hole whose merged read then succeeds is bridged again, and an
 //! unreadable point that answers goes back into the merged reads. Time is passed in
 //! ([`Planner::refresh`]), so tests run on a paused clock.
+//!
+//! Points at their own cadence: [`Planner::plan_for`] plans only the items due in a cycle
+//! (`subset.rs`); an item that is not due costs no read of its own but rides along in a
+//! read that covers it whole.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -23,6 +27,8 @@ use std::{
 use tokio::time::Instant;
 
 use super::Table;
+
+mod subset;
 
 /// One point as the planner sees it: which registers (or bits) it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +167,9 @@ pub struct Planner {
     /// Items that failed alone: out of the plan until their check is due.
     unreadable: BTreeMap<usize, Learned>,
     plan: Plan,
+    /// Plans of the subsets of items due together (points at their own cadence), by
+    /// their due marks; emptied whenever the plan changes.
+    subsets: Vec<(Vec<bool>, Plan)>,
 }
 
 impl Planner {
@@ -186,6 +195,7 @@ impl Planner {
             suspects: HashSet::new(),
             unreadable: BTreeMap::new(),
             plan: Vec::new(),
+            subsets: Vec::new(),
         };
         p.replan();
         p
@@ -252,6 +262,16 @@ impl Planner {
     }
 
     fn replan(&mut self) {
+        self.plan = self.build(None);
+        self.subsets.clear();
+    }
+
+    /// The reads of the items `due` marks (every item when `None`). A read starts and
+    /// ends at a due item; an item that is not due may bridge the way between two due
+    /// ones (it is no gap: its registers exist), and rides along in every read that
+    /// covers it whole ([`Planner::plan_for`]).
+    fn build(&self, due: Option<&[bool]>) -> Plan {
+        let is_due = |i: usize| due.is_none_or(|d| d.get(i).copied().unwrap_or(false));
         let mut order: Vec<usize> = (0..self.items.len()).collect();
         order.sort_by_key(|&i| {
             (
@@ -261,22 +281,29 @@ impl Planner {
             )
         });
         let mut plan: Plan = Vec::new();
-        let mut cur: Option<(ReadRequest, u32)> = None;
-        for i in order {
+        // The read being built, where its items end, and where its due items end.
+        let mut cur: Option<(ReadRequest, u32, u32)> = None;
+        let close = |(mut req, _, due_end): (ReadRequest, u32, u32)| {
+            req.count = (due_end - u32::from(req.start)) as u16;
+            req
+        };
+        for &i in &order {
             let it = self.items[i];
             if self.unreadable.get(&i).is_some_and(|l| l.active) {
                 continue;
             }
             if self.suspects.contains(&i) || self.unreadable.contains_key(&i) {
-                plan.push(ReadRequest {
-                    table: it.table,
-                    start: it.address,
-                    count: it.count,
-                    members: vec![i],
-                });
+                if is_due(i) {
+                    plan.push(ReadRequest {
+                        table: it.table,
+                        start: it.address,
+                        count: it.count,
+                        members: vec![i],
+                    });
+                }
                 continue;
             }
-            if let Some((req, end)) = cur.as_mut() {
+            if let Some((req, end, due_end)) = cur.as_mut() {
                 let max = u32::from(self.limits.max_read(it.table));
                 let new_end = (*end).max(it.end());
                 let bridge_ok = u32::from(it.address) <= *end + u32::from(self.max_gap)
@@ -286,13 +313,19 @@ impl Planner {
                     });
                 if req.table == it.table && bridge_ok && new_end - u32::from(req.start) <= max {
                     *end = new_end;
-                    req.count = (new_end - u32::from(req.start)) as u16;
-                    req.members.push(i);
+                    if is_due(i) {
+                        *due_end = (*due_end).max(it.end());
+                        req.members.push(i);
+                    }
                     continue;
                 }
             }
-            if let Some((req, _)) = cur.take() {
-                plan.push(req);
+            // An item that is not due never starts a read.
+            if !is_due(i) {
+                continue;
+            }
+            if let Some(c) = cur.take() {
+                plan.push(close(c));
             }
             cur = Some((
                 ReadRequest {
@@ -302,19 +335,35 @@ impl Planner {
                     members: vec![i],
                 },
                 it.end(),
+                it.end(),
             ));
         }
-        if let Some((req, _)) = cur {
-            plan.push(req);
+        if let Some(c) = cur {
+            plan.push(close(c));
         }
         plan.sort_by_key(|r| (r.table, r.start));
-        self.plan = plan;
+        if due.is_some() {
+            self.ride_along(&mut plan, &order, is_due);
+        }
+        plan
     }
 
     /// Learn from an exception 02 on `req` at `now`. Returns the requests that now
     /// replace it in this cycle (empty when the request was a single point: that point is
     /// unreadable until its next check).
     pub fn learn_illegal_address(&mut self, req: &ReadRequest, now: Instant) -> Vec<ReadRequest> {
+        self.learn_illegal_address_for(req, now, None)
+    }
+
+    /// [`Planner::learn_illegal_address`] in a cycle that reads only the items `due`
+    /// marks ([`Planner::plan_for`]; `None`: every item): the replacements read only
+    /// those.
+    pub fn learn_illegal_address_for(
+        &mut self,
+        req: &ReadRequest,
+        now: Instant,
+        due: Option<&[bool]>,
+    ) -> Vec<ReadRequest> {
         let gaps = req.gaps(&self.items);
         if !gaps.is_empty() {
             for a in gaps {
@@ -337,9 +386,17 @@ impl Planner {
             return Vec::new();
         }
         self.replan();
-        self.plan
-            .iter()
-            .filter(|r| r.members.iter().any(|m| req.members.contains(m)))
+        let is_due = |m: &usize| due.is_none_or(|d| d.get(*m).copied().unwrap_or(false));
+        let plan = match due {
+            Some(d) => self.plan_for(d),
+            None => &self.plan,
+        };
+        plan.iter()
+            .filter(|r| {
+                r.members
+                    .iter()
+                    .any(|m| req.members.contains(m) && is_due(m))
+            })
             .cloned()
             .collect()
     }
