@@ -326,6 +326,13 @@ pub struct PointFile {
     /// `icon`, `entity_category`, `enabled_by_default`, `expire_after`, `hidden`.
     #[serde(default)]
     pub homeassistant: Option<super::PointHaFile>,
+    // Points at their own cadence (#23).
+    /// Modbus: read this point this often instead of at its device's `poll_interval`
+    /// (`1s` for power, `1m` for an energy total, `1h` for a serial number). A point that
+    /// is not due costs no read of its own; it is still decoded and published whenever a
+    /// read of a point that is due covers its registers. Default: the device's.
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// A value in a `values:` map: a number or a boolean.

@@ -32,10 +32,12 @@
 //! | `uart.rs` | UART: its key values, the bus, the line parser, the UART half of a point |
 //! | `gpio.rs` | GPIO: its key values, the bus, the GPIO half of a point |
 //! | `homeassistant.rs` | `homeassistant:` of the gateway file, of a device and of a point |
+//! | `cadence.rs` | a point's own `poll_interval` |
 //!
 //! A new bus kind gets its own file next to `modbus.rs`, `uart.rs` and `gpio.rs`, plus its
 //! keys in [`BusFile`]/[`PointFile`] and a line in the dispatch of `mapping.rs`/`point.rs`.
 
+mod cadence;
 mod device;
 mod diagnostic;
 mod embedded;

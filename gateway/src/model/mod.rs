@@ -437,6 +437,9 @@ pub struct Point {
     /// Home Assistant overrides, when the mapping gives any (boxed: most points have
     /// none, and 10 000 points would carry 1.3 MB of empty ones); [`Point::ha`].
     pub ha_overrides: Option<Box<PointHa>>,
+    // Points at their own cadence (#23).
+    /// Its own poll period (Modbus points), instead of its device's; [`Point::cadence`].
+    pub poll_interval: Option<Duration>,
 }
 
 /// Where a point's value lives, one variant per bus kind.
@@ -558,6 +561,15 @@ impl Point {
     }
 }
 
+// Points at their own cadence (#23).
+impl Point {
+    /// How often the point is read on `device`: its own `poll_interval`, else the
+    /// device's.
+    pub fn cadence(&self, device: &Device) -> Duration {
+        self.poll_interval.unwrap_or(device.poll_interval)
+    }
+}
+
 /// A read-only holding-register point on topic `t`, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_point(ty: ValueType) -> Point {
@@ -585,5 +597,6 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
             order: WordOrder::Abcd,
             bit: None,
         }),
+        poll_interval: None,
     }
 }
