@@ -278,6 +278,7 @@ fn check(config: &std::path::Path) -> ExitCode {
     let points: usize = m.devices().map(|d| d.points.len()).sum();
     let mut requests = 0usize;
     let mut per_second = 0f64;
+    let mut cadences = Vec::new();
     let mut lines = 0usize;
     let mut uart = 0usize;
     for bus in &m.buses {
@@ -316,9 +317,10 @@ fn check(config: &std::path::Path) -> ExitCode {
             })
             .collect();
         let limits = d.modbus().map(|m| m.read_limits()).unwrap_or_default();
-        let n = Planner::with_limits(items, limits).plan().len();
-        requests += n;
-        per_second += n as f64 / d.poll_interval.as_secs_f64();
+        requests += Planner::with_limits(items, limits).plan().len();
+        let (line, per_minute) = cadence_line(d);
+        per_second += per_minute / 60.0;
+        cadences.push(line);
     }
     let mut gpio = if lines > 0 {
         format!(", {lines} GPIO line(s)")
@@ -333,6 +335,12 @@ fn check(config: &std::path::Path) -> ExitCode {
         checked.files.len(),
         m.buses.len(),
     );
+    if !cadences.is_empty() {
+        println!("Modbus requests per minute, by cadence:");
+        for line in &cadences {
+            println!("  {line}");
+        }
+    }
     print_discovery(m);
     if let Some(e) = &m.mqtt.embedded {
         println!(
@@ -372,6 +380,55 @@ fn check(config: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `check`'s line on a Modbus device's requests by cadence (points at their own cadence):
+/// `meter: 1s → 2 reads (120/min), 1m → 1 read (1/min); 121 requests/min`, and its
+/// requests per minute.
+fn cadence_line(d: &fieldlink::model::Device) -> (String, f64) {
+    // 120, 60.5, 0.02: two decimals at most, none that are zero.
+    let num = |x: f64| {
+        let digits = if x >= 100.0 {
+            0
+        } else if x >= 10.0 {
+            1
+        } else {
+            2
+        };
+        let s = format!("{x:.digits$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    let rates = fieldlink::buses::requests_per_minute(d);
+    let total: f64 = rates.iter().map(|(_, n)| n).sum();
+    let parts: Vec<String> = rates
+        .iter()
+        .map(|(every, n)| {
+            let every_text = humantime::format_duration(*every);
+            let polls = 60.0 / every.as_secs_f64();
+            let reads = num(n / polls);
+            if *n < 1e-9 {
+                format!("{every_text} → rides along (0/min)")
+            } else {
+                let s = if reads == "1" { "" } else { "s" };
+                format!("{every_text} → {reads} read{s} ({}/min)", num(*n))
+            }
+        })
+        .collect();
+    let line = if parts.len() > 1 {
+        format!(
+            "{}: {}; {} requests/min",
+            d.id,
+            parts.join(", "),
+            num(total)
+        )
+    } else {
+        format!("{}: {}", d.id, parts.join(", "))
+    };
+    (line, total)
 }
 
 /// `check`'s line on Home Assistant discovery: how many entities of each kind.

@@ -20,6 +20,7 @@ use fieldlink_drivers::value::Value;
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
+use super::cadence::Due;
 use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
 use super::{availability, BusIo};
 use crate::{
@@ -70,6 +71,18 @@ pub(crate) trait Driver: Send {
 
     /// Poll device `d`: read it and publish its values through `cx`.
     fn poll(&mut self, d: usize, cx: &mut Cx) -> impl Future<Output = Polled> + Send;
+
+    /// Poll only the points of device `d` that `due` says are due (points at their own
+    /// cadence). Kinds whose points all follow their device's cadence keep this default:
+    /// the whole device.
+    fn poll_points(
+        &mut self,
+        d: usize,
+        _due: Due<'_>,
+        cx: &mut Cx,
+    ) -> impl Future<Output = Polled> + Send {
+        self.poll(d, cx)
+    }
 
     /// Write a command; the reading the point holds afterwards.
     fn write(
@@ -517,7 +530,7 @@ async fn poll<D: Driver>(
 ) {
     let began = TokioInstant::now();
     let started = Instant::now();
-    let outcome = driver.poll(d, cx).await;
+    let outcome = driver.poll_points(d, sched.cadence.begin(began), cx).await;
     let device = cx.device(d).clone();
     if !matches!(outcome, Polled::Skipped) {
         cx.stats_of(d).polls.fetch_add(1, Relaxed);
@@ -549,7 +562,7 @@ async fn poll<D: Driver>(
         }
         Polled::Skipped => true,
     };
-    let interval = device.poll_interval;
+    let interval = sched.cadence.tick();
     let now = TokioInstant::now();
     // A unit that does not answer holds a shared bus for its whole timeout (twice on
     // RTU, which listens for a late reply). From its second failure in a row (one lost
@@ -561,8 +574,9 @@ async fn poll<D: Driver>(
     } else {
         now + (now - began) * FAILING_SHARE
     };
+    let next = sched.cadence.end(sched.next_due, ok, now);
     sched.next_due = fair.max(if ok || sched.failures < device.offline_after {
-        (sched.next_due + interval).max(now)
+        next
     } else {
         // Offline: exponential backoff from the poll interval, capped.
         let k = (sched.failures - device.offline_after).min(16);

@@ -12,6 +12,8 @@
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
 //! - `schedule`: when each device is polled (offsets, cadence, the fair share of a
 //!   failing device) and the availability verdict that does not wait for its tries.
+//! - `cadence`: points at their own cadence: a device's points grouped by poll interval,
+//!   which groups a poll reads, and `check`'s requests per minute.
 //! - `registry`: the running bus tasks by bus id (`Buses`): started by the runtime,
 //!   reconfigured or stopped by a reload, and the one list of which bus kind runs which
 //!   driver.
@@ -23,6 +25,7 @@
 //! points carry settings of their own); and the list of bus kinds in `lib.rs`.
 
 mod actor;
+mod cadence;
 mod gpio;
 mod modbus;
 mod registry;
@@ -37,6 +40,7 @@ use crate::{commands::Command, health::Stats, publish::Outgoing, shutdown::Shutd
 
 pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
+pub use cadence::requests_per_minute;
 pub use gpio::run_gpio;
 pub use modbus::run_modbus;
 pub(crate) use registry::{open_gpio, Buses};

@@ -18,7 +18,7 @@ use fieldlink_drivers::modbus::{
 };
 use tracing::{debug, info, warn};
 
-use super::{actor, BusIo, Cx, Driver, Polled};
+use super::{actor, cadence::Due, BusIo, Cx, Driver, Polled};
 use crate::{
     commands::{Command, CommandError},
     model::{Bus, Device, ModbusDevice, ModbusPoint, Model, Point},
@@ -51,6 +51,9 @@ struct Unit {
     points: Vec<(usize, ModbusPoint)>,
     /// Planner items the device says do not exist (exception 02 when read alone).
     bad_points: Vec<bool>,
+    // Points at their own cadence (#23).
+    /// The planner items due in the poll under way; empty when every item is.
+    due_items: Vec<bool>,
 }
 
 impl<T: ModbusTransport + Send> Driver for Modbus<T> {
@@ -77,13 +80,21 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
     }
 
     async fn poll(&mut self, d: usize, cx: &mut Cx) -> Polled {
+        self.poll_points(d, Due::All, cx).await
+    }
+
+    async fn poll_points(&mut self, d: usize, due: Due<'_>, cx: &mut Cx) -> Polled {
         let device = cx.device(d).clone();
         let unit = &mut self.devices[d];
         let started = tokio::time::Instant::now();
         let wall = SystemTime::now();
         // What was learned from exception 02 and is due is checked again in this cycle.
         unit.planner.refresh(tokio::time::Instant::now());
-        let mut queue: VecDeque<ReadRequest> = unit.planner.plan().iter().cloned().collect();
+        let mut queue: VecDeque<ReadRequest> = unit.plan(due).iter().cloned().collect();
+        if queue.is_empty() && !due.all() {
+            // The points due now are all known unreadable: nothing to read this time.
+            return Polled::Skipped;
+        }
         let mut answered = false;
         let mut last_error: Option<DriverError> = None;
         while let Some(req) = queue.pop_front() {
@@ -192,7 +203,19 @@ impl Unit {
             planner: Planner::with_limits(items, settings(d).read_limits()),
             bad_points: vec![false; points.len()],
             points,
+            due_items: Vec::new(),
         }
+    }
+
+    /// The reads of a poll of the points `due` says are due (the whole plan when all are).
+    fn plan(&mut self, due: Due<'_>) -> &fieldlink_drivers::modbus::Plan {
+        self.due_items.clear();
+        if due.all() {
+            return self.planner.plan();
+        }
+        self.due_items
+            .extend(self.points.iter().map(|(i, _)| due.point(*i)));
+        self.planner.plan_for(&self.due_items)
     }
 
     /// Decode the values of an answered read and publish those due.
@@ -243,9 +266,10 @@ impl Unit {
     /// Learn from an exception 02 on `req`; returns the reads that replace it in this
     /// cycle (none when its point fails alone: it is unreadable until its next check).
     fn illegal_address(&mut self, device: &Device, req: &ReadRequest) -> Vec<ReadRequest> {
-        let replacements = self
-            .planner
-            .learn_illegal_address(req, tokio::time::Instant::now());
+        let due = (!self.due_items.is_empty()).then_some(self.due_items.as_slice());
+        let replacements =
+            self.planner
+                .learn_illegal_address_for(req, tokio::time::Instant::now(), due);
         if replacements.is_empty() {
             for &m in &req.members {
                 if !self.bad_points[m] {

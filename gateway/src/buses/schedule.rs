@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant as TokioInstant;
 
 use super::actor::Cx;
+use super::cadence::Groups;
 use crate::model::{Bus, Device};
 
 /// After its second failed poll in a row on a bus with several polled devices, a device
@@ -22,20 +23,23 @@ pub(super) struct Schedule {
     pub(super) first_failure: Option<TokioInstant>,
     /// Declared offline since its last answer.
     pub(super) offline: bool,
+    // Points at their own cadence (#23).
+    /// Its points grouped by cadence, each group's due time.
+    pub(super) cadence: Groups,
 }
 
 impl Schedule {
     /// When a failing device that is still online is declared offline without another
-    /// try: `offline_after` poll intervals after its first failure began (when its
-    /// `offline_after`-th poll at its cadence would have ended), once it failed
-    /// at least twice in a row (one lost reply is line noise; with fewer tries than that
-    /// the fair share spaced its retries out).
+    /// try: `offline_after` poll intervals (its shortest cadence) after its first failure
+    /// began (when its `offline_after`-th poll at its cadence would have ended), once it
+    /// failed at least twice in a row (one lost reply is line noise; with fewer tries
+    /// than that the fair share spaced its retries out).
     pub(super) fn verdict_at(&self, device: &Device) -> Option<TokioInstant> {
         if self.offline || self.failures < 2.min(device.offline_after) {
             return None;
         }
         let first = self.first_failure?;
-        Some(first + device.poll_interval * device.offline_after)
+        Some(first + self.cadence.tick() * device.offline_after)
     }
 }
 
@@ -70,12 +74,15 @@ impl Devices {
     /// A first poll for device `i` of a bus whose first device is `first`: spread
     /// over the stagger slots.
     pub(super) fn fresh(&self, bus: &Bus, first: usize, i: usize, now: TokioInstant) -> Schedule {
+        let mut cadence = Groups::new(&bus.devices[i], now);
+        let next_due = now + cadence.tick() / self.slots * ((first + i) as u32 % self.slots);
+        cadence.start_at(next_due);
         Schedule {
-            next_due: now
-                + bus.devices[i].poll_interval / self.slots * ((first + i) as u32 % self.slots),
+            next_due,
             failures: 0,
             first_failure: None,
             offline: false,
+            cadence,
         }
     }
 }
