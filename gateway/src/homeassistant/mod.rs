@@ -17,6 +17,7 @@
 //! publishes only what changed and clears what is gone.
 
 mod classes;
+mod expire;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -571,7 +572,7 @@ fn overrides(m: &mut Map<String, Value>, component: Component, p: &Point) {
     if let Some(e) = o.enabled_by_default {
         m.insert("enabled_by_default".into(), json!(e));
     }
-    if let Some(e) = o.expire_after {
+    if let Some(e) = o.expire_after.or_else(|| expire::default_for(p)) {
         if matches!(component, Component::Sensor | Component::BinarySensor) {
             m.insert("expire_after".into(), json!(e.as_secs()));
         }
