@@ -276,9 +276,6 @@ fn check(config: &std::path::Path) -> ExitCode {
     let m = &checked.model;
     let devices = m.devices().count();
     let points: usize = m.devices().map(|d| d.points.len()).sum();
-    let mut requests = 0usize;
-    let mut per_second = 0f64;
-    let mut cadences = Vec::new();
     let mut lines = 0usize;
     let mut uart = 0usize;
     for bus in &m.buses {
@@ -292,36 +289,7 @@ fn check(config: &std::path::Path) -> ExitCode {
             | BusKind::ModbusRtuOverTcp { .. } => {}
         }
     }
-    let modbus = m
-        .buses
-        .iter()
-        .filter(|b| {
-            matches!(
-                b.kind,
-                BusKind::ModbusTcp { .. }
-                    | BusKind::ModbusRtu { .. }
-                    | BusKind::ModbusRtuOverTcp { .. }
-            )
-        })
-        .flat_map(|b| b.devices.iter());
-    for d in modbus {
-        let items = d
-            .points
-            .iter()
-            .filter_map(|p| {
-                p.modbus().map(|m| fieldlink_drivers::modbus::PlanItem {
-                    table: m.table,
-                    address: m.address,
-                    count: m.count(p.ty),
-                })
-            })
-            .collect();
-        let limits = d.modbus().map(|m| m.read_limits()).unwrap_or_default();
-        requests += Planner::with_limits(items, limits).plan().len();
-        let (line, per_minute) = cadence_line(d);
-        per_second += per_minute / 60.0;
-        cadences.push(line);
-    }
+    let (requests, per_second, cadences) = modbus_requests(m);
     let mut gpio = if lines > 0 {
         format!(", {lines} GPIO line(s)")
     } else {
@@ -382,6 +350,46 @@ fn check(config: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `check`'s count of Modbus requests: per poll cycle (every point due), per second, and
+/// a line per device with its requests per minute by cadence.
+fn modbus_requests(m: &fieldlink::Model) -> (usize, f64, Vec<String>) {
+    use fieldlink::model::BusKind;
+    let mut requests = 0usize;
+    let mut per_second = 0f64;
+    let mut cadences = Vec::new();
+    let modbus = m
+        .buses
+        .iter()
+        .filter(|b| {
+            matches!(
+                b.kind,
+                BusKind::ModbusTcp { .. }
+                    | BusKind::ModbusRtu { .. }
+                    | BusKind::ModbusRtuOverTcp { .. }
+            )
+        })
+        .flat_map(|b| b.devices.iter());
+    for d in modbus {
+        let items = d
+            .points
+            .iter()
+            .filter_map(|p| {
+                p.modbus().map(|m| fieldlink_drivers::modbus::PlanItem {
+                    table: m.table,
+                    address: m.address,
+                    count: m.count(p.ty),
+                })
+            })
+            .collect();
+        let limits = d.modbus().map(|m| m.read_limits()).unwrap_or_default();
+        requests += Planner::with_limits(items, limits).plan().len();
+        let (line, per_minute) = cadence_line(d);
+        per_second += per_minute / 60.0;
+        cadences.push(line);
+    }
+    (requests, per_second, cadences)
+}
+
 /// `check`'s line on a Modbus device's requests by cadence (points at their own cadence):
 /// `meter: 1s → 2 reads (120/min), 1m → 1 read (1/min); 121 requests/min`, and its
 /// requests per minute.
@@ -402,6 +410,9 @@ fn cadence_line(d: &fieldlink::model::Device) -> (String, f64) {
             s
         }
     };
+    if d.points.is_empty() {
+        return (format!("{}: no points", d.id), 0.0);
+    }
     let rates = fieldlink::buses::requests_per_minute(d);
     let total: f64 = rates.iter().map(|(_, n)| n).sum();
     let parts: Vec<String> = rates
