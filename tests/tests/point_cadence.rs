@@ -27,6 +27,9 @@ use tokio_modbus::{Request, Response};
 struct InProcess {
     dev: Arc<SimDevice>,
     silent: Arc<Mutex<Vec<u16>>>,
+    /// When each read began (virtual milliseconds since the start) and its address.
+    times: Arc<Mutex<Vec<(u128, u16)>>>,
+    t0: Instant,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,6 +48,10 @@ impl ModbusTransport for InProcess {
             Table::Coil => Request::ReadCoils(addr, count),
             Table::Discrete => Request::ReadDiscreteInputs(addr, count),
         };
+        self.times
+            .lock()
+            .expect("lock")
+            .push((self.t0.elapsed().as_millis(), addr));
         let answer = self.dev.handle(unit, &req);
         if self.silent.lock().expect("lock").contains(&addr) {
             tokio::time::sleep(TIMEOUT).await;
@@ -110,6 +117,7 @@ type Log = Arc<Mutex<Vec<(Duration, Outgoing)>>>;
 struct Meter {
     dev: Arc<SimDevice>,
     silent: Arc<Mutex<Vec<u16>>>,
+    times: Arc<Mutex<Vec<(u128, u16)>>>,
     log: Log,
     t0: Instant,
 }
@@ -149,14 +157,18 @@ fn start(poll_interval: &str, points: &[&str]) -> Meter {
     let dev = SimDevice::new();
     let bus = m.buses[0].clone();
     let silent: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let times: Arc<Mutex<Vec<(u128, u16)>>> = Arc::default();
     let transport = InProcess {
         dev: dev.clone(),
         silent: silent.clone(),
+        times: times.clone(),
+        t0,
     };
     tokio::spawn(buses::run_modbus(m, bus, 0, transport, io));
     Meter {
         dev,
         silent,
+        times,
         log,
         t0,
     }
@@ -193,6 +205,30 @@ fn on(log: &Log, topic: &str) -> Vec<(u128, String)> {
             )
         })
         .collect()
+}
+
+/// The device's next poll is when its earliest cadence is due: a device at 2 s with one
+/// point at 3 s reads the others at 0, 2, 4, 6, 8 s and that point at 0, 3, 6, 9 s.
+#[tokio::test(start_paused = true)]
+async fn each_cadence_keeps_its_own_time() {
+    let Meter { times, t0, .. } = start(
+        "2s",
+        &[
+            "{ topic: m/a, table: holding, address: 0 }",
+            "{ topic: m/b, table: holding, address: 500, poll_interval: 3s }",
+        ],
+    );
+    until(t0, Duration::from_millis(9_500)).await;
+    let at = |address: u16| -> Vec<u128> {
+        let times = times.lock().expect("lock");
+        times
+            .iter()
+            .filter(|(_, a)| *a == address)
+            .map(|(t, _)| *t / 100 * 100)
+            .collect()
+    };
+    assert_eq!(at(0), [0, 2000, 4000, 6000, 8000]);
+    assert_eq!(at(500), [0, 3000, 6000, 9000]);
 }
 
 /// A meter polled every second with its energy total at 60 s, far from the power
@@ -292,6 +328,7 @@ async fn failing_polls_of_either_cadence_drive_availability() {
         silent,
         log,
         t0,
+        ..
     } = start(
         "1s",
         &[
