@@ -118,7 +118,8 @@ pub struct DeviceFile {
     pub unit: Option<Spanned<i64>>,
     /// Time between the starts of two polls. Default `1s`. On a uart device without
     /// `query`: the period the device sends at (it is `offline` after `offline_after`
-    /// periods without a line).
+    /// periods without a line). A Modbus point may have its own (`poll_interval` on the
+    /// point).
     #[serde(default)]
     pub poll_interval: Option<Spanned<HumanDuration>>,
     /// Consecutive failed polls after which the device is published `offline`. Default 3.
