@@ -12,6 +12,8 @@
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
 //! - `schedule`: when each device is polled (offsets, cadence, the fair share of a
 //!   failing device) and the availability verdict that does not wait for its tries.
+//! - `rewrite`: values kept alive by `rewrite_every` (written again through the driver),
+//!   and the availability of devices that are only written (`write_only`).
 //! - `registry`: the running bus tasks by bus id (`Buses`): started by the runtime,
 //!   reconfigured or stopped by a reload, and the one list of which bus kind runs which
 //!   driver.
@@ -26,6 +28,7 @@ mod actor;
 mod gpio;
 mod modbus;
 mod registry;
+mod rewrite;
 mod schedule;
 mod uart;
 
@@ -33,8 +36,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::{commands::Command, health::Stats, publish::Outgoing, shutdown::Shutdown};
+use crate::{health::Stats, publish::Outgoing, shutdown::Shutdown};
 
+/// What a bus task receives on [`BusIo::commands`] (tests drive a bus task with it).
+pub use crate::commands::Command;
 pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
 pub use gpio::run_gpio;

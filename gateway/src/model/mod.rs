@@ -359,6 +359,13 @@ impl Device {
             _ => None,
         }
     }
+
+    /// Whether its bus task polls it: `false` for a device whose points are all
+    /// `write_only` (nothing to read; it is online while its writes are acknowledged, see
+    /// `buses::rewrite`).
+    pub fn polled(&self) -> bool {
+        self.points.is_empty() || self.points.iter().any(|p| !p.write_only)
+    }
 }
 
 /// Whether two devices are defined the same for their bus task: every field, their
@@ -437,6 +444,13 @@ pub struct Point {
     /// Home Assistant overrides, when the mapping gives any (boxed: most points have
     /// none, and 10 000 points would carry 1.3 MB of empty ones); [`Point::ha`].
     pub ha_overrides: Option<Box<PointHa>>,
+    // Writes (#23): write-only points and kept-alive setpoints (`buses::rewrite`).
+    /// Never read (not polled, no read-back): a `/set` publishes the value the device
+    /// acknowledged as its state. Implies `writable`; Modbus holding registers and coils.
+    pub write_only: bool,
+    /// The last value `/set` wrote is written again whenever this long has passed since
+    /// the point's last write.
+    pub rewrite_every: Option<Duration>,
 }
 
 /// Where a point's value lives, one variant per bus kind.
@@ -461,6 +475,10 @@ pub struct ModbusPoint {
     pub order: WordOrder,
     /// Bit inside the register, for `bool` on a register table.
     pub bit: Option<u8>,
+    // Writes (#23): a separate write register.
+    /// Where a `/set` writes (a holding register or coil), when not at `address`; the
+    /// value is still read (polled, read back) at `address`.
+    pub write_address: Option<u16>,
 }
 
 impl ModbusPoint {
@@ -556,6 +574,13 @@ impl Point {
             _ => None,
         }
     }
+
+    /// Whether the point's value can be read from its device (polled, or read on
+    /// demand): not a `write_only` point, nor a UART point without `field` (command
+    /// only). A GPIO line is readable (an output reads back its level).
+    pub fn readable(&self) -> bool {
+        !self.write_only && self.uart().is_none_or(|u| u.field.is_some())
+    }
 }
 
 /// A read-only holding-register point on topic `t`, for unit tests.
@@ -584,6 +609,9 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
             address: 0,
             order: WordOrder::Abcd,
             bit: None,
+            write_address: None,
         }),
+        write_only: false,
+        rewrite_every: None,
     }
 }
