@@ -307,6 +307,8 @@ fn check(config: &std::path::Path) -> ExitCode {
         let items = d
             .points
             .iter()
+            // A write_only point is never read (#23).
+            .filter(|p| !p.write_only)
             .filter_map(|p| {
                 p.modbus().map(|m| fieldlink_drivers::modbus::PlanItem {
                     table: m.table,
