@@ -16,7 +16,7 @@
 //!   the caller's back); a `/set` refused before it reached the bus task (out of range,
 //!   device offline, ...) changes nothing;
 //! - a reload changes or removes the point's device (an unchanged device keeps its kept
-//!   values and their periods);
+//!   values and their periods), or replaces the whole bus task (its transport changed);
 //! - the gateway stops.
 //!
 //! **Devices of `write_only` points only** are never polled. Such a device is `online`

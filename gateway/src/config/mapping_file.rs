@@ -345,8 +345,9 @@ pub struct PointFile {
     /// Writable point: the last value a `/set` wrote is written again whenever this long
     /// has passed since the point's last write (`30s`), for devices that fall back to a
     /// safe value when their master goes quiet. A new `/set` replaces the value (the period
-    /// restarts from its write); one that fails stops the rewriting. Many devices keep
-    /// setpoints in flash or EEPROM with limited write cycles: check the manual.
+    /// restarts from its write); one that fails stops the rewriting, as do a reload that
+    /// changes the device and shutdown. Many devices keep setpoints in flash or EEPROM with
+    /// limited write cycles: check the manual.
     #[serde(default)]
     pub rewrite_every: Option<Spanned<HumanDuration>>,
 }
