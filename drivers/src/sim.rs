@@ -116,6 +116,16 @@ impl SimDevice {
         };
     }
 
+    /// Read back one bit of a bit table (coils, discrete inputs).
+    pub fn bit(&self, table: Table, address: u16) -> bool {
+        let t = lock(&self.tables);
+        let map = match table {
+            Table::Discrete => &t.discrete,
+            _ => &t.coils,
+        };
+        map.get(&address).copied().unwrap_or(false)
+    }
+
     /// Read back registers of a register table.
     pub fn registers(&self, table: Table, address: u16, count: u16) -> Vec<u16> {
         let t = lock(&self.tables);

@@ -49,6 +49,11 @@ pub struct DeviceStats {
     unreadable: std::sync::Mutex<Vec<String>>,
     /// Replies and bytes not used, by kind ([`ReplyFault::ALL`]'s order).
     rejected: [AtomicU64; 8],
+    // Writes (#23): kept-alive setpoints (`rewrite_every`).
+    /// Rewrites of a kept value that the device acknowledged.
+    pub rewrites: AtomicU64,
+    /// Rewrites that failed (tried again after the period).
+    pub rewrite_errors: AtomicU64,
 }
 
 impl DeviceStats {
@@ -511,6 +516,8 @@ impl Stats {
                             .iter()
                             .map(|k| (k.name().to_string(), json!(d.rejected(*k))))
                             .collect::<serde_json::Map<_, _>>(),
+                        "rewrites": d.rewrites.load(Relaxed),
+                        "rewrite_errors": d.rewrite_errors.load(Relaxed),
                     }),
                 )
             })

@@ -373,6 +373,8 @@ fn modbus_requests(m: &fieldlink::Model) -> (usize, f64, Vec<String>) {
         let items = d
             .points
             .iter()
+            // A write_only point is never read (#23).
+            .filter(|p| !p.write_only)
             .filter_map(|p| {
                 p.modbus().map(|m| fieldlink_drivers::modbus::PlanItem {
                     table: m.table,

@@ -6,6 +6,7 @@
 
 pub mod homeassistant;
 pub mod mosquitto;
+pub mod points;
 pub mod process;
 pub mod raw;
 pub mod wire;

@@ -7,8 +7,9 @@
 //! time, which spaces its retries but never its verdict: it is offline once it has failed
 //! twice and `offline_after` poll intervals have passed since its first failure without
 //! an answer), availability messages with their logs and counters, command batches (collapsed
-//! per point, run ahead of the next poll, answered on `<topic>/set/result`), and the
-//! shutdown path, which answers every command still queued.
+//! per point, run ahead of the next poll, answered on `<topic>/set/result`), the rewrites
+//! of kept-alive values (`rewrite`), and the shutdown path, which answers every command
+//! still queued.
 
 use std::{
     future::Future,
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::cadence::Due;
 use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
-use super::{availability, BusIo};
+use super::{availability, rewrite, BusIo};
 use crate::{
     commands::{self, Command, CommandError},
     health::{Availability, DeviceStats, Stats},
@@ -161,8 +162,20 @@ impl Cx {
         started: TokioInstant,
         wall: SystemTime,
     ) -> bool {
+        let r = reading(&self.bus.devices[d].points[p], value);
+        self.reading(d, p, r, started, wall)
+    }
+
+    /// [`Cx::value`] of a reading already made (a rewrite's read-back).
+    pub(crate) fn reading(
+        &mut self,
+        d: usize,
+        p: usize,
+        r: Reading,
+        started: TokioInstant,
+        wall: SystemTime,
+    ) -> bool {
         let point = &self.bus.devices[d].points[p];
-        let r = reading(point, value);
         if !self.states[d][p].should_publish(point, &r, started) {
             return false;
         }
@@ -339,6 +352,7 @@ pub(crate) async fn run<D: Driver>(
     };
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
+    rewrite::start_online(&mut cx, 0..bus.devices.len());
     cx.flush().await;
     let end = loop {
         let due = (0..devs.schedule.len())
@@ -348,10 +362,16 @@ pub(crate) async fn run<D: Driver>(
         let verdict = (0..devs.schedule.len())
             .filter_map(|d| devs.schedule[d].verdict_at(&bus_now(&cx, d)))
             .min();
-        let wake = [due.map(|d| devs.schedule[d].next_due), timer, verdict]
-            .into_iter()
-            .flatten()
-            .min();
+        let rewrite = devs.rewrites.next_due();
+        let wake = [
+            due.map(|d| devs.schedule[d].next_due),
+            timer,
+            verdict,
+            rewrite,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             biased;
             () = shutdown.recv() => break End::Shutdown,
@@ -371,7 +391,7 @@ pub(crate) async fn run<D: Driver>(
                 // Everything queued now goes ahead of the next poll; several commands
                 // for the same point collapse to the newest.
                 let batch = commands::drain(first, &mut commands);
-                run_commands(&mut driver, &mut cx, &devs, batch).await;
+                run_commands(&mut driver, &mut cx, &mut devs, batch).await;
                 if let Some(end) = stop {
                     break end;
                 }
@@ -385,6 +405,9 @@ pub(crate) async fn run<D: Driver>(
                 }
                 if verdict.is_some_and(|t| t <= now) {
                     verdicts(&mut cx, &mut devs, now);
+                }
+                if rewrite.is_some_and(|t| t <= now) {
+                    devs.rewrites.run_due(&mut driver, &mut cx).await;
                 }
                 if let Some(d) = due.filter(|&d| devs.schedule[d].next_due <= now) {
                     let shared = driver.shares_time()
@@ -505,6 +528,9 @@ fn reconfigure<D: Driver>(
     cx.counters = counters(&cx.stats, &bus);
     cx.bus = bus.clone();
     driver.reconfigure(kept, cx);
+    devs.rewrites.reconfigure(kept);
+    let new = (0..kept.len()).filter(|&j| kept[j].is_none());
+    rewrite::start_online(cx, new);
     info!(
         bus = %bus.id,
         devices = bus.devices.len(),
@@ -606,7 +632,12 @@ fn resolve(c: &mut Command, cx: &Cx, devs: &Devices) -> bool {
 }
 
 /// Run a batch of commands in order; each is answered on its result topic.
-async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, devs: &Devices, batch: Vec<Command>) {
+async fn run_commands<D: Driver>(
+    driver: &mut D,
+    cx: &mut Cx,
+    devs: &mut Devices,
+    batch: Vec<Command>,
+) {
     let mut current = Vec::with_capacity(batch.len());
     for mut c in batch {
         if resolve(&mut c, cx, devs) {
@@ -633,7 +664,10 @@ async fn run_commands<D: Driver>(driver: &mut D, cx: &mut Cx, devs: &Devices, ba
             continue;
         }
         let device = cx.device(c.device).id.clone();
-        match driver.write(&c, cx).await {
+        let began = TokioInstant::now();
+        let written = driver.write(&c, cx).await;
+        devs.rewrites.commanded(cx, &c, &written, began);
+        match written {
             Ok(r) => {
                 info!(device = %device, topic = %topic, value = ?r.text(), "Command written.");
                 let json = r.json();

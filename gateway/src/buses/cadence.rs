@@ -59,7 +59,12 @@ impl Due<'_> {
 /// The distinct cadences of `device`'s points, shortest first (its own `poll_interval`
 /// when it has no points).
 fn cadences(device: &Device) -> Vec<Duration> {
-    let mut every: Vec<Duration> = device.points.iter().map(|p| p.cadence(device)).collect();
+    let mut every: Vec<Duration> = device
+        .points
+        .iter()
+        .filter(|p| !p.write_only)
+        .map(|p| p.cadence(device))
+        .collect();
     if every.is_empty() {
         every.push(device.poll_interval);
     }
@@ -153,6 +158,7 @@ pub fn requests_per_minute(device: &Device) -> Vec<(Duration, f64)> {
     let (items, groups): (Vec<PlanItem>, Vec<usize>) = device
         .points
         .iter()
+        .filter(|p| !p.write_only)
         .filter_map(|p| {
             let m = p.modbus()?;
             let g = every.iter().position(|e| *e == p.cadence(device))?;

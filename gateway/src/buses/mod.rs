@@ -14,6 +14,8 @@
 //!   failing device) and the availability verdict that does not wait for its tries.
 //! - `cadence`: points at their own cadence: a device's points grouped by poll interval,
 //!   which groups a poll reads, and `check`'s requests per minute.
+//! - `rewrite`: values kept alive by `rewrite_every` (written again through the driver),
+//!   and the availability of devices that are only written (`write_only`).
 //! - `registry`: the running bus tasks by bus id (`Buses`): started by the runtime,
 //!   reconfigured or stopped by a reload, and the one list of which bus kind runs which
 //!   driver.
@@ -29,6 +31,7 @@ mod cadence;
 mod gpio;
 mod modbus;
 mod registry;
+mod rewrite;
 mod schedule;
 mod uart;
 
@@ -36,8 +39,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::{commands::Command, health::Stats, publish::Outgoing, shutdown::Shutdown};
+use crate::{health::Stats, publish::Outgoing, shutdown::Shutdown};
 
+/// What a bus task receives on [`BusIo::commands`] (tests drive a bus task with it).
+pub use crate::commands::Command;
 pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
 pub use cadence::requests_per_minute;

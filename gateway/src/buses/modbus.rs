@@ -4,8 +4,10 @@
 //! where the device answers exception 02, with what was learned re-checked on backoff),
 //! decodes each reply and publishes through the point's policy. A command is a write
 //! (FC05/FC06, or FC15/FC16 when `write_multiple` or the value needs several registers; a
-//! bit of a register is a read-modify-write) followed by a read-back of what the device
-//! now holds.
+//! bit of a register is a read-modify-write) at the point's `write_address` (else its
+//! `address`), followed by a read-back of what the device now holds at `address`.
+//! `write_only` points are not in the read plan and not read back (a device of only
+//! such points is not polled).
 
 use std::{
     collections::VecDeque,
@@ -44,8 +46,8 @@ struct Modbus<T> {
     devices: Vec<Unit>,
 }
 
-/// One device's read plan. The planner sees only the Modbus points: its item `i` is
-/// point `points[i]` of the device.
+/// One device's read plan. The planner sees only the Modbus points that are read (not
+/// `write_only`): its item `i` is point `points[i]` of the device.
 struct Unit {
     planner: Planner,
     points: Vec<(usize, ModbusPoint)>,
@@ -54,6 +56,8 @@ struct Unit {
     // Points at their own cadence (#23).
     /// The planner items due in the poll under way; empty when every item is.
     due_items: Vec<bool>,
+    /// Polled: not a device of `write_only` points only.
+    polled: bool,
 }
 
 impl<T: ModbusTransport + Send> Driver for Modbus<T> {
@@ -75,8 +79,8 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         self.transport.endpoint()
     }
 
-    fn polls(&self, _d: usize) -> bool {
-        true
+    fn polls(&self, d: usize) -> bool {
+        self.devices[d].polled
     }
 
     async fn poll(&mut self, d: usize, cx: &mut Cx) -> Polled {
@@ -186,17 +190,15 @@ impl Unit {
             .points
             .iter()
             .enumerate()
+            .filter(|(_, p)| !p.write_only)
             .filter_map(|(i, p)| p.modbus().map(|m| (i, *m)))
             .collect();
-        let items = d
-            .points
+        let items = points
             .iter()
-            .filter_map(|p| {
-                p.modbus().map(|m| PlanItem {
-                    table: m.table,
-                    address: m.address,
-                    count: m.count(p.ty),
-                })
+            .map(|&(i, m)| PlanItem {
+                table: m.table,
+                address: m.address,
+                count: m.count(d.points[i].ty),
             })
             .collect();
         Unit {
@@ -204,6 +206,7 @@ impl Unit {
             bad_points: vec![false; points.len()],
             points,
             due_items: Vec::new(),
+            polled: d.polled(),
         }
     }
 
@@ -286,7 +289,9 @@ impl Unit {
     }
 }
 
-/// Write one value and read back what the device now holds.
+/// Write one value at the point's `write_address` (else its `address`) and read back what
+/// the device now holds at `address`; a `write_only` point is not read back: its reading
+/// is what was written (the registers decoded as a read would).
 async fn write_point<T: ModbusTransport>(
     transport: &mut T,
     device: &Device,
@@ -299,50 +304,59 @@ async fn write_point<T: ModbusTransport>(
         address,
         order,
         bit,
+        write_address,
     } = at;
     let ModbusDevice {
         unit,
         write_multiple: multiple,
         ..
     } = settings(device);
+    let target = write_address.unwrap_or(address);
     let d = |e: DriverError| CommandError::Device(e);
-    match (table, bit) {
+    let written = match (table, bit) {
         (Table::Coil, _) => {
             let b = matches!(value, Value::Bool(true));
             transport
-                .write_coils(unit, address, &[b], multiple)
+                .write_coils(unit, target, &[b], multiple)
                 .await
                 .map_err(d)?;
+            Value::Bool(b)
         }
         (Table::Holding, Some(bit)) => {
-            // Read-modify-write of one bit of a register.
+            // Read-modify-write of one bit of the register written.
             let cur = match transport
-                .read(unit, Table::Holding, address, 1)
+                .read(unit, Table::Holding, target, 1)
                 .await
                 .map_err(d)?
             {
                 ReadData::Registers(r) if !r.is_empty() => r[0],
                 _ => return Err(CommandError::Protocol("empty reply".into())),
             };
-            let new = if matches!(value, Value::Bool(true)) {
+            let on = matches!(value, Value::Bool(true));
+            let new = if on {
                 cur | 1 << bit
             } else {
                 cur & !(1 << bit)
             };
             transport
-                .write_registers(unit, address, &[new], multiple)
+                .write_registers(unit, target, &[new], multiple)
                 .await
                 .map_err(d)?;
+            Value::Bool(on)
         }
         (Table::Holding, None) => {
             let regs = codec::encode(value, point.ty, order)
                 .map_err(|e| CommandError::OutOfRange(e.to_string()))?;
             transport
-                .write_registers(unit, address, &regs, multiple)
+                .write_registers(unit, target, &regs, multiple)
                 .await
                 .map_err(d)?;
+            codec::decode(&regs, point.ty, order, None).unwrap_or_else(|_| value.clone())
         }
         (table, _) => return Err(CommandError::NotWritable(format!("{table} is read-only"))),
+    };
+    if point.write_only {
+        return Ok(reading(point, &written));
     }
     let data = transport
         .read(unit, table, address, at.count(point.ty))

@@ -52,6 +52,8 @@ pub(super) struct Devices {
     pub(super) generation: u64,
     /// Start offsets the polled devices are spread over.
     pub(super) slots: u32,
+    /// Writes (#23): the values kept alive by `rewrite_every`.
+    pub(super) rewrites: super::rewrite::Rewrites,
 }
 
 impl Devices {
@@ -63,6 +65,7 @@ impl Devices {
             since: vec![0; bus.devices.len()],
             generation: 0,
             slots,
+            rewrites: Default::default(),
         };
         let now = TokioInstant::now();
         devs.schedule = (0..bus.devices.len())

@@ -131,10 +131,12 @@ impl Router {
             Ok(r) => r,
             Err(e) => return Some(result(point, Err(e), id.as_ref())),
         };
-        let offline = routes
-            .devices
-            .get(route.stats_index)
-            .is_some_and(|s| s.availability() == Availability::Offline);
+        // A device that is only written (never polled) comes back through a write.
+        let offline = device.polled()
+            && routes
+                .devices
+                .get(route.stats_index)
+                .is_some_and(|s| s.availability() == Availability::Offline);
         if offline {
             return Some(result(
                 point,

@@ -334,6 +334,30 @@ pub struct PointFile {
     /// read of a point that is due covers its registers. Default: the device's.
     #[serde(default)]
     pub poll_interval: Option<Spanned<HumanDuration>>,
+    // Writes (#23): separate write register, write-only points, kept-alive setpoints.
+    /// Modbus `holding` or `coil` point with `writable: true`: the register (or coil) a
+    /// `/set` writes, for devices that take a setpoint at another address than the one
+    /// they report it at; 0-based as `address`, written in the point's `type` and
+    /// `word_order` (a `bit` point reads, changes and writes back this register). The
+    /// value is still polled, and read back after the write, at `address`.
+    #[serde(default)]
+    pub write_address: Option<Spanned<i64>>,
+    /// Modbus `holding` or `coil` point that is only written, never read (registers that
+    /// read back as 0 or not at all): it is never polled and has no read-back; after the
+    /// device acknowledged a `/set`, the written value is published as the point's state
+    /// (retained when `retain` is). Implies `writable: true`. A device whose points are all
+    /// `write_only` is never polled: it is `online` from the start and while its writes
+    /// are acknowledged, `offline` after a write that got no answer. Default `false`.
+    #[serde(default)]
+    pub write_only: Option<Spanned<bool>>,
+    /// Writable point: the last value a `/set` wrote is written again whenever this long
+    /// has passed since the point's last write (`30s`), for devices that fall back to a
+    /// safe value when their master goes quiet. A new `/set` replaces the value (the period
+    /// restarts from its write); one that fails stops the rewriting, as do a reload that
+    /// changes the device and shutdown. Many devices keep setpoints in flash or EEPROM with
+    /// limited write cycles: check the manual.
+    #[serde(default)]
+    pub rewrite_every: Option<Spanned<HumanDuration>>,
 }
 
 /// A value in a `values:` map: a number or a boolean.

@@ -31,6 +31,7 @@
 //! | `serial.rs` | a serial line (`modbus_rtu`, `uart`): port and framing |
 //! | `uart.rs` | UART: its key values, the bus, the line parser, the UART half of a point |
 //! | `gpio.rs` | GPIO: its key values, the bus, the GPIO half of a point |
+//! | `writes.rs` | how a point is written: `write_address`, `write_only`, `rewrite_every` |
 //! | `homeassistant.rs` | `homeassistant:` of the gateway file, of a device and of a point |
 //! | `cadence.rs` | a point's own `poll_interval` |
 //!
@@ -58,6 +59,7 @@ mod uart;
 mod upstream;
 mod validator;
 mod values;
+mod writes;
 
 pub use device::DEFAULT_MAX_BACKOFF;
 pub use diagnostic::{Diagnostic, Severity};

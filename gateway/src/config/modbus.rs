@@ -90,6 +90,7 @@ fn missing_parts() -> KindParts {
             address: 0,
             order: WordOrder::Abcd,
             bit: None,
+            write_address: None,
         }),
     }
 }
@@ -258,6 +259,7 @@ impl Validator {
                 address,
                 order,
                 bit,
+                write_address: None,
             }),
         }
     }
@@ -354,7 +356,7 @@ impl Validator {
     }
 
     /// `address`: 0–65535, and the value's last register too.
-    fn modbus_address(
+    pub(super) fn modbus_address(
         &mut self,
         cx: &Cx,
         address_s: &Spanned<i64>,
@@ -414,7 +416,8 @@ impl Validator {
         for (i, p) in points {
             let Some(m) = p.modbus() else { continue };
             let n = m.count(p.ty);
-            if m.table.is_bits() || n <= limit {
+            // A write_only point is never read.
+            if m.table.is_bits() || n <= limit || p.write_only {
                 continue;
             }
             let pf = &d.points[*i];

@@ -51,7 +51,7 @@ impl Validator {
             Ok(Some(w)) => self.warn(&tcx, &p.topic, w),
             Ok(None) => {}
         }
-        let KindParts { ty, source } = match class {
+        let KindParts { ty, mut source } = match class {
             Class::Gpio => KindParts {
                 ty: ValueType::Bool,
                 source: Source::Gpio(self.gpio_part(cx, p)),
@@ -91,15 +91,24 @@ impl Validator {
         let publish = self.publish_mode(cx, p, numeric_ty, is_gpio);
         let heartbeat = self.heartbeat(cx, p);
         let writable = self.writable(cx, p, &source);
+        // Writes (#23): write_address, write_only, rewrite_every (`writes.rs`).
+        let writes = self.writes(cx, p, &mut source, ty, writable);
         self.min_max(cx, p, numeric_ty);
         let value_map = self.value_map(cx, p, ty);
         let poll_interval = self.point_poll_interval(cx, p, class);
+        if let (true, Some(f)) = (writes.write_only, p.poll_interval.as_ref()) {
+            self.warn(
+                &cx.at("poll_interval"),
+                f,
+                "a `write_only` point is never read: its `poll_interval` does nothing",
+            );
+        }
         if self.error_count() > errors_before {
             return None;
         }
         let mut point = Point {
             slot: 0,
-            writable,
+            writable: writable || writes.write_only,
             min: p.min.as_ref().map(|v| v.value),
             max: p.max.as_ref().map(|v| v.value),
             value_map,
@@ -120,6 +129,8 @@ impl Validator {
             source,
             ha_overrides: None,
             poll_interval,
+            write_only: writes.write_only,
+            rewrite_every: writes.rewrite_every,
         };
         let ha = self.point_ha(cx, p.homeassistant.as_ref(), &point);
         point.ha_overrides = (ha != crate::model::PointHa::default()).then(|| Box::new(ha));

@@ -13,8 +13,11 @@ const MISSED: u32 = 3;
 /// its cadence with `publish: every_poll`, three times the longer of its cadence and its
 /// `heartbeat` with a heartbeat (a heartbeat is kept at the reads), in whole seconds
 /// rounded up. `None` otherwise (on change alone, a value may rightly stay the same for
-/// days).
+/// days; a `write_only` point is published only when written).
 pub(super) fn default_for(p: &Point) -> Option<Duration> {
+    if !p.readable() {
+        return None;
+    }
     let cadence = p.poll_interval?;
     let pace = match (p.publish, p.heartbeat) {
         (PublishMode::EveryPoll, _) => cadence,

@@ -359,6 +359,13 @@ impl Device {
             _ => None,
         }
     }
+
+    /// Whether its bus task polls it: `false` for a device whose points are all
+    /// `write_only` (nothing to read; it is online while its writes are acknowledged, see
+    /// `buses::rewrite`).
+    pub fn polled(&self) -> bool {
+        self.points.is_empty() || self.points.iter().any(|p| !p.write_only)
+    }
 }
 
 /// Whether two devices are defined the same for their bus task: every field, their
@@ -440,6 +447,13 @@ pub struct Point {
     // Points at their own cadence (#23).
     /// Its own poll period (Modbus points), instead of its device's; [`Point::cadence`].
     pub poll_interval: Option<Duration>,
+    // Writes (#23): write-only points and kept-alive setpoints (`buses::rewrite`).
+    /// Never read (not polled, no read-back): a `/set` publishes the value the device
+    /// acknowledged as its state. Implies `writable`; Modbus holding registers and coils.
+    pub write_only: bool,
+    /// The last value `/set` wrote is written again whenever this long has passed since
+    /// the point's last write.
+    pub rewrite_every: Option<Duration>,
 }
 
 /// Where a point's value lives, one variant per bus kind.
@@ -464,6 +478,10 @@ pub struct ModbusPoint {
     pub order: WordOrder,
     /// Bit inside the register, for `bool` on a register table.
     pub bit: Option<u8>,
+    // Writes (#23): a separate write register.
+    /// Where a `/set` writes (a holding register or coil), when not at `address`; the
+    /// value is still read (polled, read back) at `address`.
+    pub write_address: Option<u16>,
 }
 
 impl ModbusPoint {
@@ -559,6 +577,13 @@ impl Point {
             _ => None,
         }
     }
+
+    /// Whether the point's value can be read from its device (polled, or read on
+    /// demand): not a `write_only` point, nor a UART point without `field` (command
+    /// only). A GPIO line is readable (an output reads back its level).
+    pub fn readable(&self) -> bool {
+        !self.write_only && self.uart().is_none_or(|u| u.field.is_some())
+    }
 }
 
 // Points at their own cadence (#23).
@@ -596,7 +621,10 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
             address: 0,
             order: WordOrder::Abcd,
             bit: None,
+            write_address: None,
         }),
         poll_interval: None,
+        write_only: false,
+        rewrite_every: None,
     }
 }
