@@ -1,6 +1,7 @@
 //! MQTT topic rules: what a point topic may look like, and the topic contract of a model
-//! (which topics only the gateway publishes, which `<topic>/set` carry commands and where
-//! each goes), computed in one place for the broker's rights check and the command router.
+//! (which topics only the gateway publishes, which `<topic>/set` carry commands and which
+//! `<topic>/get` read requests, and where each goes), computed in one place for the
+//! broker's rights check and the command router.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,8 +26,8 @@ pub(crate) struct PointRef {
 /// The topic contract of a model.
 #[derive(Debug, Default)]
 pub(crate) struct Contract {
-    /// Topics only the gateway publishes: points, their `/set/result`, status,
-    /// availability and diagnostics.
+    /// Topics only the gateway publishes: points, their `/set/result` and `/get/result`,
+    /// status, availability and diagnostics.
     pub(crate) protected: HashSet<String>,
     /// `<topic>/set` of every writable point, and its point.
     pub(crate) commands: HashMap<String, PointRef>,
@@ -37,6 +38,9 @@ pub(crate) struct Contract {
     /// prefix with its `/`, and `fieldlink_<gateway id>_` (a pattern, not a list: at
     /// 10 000 points a list of topics would cost a megabyte).
     pub(crate) discovery: Option<(String, String)>,
+    // Reads on demand (issue #23).
+    /// `<topic>/get` of every point, and its point (its `/get/result` is protected).
+    pub(crate) reads: HashMap<String, PointRef>,
 }
 
 impl Contract {
@@ -49,15 +53,17 @@ impl Contract {
                 for (p, point) in dev.points.iter().enumerate() {
                     c.protected.insert(point.topic.clone());
                     c.protected.insert(point.result_topic());
+                    let at = PointRef {
+                        bus: b,
+                        device: d,
+                        point: p,
+                        stats_index,
+                    };
                     if point.writable {
-                        let at = PointRef {
-                            bus: b,
-                            device: d,
-                            point: p,
-                            stats_index,
-                        };
                         c.commands.insert(point.set_topic(), at);
                     }
+                    c.protected.insert(point.get_result_topic());
+                    c.reads.insert(point.get_topic(), at);
                 }
                 c.protected.insert(model.availability_topic(&dev.id));
                 stats_index += 1;
@@ -231,5 +237,41 @@ mod tests {
         assert!(c.protected.contains(&m.availability_topic("d2")));
         assert!(c.protected.contains(&m.status_topic()));
         assert!(!c.protected.contains("casa/b/set"));
+    }
+
+    #[test]
+    fn every_point_takes_get_and_only_the_gateway_answers_it() {
+        let mapping = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }\n  - { id: s, kind: uart, path: /dev/ttyUSB0 }\ndevices:\n  - id: d1\n    bus: b\n    points:\n      - { topic: casa/a, table: input, address: 0 }\n      - { topic: casa/b, table: holding, address: 1, writable: true }\n  - id: r\n    bus: s\n    points:\n      - { topic: casa/rele, type: bool, command: \"R {value}\\n\" }\n";
+        let checked = crate::config::check_sources(
+            std::path::Path::new("/g.yaml"),
+            "id: t\nmappings: m.yaml\n",
+            |_, _| vec![("m.yaml".into(), mapping.to_string())],
+        )
+        .expect("valid");
+        let c = Contract::new(&checked.model);
+        let mut reads: Vec<(&str, usize, usize, usize)> = c
+            .reads
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.bus, r.device, r.point))
+            .collect();
+        reads.sort();
+        // Every point, read-only, writable or command-only (that one is answered why not).
+        assert_eq!(
+            reads,
+            [
+                ("casa/a/get", 0, 0, 0),
+                ("casa/b/get", 0, 0, 1),
+                ("casa/rele/get", 1, 0, 0)
+            ]
+        );
+        for t in [
+            "casa/a/get/result",
+            "casa/b/get/result",
+            "casa/rele/get/result",
+        ] {
+            assert!(c.protects(t), "{t}");
+        }
+        assert!(!c.protects("casa/a/get"), "clients publish the request");
+        assert!(!c.commands.contains_key("casa/a/get"));
     }
 }

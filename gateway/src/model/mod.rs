@@ -533,6 +533,30 @@ impl Point {
         format!("{}/set/result", self.topic)
     }
 
+    // Reads on demand (`<topic>/get`, issue #23).
+
+    /// `<topic>/get`.
+    pub fn get_topic(&self) -> String {
+        format!("{}/get", self.topic)
+    }
+
+    /// `<topic>/get/result`.
+    pub fn get_result_topic(&self) -> String {
+        format!("{}/get/result", self.topic)
+    }
+
+    /// Whether `<topic>/get` may read the point, or why not (the text of the refusal):
+    /// the one place a point kind that is never read is refused. A device that cannot be
+    /// asked (a UART device sending on its own) is its bus kind's answer.
+    pub fn readable(&self) -> Result<(), &'static str> {
+        match &self.source {
+            Source::Uart(u) if u.field.is_none() => {
+                Err("the point only takes commands; it has no value to read")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The Modbus registers or bits of a point on a Modbus bus.
     pub fn modbus(&self) -> Option<&ModbusPoint> {
         match &self.source {

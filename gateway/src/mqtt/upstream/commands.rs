@@ -1,6 +1,7 @@
-//! Command intake from upstream (`accept_commands`): `<prefix><topic>/set` is subscribed
-//! after every connect, and what arrives goes through the same [`Router`] as commands from
-//! the embedded broker; a rejection is published back upstream through the queue.
+//! Command intake from upstream (`accept_commands`): `<prefix><topic>/set` and
+//! `<prefix><topic>/get` are subscribed after every connect, and what arrives goes through
+//! the same [`Router`] as commands and reads from the embedded broker; a rejection is
+//! published back upstream through the queue.
 
 use rumqttc::{QoS, SubscribeFilter};
 use tracing::{debug, warn};
