@@ -106,7 +106,7 @@ impl Policy {
     /// point, the `<topic>/get` of a point, or Home Assistant's status.
     pub(crate) fn is_command(&self, topic: &str) -> bool {
         let c = self.contract.get();
-        c.commands.contains_key(topic) || c.reads.contains_key(topic) || c.heard.contains(topic)
+        c.commands.contains_key(topic) || c.reads(topic) || c.heard.contains(topic)
     }
 
     /// Whether a client may receive a message on `topic`: checked on every delivery

@@ -75,8 +75,8 @@ struct Routes {
     /// Counters of every device, by the routes' `stats_index`.
     devices: Vec<Arc<DeviceStats>>,
     buses: Vec<mpsc::Sender<Request>>,
-    /// `<topic>/get` of every point (reads on demand).
-    reads: HashMap<String, PointRef>,
+    /// Every point, sorted by topic: where a `<topic>/get` goes (reads on demand).
+    reads: Vec<PointRef>,
 }
 
 impl Router {
@@ -127,8 +127,8 @@ impl Router {
     /// of every point, nothing else.
     pub fn subscriptions(&self) -> Vec<String> {
         let routes = self.current();
-        let (sets, gets) = (routes.commands.keys(), routes.reads.keys());
-        let mut v: Vec<String> = sets.chain(gets).cloned().collect();
+        let gets = routes.model.points().map(Point::get_topic);
+        let mut v: Vec<String> = routes.commands.keys().cloned().chain(gets).collect();
         v.sort();
         v
     }
@@ -137,8 +137,8 @@ impl Router {
     /// rejected here; accepted commands are answered by the bus task after the write.
     pub fn handle(&self, topic: &str, payload: &[u8]) -> Option<Outgoing> {
         let routes = self.current();
-        if let Some(route) = routes.reads.get(topic) {
-            return self.get(&routes, *route, payload);
+        if let Some(route) = crate::topics::find_point(&routes.model, &routes.reads, topic) {
+            return self.get(&routes, route, payload);
         }
         let route = routes.commands.get(topic)?;
         let device = &routes.model.buses[route.bus].devices[route.device];
@@ -195,14 +195,13 @@ impl Routes {
         buses: Vec<mpsc::Sender<Request>>,
         stats: &Stats,
     ) -> Routes {
-        let contract = crate::topics::Contract::new(&model);
         Routes {
             generation,
-            commands: contract.commands,
+            commands: crate::topics::Contract::new(&model).commands,
             devices: stats.devices(),
+            reads: crate::topics::points_by_topic(&model),
             model,
             buses,
-            reads: contract.reads,
         }
     }
 }
