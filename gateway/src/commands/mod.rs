@@ -58,8 +58,8 @@ pub enum Request {
     Get(Get),
 }
 
-/// Routes `<topic>/set` and `<topic>/get` messages to the bus tasks. Clones share the routes, which a
-/// reload replaces ([`Router::update`]).
+/// Routes `<topic>/set` and `<topic>/get` messages to the bus tasks. Clones share the
+/// routes, which a reload replaces ([`Router::update`]).
 #[derive(Clone)]
 pub struct Router {
     routes: Arc<RwLock<Arc<Routes>>>,
@@ -80,7 +80,8 @@ struct Routes {
 }
 
 impl Router {
-    /// A router for the writable points of `model`; `buses[i]` feeds bus `i`'s task.
+    /// A router for the writable points of `model` (and reads of every point); `buses[i]`
+    /// feeds bus `i`'s task.
     pub fn new(model: Arc<Model>, buses: Vec<mpsc::Sender<Request>>, stats: Arc<Stats>) -> Self {
         let routes = Routes::new(0, model, buses, &stats);
         Router {
@@ -133,8 +134,9 @@ impl Router {
         v
     }
 
-    /// Handle one incoming message. Returns the result message when the command was
-    /// rejected here; accepted commands are answered by the bus task after the write.
+    /// Handle one incoming message. Returns the result message when the command (or read)
+    /// was rejected here; accepted ones are answered by the bus task after the write (or
+    /// read).
     pub fn handle(&self, topic: &str, payload: &[u8]) -> Option<Outgoing> {
         let routes = self.current();
         if let Some(route) = crate::topics::find_point(&routes.model, &routes.reads, topic) {
