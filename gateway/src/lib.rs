@@ -21,7 +21,8 @@
 //!   a new kind touches.
 //! - `publish`: from a decoded value to a message (scale, precision, payload, publish
 //!   policy); `commands`: `<topic>/set` parsed and checked, routed to its bus, answered on
-//!   `<topic>/set/result`; `topics`: the MQTT topic contract shared by both.
+//!   `<topic>/set/result`, and `<topic>/get` (a read on demand) routed the same way and
+//!   answered on `<topic>/get/result`; `topics`: the MQTT topic contract shared by both.
 //! - [`broker`]: the embedded MQTT broker (rmqtt) hardened for a home LAN, and the
 //!   in-process link the gateway publishes through; [`mqtt`]: the gateway's MQTT sides,
 //!   the embedded one (its end of that link) and the upstream (cloud) broker with its

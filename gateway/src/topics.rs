@@ -1,6 +1,7 @@
 //! MQTT topic rules: what a point topic may look like, and the topic contract of a model
-//! (which topics only the gateway publishes, which `<topic>/set` carry commands and where
-//! each goes), computed in one place for the broker's rights check and the command router.
+//! (which topics only the gateway publishes, which `<topic>/set` carry commands and which
+//! `<topic>/get` read requests, and where each goes), computed in one place for the
+//! broker's rights check and the command router.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,8 +26,8 @@ pub(crate) struct PointRef {
 /// The topic contract of a model.
 #[derive(Debug, Default)]
 pub(crate) struct Contract {
-    /// Topics only the gateway publishes: points, their `/set/result`, status,
-    /// availability and diagnostics.
+    /// Topics only the gateway publishes besides the points' ([`Contract::points`]): their
+    /// `/set/result`, status, availability and diagnostics.
     pub(crate) protected: HashSet<String>,
     /// `<topic>/set` of every writable point, and its point.
     pub(crate) commands: HashMap<String, PointRef>,
@@ -37,6 +38,11 @@ pub(crate) struct Contract {
     /// prefix with its `/`, and `fieldlink_<gateway id>_` (a pattern, not a list: at
     /// 10 000 points a list of topics would cost a megabyte).
     pub(crate) discovery: Option<(String, String)>,
+    // Reads on demand (issue #23).
+    /// The topic of every point: only the gateway publishes on it and on its
+    /// `<topic>/get/result`, and its `<topic>/get` is a read request ([`Contract::reads`]).
+    /// Kept once, not as three topics a point: at 10 000 points those would cost 2.6 MB.
+    pub(crate) points: HashSet<String>,
 }
 
 impl Contract {
@@ -47,7 +53,7 @@ impl Contract {
         for (b, bus) in model.buses.iter().enumerate() {
             for (d, dev) in bus.devices.iter().enumerate() {
                 for (p, point) in dev.points.iter().enumerate() {
-                    c.protected.insert(point.topic.clone());
+                    c.points.insert(point.topic.clone());
                     c.protected.insert(point.result_topic());
                     if point.writable {
                         let at = PointRef {
@@ -82,7 +88,10 @@ impl Contract {
     /// starts with the gateway's `fieldlink_<id>_`. (A config elsewhere that carries the
     /// gateway's ids in its payload is refused by `broker::discovery`.)
     pub(crate) fn protects(&self, topic: &str) -> bool {
-        if self.protected.contains(topic) {
+        if self.protected.contains(topic) || self.points.contains(topic) {
+            return true;
+        }
+        if self.point_of(topic, "/get/result").is_some() {
             return true;
         }
         let Some((prefix, id)) = &self.discovery else {
@@ -94,6 +103,60 @@ impl Contract {
             .and_then(|rest| rest.split_once('/'))
             .is_some_and(|(_, ids)| ids.split('/').any(|l| l.starts_with(id.as_str())))
     }
+}
+
+// Reads on demand (issue #23).
+impl Contract {
+    /// Whether `topic` is the `<topic>/get` of a point: a read request.
+    pub(crate) fn reads(&self, topic: &str) -> bool {
+        self.point_of(topic, "/get").is_some()
+    }
+
+    /// The point topic `topic` is `<point topic><suffix>` of.
+    fn point_of<'a>(&self, topic: &'a str, suffix: &str) -> Option<&'a str> {
+        topic
+            .strip_suffix(suffix)
+            .filter(|t| self.points.contains(*t))
+    }
+}
+
+/// Every point of `model` and where it is, sorted by topic: where a `<topic>/get` goes
+/// ([`find_point`]). 32 bytes a point, the topics not copied.
+pub(crate) fn points_by_topic(model: &Model) -> Vec<PointRef> {
+    let mut all = Vec::with_capacity(model.points().count());
+    let mut stats_index = 0;
+    for (b, bus) in model.buses.iter().enumerate() {
+        for (d, dev) in bus.devices.iter().enumerate() {
+            all.extend((0..dev.points.len()).map(|p| PointRef {
+                bus: b,
+                device: d,
+                point: p,
+                stats_index,
+            }));
+            stats_index += 1;
+        }
+    }
+    all.sort_by(|x, y| topic_at(model, x).cmp(topic_at(model, y)));
+    all
+}
+
+/// The point `<topic>/get` asks for, in `sorted` ([`points_by_topic`] of `model`).
+pub(crate) fn find_point(model: &Model, sorted: &[PointRef], topic: &str) -> Option<PointRef> {
+    let t = topic.strip_suffix("/get")?;
+    let i = sorted
+        .binary_search_by(|r| topic_at(model, r).cmp(t))
+        .ok()?;
+    sorted.get(i).copied()
+}
+
+/// The topic of the point at `r` (empty when `r` is not of `model`).
+fn topic_at<'a>(model: &'a Model, r: &PointRef) -> &'a str {
+    model
+        .buses
+        .get(r.bus)
+        .and_then(|b| b.devices.get(r.device))
+        .and_then(|d| d.points.get(r.point))
+        .map_or("", |p| p.topic.as_str())
 }
 
 /// The contract in force: a reload replaces it. Clones share it (the broker's rights
@@ -225,11 +288,54 @@ mod tests {
             ]
         );
         for t in ["casa/a", "casa/a/set/result", "casa/c"] {
-            assert!(c.protected.contains(t), "{t}");
+            assert!(c.protects(t), "{t}");
         }
         let m = &checked.model;
         assert!(c.protected.contains(&m.availability_topic("d2")));
         assert!(c.protected.contains(&m.status_topic()));
         assert!(!c.protected.contains("casa/b/set"));
+    }
+
+    #[test]
+    fn every_point_takes_get_and_only_the_gateway_answers_it() {
+        let mapping = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }\n  - { id: s, kind: uart, path: /dev/ttyUSB0 }\ndevices:\n  - id: d1\n    bus: b\n    points:\n      - { topic: casa/a, table: input, address: 0 }\n      - { topic: casa/b, table: holding, address: 1, writable: true }\n  - id: r\n    bus: s\n    points:\n      - { topic: casa/rele, type: bool, command: \"R {value}\\n\" }\n";
+        let checked = crate::config::check_sources(
+            std::path::Path::new("/g.yaml"),
+            "id: t\nmappings: m.yaml\n",
+            |_, _| vec![("m.yaml".into(), mapping.to_string())],
+        )
+        .expect("valid");
+        let m = &checked.model;
+        let c = Contract::new(m);
+        // Every point, read-only, writable or command-only (that one is answered why not).
+        for t in ["casa/a/get", "casa/b/get", "casa/rele/get"] {
+            assert!(c.reads(t), "{t}");
+            assert!(!c.protects(t), "clients publish the request: {t}");
+        }
+        for t in [
+            "casa/get",
+            "casa/a/set/get",
+            "casa/a/get/get",
+            "fieldlink/t/status/get",
+        ] {
+            assert!(!c.reads(t), "{t}");
+        }
+        for t in [
+            "casa/a/get/result",
+            "casa/b/get/result",
+            "casa/rele/get/result",
+        ] {
+            assert!(c.protects(t), "{t}");
+        }
+        assert!(!c.protects("fieldlink/t/status/get/result"));
+        assert!(!c.commands.contains_key("casa/a/get"));
+        let sorted = points_by_topic(m);
+        let at =
+            |t: &str| find_point(m, &sorted, t).map(|r| (r.bus, r.device, r.point, r.stats_index));
+        assert_eq!(at("casa/a/get"), Some((0, 0, 0, 0)));
+        assert_eq!(at("casa/b/get"), Some((0, 0, 1, 0)));
+        assert_eq!(at("casa/rele/get"), Some((1, 0, 0, 1)));
+        assert_eq!(at("casa/a"), None);
+        assert_eq!(at("casa/x/get"), None);
     }
 }

@@ -60,7 +60,7 @@ pub struct Serving {
 /// A command a client published, after the rights check allowed it.
 #[derive(Debug)]
 pub struct ClientCommand {
-    /// The topic (`<point topic>/set`).
+    /// The topic (`<point topic>/set` or `<point topic>/get`).
     pub topic: String,
     /// The payload as published.
     pub payload: Bytes,

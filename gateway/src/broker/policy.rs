@@ -34,9 +34,10 @@ pub(crate) struct Policy {
     /// used by the start-up probe) a login is a superuser.
     gateway_client_id: String,
     gateway_secret: Arc<str>,
-    /// Topics only the gateway publishes (points, their `/set/result`, status,
-    /// availability and diagnostics), and `<topic>/set` of every writable point, whose
-    /// publishes go to the gateway; a reload replaces it.
+    /// Topics only the gateway publishes (points, their `/set/result` and `/get/result`,
+    /// status, availability and diagnostics), and `<topic>/set` of every writable point
+    /// and `<topic>/get` of every point, whose publishes go to the gateway; a reload
+    /// replaces it.
     contract: LiveContract,
     /// Clients connected at once, the gateway not counted.
     max_connections: usize,
@@ -102,10 +103,10 @@ impl Policy {
     }
 
     /// Whether the gateway hears publishes on `topic`: the `<topic>/set` of a writable
-    /// point, or Home Assistant's status.
+    /// point, the `<topic>/get` of a point, or Home Assistant's status.
     pub(crate) fn is_command(&self, topic: &str) -> bool {
         let c = self.contract.get();
-        c.commands.contains_key(topic) || c.heard.contains(topic)
+        c.commands.contains_key(topic) || c.reads(topic) || c.heard.contains(topic)
     }
 
     /// Whether a client may receive a message on `topic`: checked on every delivery
@@ -189,7 +190,8 @@ pub(crate) struct Guard {
     online: Arc<Online>,
     retained: Arc<ClientRetained>,
     refusals: Mutex<Refusals>,
-    /// Where allowed publishes on `.../set` go: the gateway's command router.
+    /// Where allowed publishes on `.../set` and `.../get` go: the gateway's command
+    /// router.
     commands: mpsc::Sender<ClientCommand>,
 }
 
@@ -305,9 +307,10 @@ impl Guard {
         }
     }
 
-    /// Hand an allowed command to the gateway (this is its only way in: the gateway is
-    /// not a subscriber of its own broker). Only the writable points' `/set` topics are
-    /// taken; other applications' `.../set` traffic is none of the gateway's business. Dropped and counted when the gateway is
+    /// Hand an allowed command or read request to the gateway (this is its only way in:
+    /// the gateway is not a subscriber of its own broker). Only the writable points' `/set`
+    /// topics and the points' `/get` topics are taken; other applications' `.../set`
+    /// traffic is none of the gateway's business. Dropped and counted when the gateway is
     /// that far behind.
     fn command(&self, topic: &str, payload: &bytes::Bytes) {
         let c = ClientCommand {

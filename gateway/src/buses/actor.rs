@@ -7,9 +7,10 @@
 //! time, which spaces its retries but never its verdict: it is offline once it has failed
 //! twice and `offline_after` poll intervals have passed since its first failure without
 //! an answer), availability messages with their logs and counters, command batches (collapsed
-//! per point, run ahead of the next poll, answered on `<topic>/set/result`), the rewrites
-//! of kept-alive values (`rewrite`), and the shutdown path, which answers every command
-//! still queued.
+//! per point, run ahead of the next poll, answered on `<topic>/set/result`), reads on
+//! demand (the same road, right after the batch's commands: `reads`), the rewrites of
+//! kept-alive values (`rewrite`), and the shutdown path, which answers every command and
+//! read still queued.
 
 use std::{
     future::Future,
@@ -23,9 +24,9 @@ use tracing::{debug, info, warn};
 
 use super::cadence::Due;
 use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
-use super::{availability, rewrite, BusIo};
+use super::{availability, reads, rewrite, BusIo};
 use crate::{
-    commands::{self, Command, CommandError},
+    commands::{self, Command, CommandError, GetError, Request},
     health::{Availability, DeviceStats, Stats},
     model::{Bus, Device, Model, Point},
     publish::{payload, reading, Outgoing, PointState, Reading},
@@ -91,6 +92,20 @@ pub(crate) trait Driver: Send {
         c: &Command,
         cx: &mut Cx,
     ) -> impl Future<Output = Result<Reading, CommandError>> + Send;
+
+    /// Read points `points` of device `d` now, for `<topic>/get` (in one exchange where
+    /// the kind can merge them; none is repeated): the reading of each, in the order
+    /// asked, or why it was not read. The actor publishes the readings and answers.
+    fn read(
+        &mut self,
+        _d: usize,
+        points: &[usize],
+        _cx: &mut Cx,
+    ) -> impl Future<Output = Vec<Result<Reading, GetError>>> + Send {
+        let n = points.len();
+        let no = GetError::NotReadable("this bus kind cannot read on demand".into());
+        async move { vec![Err(no); n] }
+    }
 
     /// Wait for the next event; never ready when the kind has none.
     fn event(&mut self) -> impl Future<Output = Self::Event> + Send;
@@ -225,6 +240,11 @@ impl Cx {
         } else {
             self.messages.push(m);
         }
+    }
+
+    /// Send `m` with this turn's messages (a result).
+    pub(crate) fn push(&mut self, m: Outgoing) {
+        self.messages.push(m);
     }
 
     /// Answer command `c` on its result topic.
@@ -389,9 +409,10 @@ pub(crate) async fn run<D: Driver>(
                     stop = stop.or(apply(c, &model, &mut driver, &mut cx, &mut devs));
                 }
                 // Everything queued now goes ahead of the next poll; several commands
-                // for the same point collapse to the newest.
-                let batch = commands::drain(first, &mut commands);
-                run_commands(&mut driver, &mut cx, &mut devs, batch).await;
+                // for the same point collapse to the newest, reads to one per device.
+                let (sets, gets) = reads::split(commands::drain(first, &mut commands));
+                run_commands(&mut driver, &mut cx, &mut devs, sets).await;
+                reads::serve(&mut driver, &mut cx, &devs, gets).await;
                 if let Some(end) = stop {
                     break end;
                 }
@@ -425,10 +446,10 @@ pub(crate) async fn run<D: Driver>(
     debug!(bus = %bus.id, "Bus stopped.");
 }
 
-/// Answer every command still queued: nobody is left waiting for a result that never
-/// comes. By topic: a command queued before a reload the task took may carry the indices
-/// of the old configuration.
-fn refuse_queued(end: &End, commands: &mut tokio::sync::mpsc::Receiver<Command>, cx: &mut Cx) {
+/// Answer every command and read still queued: nobody is left waiting for a result that
+/// never comes. By topic: a request queued before a reload the task took may carry the
+/// indices of the old configuration.
+fn refuse_queued(end: &End, commands: &mut tokio::sync::mpsc::Receiver<Request>, cx: &mut Cx) {
     let error = match end {
         End::Shutdown => CommandError::ShuttingDown,
         // Replaced or removed by a reload: the router refuses new ones the same way
@@ -436,12 +457,11 @@ fn refuse_queued(end: &End, commands: &mut tokio::sync::mpsc::Receiver<Command>,
         End::Stop => CommandError::BusRestarting,
     };
     commands.close();
-    while let Ok(c) = commands.try_recv() {
-        cx.messages.push(commands::result_on(
-            &c.topic,
-            Err(error.clone()),
-            c.id.as_ref(),
-        ));
+    while let Ok(r) = commands.try_recv() {
+        cx.messages.push(match r {
+            Request::Set(c) => commands::result_on(&c.topic, Err(error.clone()), c.id.as_ref()),
+            Request::Get(g) => reads::refused(&g, matches!(end, End::Shutdown)),
+        });
     }
 }
 

@@ -8,7 +8,8 @@
 //! Outputs are set to their `initial` state at start, follow `<topic>/set` commands
 //! (read back and published, then answered on `<topic>/set/result`), switch off again
 //! after `pulse` for momentary outputs, and are left as `on_shutdown` says when the
-//! gateway stops. Logical states honour `active_low` throughout. Nothing is polled.
+//! gateway stops. Logical states honour `active_low` throughout. Nothing is polled; a
+//! `<topic>/get` reads the line at once.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{actor, BusIo, Cx, Driver, Polled};
 use crate::{
-    commands::{Command, CommandError},
+    commands::{Command, CommandError, GetError},
     model::{Bus, GpioMode, GpioPoint, Model, OnShutdown, Point},
     publish::{reading, Reading},
 };
@@ -177,6 +178,19 @@ impl Driver for Gpio {
             Some(point) => Ok(reading(point, &Value::Bool(level != low))),
             None => Ok(Reading::Bool(level != low)),
         }
+    }
+
+    async fn read(
+        &mut self,
+        d: usize,
+        points: &[usize],
+        cx: &mut Cx,
+    ) -> Vec<Result<Reading, GetError>> {
+        let now = TokioInstant::now();
+        points
+            .iter()
+            .map(|&p| self.read_line(d, p, now, cx))
+            .collect()
     }
 
     async fn event(&mut self) -> Edge {
@@ -342,6 +356,32 @@ impl Gpio {
             // (Re)start the quiet period: the level is read when it is over.
             line.settle_at = Some(now + debounce);
         }
+    }
+
+    /// Read the line of point `p` of device `d` now, for `<topic>/get` (the actor
+    /// publishes the reading: its heartbeat counts from now).
+    fn read_line(
+        &mut self,
+        d: usize,
+        p: usize,
+        now: TokioInstant,
+        cx: &Cx,
+    ) -> Result<Reading, GetError> {
+        let line = self
+            .lines
+            .iter_mut()
+            .find(|l| l.device == d && l.point == p)
+            .ok_or_else(|| GetError::Gpio("the line could not be set up".into()))?;
+        let level = self
+            .backend
+            .read(line.gpio.pin)
+            .map_err(|e| GetError::Gpio(e.to_string()))?;
+        line.heartbeat_at = line.heartbeat.map(|h| now + h);
+        let on = level != line.gpio.active_low;
+        Ok(match cx.point(d, p) {
+            Some(point) => reading(point, &Value::Bool(on)),
+            None => Reading::Bool(on),
+        })
     }
 
     /// Read line `i` and publish its logical state (`force`: even when unchanged).

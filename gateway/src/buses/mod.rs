@@ -8,6 +8,8 @@
 //!   and counters, the offline backoff and the fair share of a shared bus, command intake
 //!   (a batch collapsed per point and run ahead of the next poll) and the shutdown path
 //!   that answers every command still queued.
+//! - `reads`: reads on demand (`<topic>/get`): the requests of a batch per device, served
+//!   by one read of each device after the batch's commands, ahead of the next poll.
 //! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
 //! - `schedule`: when each device is polled (offsets, cadence, the fair share of a
@@ -30,6 +32,7 @@ mod actor;
 mod cadence;
 mod gpio;
 mod modbus;
+mod reads;
 mod registry;
 mod rewrite;
 mod schedule;
@@ -41,8 +44,9 @@ use tokio::sync::mpsc;
 
 use crate::{health::Stats, publish::Outgoing, shutdown::Shutdown};
 
-/// What a bus task receives on [`BusIo::commands`] (tests drive a bus task with it).
-pub use crate::commands::Command;
+/// What [`BusIo::commands`] carries: commands and reads on demand (`<topic>/get`); tests
+/// drive a bus task with it.
+pub use crate::commands::{Command, Get, Request};
 pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
 pub use cadence::requests_per_minute;
@@ -55,8 +59,8 @@ pub use uart::run_uart;
 pub struct BusIo {
     /// Messages for the MQTT side, one batch per poll, event or command batch.
     pub out: mpsc::Sender<crate::publish::Batch>,
-    /// Validated commands for this bus's devices.
-    pub commands: mpsc::Receiver<Command>,
+    /// Validated commands and reads on demand for this bus's devices.
+    pub commands: mpsc::Receiver<Request>,
     /// Reloads ([`Control`]); a closed channel when nothing reloads.
     pub control: mpsc::Receiver<Control>,
     /// Shared counters.

@@ -7,7 +7,8 @@
 //! bit of a register is a read-modify-write) at the point's `write_address` (else its
 //! `address`), followed by a read-back of what the device now holds at `address`.
 //! `write_only` points are not in the read plan and not read back (a device of only
-//! such points is not polled).
+//! such points is not polled). A read on demand (`<topic>/get`) plans its own merged read
+//! of just the points asked for, within the device's read limits.
 
 use std::{
     collections::VecDeque,
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::{actor, cadence::Due, BusIo, Cx, Driver, Polled};
 use crate::{
-    commands::{Command, CommandError},
+    commands::{Command, CommandError, GetError},
     model::{Bus, Device, ModbusDevice, ModbusPoint, Model, Point},
     publish::{reading, Reading},
 };
@@ -179,6 +180,15 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         written
     }
 
+    async fn read(
+        &mut self,
+        d: usize,
+        points: &[usize],
+        cx: &mut Cx,
+    ) -> Vec<Result<Reading, GetError>> {
+        self.read_now(d, points, cx).await
+    }
+
     async fn event(&mut self) -> Self::Event {
         std::future::pending().await
     }
@@ -242,19 +252,7 @@ impl Unit {
         for &m in &req.members {
             let (i, mp) = self.points[m];
             let point = &device.points[i];
-            let off = usize::from(mp.address - req.start);
-            let value = match data {
-                ReadData::Bits(bits) => bits
-                    .get(off)
-                    .map(|b| Value::Bool(*b))
-                    .ok_or_else(|| "short reply".to_string()),
-                ReadData::Registers(regs) => regs
-                    .get(off..)
-                    .ok_or_else(|| "short reply".to_string())
-                    .and_then(|r| {
-                        codec::decode(r, point.ty, mp.order, mp.bit).map_err(|e| e.to_string())
-                    }),
-            };
+            let value = decode_at(data, usize::from(mp.address - req.start), point, mp);
             match value {
                 Ok(v) => {
                     cx.value(d, i, &v, started, wall);
@@ -286,6 +284,104 @@ impl Unit {
             debug!(device = %device.id, start = req.start, count = req.count, split_into = replacements.len(), "Merged read hit illegal address; split it.");
         }
         replacements
+    }
+}
+
+/// The value of `point` (at `mp`) in a reply, `off` registers or bits into it.
+fn decode_at(data: &ReadData, off: usize, point: &Point, mp: ModbusPoint) -> Result<Value, String> {
+    match data {
+        ReadData::Bits(bits) => bits
+            .get(off)
+            .map(|b| Value::Bool(*b))
+            .ok_or_else(|| "short reply".to_string()),
+        ReadData::Registers(regs) => regs
+            .get(off..)
+            .ok_or_else(|| "short reply".to_string())
+            .and_then(|r| codec::decode(r, point.ty, mp.order, mp.bit).map_err(|e| e.to_string())),
+    }
+}
+
+// Reads on demand (`<topic>/get`, issue #23).
+impl<T: ModbusTransport + Send> Modbus<T> {
+    /// Read points `points` of device `d` now: a plan of just those points within the
+    /// device's read limits (one request where they lie close enough). A merged read the
+    /// device refuses is tried again point by point, so one bad address does not fail the
+    /// others; a timeout or a lost connection fails the rest.
+    async fn read_now(
+        &mut self,
+        d: usize,
+        points: &[usize],
+        cx: &mut Cx,
+    ) -> Vec<Result<Reading, GetError>> {
+        let device = cx.device(d).clone();
+        let not_modbus = GetError::NotReadable("not a Modbus point".into());
+        let mut out = vec![Err(not_modbus); points.len()];
+        // Planner item `m` is `points[at[m].0]`.
+        let at: Vec<(usize, ModbusPoint)> = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &p)| Some((i, *device.points.get(p)?.modbus()?)))
+            .collect();
+        let items: Vec<PlanItem> = at
+            .iter()
+            .map(|&(i, m)| PlanItem {
+                table: m.table,
+                address: m.address,
+                count: m.count(device.points[points[i]].ty),
+            })
+            .collect();
+        let unit = settings(&device).unit;
+        let planner = Planner::with_limits(items.clone(), settings(&device).read_limits());
+        let mut queue: VecDeque<ReadRequest> = planner.plan().iter().cloned().collect();
+        while let Some(req) = queue.pop_front() {
+            cx.stats_of(d).requests.fetch_add(1, Relaxed);
+            let reply = self
+                .transport
+                .read(unit, req.table, req.start, req.count)
+                .await;
+            if reply.is_err() {
+                cx.stats_of(d).request_errors.fetch_add(1, Relaxed);
+            }
+            let faults = self.transport.take_faults();
+            if !faults.is_empty() {
+                cx.stats_of(d).add_faults(&faults);
+            }
+            match reply {
+                Ok(data) => {
+                    for &m in &req.members {
+                        let (i, mp) = at[m];
+                        let point = &device.points[points[i]];
+                        let off = usize::from(mp.address - req.start);
+                        out[i] = decode_at(&data, off, point, mp)
+                            .map(|v| reading(point, &v))
+                            .map_err(GetError::Decode);
+                    }
+                }
+                Err(DriverError::Exception { .. }) if req.members.len() > 1 => {
+                    for &m in req.members.iter().rev() {
+                        queue.push_front(ReadRequest {
+                            table: items[m].table,
+                            start: items[m].address,
+                            count: items[m].count,
+                            members: vec![m],
+                        });
+                    }
+                }
+                Err(e @ DriverError::Exception { .. }) => {
+                    for &m in &req.members {
+                        out[at[m].0] = Err(GetError::Device(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    let rest = queue.iter().flat_map(|r| &r.members);
+                    for &m in req.members.iter().chain(rest) {
+                        out[at[m].0] = Err(GetError::Device(e.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        out
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::{BusIo, Control};
 use crate::{
-    commands::Command,
+    commands::Request,
     health::Stats,
     model::{Bus, BusKind, GpioBackendKind, Model},
     publish::Batch,
@@ -35,7 +35,7 @@ const BUS_WAIT: Duration = Duration::from_secs(30);
 /// One running bus task.
 struct BusTask {
     bus: Arc<Bus>,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Request>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
 }
@@ -72,7 +72,7 @@ impl Buses {
         &mut self,
         model: &Arc<Model>,
         gpio: &mut HashMap<String, Box<dyn GpioBackend>>,
-    ) -> Vec<mpsc::Sender<Command>> {
+    ) -> Vec<mpsc::Sender<Request>> {
         let mut first = 0;
         for bus in &model.buses {
             let backend = gpio.remove(&bus.id);
@@ -84,7 +84,7 @@ impl Buses {
 
     /// The command channel of every bus of `model`, in model order (a closed one for a
     /// bus without a task: it has no devices, so no commands either).
-    pub(crate) fn senders(&self, model: &Model) -> Vec<mpsc::Sender<Command>> {
+    pub(crate) fn senders(&self, model: &Model) -> Vec<mpsc::Sender<Request>> {
         model
             .buses
             .iter()

@@ -94,7 +94,7 @@ pub enum CommandError {
 }
 
 /// The text of a driver error as users read it in a result.
-fn device_text(e: &DriverError) -> String {
+pub(super) fn device_text(e: &DriverError) -> String {
     match e {
         DriverError::Exception { code, name } => {
             format!("device exception {code:#04x} ({name})")

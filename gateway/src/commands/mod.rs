@@ -1,9 +1,11 @@
 //! Commands: a payload on `<topic>/set` is parsed, checked against the point (writable,
 //! type, named values, min/max, scale/offset, the type's range) and only then queued to
 //! the bus task that owns the device. Invalid commands never reach the device; the
-//! outcome of every command is published on `<topic>/set/result` (not retained).
+//! outcome of every command is published on `<topic>/set/result` (not retained). Reads on
+//! demand (`<topic>/get`, `get.rs`) take the same road to the bus task.
 
 mod error;
+mod get;
 mod value;
 
 use std::{
@@ -16,6 +18,7 @@ use std::{
 
 pub use error::{parse_bool, parse_number, CommandError};
 use fieldlink_drivers::value::Value;
+pub use get::{get_result_on, Get, GetError};
 use serde_json::json;
 use tokio::sync::mpsc;
 pub(crate) use value::value_range;
@@ -46,8 +49,17 @@ pub struct Command {
     pub id: Option<serde_json::Value>,
 }
 
-/// Routes `<topic>/set` messages to the bus tasks. Clones share the routes, which a
-/// reload replaces ([`Router::update`]).
+/// What a bus task is asked to do, in the order asked.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Write a command (`<topic>/set`).
+    Set(Command),
+    /// Read a point now (`<topic>/get`).
+    Get(Get),
+}
+
+/// Routes `<topic>/set` and `<topic>/get` messages to the bus tasks. Clones share the
+/// routes, which a reload replaces ([`Router::update`]).
 #[derive(Clone)]
 pub struct Router {
     routes: Arc<RwLock<Arc<Routes>>>,
@@ -62,12 +74,15 @@ struct Routes {
     commands: HashMap<String, PointRef>,
     /// Counters of every device, by the routes' `stats_index`.
     devices: Vec<Arc<DeviceStats>>,
-    buses: Vec<mpsc::Sender<Command>>,
+    buses: Vec<mpsc::Sender<Request>>,
+    /// Every point, sorted by topic: where a `<topic>/get` goes (reads on demand).
+    reads: Vec<PointRef>,
 }
 
 impl Router {
-    /// A router for the writable points of `model`; `buses[i]` feeds bus `i`'s task.
-    pub fn new(model: Arc<Model>, buses: Vec<mpsc::Sender<Command>>, stats: Arc<Stats>) -> Self {
+    /// A router for the writable points of `model` (and reads of every point); `buses[i]`
+    /// feeds bus `i`'s task.
+    pub fn new(model: Arc<Model>, buses: Vec<mpsc::Sender<Request>>, stats: Arc<Stats>) -> Self {
         let routes = Routes::new(0, model, buses, &stats);
         Router {
             routes: Arc::new(RwLock::new(Arc::new(routes))),
@@ -92,7 +107,7 @@ impl Router {
     pub fn update(
         &self,
         model: Arc<Model>,
-        buses: Vec<mpsc::Sender<Command>>,
+        buses: Vec<mpsc::Sender<Request>>,
         stats: &Stats,
     ) -> u64 {
         let generation = self.generation() + 1;
@@ -109,17 +124,24 @@ impl Router {
         self.restarting.store(on, Relaxed);
     }
 
-    /// The topics to subscribe to: `<topic>/set` of every writable point, nothing else.
+    /// The topics to subscribe to: `<topic>/set` of every writable point and `<topic>/get`
+    /// of every point, nothing else.
     pub fn subscriptions(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.current().commands.keys().cloned().collect();
+        let routes = self.current();
+        let gets = routes.model.points().map(Point::get_topic);
+        let mut v: Vec<String> = routes.commands.keys().cloned().chain(gets).collect();
         v.sort();
         v
     }
 
-    /// Handle one incoming message. Returns the result message when the command was
-    /// rejected here; accepted commands are answered by the bus task after the write.
+    /// Handle one incoming message. Returns the result message when the command (or read)
+    /// was rejected here; accepted ones are answered by the bus task after the write (or
+    /// read).
     pub fn handle(&self, topic: &str, payload: &[u8]) -> Option<Outgoing> {
         let routes = self.current();
+        if let Some(route) = crate::topics::find_point(&routes.model, &routes.reads, topic) {
+            return self.get(&routes, route, payload);
+        }
         let route = routes.commands.get(topic)?;
         let device = &routes.model.buses[route.bus].devices[route.device];
         let point = &device.points[route.point];
@@ -152,7 +174,7 @@ impl Router {
             value: raw,
             id: id.clone(),
         };
-        match routes.buses[route.bus].try_send(cmd) {
+        match routes.buses[route.bus].try_send(Request::Set(cmd)) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Some(result(point, Err(CommandError::QueueFull), id.as_ref()))
@@ -174,21 +196,22 @@ impl Routes {
     fn new(
         generation: u64,
         model: Arc<Model>,
-        buses: Vec<mpsc::Sender<Command>>,
+        buses: Vec<mpsc::Sender<Request>>,
         stats: &Stats,
     ) -> Routes {
         Routes {
             generation,
             commands: crate::topics::Contract::new(&model).commands,
             devices: stats.devices(),
+            reads: crate::topics::points_by_topic(&model),
             model,
             buses,
         }
     }
 }
 
-/// `first` and every command already queued behind it.
-pub fn drain(first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Command> {
+/// `first` and every request already queued behind it.
+pub fn drain(first: Request, rx: &mut mpsc::Receiver<Request>) -> Vec<Request> {
     let mut batch = vec![first];
     while let Ok(c) = rx.try_recv() {
         batch.push(c);
@@ -239,15 +262,29 @@ pub fn result_on(
     outcome: Result<serde_json::Value, CommandError>,
     id: Option<&serde_json::Value>,
 ) -> Outgoing {
+    reply(
+        format!("{topic}/set/result"),
+        outcome.map_err(|e| e.to_string()),
+        id,
+    )
+}
+
+/// A result message on `topic`: `{"ok":true,"value":..}` or `{"ok":false,"error":..}`,
+/// with the caller's `id`.
+fn reply(
+    topic: String,
+    outcome: Result<serde_json::Value, String>,
+    id: Option<&serde_json::Value>,
+) -> Outgoing {
     let mut body = match outcome {
         Ok(v) => json!({"ok": true, "value": v}),
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Err(e) => json!({"ok": false, "error": e}),
     };
     if let (Some(id), Some(map)) = (id, body.as_object_mut()) {
         map.insert("id".into(), id.clone());
     }
     Outgoing {
-        topic: format!("{topic}/set/result"),
+        topic,
         payload: body.to_string().into_bytes(),
         retain: false,
         // QoS 0: a PUBACK from the embedded broker (which does not set TCP_NODELAY)

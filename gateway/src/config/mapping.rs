@@ -242,10 +242,16 @@ impl Validator {
         }
     }
 
-    /// Point topics that are the command topic of another point.
+    /// Point topics that are the command or read request topic of another point.
     fn command_topics(&mut self, topics: &Topics) {
+        let reserved = [
+            ("/set", "command", "commands"),
+            ("/set/result", "command result", "commands"),
+            ("/get", "read request", "reads on demand"),
+            ("/get/result", "read result", "reads on demand"),
+        ];
         for (t, (f, l, p)) in topics {
-            for (suffix, what) in [("/set", "command"), ("/set/result", "command result")] {
+            for (suffix, what, owner) in reserved {
                 if let Some(parent) = t.strip_suffix(suffix) {
                     if topics.contains_key(parent) {
                         self.error(
@@ -253,7 +259,7 @@ impl Validator {
                             *l,
                             format!("topic `{t}` is the {what} topic of point `{parent}`"),
                             Some(format!(
-                                "`{suffix}` below a point topic is reserved for commands"
+                                "`{suffix}` below a point topic is reserved for {owner}"
                             )),
                         );
                     }

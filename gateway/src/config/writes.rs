@@ -291,11 +291,11 @@ mod tests {
         let a = p[0].modbus().expect("modbus");
         assert_eq!((a.address, a.write_address), (0, Some(100)));
         assert_eq!(p[0].rewrite_every, Some(Duration::from_secs(30)));
-        assert!(p[0].readable() && !p[0].write_only);
+        assert!(p[0].readable().is_ok() && !p[0].write_only);
         let b = p[1].modbus().expect("modbus");
         assert_eq!((b.table, b.write_address), (Table::Coil, Some(9)));
         // Written only: writable, not readable, and larger than one read may be.
-        assert!(p[2].write_only && p[2].writable && !p[2].readable());
+        assert!(p[2].write_only && p[2].writable && p[2].readable().is_err());
         assert_eq!(p[2].modbus().and_then(|m| m.write_address), None);
         let devices: Vec<_> = m.devices().collect();
         assert!(devices[0].polled(), "a device with a read point is polled");
@@ -304,11 +304,11 @@ mod tests {
         // Every bus kind whose points are written can keep a value alive.
         assert_eq!(p[4].rewrite_every, Some(Duration::from_secs(5)));
         assert!(
-            !p[4].readable(),
+            p[4].readable().is_err(),
             "a UART point without `field` is command-only"
         );
         assert_eq!(p[5].rewrite_every, Some(Duration::from_secs(60)));
-        assert!(p[5].readable());
+        assert!(p[5].readable().is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ const MISSED: u32 = 3;
 /// rounded up. `None` otherwise (on change alone, a value may rightly stay the same for
 /// days; a `write_only` point is published only when written).
 pub(super) fn default_for(p: &Point) -> Option<Duration> {
-    if !p.readable() {
+    if p.readable().is_err() {
         return None;
     }
     let cadence = p.poll_interval?;

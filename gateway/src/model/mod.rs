@@ -554,6 +554,32 @@ impl Point {
         format!("{}/set/result", self.topic)
     }
 
+    // Reads on demand (`<topic>/get`, issue #23).
+
+    /// `<topic>/get`.
+    pub fn get_topic(&self) -> String {
+        format!("{}/get", self.topic)
+    }
+
+    /// `<topic>/get/result`.
+    pub fn get_result_topic(&self) -> String {
+        format!("{}/get/result", self.topic)
+    }
+
+    /// Whether `<topic>/get` may read the point, or why not (the text of the refusal):
+    /// the one place a point kind that is never read is refused. A device that cannot be
+    /// asked (a UART device sending on its own) is its bus kind's answer.
+    pub fn readable(&self) -> Result<(), &'static str> {
+        match &self.source {
+            _ if self.write_only => Err("a write_only point is never read; its state is the \
+                 value last written"),
+            Source::Uart(u) if u.field.is_none() => {
+                Err("the point only takes commands; it has no value to read")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The Modbus registers or bits of a point on a Modbus bus.
     pub fn modbus(&self) -> Option<&ModbusPoint> {
         match &self.source {
@@ -576,13 +602,6 @@ impl Point {
             Source::Uart(u) => Some(u),
             _ => None,
         }
-    }
-
-    /// Whether the point's value can be read from its device (polled, or read on
-    /// demand): not a `write_only` point, nor a UART point without `field` (command
-    /// only). A GPIO line is readable (an output reads back its level).
-    pub fn readable(&self) -> bool {
-        !self.write_only && self.uart().is_none_or(|u| u.field.is_some())
     }
 }
 

@@ -5,9 +5,10 @@
 //! broker starts serving (at start, and after the supervisor rebuilt a failed one),
 //! publishes `<base>/status = online` and then that state again, so a broker restart loses
 //! nothing that matters. While no broker serves, value messages only update that state.
-//! Commands clients publish on `<topic>/set` arrive on the link after the broker's rights
-//! check. At the end the task publishes `offline` (retained), waits until the broker routed
-//! it, and gives the broker's sessions a moment (50 ms) to write it.
+//! Commands and read requests clients publish on `<topic>/set` and `<topic>/get` arrive on
+//! the link after the broker's rights check. At the end the task publishes `offline`
+//! (retained), waits until the broker routed it, and gives the broker's sessions a moment
+//! (50 ms) to write it.
 
 use std::{
     collections::HashMap,

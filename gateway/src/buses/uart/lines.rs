@@ -75,7 +75,11 @@ impl Uart {
         let wall = SystemTime::now();
         for (p, fv) in found {
             let point = &dev.points[p];
-            match to_value(point, &fv) {
+            let value = to_value(point, &fv);
+            if self.captured(d, p, &value) {
+                continue;
+            }
+            match value {
                 Ok(v) => {
                     cx.value(d, p, &v, now, wall);
                 }

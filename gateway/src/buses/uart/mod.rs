@@ -15,9 +15,13 @@
 //! its own is `offline` after `offline_after` periods without a line. A lost port
 //! (hang-up, unplugged adapter) takes every device offline and is reopened with backoff;
 //! an unfinished line left quiet for the bus `timeout` is discarded as partial.
+//!
+//! A `<topic>/get` of a polled device sends its query and waits for the reply (`query`);
+//! a device sending on its own, and a device that only takes commands, are not asked.
 
 mod fields;
 mod lines;
+mod query;
 
 use std::{
     collections::BTreeMap,
@@ -40,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use super::{actor, BusIo, Cx, Driver, Polled};
 use crate::{
-    commands::{Command, CommandError},
+    commands::{Command, CommandError, GetError},
     health::SerialStats,
     model::{Bus, BusKind, Model, Point},
     publish::{reading, Reading},
@@ -77,6 +81,7 @@ pub async fn run_uart(model: Arc<Model>, bus: Arc<Bus>, first_stats_index: usize
         chunk: vec![0u8; 1024],
         counters: io.stats.serial_of(&bus.id),
         bus: bus.clone(),
+        capture: None,
     };
     actor::run(model, bus, first_stats_index, driver, io).await;
 }
@@ -99,6 +104,9 @@ struct Uart {
     chunk: Vec<u8>,
     /// This bus's line counters.
     counters: Option<Arc<SerialStats>>,
+    // Reads on demand (issue #23).
+    /// What a read on demand waits for in the reply it asked for.
+    capture: Option<query::Capture>,
 }
 
 /// What a wait for a reply or an acknowledgement ended with.
@@ -240,6 +248,15 @@ impl Driver for Uart {
             Waited::Lost(why) => Err(CommandError::PortLost(why)),
             Waited::ShuttingDown => Err(CommandError::ShuttingDownUnacknowledged),
         }
+    }
+
+    async fn read(
+        &mut self,
+        d: usize,
+        points: &[usize],
+        cx: &mut Cx,
+    ) -> Vec<Result<Reading, GetError>> {
+        self.read_now(d, points, cx).await
     }
 
     async fn event(&mut self) -> std::io::Result<usize> {

@@ -1,6 +1,7 @@
-//! Command intake from upstream (`accept_commands`): `<prefix><topic>/set` is subscribed
-//! after every connect, and what arrives goes through the same [`Router`] as commands from
-//! the embedded broker; a rejection is published back upstream through the queue.
+//! Command intake from upstream (`accept_commands`): `<prefix><topic>/set` and
+//! `<prefix><topic>/get` are subscribed after every connect, and what arrives goes through
+//! the same [`Router`] as commands and reads from the embedded broker; a rejection is
+//! published back upstream through the queue.
 
 use rumqttc::{QoS, SubscribeFilter};
 use tracing::{debug, warn};
@@ -31,12 +32,38 @@ pub(super) fn subscriptions(
     subs
 }
 
+/// Most bytes of topic filters in one SUBSCRIBE: every point has a `/get`, and at 20 000
+/// points one packet with all of them would pass the connection's 1 MiB packet limit.
+const SUBSCRIBE_BYTES: usize = 64 * 1024;
+
+/// `subs` cut into SUBSCRIBE packets of at most [`SUBSCRIBE_BYTES`] of filters each.
+fn packets(subs: Vec<SubscribeFilter>) -> Vec<Vec<SubscribeFilter>> {
+    let mut out = Vec::new();
+    let mut packet = Vec::new();
+    let mut bytes = 0;
+    for f in subs {
+        // The filter's length prefix and its options byte.
+        let n = f.path.len() + 3;
+        if !packet.is_empty() && bytes + n > SUBSCRIBE_BYTES {
+            out.push(std::mem::take(&mut packet));
+            bytes = 0;
+        }
+        bytes += n;
+        packet.push(f);
+    }
+    if !packet.is_empty() {
+        out.push(packet);
+    }
+    out
+}
+
 impl Up {
     /// Renew the command subscriptions (after every connect: the session may be new).
     pub(super) fn subscribe(&mut self) {
-        if !self.subs.is_empty() {
-            if let Err(e) = self.client.try_subscribe_many(self.subs.clone()) {
+        for p in packets(self.subs.clone()) {
+            if let Err(e) = self.client.try_subscribe_many(p) {
                 warn!(error = %e, "Cannot subscribe upstream.");
+                return;
             }
         }
     }
@@ -69,10 +96,11 @@ impl Up {
             return;
         }
         let mut failed = false;
-        if !added.is_empty() {
-            if let Err(e) = self.client.try_subscribe_many(added) {
+        for p in packets(added) {
+            if let Err(e) = self.client.try_subscribe_many(p) {
                 warn!(error = %e, "Cannot subscribe upstream; trying again.");
                 failed = true;
+                break;
             }
         }
         for t in removed {
@@ -107,5 +135,31 @@ impl Up {
             debug!(topic = ?topic, "Upstream command rejected.");
             self.push(rejected);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_go_in_packets_far_below_the_packet_limit() {
+        let subs: Vec<SubscribeFilter> = (0..20_000)
+            .map(|i| {
+                let t = format!("sites/casa/andar/sala/medidor/ponto{i:05}/get");
+                SubscribeFilter::new(t, QoS::AtMostOnce)
+            })
+            .collect();
+        let all: usize = subs.iter().map(|f| f.path.len() + 3).sum();
+        let p = packets(subs.clone());
+        assert!(p.len() >= all / SUBSCRIBE_BYTES, "{} packets", p.len());
+        for packet in &p {
+            let bytes: usize = packet.iter().map(|f| f.path.len() + 3).sum();
+            assert!(bytes <= SUBSCRIBE_BYTES, "{bytes}");
+        }
+        let again: Vec<String> = p.into_iter().flatten().map(|f| f.path).collect();
+        let want: Vec<String> = subs.into_iter().map(|f| f.path).collect();
+        assert_eq!(again, want, "every filter once, in order");
+        assert!(packets(Vec::new()).is_empty());
     }
 }
