@@ -263,7 +263,10 @@ pub fn header(table: Table, wide: bool) -> String {
     if table.is_bits() {
         return " address  value".into();
     }
-    let mut h = String::from(" address  hex     u16     i16  text");
+    let mut h = format!(
+        "{:>8}  {:<4}  {:>6}  {:>6}  {:<4}",
+        "address", "hex", "u16", "i16", "text"
+    );
     for ty in wider(wide) {
         for o in ORDERS {
             let name = format!("{ty} {}", o.name());

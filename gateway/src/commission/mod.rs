@@ -6,10 +6,12 @@
 //! - `fieldlink write`: one value written exactly as a `/set` would, then read back
 //!   ([`write`]).
 //!
-//! Each takes its transport as flags or as a configured bus ([`target`]); each subcommand
-//! is one function over an already opened [`ModbusTransport`](fieldlink_drivers::modbus::ModbusTransport),
-//! so that the same functions can run inside a bus task when the command comes through
-//! the running gateway. The decodings and their text and JSON forms are in `decode`.
+//! Each takes its transport as flags or as a configured bus ([`flags`], [`target`]). The
+//! work of each subcommand is one function over an already opened
+//! [`ModbusTransport`](fieldlink_drivers::modbus::ModbusTransport) ([`probe::read`],
+//! [`scan::scan`], [`write::execute`]), so that the same functions can run in a bus task
+//! when the command comes through the running gateway. The decodings and their text and
+//! JSON forms are in `decode`.
 //!
 //! Bad input ends the command with one line and a sysexits code: 64 usage (flags, an
 //! address range past 65535), 65 data (a value the type cannot hold, a value the device
@@ -17,15 +19,17 @@
 //! a `--config` that does not load.
 
 mod decode;
+pub mod flags;
 pub mod probe;
 pub mod scan;
 pub mod target;
 pub mod write;
 
 use fieldlink_drivers::modbus::{DriverError, ReplyFault};
+pub use flags::TransportArgs;
 pub use probe::ProbeArgs;
 pub use scan::ScanArgs;
-pub use target::{Target, Transport, TransportArgs};
+pub use target::{Target, Transport};
 pub use write::WriteArgs;
 
 use crate::config::Diagnostic;
@@ -164,6 +168,37 @@ mod tests {
         assert!(matches!(range(70000, 1), Err(CommissionError::Usage(_))));
         assert!(matches!(range(0, 0), Err(CommissionError::Usage(_))));
         assert_eq!(range(0, 65536).unwrap(), (0, 65536));
+    }
+
+    #[test]
+    fn transport_failures_say_what_to_check() {
+        use std::time::Duration;
+        let line = |e: DriverError| unavailable(&e, 3, "RTU /dev/ttyUSB0 at 9600 8N1").to_string();
+        let t = line(DriverError::Timeout(Duration::from_millis(200)));
+        assert!(
+            t.starts_with("no reply from unit 3 on RTU /dev/ttyUSB0 at 9600 8N1 within 200ms"),
+            "{t}"
+        );
+        assert!(t.contains("baud rate and parity"), "{t}");
+        let g = line(DriverError::BadReply {
+            fault: ReplyFault::Crc,
+            detail: "CRC error in the reply".into(),
+        });
+        assert!(
+            g.contains("garbled reply") && g.contains("baud rate or parity"),
+            "{g}"
+        );
+        let n = line(DriverError::NotConnected(
+            "cannot open /dev/ttyUSB0: Device or resource busy".into(),
+        ));
+        assert_eq!(
+            n,
+            "cannot reach RTU /dev/ttyUSB0 at 9600 8N1: Device or resource busy"
+        );
+        assert_eq!(
+            unavailable(&DriverError::Timeout(Duration::ZERO), 1, "x").exit_code(),
+            69
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use fieldlink_drivers::modbus::{codec, DriverError, ModbusTransport, ReadData, T
 use super::{
     closed,
     decode::{self, Cell, OrderArg, Reading, TableArg, TypeArg},
-    target::{Target, TransportArgs},
+    flags::TransportArgs,
+    target::Target,
     CommissionError,
 };
 
@@ -97,7 +98,7 @@ pub async fn run(a: &ProbeArgs, out: &mut impl Write) -> Result<(), CommissionEr
         }
     }
     let interval = match &a.watch {
-        Some(w) => Some(super::target::duration(w, "--watch")?),
+        Some(w) => Some(super::flags::duration(w, "--watch")?),
         None => None,
     };
     let Target::Direct(transport) = a.transport.target(Duration::from_secs(1))?;
@@ -115,7 +116,7 @@ pub async fn run(a: &ProbeArgs, out: &mut impl Write) -> Result<(), CommissionEr
         .map_err(|e| super::unavailable(&e, a.unit, &endpoint))?;
     let printed = if let Some(ty) = ty {
         let order = a.word_order.map(Into::into).unwrap_or_default();
-        writeln!(out, "{}", draft(&req, &first, ty, order))
+        write!(out, "{}", draft(&req, &first, ty, order))
     } else if a.json {
         writeln!(out, "{}", decode::reading_json(a.unit, &first, a.wide))
     } else {

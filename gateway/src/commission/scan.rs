@@ -16,7 +16,8 @@ use serde_json::{json, Value as Json};
 
 use super::{
     closed,
-    target::{Target, Transport, TransportArgs},
+    flags::TransportArgs,
+    target::{Target, Transport},
     CommissionError,
 };
 
@@ -90,7 +91,11 @@ pub async fn run(a: &ScanArgs, out: &mut impl Write) -> Result<(), CommissionErr
             )?;
         }
         let mut t = transport.open();
-        let (found, garbled) = scan(&mut t, &list, a.json, out, &endpoint).await?;
+        let (found, garbled) = scan(&mut t, &list, &endpoint, |f| match a.json {
+            true => Ok(()),
+            false => say(out, &line(f)),
+        })
+        .await?;
         garbled_total += garbled;
         tried.push(endpoint.clone());
         if !found.is_empty() {
@@ -123,13 +128,12 @@ pub async fn run(a: &ScanArgs, out: &mut impl Write) -> Result<(), CommissionErr
 }
 
 /// Scan `list` on one transport; the units found, and how many replies were garbled.
-/// Found units are printed as they come unless `quiet`.
-async fn scan<T: ModbusTransport>(
+/// `each` hears of every unit found as it is found.
+pub async fn scan<T: ModbusTransport>(
     t: &mut T,
     list: &[u8],
-    quiet: bool,
-    out: &mut impl Write,
     endpoint: &str,
+    mut each: impl FnMut(&Found) -> Result<(), CommissionError>,
 ) -> Result<(Vec<Found>, usize), CommissionError> {
     let mut found = Vec::new();
     let mut garbled = 0;
@@ -177,9 +181,7 @@ async fn scan<T: ModbusTransport>(
             exception,
             identification,
         };
-        if !quiet {
-            say(out, &line(&f))?;
-        }
+        each(&f)?;
         found.push(f);
     }
     Ok((found, garbled))

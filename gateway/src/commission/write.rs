@@ -11,7 +11,8 @@ use serde_json::json;
 use super::{
     closed,
     decode::{self, OrderArg, TypeArg},
-    target::{Target, TransportArgs},
+    flags::TransportArgs,
+    target::Target,
     CommissionError,
 };
 use crate::{
@@ -93,8 +94,51 @@ fn point(ty: ValueType, table: Table, address: u16, order: WordOrder) -> Point {
     }
 }
 
-/// Run `fieldlink write`.
-pub async fn run(a: &WriteArgs, out: &mut impl Write) -> Result<(), CommissionError> {
+/// A checked write: where, what, and the registers it becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// Unit id.
+    pub unit: u8,
+    /// Holding registers or coils.
+    pub table: Table,
+    /// First address.
+    pub address: u16,
+    /// The value's type.
+    pub ty: ValueType,
+    /// Its word order.
+    pub order: WordOrder,
+    /// The value to write, as `/set` checks made it.
+    pub raw: Value,
+    /// The registers it is encoded into (none for a coil).
+    pub registers: Vec<u16>,
+    /// Always FC16/FC15.
+    pub multiple: bool,
+}
+
+impl Request {
+    /// Registers (or bits) the value takes.
+    fn count(&self) -> u16 {
+        if self.table.is_bits() {
+            1
+        } else {
+            self.ty.registers()
+        }
+    }
+}
+
+/// What the device holds after the write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The function code the value was written with.
+    pub function: u8,
+    /// The value read back.
+    pub value: Value,
+    /// The registers read back (none for a coil).
+    pub registers: Vec<u16>,
+}
+
+/// The flags checked and the value parsed, as a `/set` on such a point would be.
+pub fn request(a: &WriteArgs) -> Result<Request, CommissionError> {
     use CommissionError::{Data, Usage};
     let table = match a.table {
         WriteTable::Holding => Table::Holding,
@@ -126,87 +170,29 @@ pub async fn run(a: &WriteArgs, out: &mut impl Write) -> Result<(), CommissionEr
         Table::Coil => Vec::new(),
         _ => codec::encode(&raw, ty, order).map_err(|e| Data(format!("out of range: {e}")))?,
     };
+    Ok(Request {
+        unit: a.unit,
+        table,
+        address,
+        ty,
+        order,
+        raw,
+        registers,
+        multiple: a.multiple,
+    })
+}
+
+/// Run `fieldlink write`.
+pub async fn run(a: &WriteArgs, out: &mut impl Write) -> Result<(), CommissionError> {
+    let req = request(a)?;
     let Target::Direct(transport) = a.transport.target(Duration::from_secs(1))?;
     super::check_unit(a.unit, &transport)?;
-    let endpoint = transport.describe();
     let mut t = transport.open();
-    let function = write(&mut t, a.unit, table, address, &raw, &registers, a.multiple)
-        .await
-        .map_err(|e| refused(&e, a.unit, &endpoint))?;
-    let back = t
-        .read(a.unit, table, address, count as u16)
-        .await
-        .map_err(|e| match super::unavailable(&e, a.unit, &endpoint) {
-            CommissionError::Unavailable(why) => {
-                CommissionError::Unavailable(format!("written, but the read-back failed: {why}"))
-            }
-            other => other,
-        })?;
-    let (back_value, back_regs) = match back {
-        ReadData::Bits(b) => (Value::Bool(b.first().copied().unwrap_or(false)), Vec::new()),
-        ReadData::Registers(r) => (
-            codec::decode(&r, ty, order, None)
-                .map_err(|e| CommissionError::Unavailable(format!("read-back: {e}")))?,
-            r,
-        ),
-    };
-    let hex = |r: &[u16]| r.iter().map(|w| format!("{w:04x}")).collect::<Vec<_>>();
+    let outcome = execute(&mut t, &req, &transport.describe()).await?;
     let text = if a.json {
-        let value = |v: &Value| match v {
-            Value::Float(_) | Value::Int(_) | Value::U64(_) => decode::number_json(v, ty),
-            Value::Bool(b) => json!(b),
-            Value::Str(s) => json!(s),
-        };
-        json!({
-            "unit": a.unit,
-            "table": table.name(),
-            "address": address,
-            "type": ty.name(),
-            "word_order": order.name(),
-            "function": function,
-            "written": {"value": value(&raw), "registers": hex(&registers)},
-            "read_back": {"value": value(&back_value), "registers": hex(&back_regs)},
-        })
-        .to_string()
+        outcome.json(&req).to_string()
     } else {
-        let place = if count > 1 {
-            format!("{}-{}", address, u32::from(address) + count - 1)
-        } else {
-            address.to_string()
-        };
-        let as_type = if table.is_bits() {
-            String::new()
-        } else if ty.registers() > 1 {
-            format!(" as {ty} {}", order.name())
-        } else {
-            format!(" as {ty}")
-        };
-        let regs = |r: &[u16]| {
-            if r.is_empty() {
-                String::new()
-            } else {
-                format!(" (registers {})", hex(r).join(" "))
-            }
-        };
-        let mut s = format!(
-            "Wrote {}{as_type} to unit {}, {} {place}, with function {function}{}.\n\
-             Read back: {}{}.",
-            decode::value_text(&raw, ty),
-            a.unit,
-            table.name(),
-            regs(&registers),
-            decode::value_text(&back_value, ty),
-            regs(&back_regs),
-        );
-        let same = if table.is_bits() {
-            back_value == raw
-        } else {
-            back_regs == registers
-        };
-        if !same {
-            s.push_str("\nThe device holds another value than the one written.");
-        }
-        s
+        outcome.text(&req)
     };
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if !closed(&e) => Err(CommissionError::Unavailable(format!(
@@ -216,28 +202,121 @@ pub async fn run(a: &WriteArgs, out: &mut impl Write) -> Result<(), CommissionEr
     }
 }
 
-/// Write as the bus task would; the function code used.
-async fn write<T: ModbusTransport>(
+/// Write as the bus task would (FC05/FC06, FC15/FC16 for more or with `multiple`), then
+/// read back what the device holds.
+pub async fn execute<T: ModbusTransport>(
     t: &mut T,
-    unit: u8,
-    table: Table,
-    address: u16,
-    raw: &Value,
-    registers: &[u16],
-    multiple: bool,
-) -> Result<u8, DriverError> {
-    if table.is_bits() {
-        let on = matches!(raw, Value::Bool(true));
-        t.write_coils(unit, address, &[on], multiple).await?;
-        return Ok(if multiple { 15 } else { 5 });
-    }
-    t.write_registers(unit, address, registers, multiple)
-        .await?;
-    Ok(if registers.len() == 1 && !multiple {
-        6
+    req: &Request,
+    endpoint: &str,
+) -> Result<Outcome, CommissionError> {
+    let (unit, address, multiple) = (req.unit, req.address, req.multiple);
+    let function = if req.table.is_bits() {
+        let on = matches!(req.raw, Value::Bool(true));
+        t.write_coils(unit, address, &[on], multiple)
+            .await
+            .map(|()| if multiple { 15 } else { 5 })
     } else {
-        16
+        let one = req.registers.len() == 1 && !multiple;
+        t.write_registers(unit, address, &req.registers, multiple)
+            .await
+            .map(|()| if one { 6 } else { 16 })
+    }
+    .map_err(|e| refused(&e, unit, endpoint))?;
+    let back = t
+        .read(unit, req.table, address, req.count())
+        .await
+        .map_err(|e| match super::unavailable(&e, unit, endpoint) {
+            CommissionError::Unavailable(why) => {
+                CommissionError::Unavailable(format!("written, but the read-back failed: {why}"))
+            }
+            other => other,
+        })?;
+    let (value, registers) = match back {
+        ReadData::Bits(b) => (Value::Bool(b.first().copied().unwrap_or(false)), Vec::new()),
+        ReadData::Registers(r) => (
+            codec::decode(&r, req.ty, req.order, None)
+                .map_err(|e| CommissionError::Unavailable(format!("read-back: {e}")))?,
+            r,
+        ),
+    };
+    Ok(Outcome {
+        function,
+        value,
+        registers,
     })
+}
+
+fn hex(r: &[u16]) -> Vec<String> {
+    r.iter().map(|w| format!("{w:04x}")).collect()
+}
+
+impl Outcome {
+    /// Whether the device holds what was written.
+    fn same(&self, req: &Request) -> bool {
+        if req.table.is_bits() {
+            self.value == req.raw
+        } else {
+            self.registers == req.registers
+        }
+    }
+
+    /// `write --json`.
+    pub fn json(&self, req: &Request) -> serde_json::Value {
+        let value = |v: &Value| match v {
+            Value::Float(_) | Value::Int(_) | Value::U64(_) => decode::number_json(v, req.ty),
+            Value::Bool(b) => json!(b),
+            Value::Str(s) => json!(s),
+        };
+        json!({
+            "unit": req.unit,
+            "table": req.table.name(),
+            "address": req.address,
+            "type": req.ty.name(),
+            "word_order": req.order.name(),
+            "function": self.function,
+            "written": {"value": value(&req.raw), "registers": hex(&req.registers)},
+            "read_back": {"value": value(&self.value), "registers": hex(&self.registers)},
+        })
+    }
+
+    /// The two lines `write` prints (three when the device holds another value).
+    pub fn text(&self, req: &Request) -> String {
+        let count = u32::from(req.count());
+        let place = if count > 1 {
+            format!("{}-{}", req.address, u32::from(req.address) + count - 1)
+        } else {
+            req.address.to_string()
+        };
+        let as_type = if req.table.is_bits() {
+            String::new()
+        } else if req.ty.registers() > 1 {
+            format!(" as {} {}", req.ty, req.order.name())
+        } else {
+            format!(" as {}", req.ty)
+        };
+        let regs = |r: &[u16]| {
+            if r.is_empty() {
+                String::new()
+            } else {
+                format!(" (registers {})", hex(r).join(" "))
+            }
+        };
+        let mut s = format!(
+            "Wrote {}{as_type} to unit {}, {} {place}, with function {}{}.\n\
+             Read back: {}{}.",
+            decode::value_text(&req.raw, req.ty),
+            req.unit,
+            req.table.name(),
+            self.function,
+            regs(&req.registers),
+            decode::value_text(&self.value, req.ty),
+            regs(&self.registers),
+        );
+        if !self.same(req) {
+            s.push_str("\nThe device holds another value than the one written.");
+        }
+        s
+    }
 }
 
 /// A write the device refused: exceptions 01–03 say the request was wrong for it (data),
