@@ -3,10 +3,7 @@
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_one_line_and_a_sysexits_code() {
-    let server = SimServer::new();
-    server.add(1, SimDevice::new());
-    let port = server.clone().spawn_local().await.expect("sim");
+async fn an_unreachable_host_a_busy_port_and_a_wrong_baud_rate_are_unavailable() {
     // Nothing listens on a port that was just freed.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -55,7 +52,13 @@ async fn bad_input_gets_one_line_and_a_sysexits_code() {
     )))
     .await;
     json_of(&o);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_and_values_get_one_line_and_a_sysexits_code() {
+    let server = SimServer::new();
+    server.add(1, SimDevice::new());
+    let port = server.clone().spawn_local().await.expect("sim");
     let tcp = format!("--tcp 127.0.0.1:{port}");
     for (cmd, want) in [
         // Usage.
@@ -69,7 +72,7 @@ async fn bad_input_gets_one_line_and_a_sysexits_code() {
             format!("probe {tcp} --table coil --address 0 --yaml --type f32"),
             64,
         ),
-        (format!("scan --rtu {path} --units 0-3"), 64),
+        ("scan --rtu /dev/ttyUSB9 --units 0-3".to_string(), 64),
         (format!("scan {tcp} --units 9-3"), 64),
         (
             format!("write {tcp} --unit 1 --address 65535 --type f32 1.5"),
