@@ -208,6 +208,8 @@ impl SimDevice {
         code: ReadCode,
         object: u8,
     ) -> Result<Option<Response>, ExceptionCode> {
+        // Logged as function 43 with the object id asked for as its address (it touches
+        // no table; `table` is only a placeholder there).
         self.record(SimRequest {
             unit,
             function: 43,
