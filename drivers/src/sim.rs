@@ -4,7 +4,10 @@
 //! A [`SimServer`] answers for any number of unit ids ([`SimDevice`]s) on one TCP listener.
 //! Every request is counted and (optionally) logged so tests can assert what the gateway
 //! asked for; a device can be told to stop answering, or that some addresses do not exist
-//! (answered with exception 02, illegal data address).
+//! (answered with exception 02, illegal data address). A device can identify itself
+//! (function 43, Read Device Identification); a server can play a TCP gateway that answers
+//! for absent unit ids with exception 0x0A/0x0B; an RTU line can hear only frames sent at
+//! its devices' baud rate ([`SimServer::serve_rtu_at`]).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -12,13 +15,16 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Instant,
 };
 
 use tokio::net::TcpListener;
+use tokio_modbus::prelude::{
+    ConformityLevel, DeviceIdObject, ReadCode, ReadDeviceIdentificationResponse,
+};
 use tokio_modbus::{
     server::{
         tcp::{accept_tcp_connection, Server},
@@ -67,6 +73,8 @@ pub struct SimDevice {
     delay_us: AtomicU64,
     /// Longest read answered (registers or bits); longer ones get exception 03.
     max_read: AtomicU64,
+    /// What it answers to function 43 (object id, text); `None`: exception 01.
+    identification: Mutex<Option<Vec<(u8, String)>>>,
 }
 
 impl Default for SimDevice {
@@ -79,6 +87,7 @@ impl Default for SimDevice {
             responding: AtomicBool::new(true),
             delay_us: AtomicU64::new(0),
             max_read: AtomicU64::new(u64::MAX),
+            identification: Mutex::new(None),
         }
     }
 }
@@ -194,8 +203,73 @@ impl SimDevice {
         self.max_read.store(u64::from(n), Ordering::SeqCst);
     }
 
+    /// Answer Read Device Identification (function 43, MEI type 14) with these objects
+    /// (object id, text: 0 vendor name, 1 product code, 2 revision...). Without them the
+    /// device answers exception 01, illegal function, as many do.
+    pub fn set_identification(&self, objects: &[(u8, &str)]) {
+        *lock(&self.identification) =
+            Some(objects.iter().map(|(i, t)| (*i, t.to_string())).collect());
+    }
+
+    /// Function 43: the objects of the category asked for, from `object` on.
+    fn identify(
+        &self,
+        unit: u8,
+        code: ReadCode,
+        object: u8,
+    ) -> Result<Option<Response>, ExceptionCode> {
+        // Logged as function 43 with the object id asked for as its address (it touches
+        // no table; `table` is only a placeholder there).
+        self.record(SimRequest {
+            unit,
+            function: 43,
+            table: Table::Holding,
+            address: u16::from(object),
+            count: 0,
+            written: vec![],
+            at: Instant::now(),
+        });
+        if !self.responding.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let Some(all) = lock(&self.identification).clone() else {
+            return Err(ExceptionCode::IllegalFunction);
+        };
+        let last = match code {
+            ReadCode::Basic => 0x02,
+            ReadCode::Regular => 0x7F,
+            ReadCode::Extended | ReadCode::Specific => 0xFF,
+        };
+        let objects: Vec<DeviceIdObject> = all
+            .into_iter()
+            .filter(|(i, _)| match code {
+                ReadCode::Specific => *i == object,
+                _ => (object..=last).contains(i),
+            })
+            .map(|(id, text)| DeviceIdObject {
+                id,
+                value: text.into_bytes().into(),
+            })
+            .collect();
+        if code == ReadCode::Specific && objects.is_empty() {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        Ok(Some(Response::ReadDeviceIdentification(
+            ReadDeviceIdentificationResponse {
+                read_code: code,
+                conformity_level: ConformityLevel::BasicIdentification,
+                more_follows: false,
+                next_object_id: 0,
+                device_id_objects: objects,
+            },
+        )))
+    }
+
     /// Handle one request as the device would.
     pub fn handle(&self, unit: u8, req: &Request<'_>) -> Result<Option<Response>, ExceptionCode> {
+        if let Request::ReadDeviceIdentification(code, object) = req {
+            return self.identify(unit, *code, *object);
+        }
         let (function, table, address, count, written): (u8, Table, u16, u16, Vec<u16>) = match req
         {
             Request::ReadCoils(a, n) => (1, Table::Coil, *a, *n, vec![]),
@@ -278,10 +352,13 @@ impl SimDevice {
     }
 }
 
-/// A simulated Modbus TCP server: unit id → device. Unknown unit ids get no reply.
+/// A simulated Modbus TCP server: unit id → device. Unknown unit ids get no reply, or the
+/// exception a TCP gateway answers for them ([`SimServer::answer_absent_units`]).
 #[derive(Clone, Default)]
 pub struct SimServer {
     units: Arc<Mutex<HashMap<u8, Arc<SimDevice>>>>,
+    /// The exception answered for unknown unit ids (0: none, silence).
+    absent: Arc<AtomicU8>,
 }
 
 impl SimServer {
@@ -294,6 +371,65 @@ impl SimServer {
     pub fn add(&self, unit: u8, device: Arc<SimDevice>) -> Arc<SimDevice> {
         lock(&self.units).insert(unit, device.clone());
         device
+    }
+
+    /// Answer requests for unit ids that have no device with exception `code`, as a
+    /// Modbus TCP gateway does (0x0A gateway path unavailable, 0x0B gateway target device
+    /// failed to respond); 0: stay silent (the default).
+    pub fn answer_absent_units(&self, code: u8) {
+        self.absent.store(code, Ordering::SeqCst);
+    }
+
+    /// Serve Modbus RTU on a serial stream whose devices run at `baud`: a request sent
+    /// while the master's end of the line is set to another baud rate is noise to them
+    /// and goes unanswered, as on a real RS-485 line. `serial` is the device end of a
+    /// pseudo-terminal pair ([`pty_pair`]): termios requests on it read the settings the
+    /// master set on its end. (Only the baud rate: Linux's pty driver clears the parity
+    /// bit and forces 8 data bits, so a pty cannot tell parities apart.) The devices sit
+    /// behind a relay that passes on only what was sent at their baud rate (on a second
+    /// pty pair, to the tokio-modbus RTU server).
+    #[cfg(unix)]
+    pub async fn serve_rtu_at(
+        self,
+        serial: tokio_serial::SerialStream,
+        baud: u32,
+    ) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_serial::{SerialPort, SerialPortBuilderExt};
+        let (devices, keeper, path) = pty_pair()?;
+        let mut relay = tokio_serial::new(&path, 115_200)
+            .open_native_async()
+            .map_err(io::Error::other)?;
+        let server = tokio::spawn(self.serve_rtu(devices));
+        let mut line = serial;
+        let hears = |line: &tokio_serial::SerialStream| line.baud_rate().ok() == Some(baud);
+        let (mut from_line, mut from_devices) = ([0u8; 256], [0u8; 256]);
+        let result = loop {
+            tokio::select! {
+                n = line.read(&mut from_line) => match n {
+                    Ok(0) => break Ok(()),
+                    Ok(n) if hears(&line) => {
+                        if let Err(e) = relay.write_all(&from_line[..n]).await {
+                            break Err(e);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                },
+                n = relay.read(&mut from_devices) => match n {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        if let Err(e) = line.write_all(&from_devices[..n]).await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                },
+            }
+        };
+        server.abort();
+        drop(keeper);
+        result
     }
 
     /// The device for `unit`.
@@ -363,7 +499,10 @@ impl Service for SimServer {
             .map_or(0, |d| d.delay_us.load(Ordering::SeqCst));
         let result = match device {
             Some(d) => d.handle(req.slave, &req.request),
-            None => Ok(None),
+            None => match self.absent.load(Ordering::SeqCst) {
+                0 => Ok(None),
+                code => Err(ExceptionCode::new(code)),
+            },
         };
         if delay == 0 {
             Box::pin(std::future::ready(result))

@@ -35,10 +35,13 @@
 //!   restart only that; `service`: what systemd hears (ready, watchdog, reloading,
 //!   stopping).
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
+//! - [`commission`]: `fieldlink probe`, `scan` and `write`, for finding a device and its
+//!   registers from the command line.
 
 pub mod broker;
 pub mod buses;
 mod commands;
+pub mod commission;
 pub mod config;
 pub mod demo;
 pub mod health;

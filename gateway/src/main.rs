@@ -1,4 +1,5 @@
-//! The `fieldlink` command line: run, check, demo, watch.
+//! The `fieldlink` command line: run, check, demo, watch, and the commissioning commands
+//! probe, scan and write.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -13,6 +14,9 @@ use tracing::error;
 
 /// Exit code for a configuration error (EX_CONFIG from sysexits.h).
 const EX_CONFIG: u8 = 78;
+
+/// Exit code for a command line that does not parse (EX_USAGE from sysexits.h).
+const EX_USAGE: i32 = 64;
 
 /// fieldlink: a gateway from Modbus/UART/GPIO field devices to MQTT.
 #[derive(Parser)]
@@ -63,17 +67,24 @@ enum Command {
         #[arg(long, requires = "username")]
         password_file: Option<std::path::PathBuf>,
     },
+    /// Read a range of registers or bits and show every decoding of each address
+    /// (commissioning a new device).
+    Probe(fieldlink::commission::ProbeArgs),
+    /// Find the unit ids that answer on a bus, and what they say they are.
+    Scan(fieldlink::commission::ScanArgs),
+    /// Write one value as a `/set` on such a point would, and read it back.
+    Write(fieldlink::commission::WriteArgs),
 }
 
-fn init_logs() {
+/// The log filter when `RUST_LOG` is not set. rmqtt logs (through `log`) every ordinary
+/// disconnect at INFO and more at DEBUG; the gateway logs connects, disconnects and
+/// refusals itself (broker::policy).
+const LOG_FILTER: &str = "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=error,rmqtt_codec=warn";
+
+fn init_logs(default_filter: &str) {
     use tracing_subscriber::prelude::*;
-    // rmqtt logs (through `log`) every ordinary disconnect at INFO and more at DEBUG;
-    // the gateway logs connects, disconnects and refusals itself (broker::policy).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=error,rmqtt_codec=warn",
-        )
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     use std::io::IsTerminal;
     // Colours only on a terminal; under systemd's journal (it sets JOURNAL_STREAM for the
     // streams it connects) no timestamp either: the journal stamps every line itself.
@@ -121,9 +132,24 @@ fn trim_heap() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
-    init_logs();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        if e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(EX_USAGE);
+        }
+        e.exit() // --help, --version
+    });
+    // The commissioning commands print what they found; the transport's own log lines
+    // (a port opened, a connection refused) would only repeat their one line.
+    let commissioning = matches!(
+        cli.command,
+        Command::Probe(_) | Command::Scan(_) | Command::Write(_)
+    );
+    init_logs(if commissioning { "error" } else { LOG_FILTER });
     match cli.command {
+        Command::Probe(a) => commission(fieldlink::commission::Commission::Probe(a)),
+        Command::Scan(a) => commission(fieldlink::commission::Commission::Scan(a)),
+        Command::Write(a) => commission(fieldlink::commission::Commission::Write(a)),
         Command::Check { config } => check(&config),
         Command::Run { config } => {
             let checked = match config::load(&config) {
@@ -190,6 +216,27 @@ fn main() -> ExitCode {
             let login = login(username, password_file)?;
             rt.block_on(watch(filter, host, port, count, login))
         })),
+    }
+}
+
+/// Run a commissioning command: its results on standard output, or one line on standard
+/// error and a sysexits code (a `--config` that does not load: its diagnostics, 78).
+fn commission(cmd: fieldlink::commission::Commission) -> ExitCode {
+    use fieldlink::commission::CommissionError;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(71); // EX_OSERR
+        }
+    };
+    match rt.block_on(fieldlink::commission::run(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CommissionError::Config(diags)) => report(&diags),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -94,6 +94,18 @@ pub trait ModbusTransport: Send {
         multiple: bool,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
+    /// Ask `unit` who it is: Read Device Identification (function 43, MEI type 14), the
+    /// basic objects (vendor name, product code, revision), every page of them.
+    fn read_identification(
+        &mut self,
+        unit: u8,
+    ) -> impl Future<Output = Result<super::Identification, DriverError>> + Send {
+        let _ = unit;
+        std::future::ready(Err(DriverError::Protocol(
+            "device identification is not supported by this transport".into(),
+        )))
+    }
+
     /// A short description of the endpoint for logs (`192.168.1.20:502`).
     fn endpoint(&self) -> String;
 

@@ -152,6 +152,11 @@ impl Framing for Rtu {
         Ok(match function {
             1..=4 => buf.get(2).map(|&n| 3 + usize::from(n) + 2),
             5 | 6 | 15 | 16 => Some(8),
+            super::ident::FUNCTION if buf.get(2) == Some(&super::ident::MEI_READ_DEVICE_ID) => {
+                super::ident::reply_len(&buf[1..])
+                    .map_err(|e| (ReplyFault::Length, e))?
+                    .map(|n| 1 + n + 2)
+            }
             // Unknown function: take what a read would be, the CRC check decides.
             _ => Some(buf.len().max(4)),
         })
@@ -257,6 +262,9 @@ fn pdu_len(pdu: &[u8]) -> Option<usize> {
     match function {
         1..=4 => pdu.get(1).map(|&n| 2 + usize::from(n)),
         5 | 6 | 15 | 16 => Some(5),
+        super::ident::FUNCTION if pdu.get(1) == Some(&super::ident::MEI_READ_DEVICE_ID) => {
+            super::ident::reply_len(pdu).ok().flatten()
+        }
         _ => None,
     }
 }

@@ -431,6 +431,33 @@ impl<F: Framing, L: Link> ModbusTransport for Master<F, L> {
         Ok(())
     }
 
+    async fn read_identification(
+        &mut self,
+        unit: u8,
+    ) -> Result<super::Identification, DriverError> {
+        use super::ident;
+        let mut id = super::Identification::default();
+        let mut next = 0u8;
+        // A device lists its basic objects in a page or two; a bound keeps a device that
+        // always says "more follows" from holding the line.
+        for _ in 0..8 {
+            let reply = self
+                .transact(unit, &ident::request(ident::BASIC, next))
+                .await?;
+            let page = match ident::parse(&reply) {
+                Ok(p) => p,
+                Err(e) => return Err(self.reject(ReplyFault::Protocol, e)),
+            };
+            id.conformity = page.conformity;
+            id.objects.extend(page.objects);
+            if !page.more_follows || page.next_object <= next {
+                break;
+            }
+            next = page.next_object;
+        }
+        Ok(id)
+    }
+
     fn endpoint(&self) -> String {
         self.link.endpoint()
     }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod ident;
 pub mod link;
 pub mod master;
 pub mod planner;
@@ -13,6 +14,7 @@ pub mod tcp;
 pub use client::{DriverError, ModbusTransport};
 pub use codec::{CodecError, Value, ValueType, WordOrder};
 pub use frame::{Faults, ReplyFault};
+pub use ident::Identification;
 pub use planner::{Plan, PlanItem, Planner, ReadLimits, ReadRequest};
 
 use std::fmt;

@@ -85,5 +85,10 @@ mod tests {
         assert_eq!(r.frame_len(&[1, 3, 4]), Ok(Some(9)));
         assert_eq!(r.frame_len(&[1, 0x83]), Ok(Some(5)));
         assert_eq!(r.frame_len(&[1, 6]), Ok(Some(8)));
+        // Device identification: known once every object's header is in.
+        let ident = [1, 0x2B, 0x0E, 1, 1, 0, 0, 2, 0, 3, b'A', b'B', b'C', 1, 2];
+        assert_eq!(r.frame_len(&ident[..9]), Ok(None));
+        assert_eq!(r.frame_len(&ident[..14]), Ok(None));
+        assert_eq!(r.frame_len(&ident), Ok(Some(1 + 16 + 2)));
     }
 }
