@@ -28,7 +28,7 @@ const T: Duration = Duration::from_secs(10);
 
 /// A bus task on the paused clock and its handles.
 struct Bench {
-    commands: mpsc::Sender<buses::Command>,
+    commands: mpsc::Sender<buses::Request>,
     control: mpsc::Sender<buses::Control>,
     log: Arc<Mutex<Vec<(Duration, Outgoing)>>>,
     writes: Writes,
@@ -102,7 +102,10 @@ impl Bench {
             value: Value::Int(value),
             id: Some(serde_json::json!(format!("set-{value}"))),
         };
-        self.commands.send(c).await.expect("bus task runs");
+        self.commands
+            .send(buses::Request::Set(c))
+            .await
+            .expect("bus task runs");
         // The task takes it at once (the clock does not move while it can run).
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(1)).await;
