@@ -62,6 +62,12 @@ mod tests {
 
     fn contract() -> Contract {
         Contract {
+            topics: crate::topics::Topics::new(
+                "fieldlink/casa",
+                "casa",
+                Some(("homeassistant", true, false)),
+                "",
+            ),
             discovery: Some(("homeassistant/".into(), "fieldlink_casa_".into())),
             ..Contract::default()
         }

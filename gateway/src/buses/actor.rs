@@ -20,6 +20,7 @@ use fieldlink_drivers::value::Value;
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
+use super::device_json::DeviceJson;
 use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
 use super::{availability, BusIo};
 use crate::{
@@ -120,6 +121,8 @@ pub(crate) struct Cx {
     messages: Vec<Outgoing>,
     /// Where they go.
     out: tokio::sync::mpsc::Sender<crate::publish::Batch>,
+    /// Devices whose JSON object changed this turn (`json_topic`, `device_json.rs`).
+    json: DeviceJson,
 }
 
 impl Cx {
@@ -150,8 +153,12 @@ impl Cx {
     ) -> bool {
         let point = &self.bus.devices[d].points[p];
         let r = reading(point, value);
+        let changes = DeviceJson::would_change(&self.bus.devices[d], &self.states[d][p], &r);
         if !self.states[d][p].should_publish(point, &r, started) {
             return false;
+        }
+        if changes {
+            self.json.changed(d, wall);
         }
         self.messages
             .push(Outgoing::value(point, payload(point, r, wall)));
@@ -163,6 +170,9 @@ impl Cx {
     /// a heartbeat, an output's state at start).
     pub(crate) fn force(&mut self, d: usize, p: usize, r: Reading) {
         let point = &self.bus.devices[d].points[p];
+        if DeviceJson::would_change(&self.bus.devices[d], &self.states[d][p], &r) {
+            self.json.changed(d, SystemTime::now());
+        }
         self.states[d][p].force(&r, TokioInstant::now());
         self.messages
             .push(Outgoing::value(point, payload(point, r, SystemTime::now())));
@@ -218,6 +228,7 @@ impl Cx {
     /// does it after every turn; a driver waiting long inside one (a UART reply) does it
     /// after every read, so readings meanwhile are not held back.
     pub(crate) async fn flush(&mut self) {
+        self.json.flush(&self.bus, &self.states, &mut self.messages);
         if !self.messages.is_empty() {
             let _ = self.out.send(std::mem::take(&mut self.messages)).await;
         }
@@ -323,6 +334,7 @@ pub(crate) async fn run<D: Driver>(
         shutdown: shutdown.clone(),
         messages: Vec::new(),
         out,
+        json: DeviceJson::new(bus.devices.len()),
     };
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
@@ -490,6 +502,7 @@ fn reconfigure<D: Driver>(
         .map(|d| model.availability_topic(&d.id))
         .collect();
     cx.counters = counters(&cx.stats, &bus);
+    cx.json = DeviceJson::new(bus.devices.len());
     cx.bus = bus.clone();
     driver.reconfigure(kept, cx);
     info!(

@@ -23,6 +23,7 @@
 //! points carry settings of their own); and the list of bus kinds in `lib.rs`.
 
 mod actor;
+pub(crate) mod device_json;
 mod gpio;
 mod modbus;
 mod registry;

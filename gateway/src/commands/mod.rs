@@ -245,7 +245,7 @@ pub fn result_on(
         map.insert("id".into(), id.clone());
     }
     Outgoing {
-        topic: format!("{topic}/set/result"),
+        topic: crate::topics::Topics::set_result(topic),
         payload: body.to_string().into_bytes(),
         retain: false,
         // QoS 0: a PUBACK from the embedded broker (which does not set TCP_NODELAY)

@@ -37,6 +37,7 @@
 //! keys in [`BusFile`]/[`PointFile`] and a line in the dispatch of `mapping.rs`/`point.rs`.
 
 mod device;
+mod device_json;
 mod diagnostic;
 mod embedded;
 mod embedded_store;

@@ -93,6 +93,7 @@ impl Validator {
         let writable = self.writable(cx, p, &source);
         self.min_max(cx, p, numeric_ty);
         let value_map = self.value_map(cx, p, ty);
+        let key = self.point_key(cx, p);
         if self.error_count() > errors_before {
             return None;
         }
@@ -118,6 +119,7 @@ impl Validator {
             heartbeat,
             source,
             ha_overrides: None,
+            key,
         };
         let ha = self.point_ha(cx, p.homeassistant.as_ref(), &point);
         point.ha_overrides = (ha != crate::model::PointHa::default()).then(|| Box::new(ha));

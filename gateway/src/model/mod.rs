@@ -141,14 +141,19 @@ impl Model {
             .flat_map(|b| b.devices.iter().map(|d| &**d))
     }
 
-    /// `<base>/status`.
+    /// The names of every topic the gateway publishes or accepts.
+    pub fn topics(&self) -> crate::topics::Topics {
+        crate::topics::Topics::of(self)
+    }
+
+    /// `<base>/status` ([`Topics::status`](crate::topics::Topics::status)).
     pub fn status_topic(&self) -> String {
-        format!("{}/status", self.base_topic)
+        self.topics().status()
     }
 
     /// `<base>/diagnostics`.
     pub fn diagnostics_topic(&self) -> String {
-        format!("{}/diagnostics", self.base_topic)
+        self.topics().diagnostics()
     }
 
     /// All points of all devices, in slot order.
@@ -158,7 +163,7 @@ impl Model {
 
     /// `<base>/<device>/availability`.
     pub fn availability_topic(&self, device: &str) -> String {
-        format!("{}/{}/availability", self.base_topic, device)
+        self.topics().availability(device)
     }
 }
 
@@ -304,6 +309,9 @@ pub struct Device {
     pub ha: DeviceHa,
     /// Points.
     pub points: Vec<Point>,
+    // One JSON object per device (issue #23, `buses/device_json.rs`):
+    /// Where every point's last value goes as one JSON object (`json_topic`), if anywhere.
+    pub json_topic: Option<String>,
 }
 
 /// What a device has that depends on its bus kind.
@@ -437,6 +445,10 @@ pub struct Point {
     /// Home Assistant overrides, when the mapping gives any (boxed: most points have
     /// none, and 10 000 points would carry 1.3 MB of empty ones); [`Point::ha`].
     pub ha_overrides: Option<Box<PointHa>>,
+    // One JSON object per device (issue #23):
+    /// Its key in its device's JSON object, when the mapping gives one ([`Point::json_key`]
+    /// has the default).
+    pub key: Option<String>,
 }
 
 /// Where a point's value lives, one variant per bus kind.
@@ -525,12 +537,20 @@ impl Point {
 
     /// `<topic>/set`.
     pub fn set_topic(&self) -> String {
-        format!("{}/set", self.topic)
+        crate::topics::Topics::set(&self.topic)
     }
 
     /// `<topic>/set/result`.
     pub fn result_topic(&self) -> String {
-        format!("{}/set/result", self.topic)
+        crate::topics::Topics::set_result(&self.topic)
+    }
+
+    /// Its key in its device's JSON object: `key`, else its topic's last level.
+    pub fn json_key(&self) -> &str {
+        match &self.key {
+            Some(k) => k,
+            None => crate::topics::last_level(&self.topic),
+        }
     }
 
     /// The Modbus registers or bits of a point on a Modbus bus.
@@ -585,5 +605,6 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
             order: WordOrder::Abcd,
             bit: None,
         }),
+        key: None,
     }
 }
