@@ -132,7 +132,7 @@ impl Retained {
             slot: None,
         });
         let values = model.points().filter_map(|p| {
-            let (payload, qos) = inner.point(p.slot, &p.topic)?;
+            let (payload, qos) = inner.point(p.slot)?;
             Some(Outgoing {
                 topic: p.topic.clone(),
                 payload: payload.clone(),
@@ -156,7 +156,7 @@ impl Retained {
         });
         let values = model
             .points()
-            .filter(|p| inner.point(p.slot, &p.topic).is_some())
+            .filter(|p| inner.point(p.slot).is_some())
             .map(|p| Key {
                 topic: p.topic.clone(),
                 slot: Some(p.slot),
@@ -171,7 +171,7 @@ impl Retained {
     pub(crate) fn get(&self, key: &Key) -> Option<Kept> {
         let inner = self.lock();
         match key.slot {
-            Some(s) => inner.point(s, &key.topic).cloned(),
+            Some(s) => inner.point(s).cloned(),
             None => inner.others.get(&key.topic).cloned(),
         }
     }
@@ -186,13 +186,9 @@ impl Retained {
 }
 
 impl Inner {
-    /// A point's kept value.
-    fn point(&self, slot: u32, topic: &str) -> Option<&Kept> {
-        if self.by_slot {
-            self.values.get(slot as usize)?.as_ref()
-        } else {
-            self.others.get(topic)
-        }
+    /// A point's kept value, by slot (kept by topic, it is one of `others`).
+    fn point(&self, slot: u32) -> Option<&Kept> {
+        self.values.get(slot as usize)?.as_ref()
     }
 
     /// Record one retained message; whether it changed the state.
@@ -347,5 +343,24 @@ mod tests {
         let keys = r.keys(&m);
         assert_eq!(keys.len(), 2);
         assert_eq!(r.get(&keys[0]).map(|k| k.0), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn a_model_numbered_otherwise_keeps_points_by_topic_once() {
+        let mut m = model();
+        // Slots not as validation numbers them (a test's hand-made model).
+        let mut bus = crate::model::Bus::clone(&m.buses[0]);
+        let mut dev = crate::model::Device::clone(&bus.devices[0]);
+        dev.points[0].slot = 7;
+        bus.devices[0] = Arc::new(dev);
+        m.buses[0] = Arc::new(bus);
+        let r = Retained::new(&m);
+        r.record(vec![
+            msg("casa/a", "1", Some(7)),
+            msg("casa/b", "2", Some(1)),
+        ]);
+        let topics: Vec<String> = r.state(&m).into_iter().map(|o| o.topic).collect();
+        assert_eq!(topics, ["casa/a", "casa/b"]);
+        assert_eq!(r.keys(&m).len(), 2);
     }
 }
