@@ -56,7 +56,8 @@ impl Rate {
     }
 }
 
-/// The upstream task's state: the queue, the connection's bookkeeping, the retained state.
+/// The upstream task's state: the queue, the connection's bookkeeping, and its share of
+/// the retained state and of the reload and Home Assistant handling (`follow.rs`).
 pub(super) struct Up {
     pub(super) client: AsyncClient,
     pub(super) spool: Spool,
