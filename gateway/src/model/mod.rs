@@ -141,12 +141,13 @@ impl Model {
             .flat_map(|b| b.devices.iter().map(|d| &**d))
     }
 
-    /// The names of every topic the gateway publishes or accepts.
-    pub fn topics(&self) -> crate::topics::Topics {
-        crate::topics::Topics::of(self)
+    /// The names of every topic the gateway publishes or accepts (the methods below are
+    /// made by it).
+    pub fn topics(&self) -> crate::Topics {
+        crate::Topics::of(self)
     }
 
-    /// `<base>/status` ([`Topics::status`](crate::topics::Topics::status)).
+    /// `<base>/status` ([`Topics::status`](crate::Topics::status)).
     pub fn status_topic(&self) -> String {
         self.topics().status()
     }
