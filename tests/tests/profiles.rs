@@ -20,8 +20,8 @@
 //! the profile's limit is compared). A register entry takes `table`, `address` (0-based),
 //! `type` (`u16` on registers and `bool` on bits by default), `word_order` (`ABCD` by
 //! default), `length` (strings; the value's length by default) and `value`; the harness
-//! encodes it with the drivers crate's codec. Register values must be distinct, so that a
-//! point reading the wrong address cannot pass by chance.
+//! encodes it with the drivers crate's codec. Register values must be distinct and not 0 (what an
+//! unset register reads), so that a point reading the wrong address cannot pass by chance.
 //!
 //! Fixtures are found by listing `tests/profiles/`: a new profile needs its fixture and no
 //! code. `PROFILES=eastron-sdm630,xy-md02 cargo test -p fieldlink-tests --test profiles`
@@ -351,6 +351,11 @@ fn device(f: &Fixture) -> Result<std::sync::Arc<SimDevice>, Vec<String>> {
                     if let Some(other) = used.insert((t, r.address.wrapping_add(i)), r.address) {
                         errs.push(format!("fixture: {at} overlaps the register at {other}"));
                     }
+                }
+                if !t.is_bits() && regs.iter().all(|r| *r == 0) {
+                    errs.push(format!(
+                        "fixture: {at} holds 0, what an unset register reads: use another value"
+                    ));
                 }
                 if !t.is_bits() {
                     if let Some(other) = values.insert(r.value.to_string(), r.address) {
