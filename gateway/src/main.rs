@@ -378,6 +378,17 @@ fn check(config: &std::path::Path) -> ExitCode {
                 "refused"
             },
         );
+        if m.commissioning {
+            println!(
+                "Commissioning through the gateway: on, requests on `{}` from {}.",
+                m.topics().bus_request("<bus>"),
+                if e.acl.is_some() {
+                    "clients the acl file lets write there"
+                } else {
+                    "clients on this machine (loopback)"
+                }
+            );
+        }
     }
     if let Some(u) = &m.mqtt.upstream {
         println!(

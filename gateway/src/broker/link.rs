@@ -14,6 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use rmqtt::codec::v5::PublishProperties;
 use rmqtt::{
     context::ServerContext,
     types::{ClientId, CodecPublish, From, Id, Publish, QoS, Retain, TopicName, UserName},
@@ -44,6 +45,9 @@ pub struct Routed {
 pub(crate) enum Inject {
     /// Messages to route (and retain), in order.
     Batch(Vec<Routed>),
+    /// The answer to a commissioning request (never retained), with the request's MQTT 5
+    /// Correlation Data.
+    Reply(Reply),
     /// Answered once everything before it was routed and the sessions had time to write.
     Flush(oneshot::Sender<()>),
 }
@@ -64,6 +68,41 @@ pub struct ClientCommand {
     pub topic: String,
     /// The payload as published.
     pub payload: Bytes,
+    /// On `<base>/bus/<id>/request` (commissioning): who sent it and where the answer
+    /// goes; refused ones come too, so that the client hears why.
+    pub request: Option<Box<Requester>>,
+}
+
+/// Who sent a commissioning request, as the rights check saw it.
+#[derive(Debug)]
+pub struct Requester {
+    /// The client id.
+    pub client_id: String,
+    /// The user name it logged in with.
+    pub user: Option<String>,
+    /// Where the answer goes: checked (a topic the client may publish on itself, none
+    /// of the gateway's); `None`: nowhere.
+    pub reply: Option<ReplyTo>,
+    /// Why the request is refused (no right to send it), if it is.
+    pub refused: Option<&'static str>,
+}
+
+/// Where an answer goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The MQTT 5 Response Topic, or the body's `response_topic`.
+    pub topic: String,
+    /// The MQTT 5 Correlation Data, returned as it came.
+    pub correlation: Option<Bytes>,
+}
+
+/// The answer to a commissioning request.
+#[derive(Debug)]
+pub struct Reply {
+    /// Where it goes, with the correlation data.
+    pub to: ReplyTo,
+    /// The JSON body.
+    pub payload: Vec<u8>,
 }
 
 /// The gateway's end of the link.
@@ -150,6 +189,10 @@ impl BrokerEnd {
                             route(&scx, &from, m).await;
                         }
                     }
+                    Inject::Reply(r) => {
+                        stats.messages_received.fetch_add(1, Relaxed);
+                        reply(&scx, &from, r).await;
+                    }
                     Inject::Flush(done) => {
                         tokio::time::sleep(FLUSH_GRACE).await;
                         let _ = done.send(());
@@ -205,7 +248,40 @@ async fn route(scx: &ServerContext, from: &From, r: Routed) {
     }
 }
 
-/// The gateway's messages into the broker.
+/// Deliver an answer to a commissioning request: QoS 1, not retained, with the
+/// request's Correlation Data (MQTT 5 subscribers receive it; 3.1.1 ones only the body).
+async fn reply(scx: &ServerContext, from: &From, r: Reply) {
+    let properties = r.to.correlation.map(|c| PublishProperties {
+        correlation_data: Some(c),
+        ..PublishProperties::default()
+    });
+    let p = CodecPublish {
+        dup: false,
+        retain: false,
+        qos: QoS::AtLeastOnce,
+        topic: TopicName::from(r.to.topic),
+        packet_id: None,
+        payload: Bytes::from(r.payload),
+        properties,
+    };
+    if let Err((_, dropped)) = scx
+        .extends
+        .shared()
+        .await
+        .forwards(None, from.clone(), p.into())
+        .await
+    {
+        for (to, from, p, reason) in dropped {
+            scx.extends
+                .hook_mgr()
+                .message_dropped(Some(to), from, p, reason)
+                .await;
+        }
+    }
+}
+
+/// The gateway's messages into the broker (clones share the queue).
+#[derive(Clone)]
 pub struct Inbox(mpsc::Sender<Inject>);
 
 impl Inbox {
@@ -225,6 +301,12 @@ impl Inbox {
             }
             Err(mpsc::error::TrySendError::Closed(())) => false,
         }
+    }
+
+    /// Hand the answer to a commissioning request to the broker (`false`: the broker is
+    /// gone or that far behind; the answer is lost).
+    pub(crate) fn reply(&self, r: Reply) -> bool {
+        self.0.try_send(Inject::Reply(r)).is_ok()
     }
 
     /// Wait, up to `wait`, until everything sent so far was routed, and the broker's

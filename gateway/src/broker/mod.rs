@@ -14,6 +14,8 @@
 //!   the broker's count of them in diagnostics;
 //! - `discovery`: no client publishes a discovery config that claims the gateway's
 //!   entities or devices, whatever its topic;
+//! - `requests`: commissioning requests (`<base>/bus/<id>/request`): who may send one,
+//!   and where its answer may go;
 //! - `sys`: Mosquitto-style `$SYS/broker/...` topics;
 //! - `front`: every client connection passes through it before rmqtt (which listens
 //!   only on loopback): the bounds before CONNECT, the topic-name, client-id and
@@ -44,6 +46,7 @@ mod policy;
 mod queues;
 mod reaper;
 mod relay;
+mod requests;
 mod store;
 mod subscriptions;
 mod sys;
@@ -60,7 +63,7 @@ use rmqtt::{context::ServerContext, hook::Type, net::Builder, server::MqttServer
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-pub use link::{ClientCommand, Inbox, Link, Routed, Serving};
+pub use link::{ClientCommand, Inbox, Link, Reply, ReplyTo, Requester, Routed, Serving};
 pub use store::{Restored, Saver};
 
 use crate::{health::BrokerStats, model::EmbeddedBroker, topics::LiveContract, Model};

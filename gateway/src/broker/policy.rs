@@ -96,6 +96,41 @@ impl Policy {
         }
     }
 
+    /// Whether a client (from `addr`) may send a commissioning request on `topic`
+    /// (`<base>/bus/<id>/request`): the rights file's write right, or without one, a
+    /// client connected over loopback (this machine). `Err`: why not.
+    pub(crate) fn may_request(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        addr: Option<SocketAddr>,
+        topic: &str,
+    ) -> Result<(), &'static str> {
+        match &self.acl {
+            Some(acl) if acl.may_publish(user, client_id, topic) => Ok(()),
+            Some(_) => Err(
+                "not authorised: the acl_file grants this client no write on the \
+                 request topic",
+            ),
+            None if addr.is_some_and(|a| a.ip().to_canonical().is_loopback()) => Ok(()),
+            None => Err(
+                "not authorised: without an acl_file, only clients on this machine \
+                 (loopback) may send commissioning requests",
+            ),
+        }
+    }
+
+    /// What `topic` is in the gateway's contract: whether it is a commissioning request,
+    /// and whether it is one of the gateway's names at all.
+    pub(crate) fn request_topic(&self, topic: &str) -> (bool, bool) {
+        let c = self.contract.get();
+        match c.classify(topic) {
+            Some(crate::topics::Role::BusRequest(_)) => (true, true),
+            Some(_) => (false, true),
+            None => (false, false),
+        }
+    }
+
     /// Whether a client's `payload` on `topic` would pass for one of the gateway's Home
     /// Assistant entities or devices (`discovery`).
     pub(crate) fn claims_gateway(&self, topic: &str, payload: &[u8]) -> bool {
@@ -313,12 +348,19 @@ impl Guard {
     /// traffic is none of the gateway's business. Dropped and counted when the gateway is
     /// that far behind.
     fn command(&self, topic: &str, payload: &bytes::Bytes) {
-        let c = ClientCommand {
+        self.forward(ClientCommand {
             topic: topic.to_string(),
             payload: payload.clone(),
-        };
-        if self.commands.try_send(c).is_err() {
+            request: None,
+        });
+    }
+
+    /// Hand a client's message to the gateway; dropped and counted when it is that far
+    /// behind.
+    fn forward(&self, c: ClientCommand) {
+        if let Err(e) = self.commands.try_send(c) {
             self.stats.dropped_commands.fetch_add(1, Relaxed);
+            let topic = e.into_inner().topic;
             tracing::debug!(topic = ?topic, "Command dropped: the gateway is busy.");
         }
     }
@@ -421,6 +463,21 @@ impl Guard {
     /// The rights check of a publish; an allowed one on a command topic goes to the
     /// gateway (a denied one is never written).
     fn publish(&self, s: &Session, p: &Publish) -> PublishAclResult {
+        // Commissioning requests: to the gateway, refused ones too (it answers why).
+        if let Some(request) = super::requests::check(&self.policy, s, p) {
+            let refused = request.refused.is_some();
+            self.forward(ClientCommand {
+                topic: p.topic.to_string(),
+                payload: p.payload.clone(),
+                request: Some(Box::new(request)),
+            });
+            return if refused {
+                self.stats.denied_publishes.fetch_add(1, Relaxed);
+                PublishAclResult::rejected(false, Some("not authorized".into()))
+            } else {
+                PublishAclResult::allow()
+            };
+        }
         let user = self.policy.acl_user(s.id.username.as_deref());
         let allowed = self.policy.may_publish(user, &s.id.client_id, &p.topic)
             && !self.policy.claims_gateway(&p.topic, &p.payload)

@@ -23,6 +23,7 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use super::cadence::Due;
+use super::commission::{self as jobs, Exchange};
 use super::device_json::DeviceJson;
 use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
 use super::{availability, reads, rewrite, BusIo};
@@ -106,6 +107,12 @@ pub(crate) trait Driver: Send {
         let n = points.len();
         let no = GetError::NotReadable("this bus kind cannot read on demand".into());
         async move { vec![Err(no); n] }
+    }
+
+    /// Perform one exchange of a commissioning request (`commission`); Modbus kinds only.
+    fn exchange(&mut self, ex: Exchange, _cx: &mut Cx) -> impl Future<Output = ()> + Send {
+        ex.refuse();
+        std::future::ready(())
     }
 
     /// Wait for the next event; never ready when the kind has none.
@@ -422,9 +429,10 @@ pub(crate) async fn run<D: Driver>(
                 }
                 // Everything queued now goes ahead of the next poll; several commands
                 // for the same point collapse to the newest, reads to one per device.
-                let (sets, gets) = reads::split(commands::drain(first, &mut commands));
+                let (sets, gets, asked) = reads::split(commands::drain(first, &mut commands));
                 run_commands(&mut driver, &mut cx, &mut devs, sets).await;
                 reads::serve(&mut driver, &mut cx, &devs, gets).await;
+                devs.jobs.start(asked, &cx.bus, || driver.endpoint());
                 if let Some(end) = stop {
                     break end;
                 }
@@ -448,6 +456,8 @@ pub(crate) async fn run<D: Driver>(
                     poll(&mut driver, &mut cx, d, &mut devs.schedule[d], shared).await;
                 }
             }
+            // A commissioning exchange, when no poll is due.
+            ex = devs.jobs.next() => driver.exchange(ex, &mut cx).await,
             event = driver.event() => driver.on_event(event, &mut cx),
         }
         cx.flush().await;
@@ -473,6 +483,10 @@ fn refuse_queued(end: &End, commands: &mut tokio::sync::mpsc::Receiver<Request>,
         cx.messages.push(match r {
             Request::Set(c) => commands::result_on(&c.topic, Err(error.clone()), c.id.as_ref()),
             Request::Get(g) => reads::refused(&g, matches!(end, End::Shutdown)),
+            Request::Commission(j) => {
+                jobs::refuse(j, matches!(end, End::Shutdown));
+                continue;
+            }
         });
     }
 }

@@ -10,6 +10,9 @@
 //!   that answers every command still queued.
 //! - `reads`: reads on demand (`<topic>/get`): the requests of a batch per device, served
 //!   by one read of each device after the batch's commands, ahead of the next poll.
+//! - `commission`: commissioning requests through the running gateway, each in a task
+//!   of its own whose Modbus exchanges the bus task performs one per turn, after the
+//!   polls that are due.
 //! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
 //! - `schedule`: when each device is polled (offsets, cadence, the fair share of a
@@ -30,6 +33,7 @@
 
 mod actor;
 mod cadence;
+mod commission;
 pub(crate) mod device_json;
 mod gpio;
 mod modbus;

@@ -189,6 +189,10 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         self.read_now(d, points, cx).await
     }
 
+    async fn exchange(&mut self, ex: super::commission::Exchange, _cx: &mut Cx) {
+        ex.run(&mut self.transport).await;
+    }
+
     async fn event(&mut self) -> Self::Event {
         std::future::pending().await
     }

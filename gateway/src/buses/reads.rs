@@ -18,17 +18,23 @@ use crate::{
     publish::Outgoing,
 };
 
-/// A batch as the actor takes it: its commands and its reads, each in the order queued.
-pub(super) fn split(batch: Vec<Request>) -> (Vec<Command>, Vec<Get>) {
+/// A batch's commissioning requests (`commission`).
+type Jobs = Vec<crate::commission::gateway::Job>;
+
+/// A batch as the actor takes it: its commands, its reads and its commissioning
+/// requests, each in the order queued.
+pub(super) fn split(batch: Vec<Request>) -> (Vec<Command>, Vec<Get>, Jobs) {
     let mut sets = Vec::new();
     let mut gets = Vec::new();
+    let mut jobs = Vec::new();
     for r in batch {
         match r {
             Request::Set(c) => sets.push(c),
             Request::Get(g) => gets.push(g),
+            Request::Commission(j) => jobs.push(*j),
         }
     }
-    (sets, gets)
+    (sets, gets, jobs)
 }
 
 /// A point of a device to read, and every request waiting for it.
@@ -214,7 +220,7 @@ mod tests {
             Request::Get(get(0, 4, 2)),
             set(2),
         ];
-        let (sets, gets) = split(batch);
+        let (sets, gets, _) = split(batch);
         assert_eq!(sets.iter().map(|c| c.point).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(gets.iter().map(|g| g.point).collect::<Vec<_>>(), [3, 4]);
         let m = refused(&gets[0], true);

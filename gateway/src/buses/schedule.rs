@@ -54,6 +54,8 @@ pub(super) struct Devices {
     pub(super) slots: u32,
     /// Writes (#23): the values kept alive by `rewrite_every`.
     pub(super) rewrites: super::rewrite::Rewrites,
+    /// Commissioning requests running on the bus (#24).
+    pub(super) jobs: super::commission::Jobs,
 }
 
 impl Devices {
@@ -66,6 +68,7 @@ impl Devices {
             generation: 0,
             slots,
             rewrites: Default::default(),
+            jobs: Default::default(),
         };
         let now = TokioInstant::now();
         devs.schedule = (0..bus.devices.len())

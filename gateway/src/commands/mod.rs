@@ -4,6 +4,7 @@
 //! outcome of every command is published on `<topic>/set/result` (not retained). Reads on
 //! demand (`<topic>/get`, `get.rs`) take the same road to the bus task.
 
+mod commission;
 mod error;
 mod get;
 mod value;
@@ -50,12 +51,14 @@ pub struct Command {
 }
 
 /// What a bus task is asked to do, in the order asked.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Request {
     /// Write a command (`<topic>/set`).
     Set(Command),
     /// Read a point now (`<topic>/get`).
     Get(Get),
+    /// A commissioning request (`<base>/bus/<id>/request`), run between polls.
+    Commission(Box<crate::commission::gateway::Job>),
 }
 
 /// Routes `<topic>/set` and `<topic>/get` messages to the bus tasks. Clones share the

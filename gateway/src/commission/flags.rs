@@ -10,16 +10,16 @@ use super::{
     target::{Target, Transport},
     CommissionError,
 };
-use crate::model::BusKind;
+use crate::model::Model;
 
 /// The transport flags every commissioning subcommand takes.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TransportArgs {
-    /// Modbus TCP: the device or Modbus gateway at HOST[:PORT] (port 502 by default).
+    /// Modbus TCP: the device or Modbus gateway at `HOST[:PORT]` (port 502 by default).
     #[arg(long, value_name = "HOST[:PORT]", help_heading = "Transport")]
     pub tcp: Option<String>,
     /// Modbus RTU frames through a serial-to-Ethernet converter in transparent mode at
-    /// HOST[:PORT] (port 502 by default; its setup page says which).
+    /// `HOST[:PORT]` (port 502 by default; its setup page says which).
     #[arg(long, value_name = "HOST[:PORT]", help_heading = "Transport")]
     pub rtu_over_tcp: Option<String>,
     /// Modbus RTU on this serial port (`/dev/ttyUSB0`).
@@ -62,6 +62,23 @@ pub struct TransportArgs {
     /// bus's `timeout`).
     #[arg(long, value_name = "DURATION", help_heading = "Transport")]
     pub timeout: Option<String>,
+    /// With `--config`, when the gateway runs: log in to its embedded broker as this user.
+    #[arg(
+        long,
+        short = 'u',
+        value_name = "USER",
+        requires = "config",
+        help_heading = "Transport"
+    )]
+    pub username: Option<String>,
+    /// Read that user's password from this file (first line), never from the command line.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "username",
+        help_heading = "Transport"
+    )]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `HOST[:PORT]`: `10.0.0.7`, `10.0.0.7:8899`, `::1`, `[::1]:1502`.
@@ -110,27 +127,102 @@ pub fn duration(text: &str, flag: &str) -> Result<Duration, CommissionError> {
 }
 
 impl TransportArgs {
-    /// The one target of `probe` and `write`.
+    /// The one transport of `probe` and `write`, opened here.
     pub fn target(&self, default_timeout: Duration) -> Result<Target, CommissionError> {
-        let mut all = self.transports(default_timeout, false)?;
+        let mut all = self.transports(default_timeout, false, None)?;
         Ok(Target::Direct(all.remove(0)))
     }
 
     /// Every combination of line settings to try (`scan --baud 9600,19200 --parity
-    /// none,even`: four), or the one transport; never empty.
+    /// none,even`: four), or the one transport, opened here; never empty.
     pub fn targets(&self, default_timeout: Duration) -> Result<Vec<Target>, CommissionError> {
         Ok(self
-            .transports(default_timeout, true)?
+            .transports(default_timeout, true, None)?
             .into_iter()
             .map(Target::Direct)
             .collect())
     }
 
-    fn transports(
+    /// Where the command goes: with `--config FILE --bus ID` and the gateway of that file
+    /// running, that gateway, alone (the port is never opened here then); otherwise the
+    /// transports to open here, as [`TransportArgs::target`] (`several`: as
+    /// [`TransportArgs::targets`]).
+    pub async fn resolve(
         &self,
         default_timeout: Duration,
         several: bool,
-    ) -> Result<Vec<Transport>, CommissionError> {
+    ) -> Result<Vec<Target>, CommissionError> {
+        self.one_given()?;
+        let model = match &self.config {
+            Some(f) => Some(
+                crate::config::load(f)
+                    .map_err(CommissionError::Config)?
+                    .model,
+            ),
+            None => None,
+        };
+        let direct = self.transports(default_timeout, several, model.as_ref())?;
+        if let (Some(m), Some(bus)) = (&model, &self.bus) {
+            let login = self.login()?;
+            if let Some(g) = super::client::Gateway::find(m, bus, login).await? {
+                self.through_gateway(bus)?;
+                return Ok(vec![Target::Gateway(g)]);
+            }
+        }
+        Ok(direct.into_iter().map(Target::Direct).collect())
+    }
+
+    /// [`TransportArgs::resolve`] of `probe` and `write`: the one target.
+    pub async fn resolve_one(&self, default_timeout: Duration) -> Result<Target, CommissionError> {
+        self.resolve(default_timeout, false)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CommissionError::Usage("no transport given".into()))
+    }
+
+    /// The user and password of `--username` and `--password-file`.
+    fn login(&self) -> Result<Option<(String, String)>, CommissionError> {
+        let Some(user) = &self.username else {
+            return Ok(None);
+        };
+        let password = match &self.password_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| {
+                    CommissionError::Usage(format!(
+                        "cannot read the password file {}: {e}",
+                        f.display()
+                    ))
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        };
+        Ok(Some((user.clone(), password)))
+    }
+
+    /// The flags that cannot apply when the running gateway owns the bus: it runs the
+    /// bus at its own settings.
+    fn through_gateway(&self, bus: &str) -> Result<(), CommissionError> {
+        let changes = !self.baud.is_empty()
+            || !self.parity.is_empty()
+            || self.data_bits.is_some()
+            || self.stop_bits.is_some()
+            || self.timeout.is_some();
+        if changes {
+            return Err(CommissionError::Usage(format!(
+                "the running gateway owns bus `{bus}` and runs it at its configured \
+                 settings: --baud, --parity, --data-bits, --stop-bits and --timeout \
+                 cannot change them (stop the gateway to try others)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Exactly one of the transport flags.
+    fn one_given(&self) -> Result<(), CommissionError> {
         use CommissionError::Usage;
         let given = [
             self.tcp.is_some(),
@@ -153,6 +245,18 @@ impl TransportArgs {
                 ))
             }
         }
+        Ok(())
+    }
+
+    /// The transports to open here (`model`: the one of `--config`, when already loaded).
+    fn transports(
+        &self,
+        default_timeout: Duration,
+        several: bool,
+        model: Option<&Model>,
+    ) -> Result<Vec<Transport>, CommissionError> {
+        use CommissionError::Usage;
+        self.one_given()?;
         let timeout = match &self.timeout {
             Some(t) => Some(duration(t, "--timeout")?),
             None => None,
@@ -209,7 +313,20 @@ impl TransportArgs {
                 frame_delay: Duration::ZERO,
             });
         }
-        self.configured(default_timeout, timeout, line_flags, several)
+        let Some(file) = &self.config else {
+            return Err(Usage("--config FILE needs --bus ID".into()));
+        };
+        let loaded;
+        let model = match model {
+            Some(m) => m,
+            None => {
+                loaded = crate::config::load(file)
+                    .map_err(CommissionError::Config)?
+                    .model;
+                &loaded
+            }
+        };
+        self.configured(model, default_timeout, timeout, line_flags, several)
     }
 
     /// Every combination of `--baud` and `--parity` on `base`, with `--data-bits` and
@@ -273,6 +390,7 @@ impl TransportArgs {
     /// may be overridden on a serial bus, to try others).
     fn configured(
         &self,
+        model: &Model,
         default_timeout: Duration,
         timeout: Option<Duration>,
         line_flags: bool,
@@ -282,8 +400,6 @@ impl TransportArgs {
         let Some(file) = &self.config else {
             return Err(Usage("--config FILE needs --bus ID".into()));
         };
-        let checked = crate::config::load(file).map_err(CommissionError::Config)?;
-        let model = checked.model;
         let ids = || {
             model
                 .buses
@@ -321,56 +437,22 @@ impl TransportArgs {
                  --stop-bits are for `modbus_rtu` buses"
             ))
         };
-        match &bus.kind {
-            BusKind::ModbusTcp {
-                host,
-                port,
-                timeout,
-                ..
-            } => {
-                if line_flags {
-                    return Err(line_only());
-                }
-                Ok(vec![Transport::Tcp {
-                    host: host.clone(),
-                    port: *port,
-                    timeout: pick(*timeout),
-                }])
-            }
-            BusKind::ModbusRtuOverTcp {
-                host,
-                port,
-                timeout,
+        let Some(t) = Transport::of_bus(&bus.kind) else {
+            return Err(Usage(format!("bus `{id}` is not a Modbus bus")));
+        };
+        let timeout = pick(t.timeout());
+        match t {
+            Transport::Rtu {
+                serial,
                 frame_delay,
-                connect_delay,
-            } => {
-                if line_flags {
-                    return Err(line_only());
-                }
-                Ok(vec![Transport::RtuOverTcp {
-                    host: host.clone(),
-                    port: *port,
-                    timeout: pick(*timeout),
-                    frame_delay: *frame_delay,
-                    connect_delay: *connect_delay,
-                }])
-            }
-            BusKind::ModbusRtu {
+                ..
+            } => self.lines(&serial, several, |serial| Transport::Rtu {
                 serial,
                 timeout,
                 frame_delay,
-            } => {
-                let timeout = pick(*timeout);
-                let frame_delay = *frame_delay;
-                self.lines(serial, several, |serial| Transport::Rtu {
-                    serial,
-                    timeout,
-                    frame_delay,
-                })
-            }
-            BusKind::Uart { .. } | BusKind::Gpio { .. } => {
-                Err(Usage(format!("bus `{id}` is not a Modbus bus")))
-            }
+            }),
+            _ if line_flags => Err(line_only()),
+            other => Ok(vec![other.with_timeout(timeout)]),
         }
     }
 }
@@ -411,7 +493,13 @@ mod tests {
             ..TransportArgs::default()
         };
         let t = args.targets(Duration::from_millis(200)).unwrap();
-        let names: Vec<String> = t.iter().map(|Target::Direct(t)| t.describe()).collect();
+        let names: Vec<String> = t
+            .iter()
+            .filter_map(|t| match t {
+                Target::Direct(t) => Some(t.describe()),
+                Target::Gateway(_) => None,
+            })
+            .collect();
         assert_eq!(
             names,
             [

@@ -4,25 +4,31 @@
 //!   ([`probe`]), `--watch` to see what changes, `--json`, `--yaml` draft points.
 //! - `fieldlink scan`: which unit ids answer, and what they say they are ([`scan`]).
 //! - `fieldlink write`: one value written exactly as a `/set` would, then read back
-//!   ([`write`]).
+//!   ([`mod@write`]).
 //!
 //! Each takes its transport as flags or as a configured bus ([`flags`], [`target`]). The
 //! work of each subcommand is one function over an already opened
 //! [`ModbusTransport`](fieldlink_drivers::modbus::ModbusTransport) ([`probe::read`],
-//! [`scan::scan`], [`write::execute`]), so that the same functions can run in a bus task
-//! when the command comes through the running gateway. The decodings and their text and
-//! JSON forms are in `decode`.
+//! [`scan::scan`], [`write::execute`]), so that the same functions run in a bus task
+//! when the command goes through the running gateway: with `--config FILE --bus ID` and
+//! that file's gateway running, the command is a request on its embedded broker
+//! ([`client`], the command line's side; [`wire`], the request and its answer;
+//! [`gateway`], the gateway's side), never a second owner of the port. The decodings and
+//! their text and JSON forms are in `decode`.
 //!
 //! Bad input ends the command with one line and a sysexits code: 64 usage (flags, an
 //! address range past 65535), 65 data (a value the type cannot hold, a value the device
-//! refuses), 69 unavailable (an unreachable host, a busy port, no or garbled replies), 78
-//! a `--config` that does not load.
+//! refuses), 69 unavailable (an unreachable host, a busy port, no or garbled replies), 77
+//! refused by the running gateway, 78 a `--config` that does not load.
 
+pub mod client;
 mod decode;
 pub mod flags;
+pub mod gateway;
 pub mod probe;
 pub mod scan;
 pub mod target;
+pub mod wire;
 pub mod write;
 
 use fieldlink_drivers::modbus::{DriverError, ReplyFault};
@@ -49,6 +55,9 @@ pub enum CommissionError {
     /// The file of `--config` does not load (EX_CONFIG, 78): its diagnostics.
     #[error("the configuration does not load")]
     Config(Vec<Diagnostic>),
+    /// The running gateway refused the request (EX_NOPERM, 77).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl CommissionError {
@@ -59,6 +68,17 @@ impl CommissionError {
             CommissionError::Data(_) => 65,
             CommissionError::Unavailable(_) => 69,
             CommissionError::Config(_) => 78,
+            CommissionError::Refused(_) => 77,
+        }
+    }
+
+    /// The error of an answer from the running gateway: its line, by its exit code.
+    pub fn answered(line: String, exit: u8) -> CommissionError {
+        match exit {
+            64 => CommissionError::Usage(line),
+            65 => CommissionError::Data(line),
+            77 => CommissionError::Refused(line),
+            _ => CommissionError::Unavailable(line),
         }
     }
 }

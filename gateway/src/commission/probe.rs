@@ -74,8 +74,21 @@ pub struct Request {
     pub count: u32,
 }
 
-/// Run `fieldlink probe`.
-pub async fn run(a: &ProbeArgs, out: &mut impl Write) -> Result<(), CommissionError> {
+/// A probe checked: what to read, and how to print it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// What to read.
+    pub req: Request,
+    /// The type of the drafted points (`--yaml`).
+    pub ty: Option<ValueType>,
+    /// Their word order.
+    pub order: codec::WordOrder,
+    /// `--watch`: how often to read again.
+    pub interval: Option<Duration>,
+}
+
+/// Check the flags of `fieldlink probe` (the transport aside).
+pub fn plan(a: &ProbeArgs) -> Result<Plan, CommissionError> {
     use CommissionError::Usage;
     let (start, count) = super::range(a.address, a.count)?;
     let table = Table::from(a.table);
@@ -101,39 +114,78 @@ pub async fn run(a: &ProbeArgs, out: &mut impl Write) -> Result<(), CommissionEr
         Some(w) => Some(super::flags::duration(w, "--watch")?),
         None => None,
     };
-    let Target::Direct(transport) = a.transport.target(Duration::from_secs(1))?;
-    super::check_unit(a.unit, &transport)?;
-    let req = Request {
-        unit: a.unit,
-        table,
-        start,
-        count,
+    Ok(Plan {
+        req: Request {
+            unit: a.unit,
+            table,
+            start,
+            count,
+        },
+        ty,
+        order: a.word_order.map(Into::into).unwrap_or_default(),
+        interval,
+    })
+}
+
+/// What `probe` prints for a reading: the draft points, the JSON line or the table.
+pub fn output(a: &ProbeArgs, plan: &Plan, r: &Reading, endpoint: &str) -> String {
+    if let Some(ty) = plan.ty {
+        return draft(&plan.req, r, ty, plan.order);
+    }
+    if a.json {
+        return format!("{}\n", decode::reading_json(plan.req.unit, r, a.wide));
+    }
+    let mut text = Vec::new();
+    // Writing into memory does not fail.
+    let _ = print_table(&mut text, &plan.req, r, a.wide, endpoint);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Print `text`; a closed standard output ends the command quietly (`Ok(false)`).
+pub(crate) fn print(out: &mut impl Write, text: &str) -> Result<bool, CommissionError> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if closed(&e) => Ok(false),
+        Err(e) => Err(CommissionError::Unavailable(format!(
+            "standard output: {e}"
+        ))),
+        Ok(()) => Ok(true),
+    }
+}
+
+/// Run `fieldlink probe`.
+pub async fn run(a: &ProbeArgs, out: &mut impl Write) -> Result<(), CommissionError> {
+    let plan = plan(a)?;
+    let transport = match a.transport.resolve_one(Duration::from_secs(1)).await? {
+        Target::Direct(t) => t,
+        Target::Gateway(g) => return super::client::probe(a, &plan, g, out).await,
     };
+    super::check_unit(a.unit, &transport)?;
     let mut t = transport.open();
     let endpoint = transport.describe();
-    let first = read(&mut t, &req)
+    let first = read(&mut t, &plan.req)
         .await
         .map_err(|e| super::unavailable(&e, a.unit, &endpoint))?;
-    let printed = if let Some(ty) = ty {
-        let order = a.word_order.map(Into::into).unwrap_or_default();
-        write!(out, "{}", draft(&req, &first, ty, order))
-    } else if a.json {
-        writeln!(out, "{}", decode::reading_json(a.unit, &first, a.wide))
-    } else {
-        print_table(out, &req, &first, a.wide, &endpoint)
-    };
-    match printed.and_then(|()| out.flush()) {
-        Err(e) if closed(&e) => return Ok(()),
-        Err(e) => {
-            return Err(CommissionError::Unavailable(format!(
-                "standard output: {e}"
-            )))
-        }
-        Ok(()) => {}
+    if !print(out, &output(a, &plan, &first, &endpoint))? {
+        return Ok(());
     }
-    match interval {
-        Some(every) => watch(&mut t, &req, first, every, a, out).await,
-        None => Ok(()),
+    let Some(every) = plan.interval else {
+        return Ok(());
+    };
+    let req = plan.req;
+    let mut ticks = Ticks::new(every);
+    let mut last = first;
+    loop {
+        let secs = ticks.next().await;
+        match read(&mut t, &req).await {
+            Ok(now) => match changes(&last, &now, secs, a) {
+                Some(text) if !print(out, &text)? => return Ok(()),
+                _ => last = now,
+            },
+            Err(e) => eprintln!(
+                "+{secs:.1}s: {}",
+                super::unavailable(&e, req.unit, &t.endpoint())
+            ),
+        }
     }
 }
 
@@ -225,63 +277,50 @@ fn noun(t: Table) -> &'static str {
     }
 }
 
-/// `--watch`: read again every `every`; print the addresses whose value (or exception)
-/// changed, marked `*`, under a line saying when. A failed read is reported and retried.
-async fn watch<T: ModbusTransport>(
-    t: &mut T,
-    req: &Request,
-    mut last: Reading,
-    every: Duration,
-    a: &ProbeArgs,
-    out: &mut impl Write,
-) -> Result<(), CommissionError> {
-    let started = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let secs = started.elapsed().as_secs_f64();
-        let now = match read(t, req).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!(
-                    "+{secs:.1}s: {}",
-                    super::unavailable(&e, req.unit, &t.endpoint())
-                );
-                continue;
-            }
-        };
-        let changed: Vec<usize> = (0..now.cells.len())
-            .filter(|i| now.cells.get(*i) != last.cells.get(*i))
-            .collect();
-        if changed.is_empty() {
-            continue;
-        }
-        let printed = if a.json {
-            let mut j = decode::reading_json(req.unit, &now, a.wide);
-            let addrs: Vec<u32> = changed.iter().map(|i| now.address(*i)).collect();
-            j["changed"] = serde_json::json!(addrs);
-            writeln!(out, "{j}")
-        } else {
-            let mut text = format!("-- +{secs:.1}s: {} changed\n", changed.len());
-            for i in &changed {
-                text.push_str(&decode::row_text(&now, *i, a.wide, '*'));
-                text.push('\n');
-            }
-            write!(out, "{text}")
-        };
-        match printed.and_then(|()| out.flush()) {
-            Err(e) if closed(&e) => return Ok(()),
-            Err(e) => {
-                return Err(CommissionError::Unavailable(format!(
-                    "standard output: {e}"
-                )))
-            }
-            Ok(()) => {}
-        }
-        last = now;
+/// `--watch`'s clock: a tick every interval (late ticks delayed, not bunched), and the
+/// seconds since the first reading.
+pub(crate) struct Ticks {
+    started: tokio::time::Instant,
+    ticks: tokio::time::Interval,
+}
+
+impl Ticks {
+    pub(crate) fn new(every: Duration) -> Ticks {
+        let started = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval_at(started + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { started, ticks }
     }
+
+    /// Wait for the next tick; the seconds since the start.
+    pub(crate) async fn next(&mut self) -> f64 {
+        self.ticks.tick().await;
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// `--watch`: what to print when a reading `secs` after the first differs from the last
+/// one (the addresses whose value or exception changed, marked `*`, under a line saying
+/// when; with `--json` one object with `changed`); `None` when nothing changed.
+pub(crate) fn changes(last: &Reading, now: &Reading, secs: f64, a: &ProbeArgs) -> Option<String> {
+    let changed: Vec<usize> = (0..now.cells.len())
+        .filter(|i| now.cells.get(*i) != last.cells.get(*i))
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    if a.json {
+        let mut j = decode::reading_json(a.unit, now, a.wide);
+        let addrs: Vec<u32> = changed.iter().map(|i| now.address(*i)).collect();
+        j["changed"] = serde_json::json!(addrs);
+        return Some(format!("{j}\n"));
+    }
+    let mut text = format!("-- +{secs:.1}s: {} changed\n", changed.len());
+    for i in &changed {
+        text.push_str(&decode::row_text(now, *i, a.wide, '*'));
+        text.push('\n');
+    }
+    Some(text)
 }
 
 /// The range as draft `points:` of type `ty`: one per value that fits in the range and

@@ -72,59 +72,131 @@ pub fn units(text: &str) -> Result<Vec<u8>, String> {
 /// Run `fieldlink scan`.
 pub async fn run(a: &ScanArgs, out: &mut impl Write) -> Result<(), CommissionError> {
     let list = units(&a.units).map_err(CommissionError::Usage)?;
-    let targets = a.transport.targets(Duration::from_millis(200))?;
+    let targets = a
+        .transport
+        .resolve(Duration::from_millis(200), true)
+        .await?;
     let mut tried = Vec::new();
     let mut garbled_total = 0;
-    for Target::Direct(transport) in &targets {
+    for target in targets {
+        let transport = match target {
+            Target::Direct(t) => t,
+            Target::Gateway(g) => return super::client::scan(a, g, out).await,
+        };
         for u in &list {
-            super::check_unit(*u, transport)?;
-        }
-        let endpoint = transport.describe();
-        if !a.json {
-            say(
-                out,
-                &format!(
-                    "Scanning units {} on {endpoint} (timeout {}).",
-                    a.units,
-                    humantime::format_duration(transport.timeout())
-                ),
-            )?;
+            super::check_unit(*u, &transport)?;
         }
         let mut t = transport.open();
-        let (found, garbled) = scan(&mut t, &list, &endpoint, |f| match a.json {
-            true => Ok(()),
-            false => say(out, &line(f)),
-        })
-        .await?;
+        let (found, garbled) = one(a, &mut t, &transport, &list, &[], out).await?;
         garbled_total += garbled;
-        tried.push(endpoint.clone());
+        tried.push(transport.describe());
         if !found.is_empty() {
-            return report(a, out, &found, transport);
-        }
-        if !a.json && garbled > 0 {
-            say(
-                out,
-                &format!(
-                    "{garbled} garbled repl{} at these settings.",
-                    if garbled == 1 { "y" } else { "ies" }
-                ),
-            )?;
+            return report(a, out, &found, &transport, &[]);
         }
     }
     if a.json {
-        let j = json!({"found": [], "settings": null});
-        say(out, &j.to_string())?;
+        say(out, &empty_json(&[]).to_string())?;
     }
-    let hint = if garbled_total > 0 {
+    Err(nobody(&a.units, &tried, garbled_total, &[]))
+}
+
+/// Scan on one transport as `run` prints it: the line saying where (and which units the
+/// gateway's devices hold: `skipped`, by unit and device), a line per unit found, and
+/// the garbled replies when none was. The units found and the garbled replies.
+pub(crate) async fn one<T: ModbusTransport>(
+    a: &ScanArgs,
+    t: &mut T,
+    transport: &Transport,
+    list: &[u8],
+    skipped: &[(u8, String)],
+    out: &mut impl Write,
+) -> Result<(Vec<Found>, usize), CommissionError> {
+    let endpoint = transport.describe();
+    if !a.json {
+        say(
+            out,
+            &format!(
+                "Scanning units {} on {endpoint} (timeout {}).",
+                a.units,
+                humantime::format_duration(transport.timeout())
+            ),
+        )?;
+        if !skipped.is_empty() {
+            say(out, &skipped_line(skipped))?;
+        }
+    }
+    let (found, garbled) = scan(t, list, &endpoint, |f| match a.json {
+        true => Ok(()),
+        false => say(out, &line(f)),
+    })
+    .await?;
+    if !a.json && found.is_empty() && garbled > 0 {
+        say(
+            out,
+            &format!(
+                "{garbled} garbled repl{} at these settings.",
+                if garbled == 1 { "y" } else { "ies" }
+            ),
+        )?;
+    }
+    Ok((found, garbled))
+}
+
+/// `Skipped units 1, 2: the gateway polls them (devices meter, pump).`
+fn skipped_line(skipped: &[(u8, String)]) -> String {
+    let units: Vec<String> = skipped.iter().map(|(u, _)| u.to_string()).collect();
+    let devices: Vec<&str> = skipped.iter().map(|(_, d)| d.as_str()).collect();
+    format!(
+        "Skipped unit{} {}: the gateway polls {} (device{} {}).",
+        if units.len() == 1 { "" } else { "s" },
+        units.join(", "),
+        if units.len() == 1 { "it" } else { "them" },
+        if devices.len() == 1 { "" } else { "s" },
+        devices.join(", ")
+    )
+}
+
+/// The error when no unit answered anywhere tried.
+pub(crate) fn nobody(
+    units: &str,
+    tried: &[String],
+    garbled: usize,
+    skipped: &[(u8, String)],
+) -> CommissionError {
+    let hint = if garbled > 0 {
         "; garbled replies came back: the baud rate or parity is probably wrong"
     } else {
         "; check the wiring, the unit ids, and on a serial line the baud rate and parity"
     };
-    Err(CommissionError::Unavailable(format!(
-        "no unit answered (units {} on {}){hint}",
-        a.units,
+    let skip = if skipped.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<String> = skipped.iter().map(|(u, _)| u.to_string()).collect();
+        format!("; skipped {}: the gateway polls them", ids.join(", "))
+    };
+    CommissionError::Unavailable(format!(
+        "no unit answered (units {units} on {}{skip}){hint}",
         tried.join(", then ")
-    )))
+    ))
+}
+
+/// `scan --json` when no unit answered.
+pub(crate) fn empty_json(skipped: &[(u8, String)]) -> Json {
+    let mut j = json!({"found": [], "settings": null});
+    add_skipped(&mut j, skipped);
+    j
+}
+
+/// Through the gateway, the units its devices hold: `"skipped":[{"unit":1,"device":..}]`.
+fn add_skipped(j: &mut Json, skipped: &[(u8, String)]) {
+    if skipped.is_empty() {
+        return;
+    }
+    let list: Vec<Json> = skipped
+        .iter()
+        .map(|(u, d)| json!({"unit": u, "device": d}))
+        .collect();
+    j["skipped"] = Json::Array(list);
 }
 
 /// Scan `list` on one transport; the units found, and how many replies were garbled.
@@ -227,21 +299,27 @@ fn identification_json(f: &Found) -> Json {
     }
 }
 
-fn report(
+/// `scan --json` when units answered.
+pub(crate) fn found_json(found: &[Found], transport: &Transport, skipped: &[(u8, String)]) -> Json {
+    let list: Vec<Json> = found
+        .iter()
+        .map(|f| json!({"unit": f.unit, "identification": identification_json(f)}))
+        .collect();
+    let mut j = json!({"found": list, "settings": transport.json()});
+    add_skipped(&mut j, skipped);
+    j
+}
+
+/// Print what was found: the JSON object, or the line listing the units.
+pub(crate) fn report(
     a: &ScanArgs,
     out: &mut impl Write,
     found: &[Found],
     transport: &Transport,
+    skipped: &[(u8, String)],
 ) -> Result<(), CommissionError> {
     if a.json {
-        let list: Vec<Json> = found
-            .iter()
-            .map(|f| json!({"unit": f.unit, "identification": identification_json(f)}))
-            .collect();
-        return say(
-            out,
-            &json!({"found": list, "settings": transport.json()}).to_string(),
-        );
+        return say(out, &found_json(found, transport, skipped).to_string());
     }
     let ids: Vec<String> = found.iter().map(|f| f.unit.to_string()).collect();
     say(
@@ -256,7 +334,7 @@ fn report(
 }
 
 /// Print a line; a closed standard output ends quietly (the caller goes on, harmlessly).
-fn say(out: &mut impl Write, text: &str) -> Result<(), CommissionError> {
+pub(crate) fn say(out: &mut impl Write, text: &str) -> Result<(), CommissionError> {
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if !closed(&e) => Err(CommissionError::Unavailable(format!(
             "standard output: {e}"
@@ -277,6 +355,31 @@ mod tests {
         assert!(units("3-1").is_err());
         assert!(units("1-300").is_err());
         assert!(units("x").is_err());
+    }
+
+    #[test]
+    fn skipped_units_are_named_with_their_devices() {
+        let s = [(1, "meter".to_string()), (3, "pump".to_string())];
+        assert_eq!(
+            skipped_line(&s),
+            "Skipped units 1, 3: the gateway polls them (devices meter, pump)."
+        );
+        assert_eq!(
+            skipped_line(&s[..1]),
+            "Skipped unit 1: the gateway polls it (device meter)."
+        );
+        let e = nobody("1-5", &["RTU /dev/x at 9600 8N1".into()], 0, &s).to_string();
+        assert!(
+            e.starts_with(
+                "no unit answered (units 1-5 on RTU /dev/x at 9600 8N1; skipped 1, 3: the \
+                 gateway polls them); check"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            empty_json(&s[..1]),
+            json!({"found": [], "settings": null, "skipped": [{"unit": 1, "device": "meter"}]})
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Where a commissioning command goes ([`Target`]: a [`Transport`] opened here; later,
-//! the running gateway that owns the bus) and the opened transport ([`Opened`]) the
+//! Where a commissioning command goes ([`Target`]: a [`Transport`] opened here, or the
+//! running gateway that owns the bus) and the opened transport ([`Opened`]) the
 //! subcommands talk through. The flags that say which are read in `flags`.
 
 use std::time::Duration;
@@ -10,17 +10,20 @@ use fieldlink_drivers::modbus::{
     DriverError, Identification, ModbusTransport, ReadData, Table,
 };
 
+use crate::model::BusKind;
+
 /// Where a command goes.
 ///
-/// Today every command opens its transport itself ([`Target::Direct`]). When a running
-/// gateway owns the bus named by `--config FILE --bus ID`, the command is to go to that
-/// gateway instead (its embedded broker, `<base>/bus/<id>/request`) and run in the bus
-/// task between polls; that is a second variant here, and the subcommands need not change:
-/// each takes an already opened [`ModbusTransport`].
-#[derive(Clone, Debug, PartialEq)]
+/// A command opens its transport itself ([`Target::Direct`]), unless a running gateway
+/// owns the bus named by `--config FILE --bus ID`: then the command goes to that gateway
+/// ([`Target::Gateway`]: its embedded broker, `<base>/bus/<id>/request`) and runs in the
+/// bus task between polls, through the same work functions, over the bus's transport.
+#[derive(Debug)]
 pub enum Target {
     /// Open the transport here.
     Direct(Transport),
+    /// Ask the running gateway that owns the bus.
+    Gateway(super::client::Gateway),
 }
 
 /// A Modbus transport and its settings.
@@ -60,6 +63,55 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The transport of a configured bus, at its settings (`None`: not a Modbus bus).
+    pub fn of_bus(kind: &BusKind) -> Option<Transport> {
+        match kind {
+            BusKind::ModbusTcp {
+                host,
+                port,
+                timeout,
+                ..
+            } => Some(Transport::Tcp {
+                host: host.clone(),
+                port: *port,
+                timeout: *timeout,
+            }),
+            BusKind::ModbusRtuOverTcp {
+                host,
+                port,
+                timeout,
+                frame_delay,
+                connect_delay,
+            } => Some(Transport::RtuOverTcp {
+                host: host.clone(),
+                port: *port,
+                timeout: *timeout,
+                frame_delay: *frame_delay,
+                connect_delay: *connect_delay,
+            }),
+            BusKind::ModbusRtu {
+                serial,
+                timeout,
+                frame_delay,
+            } => Some(Transport::Rtu {
+                serial: serial.clone(),
+                timeout: *timeout,
+                frame_delay: *frame_delay,
+            }),
+            BusKind::Uart { .. } | BusKind::Gpio { .. } => None,
+        }
+    }
+
+    /// The same with another reply timeout.
+    pub fn with_timeout(mut self, t: Duration) -> Transport {
+        match &mut self {
+            Transport::Tcp { timeout, .. }
+            | Transport::RtuOverTcp { timeout, .. }
+            | Transport::Rtu { timeout, .. } => *timeout = t,
+        }
+        self
+    }
+
     /// Open it (the stream itself is opened by the first request).
     pub fn open(&self) -> Opened {
         match self.clone() {

@@ -122,7 +122,7 @@ pub struct Request {
 
 impl Request {
     /// Registers (or bits) the value takes.
-    fn count(&self) -> u16 {
+    pub(crate) fn count(&self) -> u16 {
         if self.table.is_bits() {
             1
         } else {
@@ -190,16 +190,14 @@ pub fn request(a: &WriteArgs) -> Result<Request, CommissionError> {
 /// Run `fieldlink write`.
 pub async fn run(a: &WriteArgs, out: &mut impl Write) -> Result<(), CommissionError> {
     let req = request(a)?;
-    let Target::Direct(transport) = a.transport.target(Duration::from_secs(1))?;
+    let transport = match a.transport.resolve_one(Duration::from_secs(1)).await? {
+        Target::Direct(t) => t,
+        Target::Gateway(g) => return super::client::write(a, g, out).await,
+    };
     super::check_unit(a.unit, &transport)?;
     let mut t = transport.open();
     let outcome = execute(&mut t, &req, &transport.describe()).await?;
-    let text = if a.json {
-        outcome.json(&req).to_string()
-    } else {
-        outcome.text(&req)
-    };
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+    match writeln!(out, "{}", outcome.output(a, &req)).and_then(|()| out.flush()) {
         Err(e) if !closed(&e) => Err(CommissionError::Unavailable(format!(
             "standard output: {e}"
         ))),
@@ -262,6 +260,15 @@ impl Outcome {
             self.value == req.raw
         } else {
             self.registers == req.registers
+        }
+    }
+
+    /// What `write` prints (without the last newline): the JSON object or the lines.
+    pub fn output(&self, a: &WriteArgs, req: &Request) -> String {
+        if a.json {
+            self.json(req).to_string()
+        } else {
+            self.text(req)
         }
     }
 

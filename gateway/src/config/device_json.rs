@@ -76,6 +76,10 @@ fn reserved_message(what: &str, topic: &str, role: Role) -> (String, String) {
             format!("{what} `{topic}` is the json_topic of device `{d}`"),
             "give every device's JSON object a topic of its own".into(),
         ),
+        Role::BusRequest(bus) => (
+            format!("{what} `{topic}` is the commissioning request topic of bus `{bus}`"),
+            "choose another topic or change `base_topic`".into(),
+        ),
         Role::Status | Role::Diagnostics | Role::Availability(_) => (
             format!("{what} `{topic}` is one of the gateway's own topics"),
             "choose another topic or change `base_topic`".into(),

@@ -20,6 +20,8 @@ pub(super) struct Header {
     pub(super) diagnostics_interval: Duration,
     /// Home Assistant discovery.
     pub(super) homeassistant: Option<crate::model::HomeAssistant>,
+    /// Commissioning requests accepted (#24).
+    pub(super) commissioning: bool,
 }
 
 /// Where state lives unless `state_dir` says otherwise (systemd's `StateDirectory=`).
@@ -105,6 +107,24 @@ impl Validator {
                 upstream,
             },
             diagnostics_interval,
+            commissioning: self.commissioning(cx, gw),
         })
+    }
+
+    /// `commissioning: true` takes its requests from the embedded broker: without one it
+    /// does nothing (a warning).
+    fn commissioning(&mut self, cx: &Cx, gw: &GatewayFile) -> bool {
+        let Some(c) = &gw.commissioning else {
+            return false;
+        };
+        if c.value && !gw.mqtt.embedded.enabled {
+            self.warn(
+                &cx.at("commissioning"),
+                c,
+                "has no effect: commissioning requests come through the embedded broker, \
+                 which is disabled (`mqtt.embedded.enabled: false`)",
+            );
+        }
+        c.value
     }
 }

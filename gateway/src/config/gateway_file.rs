@@ -34,6 +34,14 @@ pub struct GatewayFile {
     /// Home Assistant MQTT discovery (on by default with the embedded broker).
     #[serde(default)]
     pub homeassistant: Option<super::HomeAssistantFile>,
+    // Commissioning through the running gateway (#24).
+    /// Accept commissioning requests (`fieldlink probe`, `scan` and `write` with `--config
+    /// FILE --bus ID`) on `<base>/bus/<id>/request` of the embedded broker, run by the bus
+    /// task between its polls, so that the port keeps one owner. Only clients the
+    /// `acl_file` grants write on that topic may send them; without an `acl_file`, only
+    /// clients connected over loopback (on this machine). Default `false`.
+    #[serde(default)]
+    pub commissioning: Option<Spanned<bool>>,
 }
 
 /// `mqtt:` section of the gateway file.

@@ -146,6 +146,7 @@ pub fn check_sources(
         diagnostics_interval: h.diagnostics_interval,
         buses: number_points(buses),
         homeassistant: h.homeassistant,
+        commissioning: h.commissioning,
     };
     embedded::warnings(&model, &gw_file, &gw.mqtt.embedded, &mut v.diags);
     Ok(Checked {

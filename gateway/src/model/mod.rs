@@ -31,6 +31,8 @@ pub struct Model {
     pub buses: Vec<Arc<Bus>>,
     /// Home Assistant discovery, when on.
     pub homeassistant: Option<HomeAssistant>,
+    /// Commissioning requests through the embedded broker are accepted (`commissioning`).
+    pub commissioning: bool,
 }
 
 /// Home Assistant MQTT discovery.

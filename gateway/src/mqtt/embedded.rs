@@ -7,7 +7,8 @@
 //! loses nothing that matters. While no broker serves, value messages only update that
 //! state. Reloads and Home Assistant's birth are followed as upstream (`follow.rs`).
 //! Commands and read requests clients publish on `<topic>/set` and `<topic>/get` arrive on
-//! the link after the broker's rights check. At the end the task publishes `offline`
+//! the link after the broker's rights check, and so do commissioning requests
+//! (`<base>/bus/<id>/request`, answered by `commission::gateway`). At the end the task publishes `offline`
 //! (retained), waits until the broker routed it, and gives the broker's sessions a moment
 //! (50 ms) to write it.
 
@@ -255,6 +256,8 @@ pub(crate) async fn run_client(
         mut commands,
         store,
     } = link;
+    // Commissioning answers go straight to the broker (`commission::gateway`).
+    let replies = inbox.clone();
     let mut conn = Conn::new(current, retained, inbox, stats);
     let mut seen = Serving::default();
     let (mut linked, mut listening) = (true, true);
@@ -288,6 +291,9 @@ pub(crate) async fn run_client(
                 conn.republish_for_ha().await;
             }
             command = commands.recv(), if listening => match command {
+                Some(c) if c.request.is_some() => {
+                    crate::commission::gateway::receive(&router, &replies, c);
+                }
                 Some(c) if conn.follow.heard(&c.topic, &c.payload) => {}
                 Some(c) => {
                     if let Some(rejected) = router.handle(&c.topic, &c.payload) {

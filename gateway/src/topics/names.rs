@@ -8,6 +8,7 @@
 //! | `<base>/status` | [`Topics::status`] |
 //! | `<base>/diagnostics` | [`Topics::diagnostics`] |
 //! | `<base>/<device>/availability` | [`Topics::availability`] |
+//! | `<base>/bus/<bus>/request` (commissioning) | [`Topics::bus_request`] |
 //! | `<point>/set`, `/set/result`, `/get`, `/get/result` | [`Topics::below`] ([`Below`]) |
 //! | a device's `json_topic` | as written ([`Role::DeviceJson`]) |
 //! | `<discovery prefix>/<component>/<unique id>/config` | [`Topics::ha_config`] |
@@ -79,6 +80,9 @@ pub(crate) enum Role<'a> {
     HaStatus,
     /// One of the gateway's own discovery configs.
     DiscoveryConfig,
+    /// `<base>/bus/<bus>/request` of the bus id given (commissioning requests; any id
+    /// is the gateway's name, a bus of that id or not).
+    BusRequest(&'a str),
 }
 
 impl Role<'_> {
@@ -86,7 +90,7 @@ impl Role<'_> {
     pub(crate) fn published(self) -> bool {
         match self {
             Role::Below(b, _) => b.published(),
-            Role::HaStatus => false,
+            Role::HaStatus | Role::BusRequest(_) => false,
             _ => true,
         }
     }
@@ -179,6 +183,21 @@ impl Topics {
     /// `<base>/<device>/availability`: `online` / `offline`, retained.
     pub fn availability(&self, device: &str) -> String {
         format!("{}/{device}/availability", self.base)
+    }
+
+    /// `<base>/bus/<bus>/request`: commissioning requests for a bus (`commissioning`).
+    pub fn bus_request(&self, bus: &str) -> String {
+        format!("{}/bus/{bus}/request", self.base)
+    }
+
+    /// The bus id of a `<base>/bus/<bus>/request` topic.
+    pub(crate) fn bus_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.base.as_str())
+            .filter(|_| !self.base.is_empty())?
+            .strip_prefix("/bus/")?
+            .strip_suffix("/request")
+            .filter(|id| super::is_id(id))
     }
 
     /// `<point>/set`, `/set/result`, `/get` or `/get/result`.
@@ -313,6 +332,9 @@ impl Topics {
             {
                 return Some(Role::Availability(d));
             }
+            if let Some(bus) = self.bus_of(topic) {
+                return Some(Role::BusRequest(bus));
+            }
         }
         for b in Below::ALL {
             if let Some(parent) = topic.strip_suffix(b.suffix()) {
@@ -394,6 +416,7 @@ mod tests {
         assert_eq!(t.status(), "fieldlink/casa/status");
         assert_eq!(t.diagnostics(), "fieldlink/casa/diagnostics");
         assert_eq!(t.availability("sala"), "fieldlink/casa/sala/availability");
+        assert_eq!(t.bus_request("rs485"), "fieldlink/casa/bus/rs485/request");
         assert_eq!(Topics::set("casa/luz"), "casa/luz/set");
         assert_eq!(Topics::set_result("casa/luz"), "casa/luz/set/result");
         assert_eq!(Topics::get("casa/luz"), "casa/luz/get");
@@ -454,6 +477,19 @@ mod tests {
             None,
             "no such device"
         );
+        assert_eq!(
+            c("fieldlink/casa/bus/rs485/request"),
+            Some(Role::BusRequest("rs485"))
+        );
+        for not in [
+            "fieldlink/casa/bus/a/b/request",
+            "fieldlink/casa/bus//request",
+            "fieldlink/casa/bus/rs485/request/x",
+            "other/bus/rs485/request",
+        ] {
+            assert_eq!(c(not), None, "{not}");
+        }
+        assert!(!Role::BusRequest("rs485").published(), "clients send it");
         assert_eq!(c("casa/luz/set"), Some(Role::Below(Below::Set, "casa/luz")));
         assert_eq!(
             c("casa/luz/set/result"),
