@@ -53,7 +53,7 @@ struct Bench {
 /// and a read-only limit (holding 8).
 fn mapping(path: &Path) -> String {
     let mut m = format!(
-        "buses:\n  - id: rs485\n    kind: modbus_rtu\n    path: {}\n    baud: 38400\n    parity: even\n    timeout: 150ms\ndevices:\n",
+        "buses:\n  - id: rs485\n    kind: modbus_rtu\n    path: {}\n    baud: 38400\n    parity: even\n    timeout: 150ms\n  - {{ id: serial, kind: uart, path: /dev/ttyFIELDLINK-none }}\ndevices:\n",
         path.display()
     );
     for u in 1..=2 {
@@ -273,6 +273,109 @@ async fn probe_and_write_go_through_the_gateway_while_it_keeps_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_watch_through_the_gateway_marks_what_changed() {
+    use std::io::{BufRead, BufReader};
+    let b = Bench::start("commissioning: true\n", "").await;
+    let mut child = Command::new(fieldlink_bin())
+        .args(["probe", "--config"])
+        .arg(&b.config)
+        .args([
+            "--bus",
+            "rs485",
+            "--unit",
+            "5",
+            "--address",
+            "0",
+            "--count",
+            "4",
+        ])
+        .args(["--watch", "200ms"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| -> String {
+        loop {
+            match lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {what:?}: {e}"),
+            }
+        }
+    };
+    next("holding registers 0-3:");
+    next("       3  0002");
+    b.new.set_registers(Table::Holding, 3, &[0x1234]);
+    let when = next("changed");
+    assert!(
+        when.starts_with("-- +") && when.ends_with(": 1 changed"),
+        "{when}"
+    );
+    let row = next("1234");
+    assert!(row.starts_with("*      3  1234"), "{row}");
+    let _ = child.kill();
+    let _ = child.wait();
+    b.gw.stop().await;
+}
+
+/// With the gateway of the file not running (nothing listens where its broker would),
+/// `--config FILE --bus ID` opens the bus itself, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_gateway_running_the_command_opens_the_bus_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (master, _keeper, pty) = pty_pair().expect("pty");
+    let server = SimServer::new();
+    server
+        .add(5, SimDevice::new())
+        .set_registers(Table::Holding, 0, &REGS);
+    tokio::spawn(server.serve_rtu_at(master, 38400));
+    let config = dir.path().join("gateway.yaml");
+    // A port that was free a moment ago: nobody listens there.
+    let port = fieldlink_tests::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "id: t\nmappings: mapping.yaml\ncommissioning: true\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("mapping.yaml"), mapping(Path::new(&pty))).expect("write");
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(fieldlink_bin())
+            .args(["probe", "--config"])
+            .arg(&config)
+            .args([
+                "--bus",
+                "rs485",
+                "--unit",
+                "5",
+                "--address",
+                "0",
+                "--count",
+                "2",
+                "--json",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let j = json_of(&o);
+    assert_eq!(j["registers"][0]["f32"]["CDAB"], 230.5, "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_through_the_gateway_skips_the_units_it_polls() {
     let b = Bench::start("commissioning: true\n", "").await;
     for d in &b.polled {
@@ -406,21 +509,22 @@ async fn refused_without_the_acl_right() {
     b.gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mqtt5_client_gets_its_answer_on_its_response_topic_with_its_correlation_data() {
+/// An MQTT 5 request on `topic` with a Response Topic and Correlation Data, as rumqttc
+/// sends it; the answer as it arrived (topic, correlation data, body).
+async fn ask_v5(port: u16, topic: &str, body: &str) -> (String, Option<Vec<u8>>, Json) {
     use rumqttc::v5::{
         mqttbytes::{v5::Packet, v5::PublishProperties, QoS as Q5},
         AsyncClient, Event, MqttOptions,
     };
-    let b = Bench::start("commissioning: true\n", "").await;
-    let mut o = MqttOptions::new("v5-client", "127.0.0.1", b.gw.broker_port());
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("v5-client-{}", N.fetch_add(1, Relaxed));
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(o, 16);
     client
         .subscribe("replies/v5", Q5::AtLeastOnce)
         .await
         .expect("subscribe");
-    let body = r#"{"command":"probe","unit":5,"address":0,"count":2}"#;
     let mut sent = false;
     let answer = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -434,10 +538,10 @@ async fn an_mqtt5_client_gets_its_answer_on_its_response_topic_with_its_correlat
                     };
                     client
                         .publish_with_properties(
-                            "fieldlink/t/bus/rs485/request",
+                            topic.to_string(),
                             Q5::AtLeastOnce,
                             false,
-                            body,
+                            body.to_string(),
                             props,
                         )
                         .await
@@ -451,10 +555,25 @@ async fn an_mqtt5_client_gets_its_answer_on_its_response_topic_with_its_correlat
     })
     .await
     .expect("an answer");
-    assert_eq!(&answer.topic[..], b"replies/v5");
-    let correlation = answer.properties.and_then(|p| p.correlation_data);
-    assert_eq!(correlation.as_deref(), Some(&b"req-42"[..]));
     let j: Json = serde_json::from_slice(&answer.payload).expect("json");
+    (
+        String::from_utf8_lossy(&answer.topic).into_owned(),
+        answer
+            .properties
+            .and_then(|p| p.correlation_data)
+            .map(|c| c.to_vec()),
+        j,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_client_gets_its_answer_on_its_response_topic_with_its_correlation_data() {
+    let b = Bench::start("commissioning: true\n", "").await;
+    let port = b.gw.broker_port();
+    let body = r#"{"command":"probe","unit":5,"address":0,"count":2}"#;
+    let (topic, correlation, j) = ask_v5(port, "fieldlink/t/bus/rs485/request", body).await;
+    assert_eq!(topic, "replies/v5");
+    assert_eq!(correlation.as_deref(), Some(&b"req-42"[..]));
     assert_eq!(j["ok"], true, "{j}");
     assert_eq!(j["result"]["registers"][0]["f32"]["CDAB"], 230.5, "{j}");
     assert!(
@@ -463,6 +582,26 @@ async fn an_mqtt5_client_gets_its_answer_on_its_response_topic_with_its_correlat
             .is_some_and(|t| t.contains("holding registers 0-1")),
         "{j}"
     );
+    // Only Modbus buses, and only buses the gateway has: refused, saying why.
+    let (_, _, j) = ask_v5(port, "fieldlink/t/bus/serial/request", body).await;
+    assert_eq!(j["ok"], false, "{j}");
+    assert_eq!(j["exit"], 77, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("bus `serial` is not a Modbus bus")),
+        "{j}"
+    );
+    let (_, _, j) = ask_v5(port, "fieldlink/t/bus/nope/request", body).await;
+    assert_eq!(j["error"], "the gateway has no bus `nope`", "{j}");
+    // A body that is no request: usage (64).
+    let (_, _, j) = ask_v5(
+        port,
+        "fieldlink/t/bus/rs485/request",
+        r#"{"command":"erase"}"#,
+    )
+    .await;
+    assert_eq!(j["exit"], 64, "{j}");
 
     // The real mosquitto_rr (MQTT 5 request/response) too.
     if let Some(rr) = mosquitto::tool("mosquitto_rr") {
@@ -553,4 +692,171 @@ async fn a_311_client_names_its_response_topic_in_the_body() {
     assert_eq!(b.new.registers(Table::Holding, 1, 1), [17]);
     let _ = &b.dir;
     b.gw.stop().await;
+}
+
+/// A shared RS-485 line on tokio's paused clock: units 1 and 2 answer in 10 ms, every
+/// other unit is silent (a try holds the line for twice the timeout, as on RTU).
+struct Line {
+    timeout: Duration,
+    /// Every read: the unit and when it began.
+    reads: Arc<std::sync::Mutex<Vec<(u8, tokio::time::Instant)>>>,
+}
+
+impl fieldlink_drivers::modbus::ModbusTransport for Line {
+    async fn read(
+        &mut self,
+        unit: u8,
+        _table: Table,
+        _addr: u16,
+        count: u16,
+    ) -> Result<fieldlink_drivers::modbus::ReadData, fieldlink_drivers::modbus::DriverError> {
+        if let Ok(mut r) = self.reads.lock() {
+            r.push((unit, tokio::time::Instant::now()));
+        }
+        if unit > 2 {
+            tokio::time::sleep(self.timeout * 2).await;
+            return Err(fieldlink_drivers::modbus::DriverError::Timeout(
+                self.timeout,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(fieldlink_drivers::modbus::ReadData::Registers(vec![
+            7;
+            usize::from(count)
+        ]))
+    }
+
+    async fn write_registers(
+        &mut self,
+        _unit: u8,
+        _addr: u16,
+        _values: &[u16],
+        _multiple: bool,
+    ) -> Result<(), fieldlink_drivers::modbus::DriverError> {
+        Ok(())
+    }
+
+    async fn write_coils(
+        &mut self,
+        _unit: u8,
+        _addr: u16,
+        _values: &[bool],
+        _multiple: bool,
+    ) -> Result<(), fieldlink_drivers::modbus::DriverError> {
+        Ok(())
+    }
+
+    fn endpoint(&self) -> String {
+        "rs485 (test)".into()
+    }
+}
+
+/// A long scan through the bus task (98 silent units, half a minute of timeouts) is split
+/// into single requests between the polls: the two devices keep their 1 s cadence, late
+/// by one exchange at most, and no poll fails.
+#[tokio::test(start_paused = true)]
+async fn a_long_scan_takes_turns_with_the_polls() {
+    use fieldlink::{
+        buses,
+        commission::{
+            gateway::{Job, Who},
+            scan::ScanArgs,
+            wire::Asked,
+        },
+        shutdown, Stats,
+    };
+    use tokio::sync::{mpsc, oneshot};
+    let mapping = "buses:\n  - { id: rs485, kind: modbus_rtu, path: /dev/ttyUSB0, timeout: 150ms }\ndevices:\n\
+         \x20 - { id: u1, bus: rs485, unit: 1, poll_interval: 1s, points: [{ topic: f/u1, table: holding, address: 0 }] }\n\
+         \x20 - { id: u2, bus: rs485, unit: 2, poll_interval: 1s, points: [{ topic: f/u2, table: holding, address: 0 }] }\n";
+    let model = Arc::new(fieldlink_tests::model(mapping, "commissioning: true\n"));
+    let stats = Arc::new(Stats::new(&model));
+    let (out, mut rx) = mpsc::channel(1024);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let (commands_tx, commands) = mpsc::channel(16);
+    let (trigger, sd) = shutdown::channel();
+    let io = buses::BusIo {
+        out,
+        commands,
+        control: mpsc::channel(1).1,
+        stats: stats.clone(),
+        shutdown: sd,
+    };
+    let reads: Arc<std::sync::Mutex<Vec<(u8, tokio::time::Instant)>>> = Arc::default();
+    let line = Line {
+        timeout: Duration::from_millis(150),
+        reads: reads.clone(),
+    };
+    let task = tokio::spawn(buses::run_modbus(
+        model.clone(),
+        model.buses[0].clone(),
+        0,
+        line,
+        io,
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (answer, answered) = oneshot::channel();
+    let job = Job {
+        asked: Asked::Scan(ScanArgs {
+            transport: Default::default(),
+            units: "1-100".into(),
+            json: true,
+        }),
+        who: Who {
+            user: Some("installer".into()),
+            client: "test".into(),
+        },
+        answer,
+    };
+    let began = tokio::time::Instant::now();
+    commands_tx
+        .send(buses::Request::Commission(Box::new(job)))
+        .await
+        .expect("bus task runs");
+    let a = answered.await.expect("answered");
+    let took = began.elapsed();
+    // 98 silent units at 300 ms each, with the polls between them.
+    assert!(took >= Duration::from_millis(98 * 300), "{took:?}");
+    assert_eq!(
+        a.error.as_ref().map(|(_, exit)| *exit),
+        Some(69),
+        "nobody answered: {a:?}"
+    );
+    let j = a.result.expect("the --json object");
+    assert_eq!(j["found"], json!([]));
+    assert_eq!(j["skipped"][1], json!({"unit": 2, "device": "u2"}));
+    trigger.trigger();
+    task.await.expect("bus task");
+    let reads = reads.lock().expect("lock").clone();
+    for u in [1u8, 2] {
+        let polls: Vec<tokio::time::Instant> = reads
+            .iter()
+            .filter(|(unit, at)| *unit == u && *at >= began && *at <= began + took)
+            .map(|(_, at)| *at)
+            .collect();
+        // One poll a second throughout the scan, each at most one silent try late.
+        assert!(
+            polls.len() as u128 >= took.as_millis() / 1000 - 1,
+            "unit {u}: {} polls in {took:?}",
+            polls.len()
+        );
+        for w in polls.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap <= Duration::from_millis(1000 + 300 + 20),
+                "unit {u}: {gap:?}"
+            );
+        }
+    }
+    for d in stats.devices().iter() {
+        assert_eq!(d.failed_polls.load(Relaxed), 0, "{}", d.id);
+    }
+    // The scan never asked the polled units.
+    let scanned: Vec<u8> = reads
+        .iter()
+        .filter(|(_, at)| *at >= began)
+        .map(|(u, _)| *u)
+        .filter(|u| *u > 2)
+        .collect();
+    assert_eq!(scanned, (3..=100).collect::<Vec<u8>>());
 }
