@@ -36,7 +36,8 @@
 //!   stopping).
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
 //! - [`commission`]: `fieldlink probe`, `scan` and `write`, for finding a device and its
-//!   registers from the command line.
+//!   registers from the command line: directly, or through the running gateway
+//!   (`<base>/bus/<id>/request`), whose bus task runs them between its polls.
 
 pub mod broker;
 pub mod buses;

@@ -78,7 +78,7 @@ pub struct ClientCommand {
 pub struct Requester {
     /// The client id.
     pub client_id: String,
-    /// The user name it logged in with.
+    /// The user name its login proved (none without a `users_file`).
     pub user: Option<String>,
     /// Where the answer goes: checked (a topic the client may publish on itself, none
     /// of the gateway's); `None`: nowhere.

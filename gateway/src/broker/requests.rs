@@ -47,7 +47,8 @@ pub(crate) fn check(policy: &Policy, s: &Session, p: &Publish) -> Option<Request
     }
     Some(Requester {
         client_id: client_id.to_string(),
-        user: s.id.username.as_deref().map(str::to_string),
+        // The user the login proved (none without a users file).
+        user: user.map(str::to_string),
         reply: reply_to(policy, user, client_id, p),
         refused,
     })

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use fieldlink_drivers::modbus::ModbusTransport;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     probe, scan,
@@ -76,8 +76,10 @@ pub(crate) fn receive(router: &Router, inbox: &Inbox, c: ClientCommand) {
     let Some(r) = c.request else {
         return;
     };
+    // Both at DEBUG: any client can send them (the refusals are counted as denied
+    // publishes).
     let Some(to) = r.reply else {
-        info!(client = ?r.client_id, user = ?r.user.as_deref().unwrap_or("-"), topic = ?c.topic, "Commissioning request without a response topic; ignored.");
+        debug!(client = ?r.client_id, user = ?r.user.as_deref().unwrap_or("-"), topic = ?c.topic, "Commissioning request without a response topic; ignored.");
         return;
     };
     let body = WireRequest::parse(&c.payload);
@@ -99,7 +101,7 @@ pub(crate) fn receive(router: &Router, inbox: &Inbox, c: ClientCommand) {
         info!(client = ?who.client, user = ?who.user.as_deref().unwrap_or("-"), topic = ?c.topic, reason = why, "Commissioning request refused.");
     };
     if let Some(why) = r.refused {
-        refused(why);
+        debug!(client = ?who.client, user = ?who.user.as_deref().unwrap_or("-"), topic = ?c.topic, reason = why, "Commissioning request not authorised.");
         return send(inbox, Answer::refused(why));
     }
     let (tx, rx) = oneshot::channel();
