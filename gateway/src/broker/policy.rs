@@ -120,15 +120,17 @@ impl Policy {
         }
     }
 
-    /// What `topic` is in the gateway's contract: whether it is a commissioning request,
-    /// and whether it is one of the gateway's names at all.
-    pub(crate) fn request_topic(&self, topic: &str) -> (bool, bool) {
-        let c = self.contract.get();
-        match c.classify(topic) {
-            Some(crate::topics::Role::BusRequest(_)) => (true, true),
-            Some(_) => (false, true),
-            None => (false, false),
-        }
+    /// Whether `topic` is a commissioning request topic (`<base>/bus/<id>/request`).
+    pub(crate) fn is_request(&self, topic: &str) -> bool {
+        matches!(
+            self.contract.get().classify(topic),
+            Some(crate::topics::Role::BusRequest(_))
+        )
+    }
+
+    /// Whether `topic` is one of the names of the gateway's topic contract.
+    pub(crate) fn is_gateway_name(&self, topic: &str) -> bool {
+        self.contract.get().classify(topic).is_some()
     }
 
     /// Whether a client's `payload` on `topic` would pass for one of the gateway's Home

@@ -32,8 +32,7 @@ struct Body {
 /// A publish on a commissioning request topic: who sent it, whether it may, and where
 /// the answer may go. `None`: not a request topic.
 pub(crate) fn check(policy: &Policy, s: &Session, p: &Publish) -> Option<Requester> {
-    let (request, _) = policy.request_topic(&p.topic);
-    if !request {
+    if !policy.is_request(&p.topic) {
         return None;
     }
     let client_id = &*s.id.client_id;
@@ -68,7 +67,7 @@ fn reply_to(policy: &Policy, user: Option<&str>, client_id: &str, p: &Publish) -
         }
     };
     let acceptable = topic_name_ok(&topic)
-        && !policy.request_topic(&topic).1
+        && !policy.is_gateway_name(&topic)
         && policy.may_publish(user, client_id, &topic);
     if !acceptable {
         tracing::debug!(client = ?client_id, topic = ?topic, "Response topic refused.");
@@ -119,11 +118,10 @@ mod tests {
     fn without_an_acl_file_only_loopback_clients_may_send_requests() {
         let p = policy(None);
         let t = "fieldlink/t/bus/b/request";
-        assert_eq!(p.request_topic(t), (true, true));
-        assert_eq!(
-            p.request_topic("fieldlink/t/bus/b/request/x"),
-            (false, false)
-        );
+        assert!(p.is_request(t) && p.is_gateway_name(t));
+        assert!(!p.is_request("fieldlink/t/bus/b/request/x"));
+        assert!(!p.is_gateway_name("fieldlink/t/bus/b/request/x"));
+        assert!(!p.is_request("casa/x") && p.is_gateway_name("casa/x"));
         for ok in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
             let a: SocketAddr = ok.parse().expect("addr");
             assert_eq!(p.may_request(None, "c", Some(a), t), Ok(()), "{ok}");

@@ -393,10 +393,9 @@ pub async fn probe(
     let bad = || CommissionError::Unavailable("the gateway's answer holds no reading".into());
     let mut last = result.as_ref().and_then(reading_of).ok_or_else(bad)?;
     let mut ticks = probe::Ticks::new(every);
-    let json_request = WireRequest { json: true, ..w };
     loop {
         let secs = ticks.next().await;
-        let answer = g.ask(&json_request, exchanges).await?;
+        let answer = g.ask(&w, exchanges).await?;
         if let Some((line, _)) = answer.error {
             eprintln!("+{secs:.1}s: {line}");
             continue;

@@ -8,9 +8,9 @@
 //! state. Reloads and Home Assistant's birth are followed as upstream (`follow.rs`).
 //! Commands and read requests clients publish on `<topic>/set` and `<topic>/get` arrive on
 //! the link after the broker's rights check, and so do commissioning requests
-//! (`<base>/bus/<id>/request`, answered by `commission::gateway`). At the end the task publishes `offline`
-//! (retained), waits until the broker routed it, and gives the broker's sessions a moment
-//! (50 ms) to write it.
+//! (`<base>/bus/<id>/request`, answered by `commission::gateway`). At the end the task
+//! publishes `offline` (retained), waits until the broker routed it, and gives the
+//! broker's sessions a moment (50 ms) to write it.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
