@@ -172,7 +172,7 @@ fn sample(s: &Value) -> Value {
     if let Some(v) = s.get("default").or_else(|| s["examples"].get(0)) {
         return v.clone();
     }
-    if let Some(c) = s.get("const") {
+    if let Some(c) = s.get("const").or_else(|| s["enum"].get(0)) {
         return c.clone();
     }
     for alt in ["oneOf", "anyOf"] {

@@ -10,14 +10,17 @@
 //!   the value itself, a duration such as `5s`, a size such as `64MiB`;
 //! - a key whose text names one default literal (``Default `1s`.``, `Default 3.`) gets it
 //!   as `default`, when the key's own schema accepts it;
+//! - a choice of names is an `enum` with `enumDescriptions` (each name's `///` text), which
+//!   editors show in completion while the hover shows the key's own text;
 //! - a bus's keys follow its `kind`, and keys that place a device or a point on one bus kind
 //!   exclude the keys of the others (`schema/kinds.rs`), as `check` does;
 //! - draft-07, which every version of the YAML language server (VS Code's Red Hat YAML
 //!   extension, Neovim's yamlls) understands; newer drafts only its newest versions.
 //!
-//! A key written as null (`port:` with nothing after it) is accepted as the parser accepts
-//! it: as if it were not there. So is a number or a boolean where text is expected
-//! (`model: 2000`): YAML reads it as text for a text key.
+//! The schemas refuse nothing the parser and `check` take (`tests/schema_rules.rs`): a key
+//! written as null (`port:` with nothing after it) is as if it were not there; a number or
+//! a boolean where text is expected (`model: 2000`) is read as text; a boolean may be
+//! written in YAML 1.1's words (`yes`, `off`).
 
 use std::borrow::Cow;
 
@@ -42,26 +45,27 @@ pub fn schema(name: &str) -> Option<Value> {
 
 /// The gateway file's schema.
 pub fn gateway() -> Value {
-    finish::<GatewayFile>("fieldlink gateway file", |_| {})
+    finish::<GatewayFile>(|_| {})
 }
 
 /// A mapping file's schema.
 pub fn mapping() -> Value {
-    finish::<MappingFile>("fieldlink mapping file", kinds::mapping)
+    finish::<MappingFile>(kinds::mapping)
 }
 
-/// The schema of `T`, titled, with the kind rules `kinds` adds, then tidied and given
-/// its defaults.
-fn finish<T: JsonSchema>(title: &str, kinds: fn(&mut Value)) -> Value {
+/// The schema of `T`, tidied and given its defaults, with the kind rules `kinds` adds.
+fn finish<T: JsonSchema>(kinds: fn(&mut Value)) -> Value {
     let settings = SchemaSettings::draft07().with(|s| s.inline_subschemas = true);
     let mut schema = settings
         .into_generator()
         .into_root_schema_for::<T>()
         .to_value();
+    // No `title`: the YAML language server would show it above every key's hover text.
     if let Some(o) = schema.as_object_mut() {
-        o.insert("title".into(), title.into());
+        o.remove("title");
     }
     each_schema(&mut schema, &mut |s| {
+        enum_names(s);
         tidy(s);
         doc_default(s);
     });
@@ -91,11 +95,60 @@ pub(super) fn each_schema(schema: &mut Value, f: &mut dyn FnMut(&mut Map<String,
     }
 }
 
+/// A choice of names (schemars: `oneOf` one `const` each, in an `anyOf` with null when
+/// optional) as `enum` with `enumDescriptions`: editors then show the key's own text on
+/// hover and each name's text in completion.
+fn enum_names(s: &mut Map<String, Value>) {
+    let names = |alts: Option<&Value>| -> Option<(Vec<Value>, Vec<Value>)> {
+        let alts = alts?.as_array()?;
+        alts.iter()
+            .map(|a| {
+                Some((
+                    a.get("const")?.clone(),
+                    a.get("description").cloned().unwrap_or_default(),
+                ))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|pairs| pairs.into_iter().unzip())
+    };
+    let null = serde_json::json!({ "type": "null" });
+    let (choice, nullable) = match s.get("anyOf").and_then(Value::as_array) {
+        Some(alts) if alts.len() == 2 && alts[1] == null => (names(alts[0].get("oneOf")), true),
+        _ => (names(s.get("oneOf")), false),
+    };
+    let Some((mut values, descriptions)) = choice else {
+        return;
+    };
+    s.remove("anyOf");
+    s.remove("oneOf");
+    if nullable {
+        values.push(Value::Null);
+    }
+    let ty = if nullable {
+        serde_json::json!(["string", "null"])
+    } else {
+        "string".into()
+    };
+    s.insert("type".into(), ty);
+    s.insert("enum".into(), values.into());
+    s.insert("enumDescriptions".into(), descriptions.into());
+}
+
 /// One paragraph per line in descriptions (editors wrap them themselves), no schemars
 /// `format`s (`int64`: not JSON Schema's), and text keys that take what YAML reads as text.
 fn tidy(s: &mut Map<String, Value>) {
     if let Some(Value::String(d)) = s.get_mut("description") {
         *d = unwrap_lines(d);
+    }
+    for d in s
+        .get_mut("enumDescriptions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Value::String(text) = d {
+            *text = unwrap_lines(text);
+        }
     }
     if s.get("format")
         .and_then(Value::as_str)

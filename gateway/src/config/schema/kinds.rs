@@ -159,7 +159,8 @@ fn refuse<'a, S: AsRef<str> + 'a>(
             let k = k.as_ref();
             (
                 k.to_string(),
-                json!({ "type": "null", "errorMessage": message(k) }),
+                // `doNotSuggest`: an editor offers the key only where it applies.
+                json!({ "type": "null", "errorMessage": message(k), "doNotSuggest": true }),
             )
         })
         .collect()
@@ -173,7 +174,10 @@ fn when_any<'a>(
 ) -> Value {
     let present: Vec<Value> = marks
         .iter()
-        .map(|m| json!({ "required": [m], "properties": { *m: { "not": { "type": "null" } } } }))
+        .map(|m| {
+            let not_null = json!({ "not": { "type": "null" }, "doNotSuggest": true });
+            json!({ "required": [m], "properties": { *m: not_null } })
+        })
         .collect();
     json!({
         "if": { "anyOf": present },
