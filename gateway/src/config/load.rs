@@ -111,7 +111,17 @@ pub fn check_sources(
     }
     let header = v.gateway(&Cx::new(&gw_file), &gw);
     v.parse_failed = files.len() - 1 != mappings.len();
-    let buses = v.mappings(&mappings, header.as_ref().map(|h| h.base_topic.as_str()));
+    let names = header.as_ref().map(|h| {
+        crate::topics::Topics::new(
+            &h.base_topic,
+            &h.id,
+            h.homeassistant
+                .as_ref()
+                .map(|ha| (ha.discovery_prefix.as_str(), ha.embedded, ha.upstream)),
+            h.mqtt.upstream.as_ref().map_or("", |u| u.prefix.as_str()),
+        )
+    });
+    let buses = v.mappings(&mappings, names.as_ref());
     // Report in file order, then by position.
     v.diags.sort_by_key(|d| {
         (
