@@ -4,7 +4,7 @@
 //!   ([`probe`]), `--watch` to see what changes, `--json`, `--yaml` draft points.
 //! - `fieldlink scan`: which unit ids answer, and what they say they are ([`scan`]).
 //! - `fieldlink write`: one value written exactly as a `/set` would, then read back
-//!   ([`write`]).
+//!   ([`mod@write`]).
 //!
 //! Each takes its transport as flags or as a configured bus ([`flags`], [`target`]). The
 //! work of each subcommand is one function over an already opened
