@@ -74,6 +74,14 @@ enum Command {
     Scan(fieldlink::commission::ScanArgs),
     /// Write one value as a `/set` on such a point would, and read it back.
     Write(fieldlink::commission::WriteArgs),
+    /// Print the JSON Schema of a file, for editors (README "Editor support").
+    Schema {
+        /// Which file.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(
+            config::schema::SCHEMAS.iter().map(|(name, _)| *name)
+        ))]
+        file: String,
+    },
 }
 
 /// The log filter when `RUST_LOG` is not set. rmqtt logs (through `log`) every ordinary
@@ -130,6 +138,17 @@ fn trim_heap() {
     fieldlink::trim_heap();
 }
 
+/// `fieldlink schema <file>`: the schema as pretty JSON on stdout.
+fn print_schema(file: &str) -> ExitCode {
+    match config::schema::schema(file) {
+        Some(schema) => {
+            println!("{schema:#}");
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(EX_USAGE as u8),
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::try_parse().unwrap_or_else(|e| {
@@ -151,6 +170,7 @@ fn main() -> ExitCode {
         Command::Scan(a) => commission(fieldlink::commission::Commission::Scan(a)),
         Command::Write(a) => commission(fieldlink::commission::Commission::Write(a)),
         Command::Check { config } => check(&config),
+        Command::Schema { file } => print_schema(&file),
         Command::Run { config } => {
             let checked = match config::load(&config) {
                 Ok(c) => c,

@@ -77,6 +77,10 @@ struct Register {
     #[serde(default)]
     length: Option<u16>,
     value: Json,
+    /// Why this register may hold the same value as another (two on/off registers: with 0
+    /// refused, both must hold 1). The others stay distinct.
+    #[serde(default)]
+    same_value_because: Option<String>,
 }
 
 /// One profile under test.
@@ -357,7 +361,7 @@ fn device(f: &Fixture) -> Result<std::sync::Arc<SimDevice>, Vec<String>> {
                         "fixture: {at} holds 0, what an unset register reads: use another value"
                     ));
                 }
-                if !t.is_bits() {
+                if !t.is_bits() && r.same_value_because.is_none() {
                     if let Some(other) = values.insert(r.value.to_string(), r.address) {
                         errs.push(format!(
                             "fixture: {at} holds {}, as {other} does: use distinct values",

@@ -264,7 +264,25 @@ async fn late_replies_are_never_published_as_another_requests_value() {
     });
     let gw = Gateway::start(model(&m, "")).await;
     let mut obs = Observer::connect(gw.broker_port(), "late/#", QoS::AtMostOnce).await;
-    let msgs = obs.collect(Duration::from_secs(6)).await;
+    // Until both points were read often enough to tell and replies timed out often enough
+    // (a loaded machine reads the second one less often: a timeout on the first read ends
+    // the cycle), at most 30 s.
+    let (mut seen_a, mut seen_b) = (0, 0);
+    let msgs = obs
+        .collect_until(
+            |m| {
+                if m.topic == "late/a" {
+                    seen_a += 1;
+                } else {
+                    seen_b += 1;
+                }
+                seen_a >= 5
+                    && seen_b >= 5
+                    && gw.stats.devices()[0].request_errors.load(Relaxed) >= 5
+            },
+            Duration::from_secs(30),
+        )
+        .await;
     changer.abort();
     let timeouts = gw.stats.devices()[0].request_errors.load(Relaxed);
     gw.stop().await;

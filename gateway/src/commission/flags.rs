@@ -13,6 +13,8 @@ use super::{
 use crate::model::Model;
 
 /// The transport flags every commissioning subcommand takes.
+// `HOST[:PORT]` in the field docs is the `--help` text, not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TransportArgs {
     /// Modbus TCP: the device or Modbus gateway at `HOST[:PORT]` (port 502 by default).

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{ByteSize, HumanDuration, OneOrMany, Spanned};
 
 /// The gateway file (`--config`, default `/etc/fieldlink/gateway.yaml`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
     /// Gateway id (letters, digits, `-`, `_`): names the gateway in topics and client ids.
@@ -45,10 +45,10 @@ pub struct GatewayFile {
 }
 
 /// `mqtt:` section of the gateway file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttFile {
-    /// The embedded broker (rumqttd), on by default.
+    /// The embedded broker, on by default.
     #[serde(default)]
     pub embedded: EmbeddedFile,
     /// The gateway's client id on the embedded broker: reserved (no client may take it)
@@ -67,7 +67,7 @@ pub struct MqttFile {
 }
 
 /// `mqtt.upstream:` section: the broker the gateway bridges to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     /// `mqtt://host:port` (plain) or `mqtts://host:port` (TLS). Default ports 1883 and 8883.
@@ -104,6 +104,7 @@ pub struct UpstreamFile {
     /// once written to the socket (no delivery guarantee). QoS 2 is not offered: delivery is
     /// at least once, with the queue resending what was not acknowledged.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
     pub qos: Option<Spanned<i64>>,
     /// Put in front of every topic upstream, e.g. `sites/casa/`, so many gateways share one
     /// broker. Default: none.
@@ -118,7 +119,7 @@ pub struct UpstreamFile {
 }
 
 /// `mqtt.upstream.queue:` section.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueFile {
     /// Directory of the queue. Default `<state_dir>/upstream-queue`.
@@ -136,11 +137,12 @@ pub struct QueueFile {
     /// Messages per second sent while catching up after an outage; `0` for no limit.
     /// Default 1000.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 1000000))]
     pub replay_rate: Option<Spanned<i64>>,
 }
 
 /// `mqtt.embedded:` section.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedFile {
     /// Run the embedded broker. Default `true`.
@@ -152,6 +154,7 @@ pub struct EmbeddedFile {
     pub listen: Option<Spanned<String>>,
     /// Maximum simultaneous client connections. Default 32.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10000))]
     pub max_connections: Option<Spanned<u32>>,
     /// Users who may log in: a password file in Mosquitto's format, made with
     /// `mosquitto_passwd -c /etc/fieldlink/users <user>`; relative to the gateway file.
@@ -179,11 +182,13 @@ pub struct EmbeddedFile {
     /// filter the client has does not count again. Default 10000: a Home Assistant with
     /// 2000 entities subscribes to a few topics each.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_subscriptions: Option<Spanned<u32>>,
     /// Most subscriptions all clients together may hold, offline persistent sessions
     /// included; beyond it SUBSCRIBE entries are refused as above. At least
     /// `max_subscriptions`. Default 20000 (or `max_subscriptions`, when that is higher).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_subscriptions_total: Option<Spanned<u32>>,
     // The connection front (issue #21): bounds before CONNECT and on packets.
     /// Longest a client may take from its TCP connect to a complete CONNECT packet, the
@@ -195,22 +200,26 @@ pub struct EmbeddedFile {
     /// their CONNECT; one more is closed at once (`broker.connecting_refused`), so one
     /// host cannot hold the broker's slots. 1–1024, default 8.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1024))]
     pub max_connecting_per_address: Option<Spanned<u32>>,
     /// Connections from all addresses that have not yet completed their CONNECT; one
     /// more is closed at once. 1–1024, default 64.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1024))]
     pub max_connecting: Option<Spanned<u32>>,
     /// Largest MQTT packet a client may send, in bytes, fixed header included (as
     /// Mosquitto's `max_packet_size`); a bigger one closes the connection before it is
     /// read (MQTT 5: DISCONNECT 0x95, and the CONNACK announces the limit).
     /// 1024–16777216, default 262144 (256 KiB).
     #[serde(default)]
+    #[schemars(range(min = 1024, max = 16777216))]
     pub max_packet_size: Option<Spanned<u32>>,
     // Issue #21: what is held for offline clients, and kept across restarts.
     /// Messages held for one offline persistent session (`clean session` off), in flight
     /// included, as Mosquitto's `max_queued_messages`. Beyond it a QoS 0 message is
     /// dropped and a QoS 1 or 2 message makes room by dropping the oldest. Default `1000`.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 100000))]
     pub max_queued_messages: Option<Spanned<u32>>,
     /// Bytes (topic, payload and properties) held for one offline persistent session, as
     /// Mosquitto's `max_queued_bytes`; same policy. Default `1MiB`.
@@ -233,7 +242,7 @@ pub struct EmbeddedFile {
 }
 
 /// `mqtt.embedded.tls:` section.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedTlsFile {
     /// Address of the TLS listener, e.g. `0.0.0.0:8883`.

@@ -8,7 +8,7 @@ use super::{at, BusFile, Cx, PointFile, TypeName, Validator};
 use crate::model::{BusKind, GpioBackendKind, GpioMode, GpioPoint, OnShutdown, Pull};
 
 /// GPIO controller.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GpioBackendName {
     /// A Raspberry Pi through rppal (every model, Pi 5 included).
@@ -18,7 +18,7 @@ pub enum GpioBackendName {
 }
 
 /// Direction of a GPIO point.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GpioModeName {
     /// Read the line; publish its debounced changes.
@@ -28,7 +28,7 @@ pub enum GpioModeName {
 }
 
 /// Pull resistor of a GPIO input.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PullName {
     /// Internal pull-up.
@@ -40,7 +40,7 @@ pub enum PullName {
 }
 
 /// State of a GPIO output when the gateway stops.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnShutdownName {
     /// Leave as it is.

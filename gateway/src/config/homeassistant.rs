@@ -12,7 +12,7 @@ use crate::{
 
 /// `homeassistant:` in the gateway file: MQTT discovery, so that every point appears in
 /// Home Assistant as an entity without any YAML there.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HomeAssistantFile {
     /// Publish discovery configs on the embedded broker. Default `true` (with the embedded
@@ -31,7 +31,7 @@ pub struct HomeAssistantFile {
 }
 
 /// The component (entity platform) of a point in Home Assistant.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ComponentName {
     /// A value to read (numbers, text, or one of several names).
@@ -51,7 +51,7 @@ pub enum ComponentName {
 }
 
 /// The entity category of a point in Home Assistant.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityCategoryName {
     /// A setting of the device.
@@ -61,7 +61,7 @@ pub enum EntityCategoryName {
 }
 
 /// The state class of a sensor (long-term statistics in Home Assistant).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StateClassName {
     /// A value at a moment (a temperature).
@@ -73,7 +73,7 @@ pub enum StateClassName {
 }
 
 /// `homeassistant:` of a device: how it shows in Home Assistant.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceHaFile {
     /// The device's name in Home Assistant. Default: the device id.
@@ -91,7 +91,7 @@ pub struct DeviceHaFile {
 }
 
 /// `homeassistant:` of a point: overrides of what discovery derives from the point.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointHaFile {
     /// The entity's name (shown after the device's name). Default: the last level of the

@@ -10,7 +10,7 @@ use super::{
 };
 
 /// A mapping file: buses and the devices on them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
     /// Buses: one task owns each (a TCP endpoint, a serial port, a GPIO controller).
@@ -22,7 +22,7 @@ pub struct MappingFile {
 }
 
 /// The kind of a bus.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BusKindName {
     /// Modbus TCP: `host`, `port`, `timeout`, `frame_delay`, `connect_delay`.
@@ -42,7 +42,7 @@ pub enum BusKindName {
 }
 
 /// One bus.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BusFile {
     /// Bus id, referenced by `devices[].bus`.
@@ -56,6 +56,7 @@ pub struct BusFile {
     /// TCP port (modbus_tcp, modbus_rtu_over_tcp). Default 502; converters often use
     /// another (USR-TCP232 and Waveshare: 8887 or 4196, Elfin EW11: 8899): see its page.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<Spanned<u16>>,
     /// Timeout of one request (and of connecting). Default `1s`. On a uart bus: how long
     /// a polled device has to answer its `query`, and the default `ack_timeout`.
@@ -70,15 +71,18 @@ pub struct BusFile {
     pub path: Option<Spanned<String>>,
     /// Baud rate (modbus_rtu, uart). Default 9600.
     #[serde(default)]
+    #[schemars(range(min = 300, max = 4000000))]
     pub baud: Option<Spanned<i64>>,
     /// Parity (modbus_rtu, uart): `none` (default), `even` or `odd`.
     #[serde(default)]
     pub parity: Option<Spanned<ParityName>>,
     /// Data bits (modbus_rtu, uart), 7 or 8. Default 8.
     #[serde(default)]
+    #[schemars(range(min = 7, max = 8))]
     pub data_bits: Option<Spanned<i64>>,
     /// Stop bits (modbus_rtu, uart), 1 or 2. Default 1.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 2))]
     pub stop_bits: Option<Spanned<i64>>,
     /// Extra silence between frames on top of the 3.5 character times (modbus_rtu), for
     /// slow devices or RS-485 adapters that switch direction late; on modbus_rtu_over_tcp
@@ -100,11 +104,12 @@ pub struct BusFile {
     /// Longest line in bytes (uart), 1–65536; longer lines are dropped and counted.
     /// Default 256.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 65536))]
     pub max_line: Option<Spanned<i64>>,
 }
 
 /// One device.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceFile {
     /// Device id: letters, digits, `-`, `_`; used in `<base>/<device>/availability`.
@@ -115,6 +120,7 @@ pub struct DeviceFile {
     /// (0 is broadcast on a serial line), 0–255 on `modbus_tcp` (some inverters and
     /// their dongles answer only 0 or 255). Default 1.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 255))]
     pub unit: Option<Spanned<i64>>,
     /// Time between the starts of two polls. Default `1s`. On a uart device without
     /// `query`: the period the device sends at (it is `offline` after `offline_after`
@@ -124,10 +130,12 @@ pub struct DeviceFile {
     pub poll_interval: Option<Spanned<HumanDuration>>,
     /// Consecutive failed polls after which the device is published `offline`. Default 3.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
     pub offline_after: Option<Spanned<i64>>,
     /// Largest gap (registers or bits) the read planner bridges to merge two reads.
     /// Default 8; 0 merges only contiguous points.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 124))]
     pub max_gap: Option<Spanned<i64>>,
     /// Always write with FC16/FC15, even a single register or coil (for devices that do
     /// not implement FC06/FC05). Default `false`.
@@ -137,10 +145,12 @@ pub struct DeviceFile {
     /// protocol's limit; lower it for devices that answer exception 03 or time out
     /// beyond some count.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 125))]
     pub max_read_registers: Option<Spanned<i64>>,
     /// Most coils or discrete inputs one read may ask for, 1–2000 (Modbus devices).
     /// Default 2000.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 2000))]
     pub max_read_bits: Option<Spanned<i64>>,
     /// Longest wait between two polls of an offline device: the retry interval doubles
     /// from `poll_interval` up to this. Default `60s`.
@@ -172,7 +182,7 @@ pub struct DeviceFile {
 }
 
 /// Value type of a point.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TypeName {
     /// One bit.
@@ -198,7 +208,7 @@ pub enum TypeName {
 }
 
 /// Payload format.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadName {
     /// The bare value: `23.4`.
@@ -208,7 +218,7 @@ pub enum PayloadName {
 }
 
 /// When a value is published.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PublishName {
     /// Only when the value changed (by more than `deadband`).
@@ -218,7 +228,7 @@ pub enum PublishName {
 }
 
 /// One point: a value on the device mapped to one MQTT topic.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointFile {
     /// MQTT topic, taken exactly as written (`casa/terreo/temperatura`).
@@ -228,9 +238,11 @@ pub struct PointFile {
     pub table: Option<Spanned<TableName>>,
     /// Modbus: register (or bit) address, 0-based as on the wire.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 65535))]
     pub address: Option<Spanned<i64>>,
     /// GPIO: BCM pin number (`GPIO17` is `pin: 17`, physical header pin 11), 0–27.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 27))]
     pub pin: Option<Spanned<i64>>,
     /// GPIO: `input` (default) or `output`.
     #[serde(default)]
@@ -262,12 +274,14 @@ pub struct PointFile {
     pub ty: Option<Spanned<TypeName>>,
     /// Length in bytes of a `string` (on UART points: the longest accepted, default 255).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 65535))]
     pub length: Option<Spanned<i64>>,
     /// `ABCD` (default), `CDAB`, `BADC` or `DCBA`.
     #[serde(default)]
     pub word_order: Option<Spanned<OrderName>>,
     /// For `bool` on a register: the bit (0 = least significant … 15).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 15))]
     pub bit: Option<Spanned<i64>>,
     /// Multiplier applied to the raw value. Default 1.
     #[serde(default)]
@@ -277,6 +291,7 @@ pub struct PointFile {
     pub offset: Option<Spanned<f64>>,
     /// Decimal places of the published value (rounded). Default: as computed.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 12))]
     pub precision: Option<Spanned<i64>>,
     /// Unit, shown in JSON payloads and Home Assistant (`°C`, `%`, `kWh`).
     #[serde(default)]
@@ -286,6 +301,7 @@ pub struct PointFile {
     pub retain: Option<Spanned<bool>>,
     /// MQTT QoS of the value, 0–2. Default 0.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 2))]
     pub qos: Option<Spanned<i64>>,
     /// `plain` (default) or `json`.
     #[serde(default)]
@@ -293,7 +309,7 @@ pub struct PointFile {
     /// `on_change` (default) or `every_poll`.
     #[serde(default)]
     pub publish: Option<Spanned<PublishName>>,
-    /// With `on_change`: publish only when the value moved by more than this.
+    /// With `on_change`: publish only when the value moved by more than this. Default 0.
     #[serde(default)]
     pub deadband: Option<Spanned<f64>>,
     /// Republish an unchanged value at least this often (`5m`).
@@ -349,6 +365,7 @@ pub struct PointFile {
     /// `word_order` (a `bit` point reads, changes and writes back this register). The
     /// value is still polled, and read back after the write, at `address`.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 65535))]
     pub write_address: Option<Spanned<i64>>,
     /// Modbus `holding` or `coil` point that is only written, never read (registers that
     /// read back as 0 or not at all): it is never polled and has no read-back; after the
@@ -375,7 +392,7 @@ pub struct PointFile {
 }
 
 /// A value in a `values:` map: a number or a boolean.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum MapValue {
     /// `true`/`false`.

@@ -34,6 +34,7 @@
 //! | `writes.rs` | how a point is written: `write_address`, `write_only`, `rewrite_every` |
 //! | `homeassistant.rs` | `homeassistant:` of the gateway file, of a device and of a point |
 //! | `cadence.rs` | a point's own `poll_interval` |
+//! | `schema.rs` | JSON Schemas of both files, derived from their structs (`fieldlink schema`) |
 //!
 //! A new bus kind gets its own file next to `modbus.rs`, `uart.rs` and `gpio.rs`, plus its
 //! keys in [`BusFile`]/[`PointFile`] and a line in the dispatch of `mapping.rs`/`point.rs`.
@@ -55,6 +56,7 @@ mod mapping_file;
 mod modbus;
 mod parse;
 mod point;
+pub mod schema;
 mod serial;
 mod uart;
 mod upstream;

@@ -12,7 +12,7 @@ use super::{
 use crate::model::{BusKind, ModbusPoint, Point, Source, Table, ValueType, WordOrder};
 
 /// Modbus table of a point.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TableName {
     /// Holding registers (FC03).
@@ -26,7 +26,7 @@ pub enum TableName {
 }
 
 /// Word order.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub enum OrderName {
     /// Big-endian (the Modbus default).
     #[serde(rename = "ABCD")]

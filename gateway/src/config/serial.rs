@@ -6,7 +6,7 @@ use super::{at, BusFile, Cx, Validator};
 use crate::model::{Parity, SerialSettings};
 
 /// Parity of a serial line.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParityName {
     /// No parity bit.

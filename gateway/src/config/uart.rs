@@ -12,7 +12,7 @@ use super::{
 use crate::model::{BusKind, Parser, UartCommand, UartDevice, UartPoint, ValueType};
 
 /// `parser:` of a uart device.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParserFile {
     /// `key_value` (`T=23.4;H=51.2`), `regex` (named groups) or `json` (field paths).
@@ -30,7 +30,7 @@ pub struct ParserFile {
 }
 
 /// Kind of a line parser.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParserKindName {
     /// `T=23.4;H=51.2`.
@@ -42,7 +42,7 @@ pub enum ParserKindName {
 }
 
 /// A fixed template field: text, a number or a boolean.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ParamValue {
     /// `true`/`false`.

@@ -66,7 +66,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 /// One value or a list of them (`mappings: casa.yaml` or `mappings: [a.yaml, b.yaml]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     /// A single value.
