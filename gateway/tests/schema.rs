@@ -250,6 +250,7 @@ const REJECTED_BY_THE_SCHEMA: &[&str] = &[
     "60-point-poll-interval",
     "61-point-poll-interval-garbage",
     "64-write-address-errors",
+    "85-commissioning-not-a-bool",
 ];
 
 #[test]

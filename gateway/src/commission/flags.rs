@@ -17,11 +17,11 @@ use crate::model::Model;
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TransportArgs {
-    /// Modbus TCP: the device or Modbus gateway at `HOST[:PORT]` (port 502 by default).
+    /// Modbus TCP: the device or Modbus gateway at HOST[:PORT] (port 502 by default).
     #[arg(long, value_name = "HOST[:PORT]", help_heading = "Transport")]
     pub tcp: Option<String>,
     /// Modbus RTU frames through a serial-to-Ethernet converter in transparent mode at
-    /// `HOST[:PORT]` (port 502 by default; its setup page says which).
+    /// HOST[:PORT] (port 502 by default; its setup page says which).
     #[arg(long, value_name = "HOST[:PORT]", help_heading = "Transport")]
     pub rtu_over_tcp: Option<String>,
     /// Modbus RTU on this serial port (`/dev/ttyUSB0`).
