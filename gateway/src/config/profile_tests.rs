@@ -155,7 +155,6 @@ devices:
         [
             "m.yaml:7:19: devices[0].topic_prefix: `topic_prefix` applies to a device with a `profile`; add `profile: <name>` (`fieldlink profiles` lists them), or remove the key",
             "m.yaml:8:15: devices[0].exclude: `exclude` applies to a device with a `profile`; add `profile: <name>` (`fieldlink profiles` lists them), or remove the key",
-            "m.yaml:10:9: devices[1].points: warning: device `c` has no points",
             "m.yaml:12:14: devices[1].profile: profile `acme-pm10` describes a Modbus device; bus `s` is a uart bus; put the device on a modbus_tcp, modbus_rtu or modbus_rtu_over_tcp bus",
         ]
     );
@@ -241,4 +240,31 @@ devices:
         ]
     );
     let _ = (dir, dir2);
+}
+
+#[test]
+fn a_user_profile_replaces_a_shipped_one_with_a_warning() {
+    use super::{profiles::Library, Cx, GatewayFile, Validator};
+    static SHIPPED: &[(&str, &str)] = &[(
+        "acme-pm10",
+        "profile: { name: acme-pm10, manufacturer: Acme, model: PM10, kind: energy_meter }\n",
+    )];
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("mine")).expect("mkdir");
+    let file = dir.path().join("mine/acme-pm10.yaml");
+    std::fs::write(&file, PROFILE).expect("write");
+    let gw_path = dir.path().join("gateway.yaml");
+    let gw: GatewayFile =
+        parse_yaml("id: t\nmappings: m.yaml\nprofiles: [mine]\n").expect("gateway file");
+    let mut v = Validator::default();
+    let (mut lib, files) = v.profiles_over(Library::from_table(SHIPPED), &Cx::new(&gw_path), &gw);
+    assert_eq!(files, std::slice::from_ref(&file));
+    assert_eq!(
+        lines(&v.diags, dir.path()),
+        ["mine/acme-pm10.yaml:2:9: profile.name: warning: replaces the shipped profile `acme-pm10`"]
+    );
+    // The user's is the one used: it has points, the shipped one none.
+    let p = lib.get(&mut v, "acme-pm10").expect("profile");
+    assert_eq!(p.path, file);
+    assert_eq!(p.file.as_ref().map(|f| f.points.len()), Some(3));
 }

@@ -54,7 +54,12 @@ fn shipped_path(name: &str) -> PathBuf {
 impl Library {
     /// The shipped profiles, not parsed yet.
     fn shipped() -> Library {
-        let profiles = SHIPPED
+        Library::from_table(SHIPPED)
+    }
+
+    /// The profiles of a table of (name, text), as shipped ones.
+    pub(super) fn from_table(table: &'static [(&'static str, &'static str)]) -> Library {
+        let profiles = table
             .iter()
             .map(|(name, text)| {
                 let p = Profile {
@@ -103,7 +108,16 @@ impl Validator {
     /// directories (`cx` is the gateway file). Returns the library and the user's
     /// profile files read.
     pub(super) fn profiles(&mut self, cx: &Cx, gw: &GatewayFile) -> (Library, Vec<PathBuf>) {
-        let mut lib = Library::shipped();
+        self.profiles_over(Library::shipped(), cx, gw)
+    }
+
+    /// [`Validator::profiles`] over the shipped profiles of `lib`.
+    pub(super) fn profiles_over(
+        &mut self,
+        mut lib: Library,
+        cx: &Cx,
+        gw: &GatewayFile,
+    ) -> (Library, Vec<PathBuf>) {
         let mut files = Vec::new();
         let Some(dirs) = &gw.profiles else {
             return (lib, files);
