@@ -64,6 +64,7 @@ pub use model::Model;
 pub use publish::Outgoing;
 pub use runtime::{run, run_with, run_with_stats, Hooks, Loader, Reloads, RunError};
 pub use shutdown::{Shutdown, ShutdownTrigger};
+pub use topics::Topics;
 
 /// Return freed heap pages to the kernel (glibc keeps them otherwise): after loading a
 /// large configuration, and after the embedded broker served a burst of connections.

@@ -198,6 +198,11 @@ pub struct PointState {
 }
 
 impl PointState {
+    /// The reading last published, if any.
+    pub fn last(&self) -> Option<&Reading> {
+        self.last.as_ref().map(|(r, _)| r)
+    }
+
     /// Decide whether `r` is published now; records it when it is.
     pub fn should_publish(&mut self, point: &Point, r: &Reading, now: Instant) -> bool {
         let publish = match &self.last {

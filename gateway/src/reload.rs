@@ -330,7 +330,8 @@ fn bus_same(a: &Bus, b: &Bus) -> bool {
 }
 
 /// What a reload removed: `offline` for every removed device (retained) and an empty
-/// retained message on every point topic that is gone (which clears it in a broker).
+/// retained message on every point topic and device JSON topic that is gone (which
+/// clears it in a broker).
 fn clear(old: &Model, new: &Model, removed: &[String]) -> Batch {
     let topics: HashSet<&str> = new
         .points()
@@ -341,6 +342,23 @@ fn clear(old: &Model, new: &Model, removed: &[String]) -> Batch {
         .iter()
         .map(|id| buses::availability(&old.availability_topic(id), false))
         .collect();
+    // A device JSON topic that is gone (its device removed, or another topic).
+    let json: HashSet<&str> = new
+        .devices()
+        .filter_map(|d| d.json_topic.as_deref())
+        .collect();
+    for t in old.devices().filter_map(|d| d.json_topic.as_deref()) {
+        if !json.contains(t) && !topics.contains(t) {
+            info!(topic = %t, "Retained topic cleared.");
+            out.push(Outgoing {
+                topic: t.to_string(),
+                payload: Vec::new(),
+                retain: true,
+                qos: 1,
+                slot: None,
+            });
+        }
+    }
     // A retained topic that is gone, or no longer retained.
     for p in old
         .points()

@@ -226,29 +226,39 @@ fn start_mqtt(
         .as_ref()
         .filter(|u| u.accept_commands)
         .map(|_| router.clone());
+    // One retained state for both sides.
+    let retained = mqtt::Retained::new(model);
     let up_current = current.clone();
-    let embedded =
-        |rx, link| tokio::spawn(mqtt::run_client(current, rx, stats.clone(), router, link));
-    let upstream = |rx, spool| {
-        tokio::spawn(mqtt::upstream::run_logged(
-            model.clone(),
-            spool,
-            rx,
+    let embedded = |intake, link| {
+        tokio::spawn(mqtt::run_client(
+            current,
+            retained.clone(),
+            intake,
             stats.clone(),
-            upstream_router,
-            Some(up_current),
+            router,
+            link,
         ))
     };
+    let upstream = |intake, spool| {
+        tokio::spawn(mqtt::upstream::run_logged(
+            (model.clone(), Some(up_current)),
+            spool,
+            (intake, retained.clone()),
+            stats.clone(),
+            upstream_router,
+        ))
+    };
+    let direct = |rx| mqtt::Intake::Direct(rx, retained.clone());
     match (link, spool) {
-        (Some(link), None) => vec![embedded(rx, link)],
-        (None, Some(spool)) => vec![upstream(rx, spool)],
+        (Some(link), None) => vec![embedded(direct(rx), link)],
+        (None, Some(spool)) => vec![upstream(direct(rx), spool)],
         (Some(link), Some(spool)) => {
             let (etx, erx) = mpsc::channel(OUT_CAPACITY);
             let (utx, urx) = mpsc::channel(OUT_CAPACITY);
             vec![
-                tokio::spawn(mqtt::fanout(rx, etx, utx)),
-                embedded(erx, link),
-                upstream(urx, spool),
+                tokio::spawn(mqtt::fanout(rx, retained.clone(), etx, utx)),
+                embedded(mqtt::Intake::Fanned(erx), link),
+                upstream(mqtt::Intake::Fanned(urx), spool),
             ]
         }
         // Validation requires a destination; drain so the buses never block.

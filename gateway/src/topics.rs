@@ -1,12 +1,18 @@
-//! MQTT topic rules: what a point topic may look like, and the topic contract of a model
-//! (which topics only the gateway publishes, which `<topic>/set` carry commands and which
-//! `<topic>/get` read requests, and where each goes), computed in one place for the
-//! broker's rights check and the command router.
+//! MQTT topic rules and the topic contract: what a point topic may look like; every name
+//! the gateway publishes or accepts, built in one place ([`Topics`], in `names.rs`); and
+//! the contract of a model (which topics only the gateway publishes, which `<topic>/set`
+//! carry commands and which `<topic>/get` read requests, and where each goes), computed
+//! in one place for the broker's rights check and the command router.
+
+mod names;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
 };
+
+pub use names::Topics;
+pub(crate) use names::{Below, Known, Role};
 
 use crate::model::Model;
 
@@ -26,9 +32,14 @@ pub(crate) struct PointRef {
 /// The topic contract of a model.
 #[derive(Debug, Default)]
 pub(crate) struct Contract {
-    /// Topics only the gateway publishes besides the points' ([`Contract::points`]): their
-    /// `/set/result`, status, availability and diagnostics.
-    pub(crate) protected: HashSet<String>,
+    /// The names of the gateway's topics.
+    pub(crate) topics: Topics,
+    /// Every point topic (the names below one follow from it: [`Topics::classify`]).
+    pub(crate) points: HashSet<String>,
+    /// Every device id.
+    pub(crate) devices: HashSet<String>,
+    /// The devices' JSON topics, and whose each is.
+    pub(crate) json: HashMap<String, String>,
     /// `<topic>/set` of every writable point, and its point.
     pub(crate) commands: HashMap<String, PointRef>,
     /// Other topics whose publishes the gateway hears: Home Assistant's
@@ -36,25 +47,48 @@ pub(crate) struct Contract {
     pub(crate) heard: HashSet<String>,
     /// The gateway's discovery configs, `<prefix>/<component>/<these>…/config`: the
     /// prefix with its `/`, and `fieldlink_<gateway id>_` (a pattern, not a list: at
-    /// 10 000 points a list of topics would cost a megabyte).
+    /// 10 000 points a list of topics would cost a megabyte). With discovery on the
+    /// embedded broker only.
     pub(crate) discovery: Option<(String, String)>,
-    // Reads on demand (issue #23).
-    /// The topic of every point: only the gateway publishes on it and on its
-    /// `<topic>/get/result`, and its `<topic>/get` is a read request ([`Contract::reads`]).
-    /// Kept once, not as three topics a point: at 10 000 points those would cost 2.6 MB.
-    pub(crate) points: HashSet<String>,
+}
+
+impl Known for Contract {
+    fn is_point(&self, topic: &str) -> bool {
+        self.points.contains(topic)
+    }
+
+    fn json_of(&self, topic: &str) -> Option<&str> {
+        self.json.get(topic).map(String::as_str)
+    }
+
+    fn device(&self, id: &str) -> Option<&str> {
+        self.devices.get(id).map(String::as_str)
+    }
 }
 
 impl Contract {
     /// The contract of `model`.
     pub(crate) fn new(model: &Model) -> Contract {
-        let mut c = Contract::default();
+        let topics = Topics::of(model);
+        let mut c = Contract {
+            heard: topics.ha_status_embedded().into_iter().collect(),
+            discovery: topics.ha_status_embedded().and_then(|_| {
+                Some((
+                    format!("{}/", topics.discovery_prefix()?),
+                    topics.discovery_ids().to_string(),
+                ))
+            }),
+            topics,
+            points: HashSet::new(),
+            devices: HashSet::new(),
+            json: HashMap::new(),
+            commands: HashMap::new(),
+        };
         let mut stats_index = 0;
         for (b, bus) in model.buses.iter().enumerate() {
             for (d, dev) in bus.devices.iter().enumerate() {
                 for (p, point) in dev.points.iter().enumerate() {
                     c.points.insert(point.topic.clone());
-                    c.protected.insert(point.result_topic());
                     if point.writable {
                         let at = PointRef {
                             bus: b,
@@ -62,46 +96,37 @@ impl Contract {
                             point: p,
                             stats_index,
                         };
-                        c.commands.insert(point.set_topic(), at);
+                        c.commands.insert(Topics::set(&point.topic), at);
                     }
                 }
-                c.protected.insert(model.availability_topic(&dev.id));
+                c.devices.insert(dev.id.clone());
+                if let Some(t) = &dev.json_topic {
+                    c.json.insert(t.clone(), dev.id.clone());
+                }
                 stats_index += 1;
             }
-        }
-        c.protected.insert(model.status_topic());
-        c.protected.insert(model.diagnostics_topic());
-        if let Some(ha) = model.homeassistant.as_ref().filter(|h| h.embedded) {
-            c.heard.insert(format!("{}/status", ha.discovery_prefix));
-            c.discovery = Some((
-                format!("{}/", ha.discovery_prefix),
-                format!("fieldlink_{}_", model.gateway_id),
-            ));
         }
         c
     }
 
-    /// Whether only the gateway may publish on `topic`: its own topics, and its
-    /// discovery configs (nobody else may replace or clear them), in both forms Home
-    /// Assistant reads, `<prefix>/<component>/<object_id>/config` and
+    /// What `topic` is in this contract ([`Topics::classify`]).
+    pub(crate) fn classify<'a>(&'a self, topic: &'a str) -> Option<Role<'a>> {
+        self.topics.classify(topic, self)
+    }
+
+    /// Whether only the gateway may publish on `topic`: its own topics (points, their
+    /// `/set/result` and `/get/result`, status, availability, diagnostics, the devices'
+    /// JSON objects), and its discovery configs (nobody else may replace or clear them),
+    /// in both forms Home Assistant reads, `<prefix>/<component>/<object_id>/config` and
     /// `<prefix>/<component>/<node_id>/<object_id>/config`: a node or object id that
     /// starts with the gateway's `fieldlink_<id>_`. (A config elsewhere that carries the
     /// gateway's ids in its payload is refused by `broker::discovery`.)
     pub(crate) fn protects(&self, topic: &str) -> bool {
-        if self.protected.contains(topic) || self.points.contains(topic) {
-            return true;
+        match self.classify(topic) {
+            Some(Role::DiscoveryConfig) => self.discovery.is_some(),
+            Some(role) => role.published(),
+            None => false,
         }
-        if self.point_of(topic, "/get/result").is_some() {
-            return true;
-        }
-        let Some((prefix, id)) = &self.discovery else {
-            return false;
-        };
-        topic
-            .strip_prefix(prefix.as_str())
-            .and_then(|rest| rest.strip_suffix("/config"))
-            .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(_, ids)| ids.split('/').any(|l| l.starts_with(id.as_str())))
     }
 }
 
@@ -109,14 +134,7 @@ impl Contract {
 impl Contract {
     /// Whether `topic` is the `<topic>/get` of a point: a read request.
     pub(crate) fn reads(&self, topic: &str) -> bool {
-        self.point_of(topic, "/get").is_some()
-    }
-
-    /// The point topic `topic` is `<point topic><suffix>` of.
-    fn point_of<'a>(&self, topic: &'a str, suffix: &str) -> Option<&'a str> {
-        topic
-            .strip_suffix(suffix)
-            .filter(|t| self.points.contains(*t))
+        matches!(self.classify(topic), Some(Role::Below(Below::Get, _)))
     }
 }
 
@@ -239,6 +257,11 @@ pub fn check_topic(topic: &str) -> Result<Option<String>, String> {
     Ok(None)
 }
 
+/// The last level of `topic` (`casa/sala/temperatura` → `temperatura`).
+pub fn last_level(topic: &str) -> &str {
+    topic.rsplit('/').next().unwrap_or(topic)
+}
+
 /// True when `s` is usable as one topic level and an id (`[A-Za-z0-9_-]+`).
 pub fn is_id(s: &str) -> bool {
     !s.is_empty()
@@ -291,9 +314,79 @@ mod tests {
             assert!(c.protects(t), "{t}");
         }
         let m = &checked.model;
-        assert!(c.protected.contains(&m.availability_topic("d2")));
-        assert!(c.protected.contains(&m.status_topic()));
-        assert!(!c.protected.contains("casa/b/set"));
+        assert!(c.protects(&m.availability_topic("d2")));
+        assert!(c.protects(&m.status_topic()));
+        assert!(!c.protects("casa/b/set"));
+    }
+
+    /// A model from a mapping, with discovery on the embedded broker and an upstream
+    /// broker with a prefix.
+    fn model(mapping: &str) -> Result<Model, Vec<String>> {
+        let gateway = "id: casa\nmappings: m.yaml\nstate_dir: /tmp\nmqtt:\n  embedded:\n    listen: \"127.0.0.1:1883\"\n  upstream:\n    url: mqtt://127.0.0.1:1\n    prefix: sites/a/\nhomeassistant: {}\n";
+        crate::config::check_sources(std::path::Path::new("/g.yaml"), gateway, |_, _| {
+            vec![("m.yaml".into(), mapping.to_string())]
+        })
+        .map(|c| c.model)
+        .map_err(|d| d.iter().map(ToString::to_string).collect())
+    }
+
+    const BUS: &str = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 502 }\n";
+
+    #[test]
+    fn the_protected_set_and_what_is_heard() {
+        let m = model(&format!("{BUS}devices:\n  - id: medidor\n    bus: b\n    json_topic: casa/medidor\n    points:\n      - {{ topic: casa/potencia, table: input, address: 0 }}\n      - {{ topic: casa/limite, table: holding, address: 1, writable: true }}\n")).expect("valid");
+        let c = Contract::new(&m);
+        for t in [
+            "casa/potencia",
+            "casa/potencia/set/result",
+            "casa/potencia/get/result",
+            "casa/limite/set/result",
+            "casa/medidor",
+            "fieldlink/casa/status",
+            "fieldlink/casa/diagnostics",
+            "fieldlink/casa/medidor/availability",
+            "homeassistant/number/fieldlink_casa_medidor_casa_limite/config",
+        ] {
+            assert!(c.protects(t), "{t} is the gateway's");
+        }
+        for t in [
+            "casa/limite/set",
+            "casa/potencia/get",
+            "homeassistant/status",
+            "homeassistant/sensor/mine/config",
+            "fieldlink/casa/other/availability",
+            "casa/other",
+        ] {
+            assert!(!c.protects(t), "{t} is not the gateway's alone");
+        }
+        assert_eq!(c.commands.keys().collect::<Vec<_>>(), ["casa/limite/set"]);
+        assert!(c.heard.contains("homeassistant/status"));
+        assert_eq!(c.topics.upstream("casa/potencia"), "sites/a/casa/potencia");
+        // The same names as the model's own methods give.
+        assert_eq!(c.topics.status(), m.status_topic());
+        assert_eq!(
+            c.topics.availability("medidor"),
+            m.availability_topic("medidor")
+        );
+    }
+
+    #[test]
+    fn check_refuses_topics_that_clash_with_the_contract() {
+        let errors = model(&format!("{BUS}devices:\n  - id: medidor\n    bus: b\n    json_topic: casa/luz/set\n    points:\n      - {{ topic: casa/luz, table: coil, address: 0 }}\n      - {{ topic: casa/luz/get, table: coil, address: 1 }}\n      - {{ topic: casa/luz/get/result, table: coil, address: 2 }}\n      - {{ topic: homeassistant/status, table: coil, address: 3 }}\n      - {{ topic: homeassistant/sensor/fieldlink_casa_x/config, table: coil, address: 4 }}\n      - {{ topic: fieldlink/casa/diagnostics, table: coil, address: 5 }}\n  - id: outro\n    bus: b\n    unit: 2\n    json_topic: casa/luz\n    points:\n      - {{ topic: casa/x, table: coil, address: 0 }}\n  - id: terceiro\n    bus: b\n    unit: 3\n    json_topic: fieldlink/casa/medidor/availability\n    points:\n      - {{ topic: casa/y, table: coil, address: 0 }}\n")).expect_err("clashes");
+        let expect = [
+            "json_topic `casa/luz/set` is the command topic of point `casa/luz`",
+            "topic `casa/luz/get` is the read request topic of point `casa/luz`",
+            "topic `casa/luz/get/result` is the read result topic of point `casa/luz`",
+            "topic `homeassistant/status` is Home Assistant's status topic",
+            "topic `homeassistant/sensor/fieldlink_casa_x/config` is one of the gateway's Home Assistant discovery topics",
+            "topic `fieldlink/casa/diagnostics` is one of the gateway's own topics",
+            "json_topic `casa/luz` is a point's topic",
+            "json_topic `fieldlink/casa/medidor/availability` is one of the gateway's own topics",
+        ];
+        for e in expect {
+            assert!(errors.iter().any(|l| l.contains(e)), "{e} in {errors:#?}");
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
     }
 
     #[test]

@@ -418,7 +418,7 @@ impl Acl {
 
     /// Whether anonymous clients may publish on some `<topic>/set` of `topics`.
     pub fn anonymous_may_command<'a>(&self, mut topics: impl Iterator<Item = &'a str>) -> bool {
-        topics.any(|t| self.may_publish(None, "", &format!("{t}/set")))
+        topics.any(|t| self.may_publish(None, "", &crate::topics::Topics::set(t)))
     }
 }
 

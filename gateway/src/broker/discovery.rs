@@ -19,14 +19,10 @@ use crate::topics::Contract;
 /// Whether a client's `payload` on `topic` is a discovery config that claims one of the
 /// gateway's entities or devices.
 pub(crate) fn claims_gateway(contract: &Contract, topic: &str, payload: &[u8]) -> bool {
-    let Some((prefix, id)) = &contract.discovery else {
+    let Some((_, id)) = &contract.discovery else {
         return false;
     };
-    if payload.is_empty()
-        || !topic
-            .strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.ends_with("/config"))
-    {
+    if payload.is_empty() || !contract.topics.is_config(topic) {
         return false;
     }
     // Not JSON: Home Assistant reads nothing from it.
@@ -62,6 +58,12 @@ mod tests {
 
     fn contract() -> Contract {
         Contract {
+            topics: crate::topics::Topics::new(
+                "fieldlink/casa",
+                "casa",
+                Some(("homeassistant", true, false)),
+                "",
+            ),
             discovery: Some(("homeassistant/".into(), "fieldlink_casa_".into())),
             ..Contract::default()
         }

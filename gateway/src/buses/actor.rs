@@ -23,6 +23,7 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
 use super::cadence::Due;
+use super::device_json::DeviceJson;
 use super::schedule::{bus_now, verdicts, Devices, Schedule, FAILING_SHARE};
 use super::{availability, reads, rewrite, BusIo};
 use crate::{
@@ -149,6 +150,8 @@ pub(crate) struct Cx {
     messages: Vec<Outgoing>,
     /// Where they go.
     out: tokio::sync::mpsc::Sender<crate::publish::Batch>,
+    /// Devices whose JSON object changed this turn (`json_topic`, `device_json.rs`).
+    json: DeviceJson,
 }
 
 impl Cx {
@@ -191,8 +194,12 @@ impl Cx {
         wall: SystemTime,
     ) -> bool {
         let point = &self.bus.devices[d].points[p];
+        let changes = DeviceJson::would_change(&self.bus.devices[d], &self.states[d][p], &r);
         if !self.states[d][p].should_publish(point, &r, started) {
             return false;
+        }
+        if changes {
+            self.json.changed(d, wall);
         }
         self.messages
             .push(Outgoing::value(point, payload(point, r, wall)));
@@ -204,6 +211,9 @@ impl Cx {
     /// a heartbeat, an output's state at start).
     pub(crate) fn force(&mut self, d: usize, p: usize, r: Reading) {
         let point = &self.bus.devices[d].points[p];
+        if DeviceJson::would_change(&self.bus.devices[d], &self.states[d][p], &r) {
+            self.json.changed(d, SystemTime::now());
+        }
         self.states[d][p].force(&r, TokioInstant::now());
         self.messages
             .push(Outgoing::value(point, payload(point, r, SystemTime::now())));
@@ -264,6 +274,7 @@ impl Cx {
     /// does it after every turn; a driver waiting long inside one (a UART reply) does it
     /// after every read, so readings meanwhile are not held back.
     pub(crate) async fn flush(&mut self) {
+        self.json.flush(&self.bus, &self.states, &mut self.messages);
         if !self.messages.is_empty() {
             let _ = self.out.send(std::mem::take(&mut self.messages)).await;
         }
@@ -369,6 +380,7 @@ pub(crate) async fn run<D: Driver>(
         shutdown: shutdown.clone(),
         messages: Vec::new(),
         out,
+        json: DeviceJson::new(bus.devices.len()),
     };
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
@@ -546,6 +558,7 @@ fn reconfigure<D: Driver>(
         .map(|d| model.availability_topic(&d.id))
         .collect();
     cx.counters = counters(&cx.stats, &bus);
+    cx.json = DeviceJson::new(bus.devices.len());
     cx.bus = bus.clone();
     driver.reconfigure(kept, cx);
     devs.rewrites.reconfigure(kept);

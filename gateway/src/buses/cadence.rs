@@ -283,6 +283,7 @@ mod tests {
                 write_multiple: false,
             }),
             ha: Default::default(),
+            json_topic: None,
             points: points
                 .iter()
                 .map(|&(address, secs)| {

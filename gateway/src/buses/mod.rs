@@ -32,6 +32,7 @@
 
 mod actor;
 mod cadence;
+pub(crate) mod device_json;
 mod gpio;
 mod modbus;
 mod reads;

@@ -82,7 +82,7 @@ pub fn get_result_on(
     id: Option<&serde_json::Value>,
 ) -> Outgoing {
     reply(
-        format!("{topic}/get/result"),
+        crate::topics::Topics::get_result(topic),
         outcome.map_err(|e| e.to_string()),
         id,
     )

@@ -263,7 +263,7 @@ pub fn result_on(
     id: Option<&serde_json::Value>,
 ) -> Outgoing {
     reply(
-        format!("{topic}/set/result"),
+        crate::topics::Topics::set_result(topic),
         outcome.map_err(|e| e.to_string()),
         id,
     )

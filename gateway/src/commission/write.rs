@@ -96,6 +96,7 @@ fn point(ty: ValueType, table: Table, address: u16, order: WordOrder) -> Point {
         poll_interval: None,
         write_only: false,
         rewrite_every: None,
+        key: None,
     }
 }
 

@@ -114,6 +114,7 @@ impl Validator {
             self.overlapping_registers(cx, d, &points);
             self.points_within_read_limit(cx, d, &points, m.max_read_registers);
         }
+        let json_topic = self.json_topic(cx, d, &points);
         if !bus_ok {
             return None;
         }
@@ -130,6 +131,7 @@ impl Validator {
                 kind,
                 ha: self.device_ha(cx, d.homeassistant.as_ref()),
                 points,
+                json_topic,
             },
         ))
     }

@@ -118,7 +118,17 @@ pub fn check_sources(
     let uses = v.expand_profiles(&mut mappings, &mut profiles);
     files.extend(profile_files);
     let header = v.gateway(&Cx::new(&gw_file), &gw);
-    let buses = v.mappings(&mappings, header.as_ref().map(|h| h.base_topic.as_str()));
+    let names = header.as_ref().map(|h| {
+        crate::topics::Topics::new(
+            &h.base_topic,
+            &h.id,
+            h.homeassistant
+                .as_ref()
+                .map(|ha| (ha.discovery_prefix.as_str(), ha.embedded, ha.upstream)),
+            h.mqtt.upstream.as_ref().map_or("", |u| u.prefix.as_str()),
+        )
+    });
+    let buses = v.mappings(&mappings, names.as_ref());
     profile_use::remap(&mut v.diags, &uses);
     // Report in file order, then by position.
     v.diags.sort_by_key(|d| {

@@ -78,16 +78,15 @@ impl Validator {
     pub(super) fn mappings(
         &mut self,
         files: &[(PathBuf, MappingFile)],
-        base: Option<&str>,
+        names: Option<&crate::topics::Topics>,
     ) -> Vec<Bus> {
         let (mut buses, bus_where) = self.buses(files);
         let mut topics = Topics::new();
         let device_ids = self.devices(files, &mut buses, &mut topics);
-        // Point topics must not collide with the gateway's own topics or command topics.
-        if let Some(base) = base {
-            self.reserved_topics(base, &device_ids, &topics);
-        }
-        self.command_topics(&topics);
+        // Point and device JSON topics must not collide with the names the gateway
+        // reserves (without a valid gateway file: the names below points only).
+        let names = names.cloned().unwrap_or_default();
+        self.topic_contract(files, &names, &device_ids, &topics);
         for bus in &buses {
             if bus.devices.is_empty() && !self.unknown_bus && !self.parse_failed {
                 let (f, l) = &bus_where[&bus.id];
@@ -219,52 +218,6 @@ impl Validator {
                 msg,
                 Some("each device on a bus needs its own unit id".into()),
             );
-        }
-    }
-
-    /// Point topics that are the gateway's own (`<base>/status`, ...).
-    fn reserved_topics(&mut self, base: &str, device_ids: &[String], topics: &Topics) {
-        let mut reserved = vec![format!("{base}/status"), format!("{base}/diagnostics")];
-        reserved.extend(
-            device_ids
-                .iter()
-                .map(|d| format!("{base}/{d}/availability")),
-        );
-        for r in reserved {
-            if let Some((f, l, p)) = topics.get(&r) {
-                self.error(
-                    &Cx::new(f).at(p),
-                    *l,
-                    format!("topic `{r}` is one of the gateway's own topics"),
-                    Some("choose another topic or change `base_topic`".into()),
-                );
-            }
-        }
-    }
-
-    /// Point topics that are the command or read request topic of another point.
-    fn command_topics(&mut self, topics: &Topics) {
-        let reserved = [
-            ("/set", "command", "commands"),
-            ("/set/result", "command result", "commands"),
-            ("/get", "read request", "reads on demand"),
-            ("/get/result", "read result", "reads on demand"),
-        ];
-        for (t, (f, l, p)) in topics {
-            for (suffix, what, owner) in reserved {
-                if let Some(parent) = t.strip_suffix(suffix) {
-                    if topics.contains_key(parent) {
-                        self.error(
-                            &Cx::new(f).at(p),
-                            *l,
-                            format!("topic `{t}` is the {what} topic of point `{parent}`"),
-                            Some(format!(
-                                "`{suffix}` below a point topic is reserved for {owner}"
-                            )),
-                        );
-                    }
-                }
-            }
         }
     }
 

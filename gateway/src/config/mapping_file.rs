@@ -161,6 +161,14 @@ pub struct DeviceFile {
     /// The device's points.
     #[serde(default)]
     pub points: Vec<PointFile>,
+    // One JSON object per device (issue #23, `device_json.rs`):
+    /// Publish, after every poll that changed a value, one retained JSON object with the
+    /// last value of each of the device's points on this topic (`casa/medidor/json`):
+    /// `{"<key>": value, ..., "ts": "2026-11-22T10:00:00.000Z"}`, numbers as numbers,
+    /// named values and text as strings, points not read yet left out. In addition to
+    /// the points' own topics; any bus kind. Default: none.
+    #[serde(default)]
+    pub json_topic: Option<Spanned<String>>,
     // Device profiles (#25, `profiles.rs`, `profile_use.rs`).
     /// A device profile (`eastron-sdm630`): the device gets the profile's points, each at
     /// `<topic_prefix>/<key>`, in addition to its own `points`. `fieldlink profiles` lists
@@ -381,6 +389,12 @@ pub struct PointFile {
     /// limited write cycles: check the manual.
     #[serde(default)]
     pub rewrite_every: Option<Spanned<HumanDuration>>,
+    // One JSON object per device (issue #23, `device_json.rs`):
+    /// The point's key in its device's JSON object (`json_topic`): a non-empty name
+    /// without `/`, unique within the device, not `ts`. Default: the last level of its
+    /// topic (`casa/medidor/potencia` → `potencia`).
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
     // Scale factor registers (#25, `scale_register.rs`).
     /// Modbus `holding` or `input` register point: the address of a signed 16-bit scale
     /// factor `sf` in the same table (0-based, as `address`); the value published is the

@@ -44,6 +44,7 @@
 
 mod cadence;
 mod device;
+mod device_json;
 mod diagnostic;
 mod embedded;
 mod embedded_store;

@@ -106,6 +106,7 @@ impl Validator {
                 "a `write_only` point is never read: its `poll_interval` does nothing",
             );
         }
+        let key = self.point_key(cx, p);
         if self.error_count() > errors_before {
             return None;
         }
@@ -134,6 +135,7 @@ impl Validator {
             poll_interval,
             write_only: writes.write_only,
             rewrite_every: writes.rewrite_every,
+            key,
         };
         let ha = self.point_ha(cx, p.homeassistant.as_ref(), &point);
         point.ha_overrides = (ha != crate::model::PointHa::default()).then(|| Box::new(ha));

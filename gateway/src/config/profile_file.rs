@@ -122,7 +122,8 @@ pub struct ProfileDocumentFile {
     /// Its version (`V1.8`); a document without one gives `date`.
     #[serde(default)]
     pub version: Option<Spanned<String>>,
-    /// Its date, `YYYY-MM-DD`, for a document without a version (or as well).
+    /// Its date, `YYYY-MM-DD` (or `YYYY-MM` when the document gives only the month), for a
+    /// document without a version (or as well).
     #[serde(default)]
     pub date: Option<Spanned<String>>,
     /// Where the manufacturer publishes it (`https://...`).

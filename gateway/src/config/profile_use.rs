@@ -217,7 +217,8 @@ impl Validator {
                 .flat_map(|o| &o.0)
                 .find(|(ok, _)| ok.value == *key)
                 .map(|(_, o)| o);
-            let (point, e) = expand_point(&pp.0, k, &prefix, ov);
+            let json = d.json_topic.is_some();
+            let (point, e) = expand_point(&pp.0, k, &prefix, ov, json);
             points.push(point);
             u.points.push(e);
         }
@@ -328,19 +329,24 @@ fn is_modbus(k: BusKindName) -> bool {
 }
 
 /// One profile point (`k`-th) as the device's point: at `<prefix>/<key>`, its topic
-/// located at the `topic_prefix`, with the override merged in. The one place a profile
-/// point becomes a mapping point.
+/// located at the `topic_prefix`, with the override merged in; with `json` (the device
+/// has a `json_topic`) its key is its key in the device's JSON object. The one place a
+/// profile point becomes a mapping point.
 fn expand_point(
     pp: &PointFile,
     k: usize,
     prefix: &Spanned<String>,
     ov: Option<&PointOverrideFile>,
+    json: bool,
 ) -> (PointFile, Expanded) {
     let key = &pp.topic;
     let mut p = pp.clone();
     p.topic = Spanned::at(format!("{}/{}", prefix.value, key.value), at(prefix));
-    // #23 (one JSON object per device): the profile's key is the point's JSON key too,
-    // once mapping points have `key`: `p.key = Some(key.clone());`
+    // The profile's key is the point's key in its device's JSON object too (#23), also
+    // when an override moves its topic.
+    if json {
+        p.key = Some(key.clone());
+    }
     let mut e = Expanded {
         index: k,
         key: key.value.clone(),
@@ -425,7 +431,7 @@ point_keys! {
     min: "min", max: "max", values: "values", field: "field", command: "command",
     params: "params", ack: "ack", ack_timeout: "ack_timeout", poll_interval: "poll_interval",
     write_address: "write_address", write_only: "write_only", rewrite_every: "rewrite_every",
-    scale_register: "scale_register",
+    scale_register: "scale_register", key: "key",
 }
 
 /// An override over a profile point: each key it gives replaces the profile's;

@@ -347,7 +347,7 @@ impl Validator {
                 &dcx.at("date"),
                 date,
                 format!("`{}` is not a date", date.value),
-                Some("write it `YYYY-MM-DD`, in quotes: `\"2017-03-15\"`".into()),
+                Some("write it `YYYY-MM-DD` (or `YYYY-MM`), in quotes: `\"2017-03-15\"`".into()),
             );
         }
         if let Some(url) = d
@@ -420,7 +420,7 @@ fn profile_problem(mut p: ParseProblem) -> ParseProblem {
         if let Some(h) = &mut p.hint {
             *h = h
                 .replace("`topic`", "`key`")
-                .replace("keys here: topic,", "keys here: key,");
+                .replace("keys here: topic, ", "keys here: ");
         }
     }
     p
@@ -443,15 +443,14 @@ fn is_key(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// `2017-03-15`.
+/// `2017-03-15`, or as precise as the document is: `2017-03`, `2017`.
 fn is_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+    let parts: Vec<&str> = s.split('-').collect();
+    let digits = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit());
+    !parts.is_empty()
+        && parts.len() <= 3
+        && digits(parts[0], 4)
+        && parts[1..].iter().all(|p| digits(p, 2))
 }
 
 /// One line of `fieldlink profiles`.
@@ -583,7 +582,9 @@ mod tests {
         assert!(!is_key("1phase"));
         assert!(!is_key("Voltage"));
         assert!(is_date("2017-03-15"));
+        assert!(is_date("2016-05"));
         assert!(!is_date("15.03.2017"));
+        assert!(!is_date("2017-3-15"));
     }
 
     /// Every shipped profile parses, its metadata is complete and its points are valid

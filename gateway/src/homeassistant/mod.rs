@@ -26,10 +26,11 @@ use serde_json::{json, Map, Value};
 use crate::{
     commands,
     model::{
-        Component, Device, EntityCategory, GpioMode, HomeAssistant, Model, Payload, Point, Source,
-        StateClass, ValueType,
+        Component, Device, EntityCategory, GpioMode, Model, Payload, Point, Source, StateClass,
+        ValueType,
     },
     publish::Outgoing,
+    topics::Topics,
 };
 
 /// The origin block: who made the config (and where it is from, when the package says).
@@ -243,24 +244,24 @@ pub fn configs(model: &Model) -> Vec<Config> {
 /// discovery is not on there).
 pub fn iter(model: &Model) -> impl Iterator<Item = Config> + Send + '_ {
     let on = model.homeassistant.as_ref().is_some_and(|h| h.embedded);
-    iter_with(model, "").filter(move |_| on)
+    iter_with(model, false).filter(move |_| on)
 }
 
 /// The configs for the upstream broker (`homeassistant.upstream`): the same entities
-/// with `prefix` in front of every state, command and availability topic (the config
-/// topics themselves are not prefixed: Home Assistant listens on its own prefix).
-pub fn iter_upstream<'a>(
-    model: &'a Model,
-    prefix: &'a str,
-) -> impl Iterator<Item = Config> + Send + 'a {
+/// with the upstream prefix in front of every state, command and availability topic (the
+/// config topics themselves are not prefixed: Home Assistant listens on its own prefix).
+pub fn iter_upstream(model: &Model) -> impl Iterator<Item = Config> + Send + '_ {
     let on = model.homeassistant.as_ref().is_some_and(|h| h.upstream);
-    iter_with(model, prefix).filter(move |_| on)
+    iter_with(model, true).filter(move |_| on)
 }
 
-fn iter_with<'a>(model: &'a Model, prefix: &'a str) -> impl Iterator<Item = Config> + Send + 'a {
+/// The configs with every topic in them as the embedded broker has it, or (`upstream`)
+/// as the upstream broker has it.
+fn iter_with(model: &Model, upstream: bool) -> impl Iterator<Item = Config> + Send + '_ {
     let ha = model.homeassistant.as_ref();
+    let topics = Topics::of(model);
     let gateway = ha
-        .map(|ha| gateway_configs(model, ha, prefix))
+        .map(|_| gateway_configs(model, &topics, upstream))
         .unwrap_or_default()
         .into_iter();
     let mut ids: HashSet<String> = HashSet::new();
@@ -274,7 +275,7 @@ fn iter_with<'a>(model: &'a Model, prefix: &'a str) -> impl Iterator<Item = Conf
                     .map(move |p| (ha, d, p))
             })
         })
-        .map(move |(ha, d, p)| {
+        .map(move |(_, d, p)| {
             let mut uid = format!(
                 "fieldlink_{}_{}_{}",
                 id_safe(&model.gateway_id),
@@ -285,7 +286,7 @@ fn iter_with<'a>(model: &'a Model, prefix: &'a str) -> impl Iterator<Item = Conf
                 uid = format!("{uid}_{:08x}", fnv(&p.topic));
                 ids.insert(uid.clone());
             }
-            point_config(model, ha, d, p, uid, prefix)
+            point_config(model, &topics, d, p, uid, upstream)
         });
     gateway.chain(points)
 }
@@ -293,7 +294,7 @@ fn iter_with<'a>(model: &'a Model, prefix: &'a str) -> impl Iterator<Item = Conf
 /// How many entities of each component `model` yields (for `check`).
 pub fn counts(model: &Model) -> BTreeMap<&'static str, usize> {
     let mut n = BTreeMap::new();
-    for c in iter_with(model, "") {
+    for c in iter_with(model, false) {
         *n.entry(c.component.name()).or_default() += 1;
     }
     n
@@ -328,7 +329,8 @@ fn device_block(model: &Model, d: &Device) -> Value {
 
 /// The gateway as a device, with its status, uptime, failed polls and (with an upstream
 /// broker) the upstream queue as diagnostic entities.
-fn gateway_configs(model: &Model, ha: &HomeAssistant, prefix: &str) -> Vec<Config> {
+fn gateway_configs(model: &Model, topics: &Topics, upstream: bool) -> Vec<Config> {
+    let side = |t: String| if upstream { topics.upstream(&t) } else { t };
     let gw = id_safe(&model.gateway_id);
     let device = json!({
         "identifiers": [format!("fieldlink_{}", model.gateway_id)],
@@ -337,8 +339,8 @@ fn gateway_configs(model: &Model, ha: &HomeAssistant, prefix: &str) -> Vec<Confi
         "model": "gateway",
         "sw_version": env!("CARGO_PKG_VERSION"),
     });
-    let diag = format!("{prefix}{}", model.diagnostics_topic());
-    let status = format!("{prefix}{}", model.status_topic());
+    let diag = side(topics.diagnostics());
+    let status = side(topics.status());
     let mut out = vec![(
         Component::BinarySensor,
         "status",
@@ -400,7 +402,7 @@ fn gateway_configs(model: &Model, ha: &HomeAssistant, prefix: &str) -> Vec<Confi
                 m.insert("origin".into(), origin());
             }
             Config {
-                topic: format!("{}/{}/{uid}/config", ha.discovery_prefix, component.name()),
+                topic: topics.ha_config(component.name(), &uid).unwrap_or_default(),
                 component,
                 payload,
             }
@@ -411,12 +413,13 @@ fn gateway_configs(model: &Model, ha: &HomeAssistant, prefix: &str) -> Vec<Confi
 /// The config of point `p` of device `d`.
 fn point_config(
     model: &Model,
-    ha: &HomeAssistant,
+    topics: &Topics,
     d: &Device,
     p: &Point,
     uid: String,
-    prefix: &str,
+    upstream: bool,
 ) -> Config {
+    let side = |t: String| if upstream { topics.upstream(&t) } else { t };
     let component = p.ha().component.unwrap_or_else(|| Component::derive(p));
     let mut m = Map::new();
     let name = p
@@ -431,7 +434,7 @@ fn point_config(
         json!(format!("{}.{}", component.name(), slug(&p.topic))),
     );
     if component != Component::Button {
-        m.insert("state_topic".into(), json!(format!("{prefix}{}", p.topic)));
+        m.insert("state_topic".into(), json!(side(p.topic.clone())));
     }
     if p.payload == Payload::Json && component != Component::Button {
         let template = if p.ty == ValueType::Bool && p.value_map.is_empty() {
@@ -442,16 +445,13 @@ fn point_config(
         m.insert("value_template".into(), json!(template));
     }
     if p.writable {
-        m.insert(
-            "command_topic".into(),
-            json!(format!("{prefix}{}", p.set_topic())),
-        );
+        m.insert("command_topic".into(), json!(side(Topics::set(&p.topic))));
     }
     m.insert(
         "availability".into(),
         json!([
-            {"topic": format!("{prefix}{}", model.status_topic())},
-            {"topic": format!("{prefix}{}", model.availability_topic(&d.id))},
+            {"topic": side(topics.status())},
+            {"topic": side(topics.availability(&d.id))},
         ]),
     );
     m.insert("availability_mode".into(), json!("all"));
@@ -460,7 +460,7 @@ fn point_config(
     m.insert("device".into(), device_block(model, d));
     m.insert("origin".into(), origin());
     Config {
-        topic: format!("{}/{}/{uid}/config", ha.discovery_prefix, component.name()),
+        topic: topics.ha_config(component.name(), &uid).unwrap_or_default(),
         component,
         payload: Value::Object(m),
     }
@@ -586,12 +586,9 @@ pub(crate) fn changes(old: &Model, new: &Model) -> Vec<Outgoing> {
     diff(iter(old).collect(), iter(new).collect())
 }
 
-/// [`changes`] of the upstream configs (topics under `prefix`).
-pub(crate) fn changes_upstream(old: &Model, new: &Model, prefix: &str) -> Vec<Outgoing> {
-    diff(
-        iter_upstream(old, prefix).collect(),
-        iter_upstream(new, prefix).collect(),
-    )
+/// [`changes`] of the upstream configs (topics under the upstream prefix).
+pub(crate) fn changes_upstream(old: &Model, new: &Model) -> Vec<Outgoing> {
+    diff(iter_upstream(old).collect(), iter_upstream(new).collect())
 }
 
 fn diff(old: Vec<Config>, after: Vec<Config>) -> Vec<Outgoing> {

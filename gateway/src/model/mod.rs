@@ -141,14 +141,20 @@ impl Model {
             .flat_map(|b| b.devices.iter().map(|d| &**d))
     }
 
-    /// `<base>/status`.
+    /// The names of every topic the gateway publishes or accepts (the methods below are
+    /// made by it).
+    pub fn topics(&self) -> crate::Topics {
+        crate::Topics::of(self)
+    }
+
+    /// `<base>/status` ([`Topics::status`](crate::Topics::status)).
     pub fn status_topic(&self) -> String {
-        format!("{}/status", self.base_topic)
+        self.topics().status()
     }
 
     /// `<base>/diagnostics`.
     pub fn diagnostics_topic(&self) -> String {
-        format!("{}/diagnostics", self.base_topic)
+        self.topics().diagnostics()
     }
 
     /// All points of all devices, in slot order.
@@ -158,7 +164,7 @@ impl Model {
 
     /// `<base>/<device>/availability`.
     pub fn availability_topic(&self, device: &str) -> String {
-        format!("{}/{}/availability", self.base_topic, device)
+        self.topics().availability(device)
     }
 }
 
@@ -304,6 +310,9 @@ pub struct Device {
     pub ha: DeviceHa,
     /// Points.
     pub points: Vec<Point>,
+    // One JSON object per device (issue #23, `buses/device_json.rs`):
+    /// Where every point's last value goes as one JSON object (`json_topic`), if anywhere.
+    pub json_topic: Option<String>,
 }
 
 /// What a device has that depends on its bus kind.
@@ -454,6 +463,10 @@ pub struct Point {
     /// The last value `/set` wrote is written again whenever this long has passed since
     /// the point's last write.
     pub rewrite_every: Option<Duration>,
+    // One JSON object per device (issue #23):
+    /// Its key in its device's JSON object, when the mapping gives one ([`Point::json_key`]
+    /// has the default).
+    pub key: Option<String>,
 }
 
 /// Where a point's value lives, one variant per bus kind.
@@ -550,24 +563,32 @@ impl Point {
 
     /// `<topic>/set`.
     pub fn set_topic(&self) -> String {
-        format!("{}/set", self.topic)
+        crate::topics::Topics::set(&self.topic)
     }
 
     /// `<topic>/set/result`.
     pub fn result_topic(&self) -> String {
-        format!("{}/set/result", self.topic)
+        crate::topics::Topics::set_result(&self.topic)
+    }
+
+    /// Its key in its device's JSON object: `key`, else its topic's last level.
+    pub fn json_key(&self) -> &str {
+        match &self.key {
+            Some(k) => k,
+            None => crate::topics::last_level(&self.topic),
+        }
     }
 
     // Reads on demand (`<topic>/get`, issue #23).
 
     /// `<topic>/get`.
     pub fn get_topic(&self) -> String {
-        format!("{}/get", self.topic)
+        crate::topics::Topics::get(&self.topic)
     }
 
     /// `<topic>/get/result`.
     pub fn get_result_topic(&self) -> String {
-        format!("{}/get/result", self.topic)
+        crate::topics::Topics::get_result(&self.topic)
     }
 
     /// Whether `<topic>/get` may read the point, or why not (the text of the refusal):
@@ -650,5 +671,6 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
         poll_interval: None,
         write_only: false,
         rewrite_every: None,
+        key: None,
     }
 }

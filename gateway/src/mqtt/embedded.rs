@@ -1,31 +1,34 @@
 //! The gateway's side of its embedded broker.
 //!
 //! One task owns the link to the embedded broker ([`broker::Link`], in process: no MQTT
-//! client, no socket). It keeps the last retained message of every topic and, whenever a
-//! broker starts serving (at start, and after the supervisor rebuilt a failed one),
-//! publishes `<base>/status = online` and then that state again, so a broker restart loses
-//! nothing that matters. While no broker serves, value messages only update that state.
+//! client, no socket). Whenever a broker starts serving (at start, and after the
+//! supervisor rebuilt a failed one), it publishes `<base>/status = online` and then the
+//! retained state again (kept once for both sides, `retained.rs`), so a broker restart
+//! loses nothing that matters. While no broker serves, value messages only update that
+//! state. Reloads and Home Assistant's birth are followed as upstream (`follow.rs`).
 //! Commands and read requests clients publish on `<topic>/set` and `<topic>/get` arrive on
 //! the link after the broker's rights check. At the end the task publishes `offline`
 //! (retained), waits until the broker routed it, and gives the broker's sessions a moment
 //! (50 ms) to write it.
 
 use std::{
-    collections::HashMap,
     sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{overwrite, remember};
+use super::{
+    follow::{Follow, Side},
+    retained::{Intake, Retained, Stamped},
+};
 use crate::{
     broker::{self, Routed, Serving},
     commands::Router,
     health::Stats,
     model::Model,
-    publish::{Batch, Outgoing},
+    publish::Outgoing,
 };
 
 struct Conn {
@@ -35,23 +38,11 @@ struct Conn {
     connected: bool,
     /// A batch was not taken: republish the whole state before the next one.
     resync: bool,
-    /// The model in force (a reload replaces it): whose points are republished.
-    model: watch::Receiver<Arc<Model>>,
-    /// Last retained payload and QoS of every point, by slot, republished into every new
-    /// broker. A vector, not a map keyed by topic: no hashing per message, and 1 MB less
-    /// at 10 000 points. A reload's new points have new slots: it grows.
-    values: Vec<Option<(Vec<u8>, u8)>>,
-    /// Values are kept by slot (else by topic, in `others`).
-    by_slot: bool,
-    /// The same for the gateway's own retained topics (status, availability, diagnostics,
-    /// Home Assistant discovery configs).
-    others: HashMap<String, (Vec<u8>, u8)>,
-    /// When to republish the discovery configs and the states for Home Assistant, which
-    /// announced itself.
-    ha_due: Option<tokio::time::Instant>,
-    /// `<discovery prefix>/`, with discovery on. The configs are not kept here: they are
-    /// made again from the model when needed (10 000 of them are ~9 MB).
-    ha_prefix: Option<String>,
+    /// The model in force and Home Assistant's birth, as the upstream side follows them.
+    follow: Follow,
+    /// The retained state, shared with the upstream side: republished into every new
+    /// broker.
+    retained: Arc<Retained>,
     stats: Arc<Stats>,
 }
 
@@ -86,31 +77,16 @@ impl Conn {
         }
     }
 
-    async fn send(&mut self, batch: Batch) {
-        let mut routed = Vec::with_capacity(batch.len());
-        for m in batch {
-            let mut store = m.retain;
-            if m.retain {
-                if let Some(s) = m.slot.filter(|_| self.by_slot).map(|s| s as usize) {
-                    if s >= self.values.len() {
-                        self.values.resize(s + 1, None);
-                    }
-                }
-                let config = m.slot.is_none() && self.is_config(&m.topic);
-                match m.slot.and_then(|s| self.values.get_mut(s as usize)) {
-                    Some(Some(last)) => {
-                        store = last.0 != m.payload || last.1 != m.qos;
-                        if store {
-                            overwrite(last, &m.payload, m.qos);
-                        }
-                    }
-                    Some(empty) => *empty = Some((m.payload.clone(), m.qos)),
-                    None if config => {}
-                    None => remember(&mut self.others, &m.topic, &m.payload, m.qos),
-                }
-            }
-            routed.push(Routed { message: m, store });
-        }
+    /// A recorded batch: into the broker, storing only the retained messages that
+    /// changed the state.
+    async fn send(&mut self, stamped: Stamped) {
+        let routed: Vec<Routed> = stamped
+            .into_iter()
+            .map(|(message, fresh)| Routed {
+                store: message.retain && fresh,
+                message,
+            })
+            .collect();
         if self.connected && self.resync {
             self.resync = false;
             self.republish().await;
@@ -135,18 +111,11 @@ impl Conn {
         crate::trim_heap();
     }
 
-    /// Whether `topic` is a discovery config.
-    fn is_config(&self, topic: &str) -> bool {
-        self.ha_prefix
-            .as_deref()
-            .is_some_and(|p| topic.starts_with(p) && topic.ends_with("/config"))
-    }
-
     /// Publish the discovery configs of the model in force, made afresh, in batches of
     /// 256 (`store`: into a new broker; else only routed, the broker holds them).
     async fn publish_configs(&mut self, store: bool) -> usize {
-        let model = self.model.borrow().clone();
-        let mut configs = crate::homeassistant::iter(&model);
+        let model = self.follow.shown();
+        let mut configs = self.follow.configs(&model);
         let mut n = 0;
         loop {
             let batch: Vec<Routed> = configs
@@ -174,63 +143,30 @@ impl Conn {
             return;
         }
         let n = self.publish_configs(false).await;
-        let message = |topic: &str, (payload, qos): &(Vec<u8>, u8)| Routed {
-            message: Outgoing {
-                topic: topic.to_string(),
-                payload: payload.clone(),
-                retain: true,
-                qos: *qos,
-                slot: None,
-            },
-            store: false,
-        };
-        let mut states: Vec<Routed> = self.others.iter().map(|(t, v)| message(t, v)).collect();
-        let model = self.model.borrow().clone();
-        for point in model.points() {
-            if let Some(Some(v)) = self.values.get(point.slot as usize) {
-                states.push(message(&point.topic, v));
-            }
-        }
+        let states = self
+            .retained
+            .state(&self.follow.model())
+            .into_iter()
+            .map(|message| Routed {
+                message,
+                store: false,
+            })
+            .collect();
         self.publish(states).await;
         info!(configs = n, "Discovery republished for Home Assistant.");
     }
 
-    /// `online` first, then every retained message, sorted by topic, all stored.
+    /// `online` first, then the discovery configs, then every retained message, sorted
+    /// by topic, all stored.
     async fn republish(&mut self) {
-        let status_topic = self.status_topic.as_str();
         let online = Outgoing {
-            topic: status_topic.to_string(),
+            topic: self.status_topic.clone(),
             payload: b"online".to_vec(),
             retain: true,
             qos: 1,
             slot: None,
         };
-        self.others
-            .insert(online.topic.clone(), (online.payload.clone(), online.qos));
-        let others = self
-            .others
-            .iter()
-            .filter(|(topic, _)| *topic != status_topic)
-            .map(|(topic, (payload, qos))| Outgoing {
-                topic: topic.clone(),
-                payload: payload.clone(),
-                retain: true,
-                qos: *qos,
-                slot: None,
-            });
-        let model = self.model.borrow().clone();
-        let values = model.points().filter_map(|point| {
-            let (payload, qos) = self.values.get(point.slot as usize)?.as_ref()?;
-            Some(Outgoing {
-                topic: point.topic.clone(),
-                payload: payload.clone(),
-                retain: true,
-                qos: *qos,
-                slot: Some(point.slot),
-            })
-        });
-        let mut state: Vec<Outgoing> = others.chain(values).collect();
-        state.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let state = self.retained.state(&self.follow.model());
         let routed = |message| Routed {
             message,
             store: true,
@@ -244,47 +180,29 @@ impl Conn {
 
 impl Conn {
     /// The state before the first broker serves, for the model in force.
-    fn new(current: watch::Receiver<Arc<Model>>, inbox: broker::Inbox, stats: Arc<Stats>) -> Conn {
+    fn new(
+        current: watch::Receiver<Arc<Model>>,
+        retained: Arc<Retained>,
+        inbox: broker::Inbox,
+        stats: Arc<Stats>,
+    ) -> Conn {
         let model = current.borrow().clone();
-        let ha_prefix = model
-            .homeassistant
-            .as_ref()
-            .filter(|h| h.embedded)
-            .map(|h| format!("{}/", h.discovery_prefix));
-        // Slots as numbered by validation; a model numbered otherwise keeps every value
-        // in the map by topic instead.
-        let by_slot = model
-            .points()
-            .enumerate()
-            .all(|(i, p)| p.slot as usize == i);
         Conn {
             inbox,
-            status_topic: model.status_topic(),
+            status_topic: model.topics().status(),
             connected: false,
             resync: false,
-            by_slot,
-            // Exactly as many as there are points (growing one by one would leave up to
-            // twice that); a reload's new points grow it.
-            values: if by_slot {
-                vec![None; model.points().count()]
-            } else {
-                Vec::new()
-            },
-            model: current,
-            others: HashMap::new(),
-            ha_due: None,
-            ha_prefix,
+            follow: Follow::new(Side::Embedded, model, Some(current)),
+            retained,
             stats,
         }
     }
 
-    /// A reload: publish the discovery configs that changed since `shown`, and clears for
-    /// the gone ones; returns the model now shown.
-    async fn follow_model(&mut self, shown: &Model) -> Arc<Model> {
-        let new = self.model.borrow_and_update().clone();
-        let changes = crate::homeassistant::changes(shown, &new);
+    /// A reload: publish the discovery configs that changed, and clears for the gone
+    /// ones.
+    async fn follow_model(&mut self) {
+        let changes = self.follow.reload();
         if self.connected && !changes.is_empty() {
-            debug!(configs = changes.len(), "Discovery configs changed.");
             let batch = changes
                 .into_iter()
                 .map(|message| Routed {
@@ -294,17 +212,6 @@ impl Conn {
                 .collect();
             self.publish(batch).await;
         }
-        new
-    }
-
-    /// Home Assistant said `payload` on its status topic: `online` schedules the configs
-    /// and states again, after a short varied delay.
-    fn heard_ha(&mut self, payload: &[u8]) {
-        if payload == b"online" && self.ha_due.is_none() {
-            let wait = super::ha_delay();
-            debug!(wait = ?wait, "Home Assistant online; discovery republished soon.");
-            self.ha_due = Some(tokio::time::Instant::now() + wait);
-        }
     }
 
     /// Clean shutdown: publish offline and give the broker time to write it before the
@@ -313,13 +220,16 @@ impl Conn {
         if !self.connected {
             return;
         }
-        let topic = self.status_topic.clone();
-        self.send(vec![Outgoing {
-            topic,
+        let message = Outgoing {
+            topic: self.status_topic.clone(),
             payload: b"offline".to_vec(),
             retain: true,
             qos: 1,
             slot: None,
+        };
+        self.publish(vec![Routed {
+            message,
+            store: true,
         }])
         .await;
         self.inbox.flush(Duration::from_secs(3)).await;
@@ -327,12 +237,14 @@ impl Conn {
     }
 }
 
-/// Run the gateway's side of the embedded broker until `rx` is closed (every producer
+/// Run the gateway's side of the embedded broker until `intake` is closed (every producer
 /// stopped); then publish `offline` on the status topic and wait until it is written.
-/// `current` is the model in force, which a reload replaces.
-pub async fn run_client(
+/// `current` is the model in force, which a reload replaces; `retained` the state shared
+/// with the upstream side.
+pub(crate) async fn run_client(
     current: watch::Receiver<Arc<Model>>,
-    mut rx: mpsc::Receiver<Batch>,
+    retained: Arc<Retained>,
+    mut intake: Intake,
     stats: Arc<Stats>,
     router: Router,
     link: broker::Link,
@@ -343,13 +255,11 @@ pub async fn run_client(
         mut commands,
         store,
     } = link;
-    // The model whose discovery configs the broker has.
-    let mut shown = current.borrow().clone();
-    let mut conn = Conn::new(current, inbox, stats);
-    let ha_status = conn.ha_prefix.as_ref().map(|p| format!("{p}status"));
+    let mut conn = Conn::new(current, retained, inbox, stats);
     let mut seen = Serving::default();
-    let (mut following, mut linked, mut listening) = (true, true, true);
+    let (mut linked, mut listening) = (true, true);
     loop {
+        let birth = conn.follow.birth_at();
         tokio::select! {
             changed = serving.changed(), if linked => {
                 if changed.is_err() {
@@ -372,25 +282,22 @@ pub async fn run_client(
                 }
             }
             // A reload: the discovery configs that changed, and clears for the gone ones.
-            changed = conn.model.changed(), if following => match changed {
-                Ok(()) => shown = conn.follow_model(&shown).await,
-                Err(_) => following = false,
-            },
-            () = super::sleep_until(conn.ha_due), if conn.ha_due.is_some() => {
-                conn.ha_due = None;
+            () = conn.follow.changed() => conn.follow_model().await,
+            () = super::sleep_until(birth), if birth.is_some() => {
+                conn.follow.birth_taken();
                 conn.republish_for_ha().await;
             }
             command = commands.recv(), if listening => match command {
-                Some(c) if Some(&c.topic) == ha_status.as_ref() => conn.heard_ha(&c.payload),
+                Some(c) if conn.follow.heard(&c.topic, &c.payload) => {}
                 Some(c) => {
                     if let Some(rejected) = router.handle(&c.topic, &c.payload) {
                         debug!(topic = ?c.topic, "Command rejected.");
-                        conn.send(vec![rejected]).await;
+                        conn.send(Stamped { batch: vec![rejected], fresh: Vec::new() }).await;
                     }
                 }
                 None => listening = false,
             },
-            batch = rx.recv() => match batch {
+            batch = intake.recv() => match batch {
                 Some(batch) => conn.send(batch).await,
                 None => break,
             },

@@ -7,22 +7,22 @@ use rumqttc::{QoS, SubscribeFilter};
 use tracing::{debug, warn};
 
 use super::publisher::Up;
-use crate::commands::Router;
+use crate::{commands::Router, topics::Topics};
 
-/// The command subscriptions under `prefix`, at QoS 0: a broker does not keep commands for
-/// an offline gateway (a stale "open the valve" must not run hours later).
+/// The command subscriptions under the upstream prefix, at QoS 0: a broker does not keep
+/// commands for an offline gateway (a stale "open the valve" must not run hours later).
 /// With Home Assistant discovery upstream, its `<discovery prefix>/status` too (not under
-/// `prefix`: Home Assistant publishes it there).
+/// the prefix: Home Assistant publishes it there).
 pub(super) fn subscriptions(
     router: Option<&Router>,
-    prefix: &str,
+    topics: &Topics,
     ha_status: Option<&str>,
 ) -> Vec<SubscribeFilter> {
     let mut subs: Vec<SubscribeFilter> = match router {
         Some(r) => r
             .subscriptions()
             .into_iter()
-            .map(|t| SubscribeFilter::new(format!("{prefix}{t}"), QoS::AtMostOnce))
+            .map(|t| SubscribeFilter::new(topics.upstream(&t), QoS::AtMostOnce))
             .collect(),
         None => Vec::new(),
     };
@@ -79,7 +79,7 @@ impl Up {
             return;
         }
         self.subs_generation = generation;
-        let new = subscriptions(Some(router), &self.prefix, self.ha_status.as_deref());
+        let new = subscriptions(Some(router), &self.topics, self.follow.ha_status());
         let added: Vec<SubscribeFilter> = new
             .iter()
             .filter(|f| !self.subs.iter().any(|o| o.path == f.path))
@@ -119,15 +119,10 @@ impl Up {
     /// A message from upstream: a command when it is under the prefix and commands are
     /// accepted.
     pub(super) fn on_message(&mut self, topic: &str, payload: &[u8]) {
-        if self.ha_status.as_deref() == Some(topic) {
-            if payload == b"online" && self.ha_due.is_none() {
-                let wait = crate::mqtt::ha_delay();
-                debug!(wait = ?wait, "Home Assistant online upstream; discovery republished soon.");
-                self.ha_due = Some(tokio::time::Instant::now() + wait);
-            }
+        if self.follow.heard(topic, payload) {
             return;
         }
-        let (Some(router), Some(t)) = (self.router.as_ref(), topic.strip_prefix(&self.prefix))
+        let (Some(router), Some(t)) = (self.router.as_ref(), self.topics.strip_upstream(topic))
         else {
             return;
         };

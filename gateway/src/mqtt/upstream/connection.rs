@@ -78,8 +78,9 @@ pub fn options(model: &Model, u: &Upstream) -> Result<MqttOptions, UpstreamError
         let cfg = tls_config(t)?;
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(cfg))));
     }
+    let topics = model.topics();
     o.set_last_will(LastWill::new(
-        format!("{}{}", u.prefix, model.status_topic()),
+        topics.upstream(&topics.status()),
         "offline",
         QoS::AtLeastOnce,
         true,

@@ -43,8 +43,11 @@ pub use connection::options;
 use eventloop::{disconnect, spawn_eventloop, Link};
 use publisher::Up;
 
-use super::queue::{FlushDone, Spool, SpoolError};
-use crate::{commands::Router, health::Stats, model::Model, model::Upstream, publish::Batch};
+use super::{
+    queue::{FlushDone, Spool, SpoolError},
+    retained::{Intake, Retained},
+};
+use crate::{commands::Router, health::Stats, model::Model, model::Upstream};
 
 /// Messages handed to the connection and not yet acknowledged, at most.
 const WINDOW: usize = 256;
@@ -105,16 +108,15 @@ impl Writes {
     }
 }
 
-/// Run the upstream link until `rx` is closed; then write the queue to disk, publish
-/// `offline` and disconnect.
-/// `current` follows the model in force (a reload changes discovery configs).
-pub async fn run_upstream(
-    model: Arc<Model>,
+/// Run the upstream link until `intake` is closed; then write the queue to disk, publish
+/// `offline` and disconnect. `current` follows the model in force (a reload changes
+/// discovery configs); `retained` is the retained state shared with the embedded side.
+pub(crate) async fn run_upstream(
+    (model, current): (Arc<Model>, Option<tokio::sync::watch::Receiver<Arc<Model>>>),
     spool: Spool,
-    mut rx: mpsc::Receiver<Batch>,
+    (mut intake, retained): (Intake, Arc<Retained>),
     stats: Arc<Stats>,
     router: Option<Router>,
-    mut current: Option<tokio::sync::watch::Receiver<Arc<Model>>>,
 ) -> Result<(), UpstreamError> {
     let Some(u) = model.mqtt.upstream.clone() else {
         return Ok(());
@@ -127,7 +129,14 @@ pub async fn run_upstream(
     }
     let (link_tx, mut link) = mpsc::unbounded_channel();
     spawn_eventloop(eventloop, link_tx);
-    let mut up = Up::new(client, spool, stats, &model, &u, router);
+    let mut up = Up::new(
+        client,
+        spool,
+        stats,
+        (model, current),
+        (&u, retained),
+        router,
+    );
     let mut flush = tokio::time::interval(u.queue.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -135,6 +144,7 @@ pub async fn run_upstream(
     let mut rate_wait: Option<Duration> = None;
     loop {
         let wait = rate_wait.unwrap_or(Duration::from_secs(3600));
+        let birth = up.follow.birth_at();
         tokio::select! {
             ev = link.recv() => match ev {
                 // Several events usually wait: take them before sending more.
@@ -145,10 +155,10 @@ pub async fn run_upstream(
                 }
                 None => break,
             },
-            batch = rx.recv() => match batch {
-                Some(batch) => {
+            batch = intake.recv() => match batch {
+                Some(stamped) => {
                     up.follow_routes();
-                    for m in batch {
+                    for m in stamped.batch {
                         up.push(m);
                     }
                     if up.spool.mem_bytes() > FLUSH_BYTES {
@@ -167,19 +177,11 @@ pub async fn run_upstream(
                 up.follow_routes();
                 up.publish_stats();
             }
-            () = crate::mqtt::sleep_until(up.ha_due), if up.ha_due.is_some() => {
-                up.ha_due = None;
+            () = crate::mqtt::sleep_until(birth), if birth.is_some() => {
+                up.follow.birth_taken();
                 up.configs_due = true;
             }
-            changed = async { match current.as_mut() { Some(c) => c.changed().await, None => std::future::pending().await } } => {
-                match (changed, current.as_mut()) {
-                    (Ok(()), Some(c)) => {
-                        let new = c.borrow_and_update().clone();
-                        up.follow_model(new);
-                    }
-                    _ => current = None,
-                }
-            }
+            () = up.follow.changed() => up.follow_model(),
             () = tokio::time::sleep(wait), if rate_wait.is_some() => {},
         }
         rate_wait = up.pump();
@@ -226,14 +228,13 @@ async fn shutdown(mut up: Up, mut writes: Writes, link: &mut mpsc::UnboundedRece
 
 /// [`run_upstream`] as a task of its own: an error is logged.
 pub(crate) async fn run_logged(
-    model: Arc<Model>,
+    model: (Arc<Model>, Option<tokio::sync::watch::Receiver<Arc<Model>>>),
     spool: Spool,
-    rx: mpsc::Receiver<Batch>,
+    intake: (Intake, Arc<Retained>),
     stats: Arc<Stats>,
     router: Option<Router>,
-    current: Option<tokio::sync::watch::Receiver<Arc<Model>>>,
 ) {
-    if let Err(e) = run_upstream(model, spool, rx, stats, router, current).await {
+    if let Err(e) = run_upstream(model, spool, intake, stats, router).await {
         tracing::error!(error = %e, "Upstream link stopped.");
     }
 }

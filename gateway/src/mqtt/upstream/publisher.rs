@@ -20,8 +20,13 @@ use crate::{
     commands::Router,
     health::Stats,
     model::{Model, Upstream},
-    mqtt::{queue::Spool, remember},
+    mqtt::{
+        follow::{Follow, Side},
+        queue::Spool,
+        retained::{Key, Retained},
+    },
     publish::Outgoing,
+    topics::Topics,
 };
 
 /// Token bucket of the replay rate.
@@ -51,13 +56,16 @@ impl Rate {
     }
 }
 
-/// The upstream task's state: the queue, the connection's bookkeeping, the retained state.
+/// The upstream task's state: the queue, the connection's bookkeeping, and its share of
+/// the retained state and of the reload and Home Assistant handling (`follow.rs`).
 pub(super) struct Up {
     pub(super) client: AsyncClient,
     pub(super) spool: Spool,
     pub(super) stats: Arc<Stats>,
     qos: u8,
-    pub(super) prefix: String,
+    /// The gateway's topic names (their upstream form has the prefix in front).
+    pub(super) topics: Topics,
+    /// `<prefix><base>/status`.
     pub(super) status_topic: String,
     /// Publishes asked of rumqttc and not yet reported written: the queue's sequence
     /// number, or `None` for messages not from the queue (status, retained state).
@@ -67,9 +75,11 @@ pub(super) struct Up {
     pub(super) connected: bool,
     online_due: bool,
     state_due: bool,
-    state: Vec<(String, Vec<u8>, u8)>,
-    /// Last retained payload and QoS per topic (prefix included).
-    retained: HashMap<String, (Vec<u8>, u8)>,
+    /// The retained topics still to send after a connect, last first (their payloads are
+    /// read from `retained` as each is sent: the newest).
+    state: Vec<Key>,
+    /// The retained state, shared with the embedded side.
+    retained: Arc<Retained>,
     /// Messages queued before this connect are a backlog, sent at the replay rate.
     replay_mark: u64,
     rate: Rate,
@@ -79,15 +89,11 @@ pub(super) struct Up {
     pub(super) subs: Vec<SubscribeFilter>,
     /// The router's generation `subs` were made for.
     pub(super) subs_generation: u64,
-    /// Home Assistant discovery upstream: `<discovery prefix>/status`.
-    pub(super) ha_status: Option<String>,
-    /// When Home Assistant's `online` asks for the configs and states again.
-    pub(super) ha_due: Option<tokio::time::Instant>,
+    /// The model in force and Home Assistant's birth, as the embedded side follows them.
+    pub(super) follow: Follow,
     /// The configs are to be sent (at the first connect, and after Home Assistant's
     /// `online`): after `online`, then the retained state.
     pub(super) configs_due: bool,
-    /// The model whose configs upstream has.
-    pub(super) model: Arc<Model>,
     /// The broker's URL, for the logs.
     pub(super) url: String,
     /// Connected at least once.
@@ -102,31 +108,28 @@ impl Up {
         client: AsyncClient,
         spool: Spool,
         stats: Arc<Stats>,
-        model: &Model,
-        u: &Upstream,
+        (model, current): (Arc<Model>, Option<tokio::sync::watch::Receiver<Arc<Model>>>),
+        (u, retained): (&Upstream, Arc<Retained>),
         router: Option<Router>,
     ) -> Up {
-        let ha_status = model
-            .homeassistant
-            .as_ref()
-            .filter(|h| h.upstream)
-            .map(|h| format!("{}/status", h.discovery_prefix));
-        let subs = super::commands::subscriptions(router.as_ref(), &u.prefix, ha_status.as_deref());
+        let topics = model.topics();
+        let follow = Follow::new(Side::Upstream, model, current);
+        let subs = super::commands::subscriptions(router.as_ref(), &topics, follow.ha_status());
         let subs_generation = router.as_ref().map_or(0, Router::generation);
         Up {
             client,
             spool,
             stats,
             qos: u.qos,
-            prefix: u.prefix.clone(),
-            status_topic: format!("{}{}", u.prefix, model.status_topic()),
+            status_topic: topics.upstream(&topics.status()),
+            topics,
             requested: VecDeque::new(),
             by_pkid: HashMap::new(),
             connected: false,
             online_due: false,
             state_due: false,
             state: Vec::new(),
-            retained: HashMap::new(),
+            retained,
             replay_mark: 0,
             rate: Rate {
                 per_s: u.queue.replay_rate,
@@ -137,10 +140,8 @@ impl Up {
             router,
             subs,
             subs_generation,
-            configs_due: ha_status.is_some(),
-            ha_status,
-            ha_due: None,
-            model: Arc::new(model.clone()),
+            configs_due: follow.ha_status().is_some(),
+            follow,
             url: u.url.clone(),
             ever: false,
             failing: None,
@@ -151,12 +152,10 @@ impl Up {
         self.requested.len() + self.by_pkid.len()
     }
 
-    /// Queue a message for upstream (prefix added), remembering retained ones.
+    /// Queue a message for upstream (prefix added); retained ones are in the shared
+    /// state already.
     pub(super) fn push(&mut self, m: Outgoing) {
-        let topic = format!("{}{}", self.prefix, m.topic);
-        if m.retain {
-            remember(&mut self.retained, &topic, &m.payload, self.qos);
-        }
+        let topic = self.topics.upstream(&m.topic);
         self.spool.push(topic, m.payload, self.qos, m.retain);
     }
 
@@ -184,9 +183,9 @@ impl Up {
     /// Queue every upstream discovery config (their topics as they are: Home Assistant
     /// listens on its own prefix), then the retained state once they are out.
     fn queue_configs(&mut self) {
-        let model = self.model.clone();
+        let model = self.follow.shown();
         let mut n = 0;
-        for c in crate::homeassistant::iter_upstream(&model, &self.prefix) {
+        for c in self.follow.configs(&model) {
             let m = c.message();
             self.spool.push(m.topic, m.payload, 1, true);
             n += 1;
@@ -196,11 +195,10 @@ impl Up {
     }
 
     /// After a reload: the upstream configs that changed, and clears for the gone ones.
-    pub(super) fn follow_model(&mut self, new: Arc<Model>) {
-        for m in crate::homeassistant::changes_upstream(&self.model, &new, &self.prefix) {
+    pub(super) fn follow_model(&mut self) {
+        for m in self.follow.reload() {
             self.spool.push(m.topic, m.payload, 1, true);
         }
-        self.model = new;
     }
 
     /// A new connection: `online` first, then the backlog at the replay rate, then the
@@ -268,24 +266,22 @@ impl Up {
     /// no room in rumqttc's channel.
     fn pump_state(&mut self) -> bool {
         if self.state_due {
-            // Newest values only, so nothing older can follow them.
             self.state_due = false;
-            self.state = self
-                .retained
-                .iter()
-                .map(|(t, (p, q))| (t.clone(), p.clone(), *q))
-                .collect();
-            self.state.sort_by(|a, b| b.0.cmp(&a.0));
+            self.state = self.retained.keys(&self.follow.model());
+            self.state.reverse();
         }
-        let Some((t, p, q)) = self.state.pop() else {
+        let Some(key) = self.state.pop() else {
             return false;
         };
-        // A newer value was queued since: this one would arrive after it.
-        if self.retained.get(&t).is_some_and(|(cur, _)| *cur != p) {
+        // The newest payload: every message recorded before it is in the queue already
+        // or still on its way to it, so nothing older can follow it. Gone meanwhile:
+        // nothing to send.
+        let Some((payload, _)) = self.retained.get(&key) else {
             return true;
-        }
-        if !self.request(t.clone(), p.clone(), q, true, None) {
-            self.state.push((t, p, q));
+        };
+        let topic = self.topics.upstream(&key.topic);
+        if !self.request(topic, payload, self.qos, true, None) {
+            self.state.push(key);
             return false;
         }
         true
