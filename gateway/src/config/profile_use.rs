@@ -117,26 +117,7 @@ impl Validator {
         buses: &HashMap<String, BusInfo>,
     ) -> Option<ProfileUse> {
         let Some(name) = d.profile.clone() else {
-            let keys = [
-                ("topic_prefix", d.topic_prefix.as_ref().map(at)),
-                (
-                    "exclude",
-                    d.exclude.as_ref().and_then(|e| e.first()).map(at),
-                ),
-                (
-                    "overrides",
-                    d.overrides
-                        .as_ref()
-                        .and_then(|o| o.0.first())
-                        .map(|o| at(&o.0)),
-                ),
-            ];
-            self.reject_keys(
-                cx,
-                &keys,
-                |key| format!("`{key}` applies to a device with a `profile`"),
-                "add `profile: <name>` (`fieldlink profiles` lists them), or remove the key",
-            );
+            self.profile_keys_without_profile(cx, d);
             return None;
         };
         let pcx = cx.at("profile");
@@ -229,6 +210,30 @@ impl Validator {
             self.usual_serial(cx, d, b, s, &name);
         }
         Some(u)
+    }
+
+    /// `topic_prefix`, `exclude` and `overrides` on a device without `profile`.
+    fn profile_keys_without_profile(&mut self, cx: &Cx, d: &DeviceFile) {
+        let keys = [
+            ("topic_prefix", d.topic_prefix.as_ref().map(at)),
+            (
+                "exclude",
+                d.exclude.as_ref().and_then(|e| e.first()).map(at),
+            ),
+            (
+                "overrides",
+                d.overrides
+                    .as_ref()
+                    .and_then(|o| o.0.first())
+                    .map(|o| at(&o.0)),
+            ),
+        ];
+        self.reject_keys(
+            cx,
+            &keys,
+            |key| format!("`{key}` applies to a device with a `profile`"),
+            "add `profile: <name>` (`fieldlink profiles` lists them), or remove the key",
+        );
     }
 
     /// `exclude` and `overrides` name points the profile has.
