@@ -37,6 +37,8 @@
 //! - [`demo`]: `fieldlink demo`, simulated devices on the embedded broker.
 //! - [`commission`]: `fieldlink probe`, `scan` and `write`, for finding a device and its
 //!   registers from the command line.
+//! - [`profiles_cmd`]: `fieldlink profiles`, the device profiles (shipped and the
+//!   user's; they are read and expanded in [`config`]).
 
 pub mod broker;
 pub mod buses;
@@ -49,6 +51,7 @@ pub mod homeassistant;
 pub mod logs;
 pub mod model;
 pub mod mqtt;
+pub mod profiles_cmd;
 mod publish;
 mod reload;
 mod runtime;
