@@ -28,6 +28,9 @@ for path in ./usr/bin/fieldlink ./etc/fieldlink/gateway.yaml ./etc/fieldlink/cas
 done
 echo "$contents" | awk '{print $NF}' | grep -Eq '^\./(usr/)?lib/systemd/system/fieldlink\.service$' \
   || fail "missing the systemd unit"
+profiles=$(echo "$contents" | awk '{print $NF}' | grep -E '^\./usr/share/fieldlink/profiles/[^/]+\.yaml$' || true)
+[ -n "$profiles" ] || fail "no device profiles under /usr/share/fieldlink/profiles"
+echo "  profiles: $(echo "$profiles" | wc -l) under /usr/share/fieldlink/profiles"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -46,6 +49,15 @@ if [ "$arch" = "$(dpkg --print-architecture)" ]; then
   "$root/usr/bin/fieldlink" --version
   "$root/usr/bin/fieldlink" check --config "$root/etc/fieldlink/gateway.yaml" \
     || fail "fieldlink check failed on the installed example"
+  # The installed profiles are the ones compiled in, byte for byte, and no other.
+  for f in "$root"/usr/share/fieldlink/profiles/*.yaml; do
+    name=$(basename "$f" .yaml)
+    "$root/usr/bin/fieldlink" profiles show "$name" | cmp -s - "$f" \
+      || fail "installed profile $name differs from the binary's"
+  done
+  listed=$("$root/usr/bin/fieldlink" profiles | tail -n +2 | awk '{print $1}' | sort)
+  installed=$(ls "$root"/usr/share/fieldlink/profiles/ | sed 's/\.yaml$//' | sort)
+  [ "$listed" = "$installed" ] || fail "fieldlink profiles lists other profiles than the package installs"
 else
   echo "  ($arch package: the binary is checked by cross/verify.sh, not run here)"
 fi

@@ -38,6 +38,8 @@
 //! - [`commission`]: `fieldlink probe`, `scan` and `write`, for finding a device and its
 //!   registers from the command line: directly, or through the running gateway
 //!   (`<base>/bus/<id>/request`), whose bus task runs them between its polls.
+//! - [`profiles_cmd`]: `fieldlink profiles`, the device profiles (shipped and the
+//!   user's; they are read and expanded in [`config`]).
 
 pub mod broker;
 pub mod buses;
@@ -50,6 +52,7 @@ pub mod homeassistant;
 pub mod logs;
 pub mod model;
 pub mod mqtt;
+pub mod profiles_cmd;
 mod publish;
 mod reload;
 mod runtime;

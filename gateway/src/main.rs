@@ -1,5 +1,5 @@
-//! The `fieldlink` command line: run, check, demo, watch, and the commissioning commands
-//! probe, scan and write.
+//! The `fieldlink` command line: run, check, demo, watch, the commissioning commands
+//! probe, scan and write, and profiles.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -82,6 +82,8 @@ enum Command {
         ))]
         file: String,
     },
+    /// List the device profiles (shipped, and with --config your own), or show one.
+    Profiles(fieldlink::profiles_cmd::ProfilesArgs),
 }
 
 /// The log filter when `RUST_LOG` is not set. rmqtt logs (through `log`) every ordinary
@@ -162,13 +164,18 @@ fn main() -> ExitCode {
     // (a port opened, a connection refused) would only repeat their one line.
     let commissioning = matches!(
         cli.command,
-        Command::Probe(_) | Command::Scan(_) | Command::Write(_)
+        Command::Probe(_) | Command::Scan(_) | Command::Write(_) | Command::Profiles(_)
     );
     init_logs(if commissioning { "error" } else { LOG_FILTER });
     match cli.command {
         Command::Probe(a) => commission(fieldlink::commission::Commission::Probe(a)),
         Command::Scan(a) => commission(fieldlink::commission::Commission::Scan(a)),
         Command::Write(a) => commission(fieldlink::commission::Commission::Write(a)),
+        Command::Profiles(a) => ExitCode::from(fieldlink::profiles_cmd::run(
+            &a,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
         Command::Check { config } => check(&config),
         Command::Schema { file } => print_schema(&file),
         Command::Run { config } => {
@@ -448,7 +455,7 @@ fn modbus_requests(m: &fieldlink::Model) -> (usize, f64, Vec<String>) {
         })
         .flat_map(|b| b.devices.iter());
     for d in modbus {
-        let items = d
+        let mut items: Vec<_> = d
             .points
             .iter()
             // A write_only point is never read (#23).
@@ -461,6 +468,14 @@ fn modbus_requests(m: &fieldlink::Model) -> (usize, f64, Vec<String>) {
                 })
             })
             .collect();
+        // Scale factor registers are read too (#25).
+        let read: Vec<_> = d
+            .points
+            .iter()
+            .filter(|p| !p.write_only)
+            .filter_map(|p| p.modbus().copied())
+            .collect();
+        items.extend(fieldlink::buses::scale_registers(&read).0);
         let limits = d.modbus().map(|m| m.read_limits()).unwrap_or_default();
         requests += Planner::with_limits(items, limits).plan().len();
         let (line, per_minute) = cadence_line(d);

@@ -89,7 +89,13 @@ fn decimals_of(x: f64) -> usize {
 /// Apply scale, offset and precision to a decoded value, then the point's named values
 /// (`values: {ON: 1, OFF: 0}` publishes `ON`).
 pub fn reading(point: &Point, value: &Value) -> Reading {
-    let r = scaled(point, value);
+    reading_scaled(point, value, 1.0)
+}
+
+/// [`reading`] of a value that is also × `factor` (10^sf of a `scale_register`), as if
+/// the point's `scale` were that much larger.
+pub fn reading_scaled(point: &Point, value: &Value, factor: f64) -> Reading {
+    let r = scaled(point, value, factor);
     if point.value_map.is_empty() {
         return r;
     }
@@ -104,12 +110,13 @@ pub fn reading(point: &Point, value: &Value) -> Reading {
     }
 }
 
-fn scaled(point: &Point, value: &Value) -> Reading {
+fn scaled(point: &Point, value: &Value, factor: f64) -> Reading {
+    let scale = point.scale * factor;
     match value {
         Value::Bool(b) => Reading::Bool(*b),
         Value::Str(s) => Reading::Text(s.clone()),
         _ => {
-            let identity = point.scale == 1.0 && point.offset == 0.0;
+            let identity = scale == 1.0 && point.offset == 0.0;
             if identity && point.precision.is_none() {
                 match value {
                     Value::Int(i) => return Reading::Number(*i as f64, i.to_string()),
@@ -125,13 +132,13 @@ fn scaled(point: &Point, value: &Value) -> Reading {
                 }
             }
             let raw = value.as_f64().unwrap_or(0.0);
-            let v = raw * point.scale + point.offset;
+            let v = raw * scale + point.offset;
             let text = match point.precision {
                 Some(p) => format!("{:.*}", usize::from(p), v),
                 None if point.ty == ValueType::F32 => fmt_float(v, (v as f32).to_string()),
                 None if point.ty == ValueType::F64 => fmt_float(v, v.to_string()),
                 None => {
-                    let d = decimals_of(point.scale).max(decimals_of(point.offset));
+                    let d = decimals_of(scale).max(decimals_of(point.offset));
                     format!("{v:.d$}")
                 }
             };

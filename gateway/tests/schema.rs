@@ -204,7 +204,10 @@ fn golden_complaints(case: &Path) -> BTreeMap<String, Option<Vec<(String, String
                 .into_owned();
             let text = fs::read_to_string(&path).expect("read a golden file");
             let doc = yaml_text(&text).ok();
-            let found = doc.map(|doc| complaints(&validator(kind_of(&doc)), &doc));
+            // Profile files have no schema of their own yet (issue #25): not checked.
+            let found = doc
+                .filter(|doc| fieldlink::config::schema::schema(kind_of(doc)).is_some())
+                .map(|doc| complaints(&validator(kind_of(&doc)), &doc));
             (name, found)
         })
         .collect()

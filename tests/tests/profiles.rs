@@ -201,41 +201,27 @@ fn load(name: &str) -> Result<Case, Vec<String>> {
     }
 }
 
-// Until profile: on devices lands (#25 F): the profile becomes an ordinary device here.
-// Each point's `key` becomes `topic: prof/<name>/<key>`, the `profile:` block is dropped
-// (its read limits and Home Assistant metadata go onto the device), and every per-point
-// `poll_interval` becomes `SLOW_POLL` so that the test does not wait an hour. With the
-// mechanism in place this returns `{profile: <name>, topic_prefix: prof/<name>,
-// overrides: {<key>: {poll_interval: SLOW_POLL}}}` plus id, bus, unit and poll_interval.
+// A device using the profile as a user's would (#25 F): `profile: <name>`,
+// `topic_prefix: prof/<name>`, the profile's read limits and Home Assistant device as the
+// profile gives them, and every point's own `poll_interval` overridden by `SLOW_POLL` so
+// that the test does not wait an hour.
 fn profile_device(name: &str, profile: &Json, bus: &str, unit: u8) -> Map<String, Json> {
-    let meta = &profile["profile"];
     let mut dev = Map::new();
     dev.insert("id".into(), json!(name));
     dev.insert("bus".into(), json!(bus));
     dev.insert("unit".into(), json!(unit));
     dev.insert("poll_interval".into(), json!("200ms"));
-    for k in ["max_read_registers", "max_read_bits", "max_gap"] {
-        if let Some(v) = meta.get(k) {
-            dev.insert(k.into(), v.clone());
-        }
-    }
-    if let Some(ha) = meta.get("homeassistant") {
-        dev.insert("homeassistant".into(), ha.clone());
-    }
-    let points = points_of(profile)
+    dev.insert("profile".into(), json!(name));
+    dev.insert("topic_prefix".into(), json!(format!("prof/{name}")));
+    let overrides: Map<String, Json> = points_of(profile)
         .iter()
-        .map(|p| {
-            let mut p = p.as_object().cloned().unwrap_or_default();
-            let key = p.remove("key").unwrap_or(Json::Null);
-            let key = key.as_str().unwrap_or("");
-            p.insert("topic".into(), json!(format!("prof/{name}/{key}")));
-            if p.contains_key("poll_interval") {
-                p.insert("poll_interval".into(), json!(SLOW_POLL));
-            }
-            Json::Object(p)
-        })
+        .filter(|p| p.get("poll_interval").is_some())
+        .filter_map(|p| p.get("key").and_then(Json::as_str))
+        .map(|k| (k.to_string(), json!({ "poll_interval": SLOW_POLL })))
         .collect();
-    dev.insert("points".into(), Json::Array(points));
+    if !overrides.is_empty() {
+        dev.insert("overrides".into(), Json::Object(overrides));
+    }
     dev
 }
 

@@ -155,7 +155,7 @@ impl Groups {
 /// groups all start at once and nothing fails.
 pub fn requests_per_minute(device: &Device) -> Vec<(Duration, f64)> {
     let every = cadences(device);
-    let (items, groups): (Vec<PlanItem>, Vec<usize>) = device
+    let (mut items, mut groups): (Vec<PlanItem>, Vec<usize>) = device
         .points
         .iter()
         .filter(|p| !p.write_only)
@@ -170,6 +170,25 @@ pub fn requests_per_minute(device: &Device) -> Vec<(Duration, f64)> {
             Some((item, g))
         })
         .unzip();
+    // Scale factor registers (#25): read with the fastest of the points they scale.
+    let read: Vec<_> = device
+        .points
+        .iter()
+        .filter(|p| !p.write_only)
+        .filter_map(|p| p.modbus().copied())
+        .collect();
+    let (factors, of_point) = super::scale_registers(&read);
+    for (s, f) in factors.into_iter().enumerate() {
+        let g = of_point
+            .iter()
+            .zip(&groups)
+            .filter(|(o, _)| **o == Some(s))
+            .map(|(_, g)| *g)
+            .min()
+            .unwrap_or(0);
+        items.push(f);
+        groups.push(g);
+    }
     let limits = device.modbus().map(|m| m.read_limits()).unwrap_or_default();
     let mut planner = Planner::with_limits(items, limits);
     let mut per_minute = vec![0f64; every.len()];

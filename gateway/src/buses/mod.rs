@@ -21,6 +21,8 @@
 //!   which groups a poll reads, and `check`'s requests per minute.
 //! - `rewrite`: values kept alive by `rewrite_every` (written again through the driver),
 //!   and the availability of devices that are only written (`write_only`).
+//! - `scale`: scale factor registers (`scale_register`): read with their values as
+//!   items of the read plan, applied to the values read in the same poll.
 //! - `registry`: the running bus tasks by bus id (`Buses`): started by the runtime,
 //!   reconfigured or stopped by a reload, and the one list of which bus kind runs which
 //!   driver.
@@ -40,6 +42,7 @@ mod modbus;
 mod reads;
 mod registry;
 mod rewrite;
+mod scale;
 mod schedule;
 mod uart;
 
@@ -58,6 +61,7 @@ pub use cadence::requests_per_minute;
 pub use gpio::run_gpio;
 pub use modbus::run_modbus;
 pub(crate) use registry::{open_gpio, Buses};
+pub use scale::scale_registers;
 pub use uart::run_uart;
 
 /// The channels a bus task talks through.

@@ -21,11 +21,11 @@ use fieldlink_drivers::modbus::{
 };
 use tracing::{debug, info, warn};
 
-use super::{actor, cadence::Due, BusIo, Cx, Driver, Polled};
+use super::{actor, cadence::Due, scale::Scales, BusIo, Cx, Driver, Polled};
 use crate::{
     commands::{Command, CommandError, GetError},
     model::{Bus, Device, ModbusDevice, ModbusPoint, Model, Point},
-    publish::{reading, Reading},
+    publish::{reading, reading_scaled, Reading},
 };
 
 /// Run a Modbus bus over `transport` until shutdown.
@@ -59,6 +59,8 @@ struct Unit {
     due_items: Vec<bool>,
     /// Polled: not a device of `write_only` points only.
     polled: bool,
+    // Scale factor registers (#25): planner items after the points' (`scale.rs`).
+    scales: Scales,
 }
 
 impl<T: ModbusTransport + Send> Driver for Modbus<T> {
@@ -95,6 +97,7 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         let wall = SystemTime::now();
         // What was learned from exception 02 and is due is checked again in this cycle.
         unit.planner.refresh(tokio::time::Instant::now());
+        unit.scales.begin();
         let mut queue: VecDeque<ReadRequest> = unit.plan(due).iter().cloned().collect();
         if queue.is_empty() && !due.all() {
             // The points due now are all known unreadable: nothing to read this time.
@@ -144,7 +147,7 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         let unreadable: Vec<String> = unit
             .planner
             .unreadable()
-            .map(|m| device.points[unit.points[m].0].topic.clone())
+            .map(|m| unit.item_name(&device, m))
             .collect();
         cx.stats_of(d).set_unreadable(unreadable);
         if answered {
@@ -207,7 +210,7 @@ impl Unit {
             .filter(|(_, p)| !p.write_only)
             .filter_map(|(i, p)| p.modbus().map(|m| (i, *m)))
             .collect();
-        let items = points
+        let mut items: Vec<PlanItem> = points
             .iter()
             .map(|&(i, m)| PlanItem {
                 table: m.table,
@@ -215,12 +218,32 @@ impl Unit {
                 count: m.count(d.points[i].ty),
             })
             .collect();
+        let read: Vec<ModbusPoint> = points.iter().map(|(_, m)| *m).collect();
+        let (scales, factors) = Scales::new(&read);
+        items.extend(factors);
         Unit {
+            bad_points: vec![false; items.len()],
             planner: Planner::with_limits(items, settings(d).read_limits()),
-            bad_points: vec![false; points.len()],
             points,
             due_items: Vec::new(),
             polled: d.polled(),
+            scales,
+        }
+    }
+
+    /// Where planner item `m` is: its table and first address.
+    fn item_at(&self, m: usize) -> (Table, u16) {
+        match self.points.get(m) {
+            Some((_, mp)) => (mp.table, mp.address),
+            None => self.scales.register(m),
+        }
+    }
+
+    /// A planner item for logs: its point's topic, or what a factor register is.
+    fn item_name(&self, device: &Device, m: usize) -> String {
+        match self.points.get(m) {
+            Some((i, _)) => device.points[*i].topic.clone(),
+            None => self.scales.name(m),
         }
     }
 
@@ -232,6 +255,8 @@ impl Unit {
         }
         self.due_items
             .extend(self.points.iter().map(|(i, _)| due.point(*i)));
+        let factors: Vec<bool> = self.scales.due(&self.due_items).collect();
+        self.due_items.extend(factors);
         self.planner.plan_for(&self.due_items)
     }
 
@@ -249,22 +274,35 @@ impl Unit {
     ) {
         for m in self.planner.read_ok(req) {
             if std::mem::replace(&mut self.bad_points[m], false) {
-                let p = &device.points[self.points[m].0];
-                info!(device = %device.id, topic = %p.topic, "Address readable again.");
+                let topic = self.item_name(device, m);
+                info!(device = %device.id, topic = %topic, "Address readable again.");
             }
         }
-        for &m in &req.members {
+        // Factors first: the values of this read that they scale go out with them.
+        let (factors, values): (Vec<usize>, Vec<usize>) =
+            req.members.iter().partition(|m| self.scales.is_factor(**m));
+        let mut ready = Vec::new();
+        for m in factors {
+            let (_, m_at) = self.item_at(m);
+            if let Some(raw) = data_register(data, usize::from(m_at - req.start)) {
+                ready.extend(self.scales.read(&device.id, m, raw));
+            }
+        }
+        for m in values {
             let (i, mp) = self.points[m];
             let point = &device.points[i];
             let value = decode_at(data, usize::from(mp.address - req.start), point, mp);
             match value {
-                Ok(v) => {
-                    cx.value(d, i, &v, started, wall);
-                }
+                Ok(v) => ready.extend(self.scales.value(&device.id, m, v).map(|(v, f)| (m, v, f))),
                 Err(e) => {
                     warn!(device = %device.id, topic = %point.topic, error = %e, "Cannot decode value.");
                 }
             }
+        }
+        for (m, v, f) in ready {
+            let i = self.points[m].0;
+            let r = reading_scaled(&device.points[i], &v, f);
+            cx.reading(d, i, r, started, wall);
         }
     }
 
@@ -279,15 +317,23 @@ impl Unit {
             for &m in &req.members {
                 if !self.bad_points[m] {
                     self.bad_points[m] = true;
-                    let (i, mp) = self.points[m];
-                    let p = &device.points[i];
-                    warn!(device = %device.id, topic = %p.topic, table = %mp.table, address = mp.address, "Device says the address does not exist (exception 02); checked again with backoff.");
+                    let topic = self.item_name(device, m);
+                    let (table, address) = self.item_at(m);
+                    warn!(device = %device.id, topic = %topic, %table, address, "Device says the address does not exist (exception 02); checked again with backoff.");
                 }
             }
         } else {
             debug!(device = %device.id, start = req.start, count = req.count, split_into = replacements.len(), "Merged read hit illegal address; split it.");
         }
         replacements
+    }
+}
+
+/// Register `off` of a reply of registers.
+fn data_register(data: &ReadData, off: usize) -> Option<u16> {
+    match data {
+        ReadData::Registers(r) => r.get(off).copied(),
+        ReadData::Bits(_) => None,
     }
 }
 
@@ -326,7 +372,7 @@ impl<T: ModbusTransport + Send> Modbus<T> {
             .enumerate()
             .filter_map(|(i, &p)| Some((i, *device.points.get(p)?.modbus()?)))
             .collect();
-        let items: Vec<PlanItem> = at
+        let mut items: Vec<PlanItem> = at
             .iter()
             .map(|&(i, m)| PlanItem {
                 table: m.table,
@@ -334,6 +380,10 @@ impl<T: ModbusTransport + Send> Modbus<T> {
                 count: m.count(device.points[points[i]].ty),
             })
             .collect();
+        // Scale factor registers (#25): read with the values they scale.
+        let (mut scales, factors) = Scales::new(&at.iter().map(|(_, m)| *m).collect::<Vec<_>>());
+        items.extend(factors);
+        scales.begin();
         let unit = settings(&device).unit;
         let planner = Planner::with_limits(items.clone(), settings(&device).read_limits());
         let mut queue: VecDeque<ReadRequest> = planner.plan().iter().cloned().collect();
@@ -352,13 +402,29 @@ impl<T: ModbusTransport + Send> Modbus<T> {
             }
             match reply {
                 Ok(data) => {
-                    for &m in &req.members {
+                    let n = at.len();
+                    for &m in req.members.iter().filter(|m| **m >= n) {
+                        let off = usize::from(items[m].address - req.start);
+                        if let Some(raw) = data_register(&data, off) {
+                            for (p, v, f) in scales.read(&device.id, m, raw) {
+                                let point = &device.points[points[at[p].0]];
+                                out[at[p].0] = Ok(reading_scaled(point, &v, f));
+                            }
+                        }
+                    }
+                    for &m in req.members.iter().filter(|m| **m < n) {
                         let (i, mp) = at[m];
                         let point = &device.points[points[i]];
                         let off = usize::from(mp.address - req.start);
-                        out[i] = decode_at(&data, off, point, mp)
-                            .map(|v| reading(point, &v))
-                            .map_err(GetError::Decode);
+                        out[i] = match decode_at(&data, off, point, mp) {
+                            Ok(v) => match scales.value(&device.id, m, v) {
+                                Some((v, f)) => Ok(reading_scaled(point, &v, f)),
+                                None => Err(GetError::Decode(
+                                    "its scale factor was not read, or is unusable".into(),
+                                )),
+                            },
+                            Err(e) => Err(GetError::Decode(e)),
+                        };
                     }
                 }
                 Err(DriverError::Exception { .. }) if req.members.len() > 1 => {
@@ -373,13 +439,17 @@ impl<T: ModbusTransport + Send> Modbus<T> {
                 }
                 Err(e @ DriverError::Exception { .. }) => {
                     for &m in &req.members {
-                        out[at[m].0] = Err(GetError::Device(e.clone()));
+                        if let Some(&(i, _)) = at.get(m) {
+                            out[i] = Err(GetError::Device(e.clone()));
+                        }
                     }
                 }
                 Err(e) => {
                     let rest = queue.iter().flat_map(|r| &r.members);
                     for &m in req.members.iter().chain(rest) {
-                        out[at[m].0] = Err(GetError::Device(e.clone()));
+                        if let Some(&(i, _)) = at.get(m) {
+                            out[i] = Err(GetError::Device(e.clone()));
+                        }
                     }
                     break;
                 }
@@ -405,6 +475,7 @@ async fn write_point<T: ModbusTransport>(
         order,
         bit,
         write_address,
+        ..
     } = at;
     let ModbusDevice {
         unit,

@@ -90,6 +90,7 @@ fn point(ty: ValueType, table: Table, address: u16, order: WordOrder) -> Point {
             order,
             bit: None,
             write_address: None,
+            scale_register: None,
         }),
         ha_overrides: None,
         poll_interval: None,

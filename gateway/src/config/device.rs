@@ -102,7 +102,8 @@ impl Validator {
         };
         let parser_failed = class == Class::Uart && d.parser.is_some() && parser.is_none();
         let points = self.device_points(cx, d, class, parser, parser_failed, topics);
-        if d.points.is_empty() {
+        // A device with a profile that could not be used has its error already.
+        if d.points.is_empty() && d.profile.is_none() {
             self.warn(
                 &cx.at("points"),
                 &d.id,

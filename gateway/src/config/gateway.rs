@@ -47,6 +47,7 @@ impl Validator {
                     Ok(Some(w)) => self.warn(&bcx, b, w),
                     Ok(None) => {}
                 }
+                self.dotted_topic(&bcx, b);
                 b.value.clone()
             }
             None => format!("fieldlink/{id}"),

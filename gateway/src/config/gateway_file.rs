@@ -34,6 +34,13 @@ pub struct GatewayFile {
     /// Home Assistant MQTT discovery (on by default with the embedded broker).
     #[serde(default)]
     pub homeassistant: Option<super::HomeAssistantFile>,
+    // Device profiles (#25).
+    /// Directories of your own device profiles (every `*.yaml` inside, one profile a
+    /// file), a directory or a list; relative paths are resolved against the directory
+    /// of the gateway file. They add to the profiles compiled into the binary; one with
+    /// the name of a shipped profile replaces it (`check` warns).
+    #[serde(default)]
+    pub profiles: Option<Spanned<OneOrMany<String>>>,
     // Commissioning through the running gateway (#24).
     /// Accept commissioning requests (`fieldlink probe`, `scan` and `write` with `--config
     /// FILE --bus ID`) on `<base>/bus/<id>/request` of the embedded broker, run by the bus

@@ -73,7 +73,7 @@ pub enum StateClassName {
 }
 
 /// `homeassistant:` of a device: how it shows in Home Assistant.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceHaFile {
     /// The device's name in Home Assistant. Default: the device id.
@@ -91,7 +91,7 @@ pub struct DeviceHaFile {
 }
 
 /// `homeassistant:` of a point: overrides of what discovery derives from the point.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointHaFile {
     /// The entity's name (shown after the device's name). Default: the last level of the

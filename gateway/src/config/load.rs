@@ -7,8 +7,8 @@ use std::{
 };
 
 use super::{
-    embedded, parse_yaml, resolve_mappings, Cx, Diagnostic, GatewayFile, MappingFile, ParseProblem,
-    Severity, Validator,
+    embedded, parse_yaml, profile_use, resolve_mappings, Cx, Diagnostic, GatewayFile, MappingFile,
+    ParseProblem, Severity, Validator,
 };
 use crate::model::{Bus, Model};
 
@@ -109,8 +109,15 @@ pub fn check_sources(
             Err(p) => v.parse_problem(&path, p),
         }
     }
-    let header = v.gateway(&Cx::new(&gw_file), &gw);
     v.parse_failed = files.len() - 1 != mappings.len();
+    // Device profiles (#25): the user's profiles read, then every device using one
+    // expanded before validation; what is found about the points it gave is moved to
+    // where it is written once validation is done.
+    v.upstream = gw.mqtt.upstream.is_some();
+    let (mut profiles, profile_files) = v.profiles(&Cx::new(&gw_file), &gw);
+    let uses = v.expand_profiles(&mut mappings, &mut profiles);
+    files.extend(profile_files);
+    let header = v.gateway(&Cx::new(&gw_file), &gw);
     let names = header.as_ref().map(|h| {
         crate::topics::Topics::new(
             &h.base_topic,
@@ -122,6 +129,7 @@ pub fn check_sources(
         )
     });
     let buses = v.mappings(&mappings, names.as_ref());
+    profile_use::remap(&mut v.diags, &uses);
     // Report in file order, then by position.
     v.diags.sort_by_key(|d| {
         (

@@ -179,6 +179,29 @@ pub struct DeviceFile {
     /// the points' own topics; any bus kind. Default: none.
     #[serde(default)]
     pub json_topic: Option<Spanned<String>>,
+    // Device profiles (#25, `profiles.rs`, `profile_use.rs`).
+    /// A device profile (`eastron-sdm630`): the device gets the profile's points, each at
+    /// `<topic_prefix>/<key>`, in addition to its own `points`. `fieldlink profiles` lists
+    /// the shipped ones and those of the gateway file's `profiles:` directories. Modbus
+    /// devices only. The profile's unit id, read limits and Home Assistant manufacturer
+    /// and model apply where the device sets none of its own.
+    #[serde(default)]
+    pub profile: Option<Spanned<String>>,
+    /// With `profile`: the topic its points are published under (`casa/energia/medidor`
+    /// publishes the profile's `power` at `casa/energia/medidor/power`). Required with
+    /// `profile`.
+    #[serde(default)]
+    pub topic_prefix: Option<Spanned<String>>,
+    /// With `profile`: keys of the profile's points the device leaves out
+    /// (`[energy_export, frequency]`).
+    #[serde(default)]
+    pub exclude: Option<Vec<Spanned<String>>>,
+    /// With `profile`: point keys of a profile point to change, by the point's key
+    /// (`power: {deadband: 5, poll_interval: 5s}`). Any point key may be given; `topic`
+    /// publishes the point there instead of at `<topic_prefix>/<key>`, and
+    /// `homeassistant:` changes only the keys it gives.
+    #[serde(default)]
+    pub overrides: Option<super::OverridesFile>,
 }
 
 /// Value type of a point.
@@ -228,7 +251,7 @@ pub enum PublishName {
 }
 
 /// One point: a value on the device mapped to one MQTT topic.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointFile {
     /// MQTT topic, taken exactly as written (`casa/terreo/temperatura`).
@@ -389,6 +412,16 @@ pub struct PointFile {
     /// topic (`casa/medidor/potencia` → `potencia`).
     #[serde(default)]
     pub key: Option<Spanned<String>>,
+    // Scale factor registers (#25, `scale_register.rs`).
+    /// Modbus `holding` or `input` register point: the address of a signed 16-bit scale
+    /// factor `sf` in the same table (0-based, as `address`); the value published is the
+    /// register value × 10^sf (then `scale` and `offset`), as SunSpec devices (SolarEdge,
+    /// Fronius, SMA) and some inverters encode their values. The factor is read with the
+    /// point, in the same request where the planner can; a value is published only once
+    /// its factor was read in the same poll. A factor outside −10..10, or 0x8000 (SunSpec's
+    /// "not implemented"), publishes nothing (and is logged once). Not on writable points.
+    #[serde(default)]
+    pub scale_register: Option<Spanned<i64>>,
 }
 
 /// A value in a `values:` map: a number or a boolean.

@@ -35,6 +35,10 @@
 //! | `homeassistant.rs` | `homeassistant:` of the gateway file, of a device and of a point |
 //! | `cadence.rs` | a point's own `poll_interval` |
 //! | `schema.rs` | JSON Schemas of both files, derived from their structs (`fieldlink schema`) |
+//! | `profile_file.rs` | a device profile's structs: [`ProfileFile`], its points and a device's `overrides:` |
+//! | `profiles.rs` | the profiles a configuration can use: shipped (compiled in) and the user's `profiles:` directories |
+//! | `profile_use.rs` | a device with `profile:`: its points expanded before validation, diagnostics moved to both files |
+//! | `scale_register.rs` | a point's `scale_register` (SunSpec scale factors); topics RabbitMQ would rename |
 //!
 //! A new bus kind gets its own file next to `modbus.rs`, `uart.rs` and `gpio.rs`, plus its
 //! keys in [`BusFile`]/[`PointFile`] and a line in the dispatch of `mapping.rs`/`point.rs`.
@@ -56,6 +60,12 @@ mod mapping_file;
 mod modbus;
 mod parse;
 mod point;
+mod profile_file;
+#[cfg(test)]
+mod profile_tests;
+mod profile_use;
+mod profiles;
+mod scale_register;
 pub mod schema;
 mod serial;
 mod uart;
@@ -88,6 +98,14 @@ pub use mapping_file::{
 };
 pub use modbus::{OrderName, TableName};
 pub use parse::{did_you_mean, parse_yaml, resolve_mappings, Loaded, ParseProblem};
+pub use profile_file::{
+    OverridesFile, PointOverrideFile, ProfileDocumentFile, ProfileFile, ProfileHaFile,
+    ProfileKindName, ProfileMetaFile, ProfilePointFile, ProfileSerialFile,
+};
+pub use profile_use::check_profile;
+pub use profiles::{
+    list_profiles, profile_text, Profile, ProfileSummary, ProfilesError, SHIPPED_DIR,
+};
 pub use serial::ParityName;
 pub use uart::{ParamValue, ParserFile, ParserKindName, DEFAULT_MAX_LINE};
 pub use upstream::{parse_url, DEFAULT_QUEUE_SIZE};

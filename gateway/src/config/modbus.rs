@@ -91,6 +91,7 @@ fn missing_parts() -> KindParts {
             order: WordOrder::Abcd,
             bit: None,
             write_address: None,
+            scale_register: None,
         }),
     }
 }
@@ -260,6 +261,7 @@ impl Validator {
                 order,
                 bit,
                 write_address: None,
+                scale_register: None,
             }),
         }
     }

@@ -51,6 +51,7 @@ impl Validator {
             Ok(Some(w)) => self.warn(&tcx, &p.topic, w),
             Ok(None) => {}
         }
+        self.dotted_topic(&tcx, &p.topic);
         let KindParts { ty, mut source } = match class {
             Class::Gpio => KindParts {
                 ty: ValueType::Bool,
@@ -93,6 +94,8 @@ impl Validator {
         let writable = self.writable(cx, p, &source);
         // Writes (#23): write_address, write_only, rewrite_every (`writes.rs`).
         let writes = self.writes(cx, p, &mut source, ty, writable);
+        // Scale factor registers (#25, `scale_register.rs`).
+        self.scale_register(cx, p, &mut source, ty, writable || writes.write_only);
         self.min_max(cx, p, numeric_ty);
         let value_map = self.value_map(cx, p, ty);
         let poll_interval = self.point_poll_interval(cx, p, class);

@@ -53,6 +53,13 @@ pub fn mapping() -> Value {
     finish::<MappingFile>(kinds::mapping)
 }
 
+/// A profile file's schema (its points are mapping points with `key` for `topic`). Not in
+/// [`SCHEMAS`] yet: REFERENCE.md's profile section and the golden profile cases are not
+/// checked against it.
+pub fn profile() -> Value {
+    finish::<super::ProfileFile>(|_| {})
+}
+
 /// The schema of `T`, tidied and given its defaults, with the kind rules `kinds` adds.
 fn finish<T: JsonSchema>(kinds: fn(&mut Value)) -> Value {
     let settings = SchemaSettings::draft07().with(|s| s.inline_subschemas = true);
@@ -312,6 +319,55 @@ impl<T: JsonSchema> JsonSchema for Spanned<T> {
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         T::json_schema(generator)
+    }
+}
+
+/// A mapping point's schema with nothing required (an override), and without `topic` (a
+/// profile point).
+fn point_optional(generator: &mut SchemaGenerator, topic: bool) -> Map<String, Value> {
+    let point = super::PointFile::json_schema(generator).to_value();
+    let mut o = point.as_object().cloned().unwrap_or_default();
+    o.remove("required");
+    if let (false, Some(Value::Object(p))) = (topic, o.get_mut("properties")) {
+        p.remove("topic");
+    }
+    o
+}
+
+impl JsonSchema for super::ProfilePointFile {
+    fn schema_name() -> Cow<'static, str> {
+        "ProfilePoint".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut o = point_optional(generator, false);
+        if let Some(Value::Object(p)) = o.get_mut("properties") {
+            p.insert(
+                "key".into(),
+                serde_json::json!({
+                    "type": "string",
+                    "description": "The point's key (lower snake case, `voltage_l1`): a device using the profile publishes it at `<topic_prefix>/<key>`, and `exclude`/`overrides` name it.",
+                    "pattern": "^[a-z0-9_]+$",
+                }),
+            );
+        }
+        o.insert("required".into(), serde_json::json!(["key"]));
+        Schema::from(o)
+    }
+}
+
+impl JsonSchema for super::OverridesFile {
+    fn schema_name() -> Cow<'static, str> {
+        "Overrides".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let point = point_optional(generator, true);
+        json_schema!({
+            "type": "object",
+            "description": "Point key of the profile → the point keys that change for this device.",
+            "additionalProperties": Value::Object(point),
+        })
     }
 }
 

@@ -104,6 +104,7 @@ impl Validator {
         let prefix = match &u.prefix {
             Some(x) => {
                 self.topic_prefix(&cx.at("prefix"), x);
+                self.dotted_topic(&cx.at("prefix"), x);
                 x.value.clone()
             }
             None => String::new(),

@@ -90,6 +90,9 @@ pub(super) struct Validator {
     pub(super) pins: HashMap<u8, (PathBuf, (u64, u64), String)>,
     /// Serial ports in use: where and by which bus.
     pub(super) ports: HashMap<String, (PathBuf, (u64, u64), String)>,
+    // RabbitMQ's `.` in topics (#25, `profile_use.rs`).
+    /// An upstream broker is configured.
+    pub(super) upstream: bool,
 }
 
 impl Validator {

@@ -27,6 +27,18 @@ impl<T> Spanned<T> {
     pub fn column(&self) -> u64 {
         u64::from(self.column)
     }
+
+    // Device profiles (#25): values a profile puts into a device carry the location of
+    // what they stand for (the device's `topic_prefix`, the profile's `unit`).
+    /// `value` as if written at `(line, column)`.
+    pub(crate) fn at(value: T, (line, column): (u64, u64)) -> Self {
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Spanned {
+            value,
+            line: clamp(line),
+            column: clamp(column),
+        }
+    }
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {

@@ -497,6 +497,10 @@ pub struct ModbusPoint {
     /// Where a `/set` writes (a holding register or coil), when not at `address`; the
     /// value is still read (polled, read back) at `address`.
     pub write_address: Option<u16>,
+    // Scale factor registers (#25, `buses::scale`).
+    /// The register (same table) holding the `i16` scale factor `sf`: the value is
+    /// × 10^sf.
+    pub scale_register: Option<u16>,
 }
 
 impl ModbusPoint {
@@ -664,6 +668,7 @@ pub(crate) fn test_point(ty: ValueType) -> Point {
             order: WordOrder::Abcd,
             bit: None,
             write_address: None,
+            scale_register: None,
         }),
         poll_interval: None,
         write_only: false,
