@@ -430,7 +430,7 @@ pub(crate) async fn run<D: Driver>(
                 // Everything queued now goes ahead of the next poll; several commands
                 // for the same point collapse to the newest, reads to one per device.
                 let (sets, gets, asked) = reads::split(commands::drain(first, &mut commands));
-                run_commands(&mut driver, &mut cx, &mut devs, sets).await;
+                super::batch::run_commands(&mut driver, &mut cx, &mut devs, sets).await;
                 reads::serve(&mut driver, &mut cx, &devs, gets).await;
                 devs.jobs.start(asked, &cx.bus, || driver.endpoint());
                 if let Some(end) = stop {
@@ -657,74 +657,4 @@ async fn poll<D: Driver>(
             .saturating_mul(1 << k)
             .min(device.max_backoff.max(interval))
     });
-}
-
-/// A command checked against an earlier configuration generation: the point it means
-/// now, by its topic, when that point's device has not changed since; `false` when it
-/// changed or is gone (the command was checked against a definition that no longer is).
-fn resolve(c: &mut Command, cx: &Cx, devs: &Devices) -> bool {
-    if c.generation == devs.generation {
-        return true;
-    }
-    for (d, dev) in cx.bus.devices.iter().enumerate() {
-        if let Some(p) = dev.points.iter().position(|p| p.topic == c.topic) {
-            if devs.since[d] <= c.generation {
-                (c.device, c.point) = (d, p);
-                return true;
-            }
-            return false;
-        }
-    }
-    false
-}
-
-/// Run a batch of commands in order; each is answered on its result topic.
-async fn run_commands<D: Driver>(
-    driver: &mut D,
-    cx: &mut Cx,
-    devs: &mut Devices,
-    batch: Vec<Command>,
-) {
-    let mut current = Vec::with_capacity(batch.len());
-    for mut c in batch {
-        if resolve(&mut c, cx, devs) {
-            current.push(c);
-        } else {
-            cx.messages.push(commands::result_on(
-                &c.topic,
-                Err(CommandError::Reloaded),
-                c.id.as_ref(),
-            ));
-        }
-    }
-    let batch = current;
-    let mut superseded = Vec::new();
-    let run = commands::collapse(batch, |c| cx.point(c.device, c.point), &mut superseded);
-    cx.messages.extend(superseded);
-    for c in run {
-        let Some(topic) = cx.point(c.device, c.point).map(|p| p.topic.clone()) else {
-            continue;
-        };
-        // Shutdown came while an earlier command of the batch ran: write nothing more.
-        if cx.shutdown.is_shutdown() {
-            cx.answer(&c, Err(CommandError::ShuttingDown));
-            continue;
-        }
-        let device = cx.device(c.device).id.clone();
-        let began = TokioInstant::now();
-        let written = driver.write(&c, cx).await;
-        devs.rewrites.commanded(cx, &c, &written, began);
-        match written {
-            Ok(r) => {
-                info!(device = %device, topic = %topic, value = ?r.text(), "Command written.");
-                let json = r.json();
-                cx.force(c.device, c.point, r);
-                cx.answer(&c, Ok(json));
-            }
-            Err(e) => {
-                warn!(device = %device, topic = %topic, error = %e, "Command failed.");
-                cx.answer(&c, Err(e));
-            }
-        }
-    }
 }

@@ -15,6 +15,8 @@
 //!   polls that are due.
 //! - `modbus`, `uart`, `gpio`: what a bus kind supplies, and nothing of the loop: read a
 //!   device, write a point, wait for an event (a line, an edge), and its own timers.
+//! - `batch`: a batch of commands run in the bus task (checked against its configuration
+//!   generation, collapsed per point, written, answered).
 //! - `schedule`: when each device is polled (offsets, cadence, the fair share of a
 //!   failing device) and the availability verdict that does not wait for its tries.
 //! - `cadence`: points at their own cadence: a device's points grouped by poll interval,
@@ -34,6 +36,7 @@
 //! points carry settings of their own); and the list of bus kinds in `lib.rs`.
 
 mod actor;
+mod batch;
 mod cadence;
 mod commission;
 pub(crate) mod device_json;
