@@ -162,6 +162,35 @@ pub(crate) struct Cx {
 }
 
 impl Cx {
+    /// The context of a bus task starting on `bus`.
+    fn new(
+        model: &Model,
+        bus: &Arc<Bus>,
+        stats: Arc<Stats>,
+        shutdown: Shutdown,
+        out: tokio::sync::mpsc::Sender<crate::publish::Batch>,
+    ) -> Cx {
+        Cx {
+            states: bus
+                .devices
+                .iter()
+                .map(|d| vec![PointState::default(); d.points.len()])
+                .collect(),
+            availability_topics: bus
+                .devices
+                .iter()
+                .map(|d| model.availability_topic(&d.id))
+                .collect(),
+            counters: counters(&stats, bus),
+            bus: bus.clone(),
+            stats,
+            shutdown,
+            messages: Vec::new(),
+            out,
+            json: DeviceJson::new(bus.devices.len()),
+        }
+    }
+
     /// Device `d` of the bus.
     pub(crate) fn device(&self, d: usize) -> &Arc<Device> {
         &self.bus.devices[d]
@@ -370,25 +399,7 @@ pub(crate) async fn run<D: Driver>(
         1
     };
     let mut devs = Devices::new(&bus, first_index, slots);
-    let mut cx = Cx {
-        states: bus
-            .devices
-            .iter()
-            .map(|d| vec![PointState::default(); d.points.len()])
-            .collect(),
-        availability_topics: bus
-            .devices
-            .iter()
-            .map(|d| model.availability_topic(&d.id))
-            .collect(),
-        counters: counters(&stats, &bus),
-        bus: bus.clone(),
-        stats,
-        shutdown: shutdown.clone(),
-        messages: Vec::new(),
-        out,
-        json: DeviceJson::new(bus.devices.len()),
-    };
+    let mut cx = Cx::new(&model, &bus, stats, shutdown.clone(), out);
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
     rewrite::start_online(&mut cx, 0..bus.devices.len());
