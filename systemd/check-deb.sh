@@ -23,7 +23,8 @@ arch=$(dpkg-deb --field "$deb" Architecture)
 contents=$(dpkg-deb --contents "$deb")
 for path in ./usr/bin/fieldlink ./etc/fieldlink/gateway.yaml ./etc/fieldlink/casa.yaml \
     ./usr/lib/sysusers.d/fieldlink.conf ./usr/share/doc/fieldlink/README.md \
-    ./usr/share/fieldlink/schema/gateway.json ./usr/share/fieldlink/schema/mapping.json; do
+    ./usr/share/fieldlink/schema/gateway.json ./usr/share/fieldlink/schema/mapping.json \
+    ./usr/share/fieldlink/schema/profile.json; do
   echo "$contents" | awk '{print $NF}' | grep -qx "$path" || fail "missing $path"
 done
 echo "$contents" | awk '{print $NF}' | grep -Eq '^\./(usr/)?lib/systemd/system/fieldlink\.service$' \

@@ -135,12 +135,8 @@ fn shipped_yaml_files_name_their_schema_and_pass_it() {
                 rel.display()
             ));
         }
-        // Profiles name `schema/profile.json` before the profile file's types have their
-        // schema; until then only the first line is checked.
         if !schema_names().contains(&kind) {
-            if kind != "profile" {
-                problems.push(format!("mappings/{}: no `{kind}` schema", rel.display()));
-            }
+            problems.push(format!("mappings/{}: no `{kind}` schema", rel.display()));
             continue;
         }
         for (at, message) in complaints(&validator(kind), &doc) {
@@ -191,23 +187,23 @@ fn error_line(line: &str) -> Option<(String, String, String)> {
     Some((file, pointer, message.to_string()))
 }
 
-/// What the schema says about every YAML file of a golden case: file → complaints. `None`
-/// for a file that is not YAML at all.
+/// What the schema says about every YAML file of a golden case: file (its path in the
+/// case, as `expected.txt` names it: `profiles/acme-pm10.yaml`) → complaints. `None` for a
+/// file that is not YAML at all.
 fn golden_complaints(case: &Path) -> BTreeMap<String, Option<Vec<(String, String)>>> {
     yaml_files(case)
         .into_iter()
         .map(|path| {
             let name = path
-                .file_name()
-                .expect("a name")
-                .to_string_lossy()
-                .into_owned();
+                .strip_prefix(case)
+                .expect("below the case")
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
             let text = fs::read_to_string(&path).expect("read a golden file");
             let doc = yaml_text(&text).ok();
-            // Profile files have no schema of their own yet (issue #25): not checked.
-            let found = doc
-                .filter(|doc| fieldlink::config::schema::schema(kind_of(doc)).is_some())
-                .map(|doc| complaints(&validator(kind_of(&doc)), &doc));
+            let found = doc.map(|doc| complaints(&validator(kind_of(&doc)), &doc));
             (name, found)
         })
         .collect()
@@ -253,6 +249,8 @@ const REJECTED_BY_THE_SCHEMA: &[&str] = &[
     "60-point-poll-interval",
     "61-point-poll-interval-garbage",
     "64-write-address-errors",
+    "75-profile-errors-in-both-files",
+    "77-profile-file-metadata",
     "85-commissioning-not-a-bool",
 ];
 
@@ -324,8 +322,8 @@ fn golden_cases_check_accepts_pass_the_schema_and_those_about_keys_do_not() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The keys `mappings/REFERENCE.md`'s tables document, by schema (its `## Gateway file`
-/// and `## Mapping file` parts), each with its default cells (one per row it is in). A table's keys are below the
+/// The keys `mappings/REFERENCE.md`'s tables document, by schema (its `## Gateway file`,
+/// `## Mapping file` and `## Profile file` parts), each with its default cells (one per row it is in). A table's keys are below the
 /// path in backticks of the heading above it (``### `devices[].points[]` ``); a key after
 /// a comma in the same cell is beside the first (`` `mqtt.upstream.cert_file`, `key_file` ``).
 fn documented() -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
@@ -408,13 +406,35 @@ fn table_cells(line: &str) -> Vec<String> {
     cells
 }
 
+/// What REFERENCE.md documents for the schema `name`: its own part, and for a profile the
+/// mapping's point table too, for the keys of a profile point (every mapping point key
+/// but `topic`, `key` instead: only `key` has a row of its own).
+fn documented_for(
+    documented: &BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    name: &str,
+) -> BTreeMap<String, Vec<String>> {
+    let mut docs = documented.get(name).cloned().unwrap_or_default();
+    if name == "profile" {
+        let mapping = documented.get("mapping").cloned().unwrap_or_default();
+        for (key, cells) in mapping {
+            let Some(rest) = key.strip_prefix("devices[].points[].") else {
+                continue;
+            };
+            if rest != "topic" {
+                docs.entry(format!("points[].{rest}")).or_insert(cells);
+            }
+        }
+    }
+    docs
+}
+
 #[test]
 fn reference_documents_every_key_of_the_schemas_and_no_other() {
     let documented = documented();
     let mut problems = Vec::new();
     for name in schema_names() {
         let keys = keys(&schema(name));
-        let docs = documented.get(name).cloned().unwrap_or_default();
+        let docs = documented_for(&documented, name);
         for k in keys.iter().filter(|k| !k.container) {
             if !docs.contains_key(&k.dotted()) {
                 problems.push(format!("{name}: `{}` is not in REFERENCE.md", k.dotted()));
@@ -435,7 +455,7 @@ fn reference_defaults_are_the_schema_defaults() {
     let documented = documented();
     let mut problems = Vec::new();
     for name in schema_names() {
-        let docs = documented.get(name).cloned().unwrap_or_default();
+        let docs = documented_for(&documented, name);
         // A list's default is empty; a key in two rows (`length` of Modbus and of UART
         // points) has a default per bus kind.
         for k in keys(&schema(name)).into_iter().filter(|k| !k.container) {
