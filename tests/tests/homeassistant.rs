@@ -101,7 +101,7 @@ async fn the_demo_house_appears_in_home_assistant_works_from_it_and_survives_its
         .expect("bound")
         .mqtt
         .port();
-    let want = expected_entities(port, 27).await;
+    let want = expected_entities(port, 35).await;
     let Some(ha) = blocking(move || HomeAssistant::start(port)).await else {
         eprintln!("Home Assistant not installed (tests/ha/install.sh): skipped");
         return;
