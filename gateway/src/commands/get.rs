@@ -170,25 +170,7 @@ mod tests {
     /// demand" lists.
     #[test]
     fn every_text_starts_as_the_readme_says() {
-        let readme = include_str!("../../../README.md");
-        let list = readme
-            .split("`/get/result` error texts start with:")
-            .nth(1)
-            .and_then(|rest| rest.split("\n\n").nth(1))
-            .expect("README lists the /get error texts");
-        let prefixes: Vec<String> = list
-            .lines()
-            .filter(|l| l.starts_with("- `"))
-            .flat_map(|l| l.split('`').skip(1).step_by(2))
-            .map(|p| {
-                p.split('…')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end()
-                    .to_string()
-            })
-            .filter(|p| !p.is_empty())
-            .collect();
+        let prefixes = super::super::readme_prefixes("`/get/result` error texts start with:");
         assert!(prefixes.len() >= 9, "{prefixes:?}");
         let all = [
             GetError::NotReadable("the point only takes commands".into()),

@@ -296,3 +296,27 @@ fn reply(
         slot: None,
     }
 }
+
+/// The error-text prefixes README lists after `heading` (each `quoted` text of the list up
+/// to its first `…`): the result texts' tests check every text against them.
+#[cfg(test)]
+pub(crate) fn readme_prefixes(heading: &str) -> Vec<String> {
+    let readme = include_str!("../../../README.md");
+    let list = readme
+        .split(heading)
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").nth(1))
+        .unwrap_or_else(|| panic!("README lists the texts after {heading:?}"));
+    list.lines()
+        .filter(|l| l.starts_with("- `"))
+        .flat_map(|l| l.split('`').skip(1).step_by(2))
+        .map(|p| {
+            p.split('…')
+                .next()
+                .unwrap_or_default()
+                .trim_end()
+                .to_string()
+        })
+        .filter(|p| !p.is_empty())
+        .collect()
+}
