@@ -370,3 +370,50 @@ pub fn run(bin: &Path, port: u16, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()))
 }
+
+/// A running `mosquitto_sub` (on 127.0.0.1:`port`) whose lines are read as they come; killed
+/// when dropped.
+pub struct Sub {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Sub {
+    /// Start `mosquitto_sub` with `args` (topics, `-v`, login, ...).
+    pub fn start(t: &Tools, port: u16, args: &[&str]) -> Sub {
+        let mut child = Command::new(&t.sub)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Sub { child, lines }
+    }
+
+    /// The next line, waiting at most `within`.
+    pub fn line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// The process id of `mosquitto_sub` (to freeze it with a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -6,9 +6,8 @@
 //! Off CI these tests skip when the tools are missing; under `CI` they fail.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::atomic::Ordering::Relaxed,
     time::Duration,
 };
@@ -20,7 +19,7 @@ use fieldlink_drivers::{
 use fieldlink_tests::{eventually, model_from, mosquitto, Gateway, Observer};
 use rumqttc::QoS;
 
-use mosquitto::{run, tools, Tools};
+use mosquitto::{run, tools, Sub, Tools};
 
 /// `mosquitto_pub` with `args` against the broker; its exit code.
 fn publish(t: &Tools, port: u16, args: &[&str]) -> i32 {
@@ -44,45 +43,6 @@ fn subscribe_full(t: &Tools, port: u16, args: &[&str]) -> (i32, Vec<String>, Str
             .collect(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-/// A running `mosquitto_sub` whose lines are read as they come.
-struct Sub {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Sub {
-    fn start(t: &Tools, port: u16, args: &[&str]) -> Sub {
-        let mut child = Command::new(&t.sub)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        Sub { child, lines }
-    }
-
-    fn line(&self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A gateway with one device (`h/temp` read-only, `h/sp` writable), its broker on a port
@@ -252,7 +212,7 @@ async fn last_will_on_kill_and_on_keepalive_expiry() {
         "--will-payload",
         "silent",
     ]);
-    let pid = frozen.child.id().to_string();
+    let pid = frozen.pid().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
         .status()

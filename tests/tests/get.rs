@@ -9,8 +9,7 @@
 //! `/get` from an upstream mosquitto with `accept_commands`. GPIO and UART: `get_kinds.rs`.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,7 +21,7 @@ use fieldlink_drivers::{
 };
 use fieldlink_tests::{
     eventually, model, model_from,
-    mosquitto::{run, tools, Broker, BrokerOpts, Tools},
+    mosquitto::{run, tools, Broker, BrokerOpts, Sub},
     publisher, Gateway, Observer,
 };
 use rumqttc::QoS;
@@ -296,57 +295,17 @@ async fn reads_queued_across_a_reload_are_answered() {
     assert!(dev.log().iter().all(|q| q.count != 1 || q.address != 0));
 }
 
-/// A running `mosquitto_sub` whose lines are read as they come.
-struct Sub {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Sub {
-    fn start(t: &Tools, port: u16, args: &[&str]) -> Sub {
-        let mut child = Command::new(&t.sub)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        Sub { child, lines }
-    }
-
-    /// The next line (waiting at most 10 s).
-    fn line(&self) -> Option<String> {
-        self.lines.recv_timeout(T).ok()
-    }
-
-    /// Lines until one starting with `prefix` (included).
-    fn until(&self, prefix: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(l) = self.line() {
-            let done = l.starts_with(prefix);
-            out.push(l);
-            if done {
-                return out;
-            }
+/// Lines of `sub` until one starting with `prefix` (included), each within 10 s.
+fn until(sub: &Sub, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(l) = sub.line(T) {
+        let done = l.starts_with(prefix);
+        out.push(l);
+        if done {
+            return out;
         }
-        panic!("no line starting with `{prefix}` within 10 s; saw {out:?}");
     }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    panic!("no line starting with `{prefix}` within 10 s; saw {out:?}");
 }
 
 /// A meter polled once an hour: energy (u32 at 0), power (at 10), and an address the
@@ -375,7 +334,7 @@ async fn mosquitto_pub_get_publishes_the_value_and_the_result() {
     let port = gw.broker_port();
     let sub = Sub::start(&t, port, &["-t", "casa/#", "-v"]);
     // The retained value: the subscription is in place.
-    let first = sub.until("casa/energia ");
+    let first = until(&sub, "casa/energia ");
     assert_eq!(first.last().map(String::as_str), Some("casa/energia 1234"));
     assert!(
         eventually(T, || dev.request_count() >= 2).await,
@@ -387,7 +346,7 @@ async fn mosquitto_pub_get_publishes_the_value_and_the_result() {
         assert!(out.status.success(), "{out:?}");
     };
     pub_get(&["-t", "casa/energia/get", "-m", r#"{"id":"r1"}"#]);
-    let lines = sub.until("casa/energia/get/result ");
+    let lines = until(&sub, "casa/energia/get/result ");
     let n = lines.len();
     assert!(n >= 2, "{lines:?}");
     assert_eq!(
@@ -402,7 +361,7 @@ async fn mosquitto_pub_get_publishes_the_value_and_the_result() {
     );
     // An empty message asks as well; no id, none echoed.
     pub_get(&["-t", "casa/potencia/get", "-n"]);
-    let lines = sub.until("casa/potencia/get/result ");
+    let lines = until(&sub, "casa/potencia/get/result ");
     assert!(
         lines.contains(&"casa/potencia 230".to_string()),
         "{lines:?}"
@@ -494,7 +453,7 @@ async fn a_get_the_acl_refuses_reads_nothing() {
     let port = gw.broker_port();
     let login = ["-u", "painel", "-P", "s3nha"];
     let sub = Sub::start(&t, port, &[&login[..], &["-t", "casa/#", "-v"]].concat());
-    sub.until("casa/energia ");
+    until(&sub, "casa/energia ");
     assert!(
         eventually(T, || dev.request_count() >= 2).await,
         "first poll"
@@ -527,7 +486,7 @@ async fn a_get_the_acl_refuses_reads_nothing() {
         &[&login[..], &["-q", "1", "-t", "casa/potencia/get", "-n"]].concat(),
     );
     assert!(out.status.success(), "{out:?}");
-    let lines = sub.until("casa/potencia/get/result ");
+    let lines = until(&sub, "casa/potencia/get/result ");
     assert!(
         !lines.iter().any(|l| l.starts_with("casa/energia")),
         "nothing of the refused /get: {lines:?}"
