@@ -405,6 +405,21 @@ impl Sub {
         self.lines.recv_timeout(within).ok()
     }
 
+    /// Lines until one equal to `last` (included), or `None` after `within` without it.
+    pub fn until(&self, last: &str, within: Duration) -> Option<Vec<String>> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let l = self.lines.recv_timeout(left).ok()?;
+            let done = l == last;
+            out.push(l);
+            if done {
+                return Some(out);
+            }
+        }
+    }
+
     /// The process id of `mosquitto_sub` (to freeze it with a signal).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -9,13 +9,7 @@
 //! present"; the `fieldlink` binary where the log is the product's own. Off CI these tests
 //! skip when the tools are missing; under `CI` they fail.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::atomic::Ordering::Relaxed,
-    time::Duration,
-};
+use std::{path::Path, process::Command, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use fieldlink_drivers::{
     modbus::Table,
@@ -24,7 +18,7 @@ use fieldlink_drivers::{
 use fieldlink_tests::{eventually, model_from, mosquitto, Gateway};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use mosquitto::{run, tools, Tools};
+use mosquitto::{run, tools, Sub, Tools};
 
 /// `mosquitto_pub` as `user` with `args`; its exit code.
 fn publish(t: &Tools, port: u16, user: &str, args: &[&str]) -> i32 {
@@ -35,55 +29,10 @@ fn publish(t: &Tools, port: u16, user: &str, args: &[&str]) -> i32 {
         .unwrap_or(-1)
 }
 
-/// A running `mosquitto_sub` whose lines are read as they come.
-struct Sub {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Sub {
-    fn start(t: &Tools, port: u16, user: &str, args: &[&str]) -> Sub {
-        let mut child = Command::new(&t.sub)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-u", user, "-P", &password(user)])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto_sub");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        Sub { child, lines }
-    }
-
-    /// Lines until one equal to `last` (included), or `None` after `within` without it.
-    fn until(&self, last: &str, within: Duration) -> Option<Vec<String>> {
-        let deadline = std::time::Instant::now() + within;
-        let mut out = Vec::new();
-        loop {
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            let l = self.lines.recv_timeout(left).ok()?;
-            let done = l == last;
-            out.push(l);
-            if done {
-                return Some(out);
-            }
-        }
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `mosquitto_sub` logged in as `user`, with `args`.
+fn subscribe(t: &Tools, port: u16, user: &str, args: &[&str]) -> Sub {
+    let pass = password(user);
+    Sub::start(t, port, &[&["-u", user, "-P", &pass][..], args].concat())
 }
 
 /// The README's example rights, and `garagem`, who may use only the garage light's
@@ -457,7 +406,7 @@ async fn nobody_but_the_gateway_publishes_its_discovery_configs() {
     );
 
     // Home Assistant's view: everything on the prefix, retained and live.
-    let view = Sub::start(&t, port, ha, &["-t", "homeassistant/#", "-v"]);
+    let view = subscribe(&t, port, ha, &["-t", "homeassistant/#", "-v"]);
     let forged =
         |name: &str| format!(r#"{{"name":"{name}","unique_id":"{uid}","state_topic":"x"}}"#);
     let attempts = [
@@ -540,11 +489,11 @@ async fn nobody_but_the_gateway_publishes_its_discovery_configs() {
         .expect("the user's own config is delivered");
 
     // What a Home Assistant starting now reads: the gateway's configs and the user's.
-    let fresh = Sub::start(&t, port, ha, &["-t", "homeassistant/#", "-v"]);
+    let fresh = subscribe(&t, port, ha, &["-t", "homeassistant/#", "-v"]);
     let marker = "homeassistant/marker/state done";
     let mut lines: Vec<String> = Vec::new();
     let all_in = eventually(Duration::from_secs(10), || {
-        while let Ok(l) = fresh.lines.try_recv() {
+        while let Some(l) = fresh.line(Duration::ZERO) {
             lines.push(l);
         }
         configs.iter().all(|c| {
