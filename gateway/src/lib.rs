@@ -38,6 +38,9 @@
 //! - [`commission`]: `fieldlink probe`, `scan` and `write`, for finding a device and its
 //!   registers from the command line: directly, or through the running gateway
 //!   (`<base>/bus/<id>/request`), whose bus task runs them between its polls.
+//! - [`modbus_server`]: the Modbus TCP server (`modbus_server:`) that serves other
+//!   Modbus masters the registers the bus tasks last read, and takes their writes down
+//!   the road of `<topic>/set`.
 //! - [`profiles_cmd`]: `fieldlink profiles`, the device profiles (shipped and the
 //!   user's; they are read and expanded in [`config`]).
 
@@ -50,6 +53,7 @@ pub mod demo;
 pub mod health;
 pub mod homeassistant;
 pub mod logs;
+pub mod modbus_server;
 pub mod model;
 pub mod mqtt;
 pub mod profiles_cmd;

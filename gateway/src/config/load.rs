@@ -155,6 +155,8 @@ pub fn check_sources(
         buses: number_points(buses),
         homeassistant: h.homeassistant,
         commissioning: h.commissioning,
+        // Filled by `config::modbus_server` (issue #26).
+        modbus_server: None,
     };
     embedded::warnings(&model, &gw_file, &gw.mqtt.embedded, &mut v.diags);
     Ok(Checked {

@@ -14,7 +14,10 @@ pub use mqtt::{
     Upstream,
 };
 
+mod modbus_server;
 mod mqtt;
+
+pub use modbus_server::{Allow, ModbusServer};
 
 /// Everything the gateway runs.
 #[derive(Clone, Debug)]
@@ -33,6 +36,8 @@ pub struct Model {
     pub homeassistant: Option<HomeAssistant>,
     /// Commissioning requests through the embedded broker are accepted (`commissioning`).
     pub commissioning: bool,
+    /// The Modbus TCP server (`modbus_server:`), when configured.
+    pub modbus_server: Option<ModbusServer>,
 }
 
 /// Home Assistant MQTT discovery.
