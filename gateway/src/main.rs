@@ -417,6 +417,9 @@ fn check(config: &std::path::Path) -> ExitCode {
             );
         }
     }
+    if let Some(s) = &m.modbus_server {
+        println!("{}", modbus_server_line(s));
+    }
     if let Some(u) = &m.mqtt.upstream {
         println!(
             "Upstream: {} as `{}`{}, queue {} (at most {} MiB, written every {}).",
@@ -433,6 +436,31 @@ fn check(config: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `check`'s line on the Modbus server: `Modbus server: 127.0.0.1:5020 (loopback
+/// clients), units 1 → meter, 3 → inverter; writes off.`
+fn modbus_server_line(s: &fieldlink::model::ModbusServer) -> String {
+    let clients = if s.allow == fieldlink::model::Allow::loopback() {
+        "loopback clients".to_string()
+    } else {
+        let nets: Vec<String> = s.allow.0.iter().map(ToString::to_string).collect();
+        format!("clients from {}", nets.join(", "))
+    };
+    let units = if s.units.is_empty() {
+        "no units".to_string()
+    } else {
+        let list: Vec<String> = s.units.iter().map(|(u, d)| format!("{u} → {d}")).collect();
+        format!("units {}", list.join(", "))
+    };
+    let age = s.max_age.map_or("3 × their cadence".to_string(), |a| {
+        humantime::format_duration(a).to_string()
+    });
+    format!(
+        "Modbus server: {} ({clients}), {units}; writes {}; values at most {age} old.",
+        s.listen,
+        if s.writes { "on" } else { "off" },
+    )
 }
 
 /// `check`'s count of Modbus requests: per poll cycle (every point due), per second, and

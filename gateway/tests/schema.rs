@@ -252,6 +252,7 @@ const REJECTED_BY_THE_SCHEMA: &[&str] = &[
     "75-profile-errors-in-both-files",
     "77-profile-file-metadata",
     "85-commissioning-not-a-bool",
+    "93-modbus-server-unit-0",
 ];
 
 #[test]

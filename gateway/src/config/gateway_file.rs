@@ -49,6 +49,13 @@ pub struct GatewayFile {
     /// clients connected over loopback (on this machine). Default `false`.
     #[serde(default)]
     pub commissioning: Option<Spanned<bool>>,
+    // The Modbus TCP server (#26, `modbus_server.rs`).
+    /// A Modbus TCP server that serves other Modbus masters (Home Assistant's `modbus`,
+    /// evcc, a vendor's tool) the registers the gateway last read, so that each device
+    /// keeps one master. Off unless this section is present (`modbus_server: {}` for every
+    /// default).
+    #[serde(default)]
+    pub modbus_server: Option<Spanned<super::ModbusServerFile>>,
 }
 
 /// `mqtt:` section of the gateway file.

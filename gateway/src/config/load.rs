@@ -129,6 +129,11 @@ pub fn check_sources(
         )
     });
     let buses = v.mappings(&mappings, names.as_ref());
+    let modbus_server = gw.modbus_server.as_ref().map(|s| {
+        let embedded = header.as_ref().and_then(|h| h.mqtt.embedded.as_ref());
+        let cx = Cx::new(&gw_file).at("modbus_server");
+        v.modbus_server(&cx, s, embedded, (&buses, &mappings))
+    });
     profile_use::remap(&mut v.diags, &uses);
     // Report in file order, then by position.
     v.diags.sort_by_key(|d| {
@@ -155,8 +160,7 @@ pub fn check_sources(
         buses: number_points(buses),
         homeassistant: h.homeassistant,
         commissioning: h.commissioning,
-        // Filled by `config::modbus_server` (issue #26).
-        modbus_server: None,
+        modbus_server,
     };
     embedded::warnings(&model, &gw_file, &gw.mqtt.embedded, &mut v.diags);
     Ok(Checked {

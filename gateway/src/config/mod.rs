@@ -28,6 +28,8 @@
 //! | `device.rs` | one device |
 //! | `point.rs` | one point: the keys every bus kind shares; its bus kind's file gives the value type and the `model::Source` |
 //! | `modbus.rs` | Modbus: its key values, `modbus_tcp`/`modbus_rtu` buses, the Modbus half of a point |
+//! | `modbus_server.rs` | `modbus_server:` of the gateway file (the Modbus TCP server): its structs, listener, `allow` and bounds |
+//! | `modbus_server_units.rs` | `modbus_server.units`: which served unit id is which device, and the warnings that need the served devices |
 //! | `serial.rs` | a serial line (`modbus_rtu`, `uart`): port and framing |
 //! | `uart.rs` | UART: its key values, the bus, the line parser, the UART half of a point |
 //! | `gpio.rs` | GPIO: its key values, the bus, the GPIO half of a point |
@@ -58,6 +60,10 @@ mod load;
 mod mapping;
 mod mapping_file;
 mod modbus;
+mod modbus_server;
+#[cfg(test)]
+mod modbus_server_tests;
+mod modbus_server_units;
 mod parse;
 mod point;
 mod profile_file;
@@ -97,6 +103,10 @@ pub use mapping_file::{
     TypeName,
 };
 pub use modbus::{OrderName, TableName};
+pub use modbus_server::{
+    ModbusServerFile, UnitsFile, DEFAULT_MODBUS_FRAME_TIMEOUT, DEFAULT_MODBUS_IDLE_TIMEOUT,
+    DEFAULT_MODBUS_LISTEN, DEFAULT_MODBUS_MAX_CONNECTIONS,
+};
 pub use parse::{did_you_mean, parse_yaml, resolve_mappings, Loaded, ParseProblem};
 pub use profile_file::{
     OverridesFile, PointOverrideFile, ProfileDocumentFile, ProfileFile, ProfileHaFile,
