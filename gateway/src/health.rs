@@ -12,7 +12,10 @@ use serde_json::json;
 
 use fieldlink_drivers::modbus::{Faults, ReplyFault};
 
-use crate::model::{BusKind, Model};
+use crate::{
+    modbus_server::ServerStats,
+    model::{BusKind, Model},
+};
 
 /// Availability of a device as last published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +243,8 @@ pub struct Stats {
     pub upstream: UpstreamStats,
     /// The embedded broker.
     pub broker: Arc<BrokerStats>,
+    /// The Modbus server's counters while it runs ([`Stats::set_modbus_server`]).
+    modbus_server: RwLock<Option<Arc<ServerStats>>>,
 }
 
 /// Counters of the embedded broker (also its `$SYS` topics).
@@ -377,6 +382,7 @@ impl Stats {
             mqtt_connects: AtomicU64::new(0),
             upstream: UpstreamStats::default(),
             broker: Arc::default(),
+            modbus_server: RwLock::default(),
         };
         stats.update(model);
         stats
@@ -486,6 +492,18 @@ impl Stats {
         self.reload.lock().ok()?.clone()
     }
 
+    /// Include the Modbus server's counters in the diagnostics (`None`: no server).
+    pub fn set_modbus_server(&self, server: Option<Arc<ServerStats>>) {
+        if let Ok(mut s) = self.modbus_server.write() {
+            *s = server;
+        }
+    }
+
+    /// The Modbus server's counters, when it runs.
+    pub fn modbus_server(&self) -> Option<Arc<ServerStats>> {
+        self.modbus_server.read().ok()?.clone()
+    }
+
     /// Uptime.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -565,7 +583,7 @@ impl Stats {
             .iter()
             .map(|d| d.failed_polls.load(Relaxed))
             .sum();
-        json!({
+        let mut doc = json!({
             "uptime_s": self.uptime().as_secs(),
             "failed_polls": failed_polls,
             "version": env!("CARGO_PKG_VERSION"),
@@ -600,6 +618,10 @@ impl Stats {
             "devices": devices,
             "serial": serial,
             "reload": self.reloads().map(|r| r.to_json()),
-        })
+        });
+        if let Some(server) = self.modbus_server() {
+            doc["modbus_server"] = server.json();
+        }
+        doc
     }
 }

@@ -6,15 +6,22 @@
 //!
 //! - this file: the seam between the network side and the gateway ([`Backend`]).
 //! - `front` (the network side): listener, `allow`, connection bound, MBAP framing with
-//!   idle and frame timeouts, PDU parsing and replies, per-client counters. It knows
-//!   nothing of devices: it asks a [`Backend`].
+//!   idle and frame timeouts ([`serve`]); `pdu`: requests checked as the Modbus
+//!   specification orders it, and the replies; `clients`: the counters, in total and per
+//!   client address ([`ServerStats`]). It knows nothing of devices: it asks a [`Backend`].
 //! - `snapshot` / `backend` (the gateway side): the raw registers and bits each bus task
 //!   last read of each served device, with when and whether the device is online; reads
 //!   answered from them, writes turned into commands for the owning bus task.
 
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
+mod clients;
+mod front;
+mod pdu;
+
+pub use clients::{ServerStats, MAX_CLIENTS};
 pub use fieldlink_drivers::modbus::{ReadData, Table};
+pub use front::serve;
 
 /// A Modbus exception code sent back to the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
