@@ -8,9 +8,11 @@
 //! a changed one restarts inside its bus task; a bus whose kind or transport changed is
 //! replaced by a new task; removed devices are published `offline` and every removed
 //! point's retained topic is cleared. What only a restart can change (the embedded
-//! broker, the upstream broker, the gateway id and base topic, the diagnostics interval)
-//! is logged and kept as it runs. The MQTT sides, their connections and the upstream
-//! queue are never touched; every command gets its result.
+//! broker, the upstream broker, the gateway id and base topic, the diagnostics interval,
+//! the Modbus server's settings) is logged and kept as it runs; the Modbus server's
+//! snapshot of a changed device starts empty, a removed device's is dropped. The MQTT
+//! sides, their connections and the upstream queue are never touched; every command gets
+//! its result.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -166,11 +168,14 @@ impl Running {
             old.diagnostics_interval != new.diagnostics_interval,
         );
         keep("homeassistant", old.homeassistant != new.homeassistant);
+        // Its listener, its clients and the units it serves stay as they run.
+        keep("modbus_server", old.modbus_server != new.modbus_server);
         new.gateway_id.clone_from(&old.gateway_id);
         new.base_topic.clone_from(&old.base_topic);
         new.mqtt = old.mqtt.clone();
         new.diagnostics_interval = old.diagnostics_interval;
         new.homeassistant.clone_from(&old.homeassistant);
+        new.modbus_server.clone_from(&old.modbus_server);
         // A point that was there (same device, same topic) keeps its slot.
         let slots: HashMap<(&str, &str), u32> = old
             .devices()
@@ -240,6 +245,10 @@ impl Running {
         let new = Arc::new(plan.model);
         let generation = self.router.generation() + 1;
         self.buses.stats().update(&new);
+        // Changed devices' snapshots are made afresh before their bus tasks take them.
+        if let Some(s) = self.buses.snapshots() {
+            s.update(&new);
+        }
         let wanted: HashSet<&str> = new
             .buses
             .iter()
