@@ -9,7 +9,8 @@
 //! replaced by a new task; removed devices are published `offline` and every removed
 //! point's retained topic is cleared. What only a restart can change (the embedded
 //! broker, the upstream broker, the gateway id and base topic, the diagnostics interval,
-//! the Modbus server with the unit ids it serves) is logged and kept as it runs. The MQTT
+//! the Modbus server with the unit ids it serves) is logged and kept as it runs; the Modbus
+//! server's snapshot of a changed device starts empty, a removed device's is dropped. The MQTT
 //! sides, their connections and the upstream queue are never touched; every command gets
 //! its result.
 
@@ -244,6 +245,10 @@ impl Running {
         let new = Arc::new(plan.model);
         let generation = self.router.generation() + 1;
         self.buses.stats().update(&new);
+        // Changed devices' snapshots are made afresh before their bus tasks take them.
+        if let Some(s) = self.buses.snapshots() {
+            s.update(&new);
+        }
         let wanted: HashSet<&str> = new
             .buses
             .iter()

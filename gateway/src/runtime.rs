@@ -12,8 +12,8 @@ use tokio::{
 use tracing::info;
 
 use crate::{
-    broker, buses, commands, health::Stats, model::Model, mqtt, publish, reload, service,
-    shutdown::Shutdown, topics::LiveContract,
+    broker, buses, commands, health::Stats, modbus_server, model::Model, mqtt, publish, reload,
+    service, shutdown::Shutdown, topics::LiveContract,
 };
 
 /// Why the gateway could not run.
@@ -25,6 +25,14 @@ pub enum RunError {
     /// The upstream broker's TLS settings or queue.
     #[error(transparent)]
     Upstream(#[from] mqtt::UpstreamError),
+    /// The Modbus server (`modbus_server.listen`) could not listen.
+    #[error("modbus_server: cannot listen on {listen}: {error}")]
+    ModbusListen {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
     /// A gpio bus could not open its controller.
     #[error("bus `{bus}`: {error}")]
     Gpio {
@@ -49,6 +57,12 @@ pub struct Hooks {
     pub bound: Option<tokio::sync::watch::Sender<Option<broker::Bound>>>,
     /// Reload requests (SIGHUP in `fieldlink run`); without, the configuration is fixed.
     pub reloads: Option<Reloads>,
+    /// The Modbus server's listener (`modbus_server:`), bound by the caller (a test on
+    /// port 0); without, `modbus_server.listen` is bound.
+    pub modbus_listener: Option<tokio::net::TcpListener>,
+    /// Receives the Modbus server's backend once the bus tasks run (tests ask it
+    /// directly); nothing is sent without `modbus_server:`.
+    pub modbus_backend: Option<tokio::sync::oneshot::Sender<Arc<dyn modbus_server::Backend>>>,
 }
 
 /// Where reloads come from.
@@ -108,6 +122,8 @@ pub async fn run_with(
         }
         None => None,
     };
+    // A Modbus server address that cannot be bound stops the gateway here.
+    let modbus_listener = bind_modbus(&model, hooks.modbus_listener.take()).await?;
     let model = Arc::new(model);
     let stats = hooks
         .stats
@@ -117,9 +133,23 @@ pub async fn run_with(
     let link = start_broker(&model, &contract, &stats, hooks.bound.take()).await?;
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
     let (current, current_rx) = watch::channel(model.clone());
-    let mut buses = buses::Buses::new(tx.clone(), stats.clone(), shutdown.clone(), hooks.gpio);
+    let snapshots = modbus_server::Snapshots::new(&model);
+    let mut buses = buses::Buses::new(
+        tx.clone(),
+        stats.clone(),
+        shutdown.clone(),
+        hooks.gpio,
+        snapshots.clone(),
+    );
     let command_txs = buses.spawn_all(&model, &mut gpio);
     let router = commands::Router::new(model.clone(), command_txs, stats.clone());
+    let server = start_modbus_server(
+        &model,
+        (modbus_listener, snapshots),
+        &router,
+        (&tx, &stats, &shutdown),
+        hooks.modbus_backend.take(),
+    );
     let mqtt = start_mqtt(&model, current_rx, &stats, rx, router.clone(), link, spool);
     let diag = tokio::spawn(diagnostics(
         model.clone(),
@@ -168,6 +198,9 @@ pub async fn run_with(
     }
     let model = gateway.model.clone();
     gateway.buses.join().await;
+    if let Some(s) = server {
+        let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+    }
     let _ = diag.await;
     let offline = model
         .devices()
@@ -190,6 +223,57 @@ async fn next_request(reloads: &mut Option<Reloads>) -> Option<()> {
         Some(r) => r.requests.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The Modbus server's listener, when `modbus_server:` is configured: `given` (bound by
+/// a test), else `modbus_server.listen` bound now.
+async fn bind_modbus(
+    model: &Model,
+    given: Option<tokio::net::TcpListener>,
+) -> Result<Option<tokio::net::TcpListener>, RunError> {
+    let Some(s) = &model.modbus_server else {
+        return Ok(None);
+    };
+    if given.is_some() {
+        return Ok(given);
+    }
+    let bound = tokio::net::TcpListener::bind(s.listen).await;
+    bound.map(Some).map_err(|error| RunError::ModbusListen {
+        listen: s.listen,
+        error,
+    })
+}
+
+/// Start the Modbus server on `listener` when `modbus_server:` is configured: its
+/// backend reads `snapshots` and routes writes with `router`; `backend` receives it.
+fn start_modbus_server(
+    model: &Model,
+    (listener, snapshots): (
+        Option<tokio::net::TcpListener>,
+        Option<modbus_server::Snapshots>,
+    ),
+    router: &commands::Router,
+    (out, stats, shutdown): (&mpsc::Sender<publish::Batch>, &Arc<Stats>, &Shutdown),
+    backend: Option<tokio::sync::oneshot::Sender<Arc<dyn modbus_server::Backend>>>,
+) -> Option<JoinHandle<()>> {
+    let (settings, listener, snapshots) = (model.modbus_server.as_ref()?, listener?, snapshots?);
+    let settings = Arc::new(settings.clone());
+    let gateway: Arc<dyn modbus_server::Backend> = Arc::new(modbus_server::GatewayBackend::new(
+        settings.clone(),
+        snapshots,
+        router.clone(),
+        out,
+    ));
+    if let Some(b) = backend {
+        let _ = b.send(gateway.clone());
+    }
+    Some(modbus_server::start(
+        listener,
+        settings,
+        gateway,
+        stats.clone(),
+        shutdown.clone(),
+    ))
 }
 
 /// Start the embedded broker, when enabled: the gateway's link into it.

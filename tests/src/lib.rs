@@ -5,6 +5,7 @@
 //! the `fieldlink` binary as a child process.
 
 pub mod homeassistant;
+pub mod mbpoll;
 pub mod mosquitto;
 pub mod points;
 pub mod process;

@@ -46,6 +46,7 @@ fn record(model: &Model) -> (buses::BusIo, Log, Arc<Stats>, shutdown::ShutdownTr
         control: mpsc::channel(1).1,
         stats: stats.clone(),
         shutdown: sd,
+        snapshots: None,
     };
     (io, log, stats, trigger)
 }

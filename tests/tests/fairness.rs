@@ -104,6 +104,7 @@ async fn polls_with(
         control: mpsc::channel(1).1,
         stats: stats.clone(),
         shutdown: sd,
+        snapshots: None,
     };
     let busm = model.buses[0].clone();
     let task = tokio::spawn(buses::run_modbus(
@@ -213,6 +214,7 @@ async fn run_with_dead_unit(timeout: Duration, run: Duration) -> Run {
         control: mpsc::channel(1).1,
         stats: stats.clone(),
         shutdown: sd,
+        snapshots: None,
     };
     let bus = Bus485 {
         timeout,

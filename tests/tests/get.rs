@@ -70,6 +70,7 @@ fn modbus_task(model: Model, port: u16) -> (Task, tokio::task::JoinHandle<()>) {
         control: control_rx,
         stats,
         shutdown: sd,
+        snapshots: None,
     };
     let transport = TcpTransport::new("127.0.0.1", port, Duration::from_secs(5));
     let bus = model.buses[0].clone();

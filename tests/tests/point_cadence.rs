@@ -153,6 +153,7 @@ fn start(poll_interval: &str, points: &[&str]) -> Meter {
         control: tokio::sync::mpsc::channel(1).1,
         stats,
         shutdown: sd,
+        snapshots: None,
     };
     let dev = SimDevice::new();
     let bus = m.buses[0].clone();

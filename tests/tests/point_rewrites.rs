@@ -67,6 +67,7 @@ fn bench(server: &SimServer, devices: &str) -> Bench {
         control: control_rx,
         stats: stats.clone(),
         shutdown: sd,
+        snapshots: None,
     };
     let writes: Writes = Arc::default();
     let transport = Direct {
@@ -101,6 +102,7 @@ impl Bench {
             generation: 0,
             value: Value::Int(value),
             id: Some(serde_json::json!(format!("set-{value}"))),
+            reply: None,
         };
         self.commands
             .send(buses::Request::Set(c))

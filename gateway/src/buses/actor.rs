@@ -30,6 +30,7 @@ use super::{availability, reads, rewrite, BusIo};
 use crate::{
     commands::{self, Command, CommandError, GetError, Request},
     health::{Availability, DeviceStats, Stats},
+    modbus_server::{DeviceSnapshot, Snapshots},
     model::{Bus, Device, Model, Point},
     publish::{payload, reading, Outgoing, PointState, Reading},
     shutdown::Shutdown,
@@ -159,6 +160,11 @@ pub(crate) struct Cx {
     out: tokio::sync::mpsc::Sender<crate::publish::Batch>,
     /// Devices whose JSON object changed this turn (`json_topic`, `device_json.rs`).
     json: DeviceJson,
+    // The Modbus server (#26): what the bus task reads of a served device is kept.
+    /// The snapshots of the served devices, when `modbus_server:` is configured.
+    snapshots: Option<Snapshots>,
+    /// The snapshot of every device (`None`: not served).
+    snapshot: Vec<Option<Arc<DeviceSnapshot>>>,
 }
 
 impl Cx {
@@ -169,8 +175,9 @@ impl Cx {
         stats: Arc<Stats>,
         shutdown: Shutdown,
         out: tokio::sync::mpsc::Sender<crate::publish::Batch>,
+        snapshots: Option<Snapshots>,
     ) -> Cx {
-        Cx {
+        let mut cx = Cx {
             states: bus
                 .devices
                 .iter()
@@ -188,7 +195,23 @@ impl Cx {
             messages: Vec::new(),
             out,
             json: DeviceJson::new(bus.devices.len()),
-        }
+            snapshots,
+            snapshot: Vec::new(),
+        };
+        cx.attach_snapshots();
+        cx
+    }
+
+    /// Take the snapshots of the bus's devices (at start, and after a reload, which made
+    /// fresh ones for changed devices).
+    fn attach_snapshots(&mut self) {
+        let all = self.snapshots.as_ref();
+        self.snapshot = all.map_or_else(Vec::new, |s| s.of_bus(&self.bus, &self.counters));
+    }
+
+    /// The snapshot of device `d`, when the Modbus server serves it.
+    pub(crate) fn snapshot(&self, d: usize) -> Option<&Arc<DeviceSnapshot>> {
+        self.snapshot.get(d)?.as_ref()
     }
 
     /// Device `d` of the bus.
@@ -260,6 +283,9 @@ impl Cx {
     /// retained availability when it changes: `online` ahead of this turn's values (a
     /// subscriber sees the device available before its state), `offline` after them.
     pub(crate) fn set_online(&mut self, d: usize, online: bool, why: Option<&str>) {
+        if let Some(s) = self.snapshot(d) {
+            s.set_online(online);
+        }
         let st = &self.counters[d];
         let want = if online {
             Availability::Online
@@ -295,6 +321,7 @@ impl Cx {
 
     /// Answer command `c` on its result topic.
     pub(crate) fn answer(&mut self, c: &Command, outcome: Result<serde_json::Value, CommandError>) {
+        c.complete(&outcome);
         if let Some(point) = self
             .bus
             .devices
@@ -387,6 +414,7 @@ pub(crate) async fn run<D: Driver>(
         mut control,
         stats,
         mut shutdown,
+        snapshots,
     } = io;
     // The runtime starts no task for a bus without devices (a reload that gives it some
     // starts one then).
@@ -399,7 +427,7 @@ pub(crate) async fn run<D: Driver>(
         1
     };
     let mut devs = Devices::new(&bus, first_index, slots);
-    let mut cx = Cx::new(&model, &bus, stats, shutdown.clone(), out);
+    let mut cx = Cx::new(&model, &bus, stats, shutdown.clone(), out, snapshots);
     info!(bus = %bus.id, endpoint = %driver.endpoint(), devices = bus.devices.len(), "Bus started.");
     driver.start(&mut cx);
     rewrite::start_online(&mut cx, 0..bus.devices.len());
@@ -492,7 +520,7 @@ fn refuse_queued(end: &End, commands: &mut tokio::sync::mpsc::Receiver<Request>,
     commands.close();
     while let Ok(r) = commands.try_recv() {
         cx.messages.push(match r {
-            Request::Set(c) => commands::result_on(&c.topic, Err(error.clone()), c.id.as_ref()),
+            Request::Set(c) => c.answer(Err(error.clone())),
             Request::Get(g) => reads::refused(&g, matches!(end, End::Shutdown)),
             Request::Commission(j) => {
                 jobs::refuse(j, matches!(end, End::Shutdown));
@@ -585,6 +613,7 @@ fn reconfigure<D: Driver>(
     cx.counters = counters(&cx.stats, &bus);
     cx.json = DeviceJson::new(bus.devices.len());
     cx.bus = bus.clone();
+    cx.attach_snapshots();
     driver.reconfigure(kept, cx);
     devs.rewrites.reconfigure(kept);
     let new = (0..kept.len()).filter(|&j| kept[j].is_none());

@@ -40,11 +40,7 @@ pub(super) async fn run_commands<D: Driver>(
         if resolve(&mut c, cx, devs) {
             current.push(c);
         } else {
-            cx.push(commands::result_on(
-                &c.topic,
-                Err(CommandError::Reloaded),
-                c.id.as_ref(),
-            ));
+            cx.push(c.answer(Err(CommandError::Reloaded)));
         }
     }
     let batch = current;
@@ -55,6 +51,7 @@ pub(super) async fn run_commands<D: Driver>(
     }
     for c in run {
         let Some(topic) = cx.point(c.device, c.point).map(|p| p.topic.clone()) else {
+            c.complete::<()>(&Err(CommandError::Reloaded));
             continue;
         };
         // Shutdown came while an earlier command of the batch ran: write nothing more.

@@ -57,7 +57,7 @@ use crate::{health::Stats, publish::Outgoing, shutdown::Shutdown};
 
 /// What [`BusIo::commands`] carries: commands and reads on demand (`<topic>/get`); tests
 /// drive a bus task with it.
-pub use crate::commands::{Command, Get, Request};
+pub use crate::commands::{Command, Get, Reply, Request};
 pub use actor::{Control, STAGGER_SLOTS};
 use actor::{Cx, Driver, Polled};
 pub use cadence::requests_per_minute;
@@ -79,6 +79,9 @@ pub struct BusIo {
     pub stats: Arc<Stats>,
     /// The shutdown signal.
     pub shutdown: Shutdown,
+    /// The snapshots the Modbus server serves (`modbus_server:`), which the task
+    /// records its served devices' reads into; `None` without a Modbus server.
+    pub snapshots: Option<crate::modbus_server::Snapshots>,
 }
 
 /// The retained availability message of a device.

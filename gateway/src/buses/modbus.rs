@@ -13,17 +13,19 @@
 use std::{
     collections::VecDeque,
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use fieldlink_drivers::modbus::{
     codec, DriverError, ModbusTransport, PlanItem, Planner, ReadData, ReadRequest, Table, Value,
 };
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{actor, cadence::Due, scale::Scales, BusIo, Cx, Driver, Polled};
 use crate::{
     commands::{Command, CommandError, GetError},
+    modbus_server::DeviceSnapshot,
     model::{Bus, Device, ModbusDevice, ModbusPoint, Model, Point},
     publish::{reading, reading_scaled, Reading},
 };
@@ -61,6 +63,10 @@ struct Unit {
     polled: bool,
     // Scale factor registers (#25): planner items after the points' (`scale.rs`).
     scales: Scales,
+    // The Modbus server (#26).
+    /// The cadence of each planner item (a factor's: the fastest of the points it
+    /// scales): a served device's reads are kept for 3 × the longest of a read's.
+    cadences: Vec<Duration>,
 }
 
 impl<T: ModbusTransport + Send> Driver for Modbus<T> {
@@ -121,6 +127,17 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
             match reply {
                 Ok(data) => {
                     answered = true;
+                    if let Some(s) = cx.snapshot(d) {
+                        let cadence = longest(&unit.cadences, &req.members, &device);
+                        s.record(
+                            req.table,
+                            req.start,
+                            req.count,
+                            &data,
+                            cadence,
+                            Instant::now(),
+                        );
+                    }
                     unit.publish_reply(&device, d, &req, &data, started, wall, cx);
                 }
                 Err(e) if e.is_illegal_address() => {
@@ -175,7 +192,10 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
         else {
             return Err(CommandError::NotWritable("not a Modbus point".into()));
         };
-        let written = write_point(&mut self.transport, &device, point, at, &c.value).await;
+        // A served device's snapshot takes the read-back.
+        let snapshot = cx.snapshot(c.device).cloned();
+        let keep = snapshot.as_deref().map(|s| (s, point.cadence(&device)));
+        let written = write_point(&mut self.transport, &device, (point, at, keep), &c.value).await;
         let faults = self.transport.take_faults();
         if !faults.is_empty() {
             cx.stats_of(c.device).add_faults(&faults);
@@ -221,6 +241,7 @@ impl Unit {
         let read: Vec<ModbusPoint> = points.iter().map(|(_, m)| *m).collect();
         let (scales, factors) = Scales::new(&read);
         items.extend(factors);
+        let cadences = item_cadences(d, points.iter().map(|(i, _)| *i), &scales, items.len());
         Unit {
             bad_points: vec![false; items.len()],
             planner: Planner::with_limits(items, settings(d).read_limits()),
@@ -228,6 +249,7 @@ impl Unit {
             due_items: Vec::new(),
             polled: d.polled(),
             scales,
+            cadences,
         }
     }
 
@@ -329,6 +351,36 @@ impl Unit {
     }
 }
 
+/// The cadence of each of `n` planner items of `device`: the points' items (device
+/// points `points`) first, then the factor registers of `scales` (each the fastest of
+/// the points it scales).
+fn item_cadences(
+    device: &Device,
+    points: impl Iterator<Item = usize>,
+    scales: &Scales,
+    n: usize,
+) -> Vec<Duration> {
+    let mut out: Vec<Duration> = points.map(|i| device.points[i].cadence(device)).collect();
+    let first = out.len();
+    for s in 0..n.saturating_sub(first) {
+        let fastest = (0..first)
+            .filter(|&k| scales.of(k) == Some(s))
+            .map(|k| out[k])
+            .min();
+        out.push(fastest.unwrap_or(device.poll_interval));
+    }
+    out
+}
+
+/// The longest cadence among planner items `members` (`cadences` by item).
+fn longest(cadences: &[Duration], members: &[usize], device: &Device) -> Duration {
+    members
+        .iter()
+        .filter_map(|&m| cadences.get(m).copied())
+        .max()
+        .unwrap_or(device.poll_interval)
+}
+
 /// Register `off` of a reply of registers.
 fn data_register(data: &ReadData, off: usize) -> Option<u16> {
     match data {
@@ -386,6 +438,12 @@ impl<T: ModbusTransport + Send> Modbus<T> {
         scales.begin();
         let unit = settings(&device).unit;
         let planner = Planner::with_limits(items.clone(), settings(&device).read_limits());
+        // Kept for the Modbus server when it serves the device.
+        let snapshot = cx.snapshot(d).cloned();
+        let cadences = snapshot.as_ref().map_or_else(Vec::new, |_| {
+            let asked = at.iter().map(|&(i, _)| points[i]);
+            item_cadences(&device, asked, &scales, items.len())
+        });
         let mut queue: VecDeque<ReadRequest> = planner.plan().iter().cloned().collect();
         while let Some(req) = queue.pop_front() {
             cx.stats_of(d).requests.fetch_add(1, Relaxed);
@@ -402,6 +460,17 @@ impl<T: ModbusTransport + Send> Modbus<T> {
             }
             match reply {
                 Ok(data) => {
+                    if let Some(s) = &snapshot {
+                        let cadence = longest(&cadences, &req.members, &device);
+                        s.record(
+                            req.table,
+                            req.start,
+                            req.count,
+                            &data,
+                            cadence,
+                            Instant::now(),
+                        );
+                    }
                     let n = at.len();
                     for &m in req.members.iter().filter(|m| **m >= n) {
                         let off = usize::from(items[m].address - req.start);
@@ -462,11 +531,12 @@ impl<T: ModbusTransport + Send> Modbus<T> {
 /// Write one value at the point's `write_address` (else its `address`) and read back what
 /// the device now holds at `address`; a `write_only` point is not read back: its reading
 /// is what was written (the registers decoded as a read would).
+/// `keep`: the device's snapshot, with the point's cadence, when the Modbus server serves
+/// it (the read-back goes into it).
 async fn write_point<T: ModbusTransport>(
     transport: &mut T,
     device: &Device,
-    point: &Point,
-    at: ModbusPoint,
+    (point, at, keep): (&Point, ModbusPoint, Option<(&DeviceSnapshot, Duration)>),
     value: &Value,
 ) -> Result<Reading, CommandError> {
     let ModbusPoint {
@@ -533,6 +603,16 @@ async fn write_point<T: ModbusTransport>(
         .read(unit, table, address, at.count(point.ty))
         .await
         .map_err(CommandError::ReadBack)?;
+    if let Some((s, cadence)) = keep {
+        s.record(
+            table,
+            address,
+            at.count(point.ty),
+            &data,
+            cadence,
+            Instant::now(),
+        );
+    }
     let v = match data {
         ReadData::Bits(b) => b
             .first()

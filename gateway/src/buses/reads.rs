@@ -212,6 +212,7 @@ mod tests {
                 generation: 0,
                 value: fieldlink_drivers::value::Value::Int(1),
                 id: None,
+                reply: None,
             })
         };
         let batch = vec![

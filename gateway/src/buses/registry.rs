@@ -21,6 +21,7 @@ use super::{BusIo, Control};
 use crate::{
     commands::Request,
     health::Stats,
+    modbus_server::Snapshots,
     model::{Bus, BusKind, GpioBackendKind, Model},
     publish::Batch,
     shutdown::Shutdown,
@@ -48,6 +49,8 @@ pub(crate) struct Buses {
     shutdown: Shutdown,
     /// Simulated boards given by the caller, for gpio buses a reload starts.
     boards: HashMap<String, SimGpio>,
+    /// What the Modbus server serves, when configured (every task records into it).
+    snapshots: Option<Snapshots>,
 }
 
 impl Buses {
@@ -56,6 +59,7 @@ impl Buses {
         stats: Arc<Stats>,
         shutdown: Shutdown,
         boards: HashMap<String, SimGpio>,
+        snapshots: Option<Snapshots>,
     ) -> Buses {
         Buses {
             tasks: HashMap::new(),
@@ -63,6 +67,7 @@ impl Buses {
             stats,
             shutdown,
             boards,
+            snapshots,
         }
     }
 
@@ -115,6 +120,7 @@ impl Buses {
             control: control_rx,
             stats: self.stats.clone(),
             shutdown: self.shutdown.clone(),
+            snapshots: self.snapshots.clone(),
         };
         let (m, b) = (model.clone(), bus.clone());
         // The list of bus kinds: each supplies its I/O to the one actor.
@@ -235,6 +241,12 @@ impl Buses {
     /// Where the tasks' messages go (a reload sends what it clears there too).
     pub(crate) fn out(&self) -> &mpsc::Sender<Batch> {
         &self.out
+    }
+
+    /// What the Modbus server serves, when configured (a reload updates it before the
+    /// tasks take the new devices).
+    pub(crate) fn snapshots(&self) -> Option<&Snapshots> {
+        self.snapshots.as_ref()
     }
 
     /// Whether the gateway is stopping.

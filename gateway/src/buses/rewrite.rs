@@ -97,6 +97,7 @@ impl Rewrites {
                 let k = Kept {
                     command: Command {
                         id: None,
+                        reply: None,
                         ..c.clone()
                     },
                     period,
@@ -224,6 +225,7 @@ mod tests {
                 generation: 0,
                 value: Value::Int(1),
                 id: None,
+                reply: None,
             },
             period: Duration::from_secs(10),
             next,

@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
 };
 
@@ -21,9 +21,9 @@ pub use error::{parse_bool, parse_number, CommandError};
 use fieldlink_drivers::value::Value;
 pub use get::{get_result_on, Get, GetError};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 pub(crate) use value::value_range;
-pub use value::{parse_payload, to_raw};
+pub use value::{check_raw, parse_payload, to_raw};
 
 use crate::{
     health::{Availability, DeviceStats, Stats},
@@ -48,6 +48,58 @@ pub struct Command {
     pub value: Value,
     /// The caller's id, echoed in the result.
     pub id: Option<serde_json::Value>,
+    /// Who waits for the outcome besides `<topic>/set/result` (a Modbus master's write
+    /// through `modbus_server`); every place that answers a command completes it.
+    pub reply: Option<Reply>,
+}
+
+/// The outcome of a command for a caller that waits for it: `Ok` once the device
+/// acknowledged the write (the read-back aside). Clones share it; the first answer wins.
+#[derive(Clone)]
+pub struct Reply(Arc<Mutex<Option<ReplySender>>>);
+
+/// Where a [`Reply`]'s outcome goes.
+type ReplySender = oneshot::Sender<Result<(), CommandError>>;
+
+impl Reply {
+    /// A reply and where its outcome arrives (an error when the command is dropped
+    /// unanswered).
+    pub fn new() -> (Reply, oneshot::Receiver<Result<(), CommandError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Send `outcome` (once; later answers are ignored).
+    fn complete(&self, outcome: Result<(), CommandError>) {
+        let tx = match self.0.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+impl Command {
+    /// Answer the command: its `<topic>/set/result` message, and its [`Reply`] completed.
+    pub fn answer(&self, outcome: Result<serde_json::Value, CommandError>) -> Outgoing {
+        self.complete(&outcome);
+        result_on(&self.topic, outcome, self.id.as_ref())
+    }
+
+    /// Complete the [`Reply`] of the command, if it has one, with `outcome`.
+    pub fn complete<T>(&self, outcome: &Result<T, CommandError>) {
+        if let Some(r) = &self.reply {
+            r.complete(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+    }
 }
 
 /// What a bus task is asked to do, in the order asked.
@@ -156,6 +208,58 @@ impl Router {
             Ok(r) => r,
             Err(e) => return Some(result(point, Err(e), id.as_ref())),
         };
+        self.send(&routes, route, raw, id, None)
+    }
+
+    /// Route a write of point `point` of device `device` (by id) with raw value `raw`,
+    /// checked already against `checked` (that point's definition), as [`Router::handle`]
+    /// routes a `<topic>/set`: to the same queue, refused here the same ways (device
+    /// offline, queue full, bus task ended), answered by the bus task after the write.
+    /// A point that is no longer defined as `checked` (a reload came between) is refused
+    /// as [`CommandError::Reloaded`]. Returns the result message of a refusal; `reply` is
+    /// completed in every case.
+    pub(crate) fn set_point(
+        &self,
+        device: &str,
+        point: usize,
+        checked: &Point,
+        raw: Value,
+        id: Option<serde_json::Value>,
+        reply: Reply,
+    ) -> Option<Outgoing> {
+        let routes = self.current();
+        let route = routes.commands.get(&checked.set_topic()).filter(|r| {
+            let d = &routes.model.buses[r.bus].devices[r.device];
+            d.id == device && r.point == point && d.points[r.point] == *checked
+        });
+        let Some(route) = route else {
+            reply.complete(Err(CommandError::Reloaded));
+            return Some(result(checked, Err(CommandError::Reloaded), id.as_ref()));
+        };
+        self.send(&routes, route, raw, id, Some(reply))
+    }
+
+    /// Queue a checked command for the bus task of `route`, or refuse it: the result
+    /// message of a refusal (its reply completed).
+    fn send(
+        &self,
+        routes: &Routes,
+        route: &PointRef,
+        raw: Value,
+        id: Option<serde_json::Value>,
+        reply: Option<Reply>,
+    ) -> Option<Outgoing> {
+        let device = &routes.model.buses[route.bus].devices[route.device];
+        let point = &device.points[route.point];
+        let cmd = Command {
+            device: route.device,
+            point: route.point,
+            topic: point.topic.clone(),
+            generation: routes.generation,
+            value: raw,
+            id,
+            reply,
+        };
         // A device that is only written (never polled) comes back through a write.
         let offline = device.polled()
             && routes
@@ -163,34 +267,24 @@ impl Router {
                 .get(route.stats_index)
                 .is_some_and(|s| s.availability() == Availability::Offline);
         if offline {
-            return Some(result(
-                point,
-                Err(CommandError::Offline(device.id.clone())),
-                id.as_ref(),
-            ));
+            return Some(cmd.answer(Err(CommandError::Offline(device.id.clone()))));
         }
-        let cmd = Command {
-            device: route.device,
-            point: route.point,
-            topic: point.topic.clone(),
-            generation: routes.generation,
-            value: raw,
-            id: id.clone(),
-        };
         match routes.buses[route.bus].try_send(Request::Set(cmd)) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Some(result(point, Err(CommandError::QueueFull), id.as_ref()))
+            Err(mpsc::error::TrySendError::Full(Request::Set(cmd))) => {
+                Some(cmd.answer(Err(CommandError::QueueFull)))
             }
             // The bus task has ended: a reload restarts it, or the gateway is stopping.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(mpsc::error::TrySendError::Closed(Request::Set(cmd))) => {
                 let e = if self.restarting.load(Relaxed) {
                     CommandError::BusRestarting
                 } else {
                     CommandError::ShuttingDown
                 };
-                Some(result(point, Err(e), id.as_ref()))
+                Some(cmd.answer(Err(e)))
             }
+            // Only a `Set` was sent.
+            Err(_) => None,
         }
     }
 }
@@ -235,6 +329,7 @@ pub fn collapse<'a>(
             .iter_mut()
             .find(|o| o.device == c.device && o.point == c.point)
         {
+            old.complete::<()>(&Err(CommandError::Superseded));
             if let Some(point) = point_of(old) {
                 messages.push(result(
                     point,

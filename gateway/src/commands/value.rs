@@ -258,15 +258,58 @@ pub fn to_raw(point: &Point, value: &Given) -> Result<Value, CommandError> {
                     return Err(WrongType(format!("{} is not a number", other.json())))
                 }
             };
-            let exact = text
-                .filter(|_| point.scale == 1.0 && point.offset == 0.0)
-                .filter(|_| !matches!(ty, ValueType::F32 | ValueType::F64))
-                .and_then(exact_integer);
-            match exact {
-                Some(i) => exact_to_raw(point, ty, i),
-                None => float_to_raw(point, ty, v),
-            }
+            number_to_raw(point, ty, text.and_then(exact_integer), v)
         }
+    }
+}
+
+/// Check a raw value as a Modbus master wrote it (the registers or the coil of a point,
+/// decoded with its type and word order; `modbus_server`) with exactly the checks of
+/// `/set`: the point writable, its `min`/`max` and its type's range on the value after
+/// scale and offset (a whole number on a point without them exactly, as `/set` checks
+/// one). Returns the raw value to encode, as a `/set` of that value would.
+pub fn check_raw(point: &Point, raw: &Value) -> Result<Value, CommandError> {
+    use CommandError::WrongType;
+    match (point.ty, raw) {
+        (ValueType::Bool, Value::Bool(b)) => to_raw(point, &Given::Bool(*b)),
+        (ValueType::String { .. }, Value::Str(s)) => to_raw(point, &Given::Text(s.clone())),
+        (ValueType::Bool, _) => Err(WrongType("not a boolean".into())),
+        (ValueType::String { .. }, _) => Err(WrongType("not text".into())),
+        (_, Value::Bool(_) | Value::Str(_)) => Err(WrongType("not a number".into())),
+        (ty, v) => {
+            if !point.writable {
+                return Err(CommandError::NotWritable(format!(
+                    "point `{}` is not writable",
+                    point.topic
+                )));
+            }
+            let Some(f) = v.as_f64().filter(|f| f.is_finite()) else {
+                return Err(WrongType("not a finite number".into()));
+            };
+            let exact = match v {
+                Value::Int(i) => Some(i128::from(*i)),
+                Value::U64(u) => Some(i128::from(*u)),
+                _ => None,
+            };
+            number_to_raw(point, ty, exact, f * point.scale + point.offset)
+        }
+    }
+}
+
+/// A number `v` (engineering units) for a numeric point, checked: exactly when it is the
+/// whole number `exact` and the point has no scale or offset, else in `f64`.
+fn number_to_raw(
+    point: &Point,
+    ty: ValueType,
+    exact: Option<i128>,
+    v: f64,
+) -> Result<Value, CommandError> {
+    let exact = exact
+        .filter(|_| point.scale == 1.0 && point.offset == 0.0)
+        .filter(|_| !matches!(ty, ValueType::F32 | ValueType::F64));
+    match exact {
+        Some(i) => exact_to_raw(point, ty, i),
+        None => float_to_raw(point, ty, v),
     }
 }
 

@@ -242,3 +242,60 @@ fn exact_integer_literals() {
         assert_eq!(exact_integer(text), want, "{text:?}");
     }
 }
+
+/// A Modbus master's raw value meets the checks a `/set` of its value after scale and
+/// offset meets, with the same texts, and becomes the raw value that `/set` would write.
+#[test]
+fn a_raw_value_is_checked_as_the_set_of_its_value() {
+    let mut p = point(ValueType::U16);
+    p.scale = 0.1;
+    p.min = Some(5.0);
+    p.max = Some(30.0);
+    assert_eq!(check_raw(&p, &Value::Int(215)), Ok(Value::Int(215)));
+    assert_eq!(check_raw(&p, &Value::Int(215)), raw(&p, json!(21.5)));
+    for (r, set) in [(301, json!(30.1)), (49, json!(4.9))] {
+        let by_master = check_raw(&p, &Value::Int(r)).map_err(|e| e.to_string());
+        assert_eq!(by_master, Err(err(&p, set)), "{r}");
+    }
+    // Exact on a point without scale: a u64 past 2^53 is neither rounded nor refused.
+    let mut big = point(ValueType::U64);
+    big.max = Some(18014398509481984.0);
+    assert_eq!(
+        check_raw(&big, &Value::Int(9007199254740993)),
+        Ok(Value::Int(9007199254740993))
+    );
+    assert_eq!(
+        check_raw(&big, &Value::U64(u64::MAX)).map_err(|e| e.to_string()),
+        Err(err(&big, json!(u64::MAX)))
+    );
+    let mut limited = point(ValueType::I32);
+    limited.min = Some(-100.0);
+    assert_eq!(
+        check_raw(&limited, &Value::Int(-101)).map_err(|e| e.to_string()),
+        Err(err(&limited, json!(-101)))
+    );
+    // Floats: finite only; bools and text as `/set` takes them.
+    let f = point(ValueType::F32);
+    assert!(check_raw(&f, &Value::Float(f64::NAN)).is_err());
+    assert_eq!(check_raw(&f, &Value::Float(1.5)), Ok(Value::Float(1.5)));
+    assert_eq!(
+        check_raw(&point(ValueType::Bool), &Value::Bool(true)),
+        Ok(Value::Bool(true))
+    );
+    let mut text = point(ValueType::String { len: 4 });
+    assert_eq!(
+        check_raw(&text, &Value::Str("ab".into())),
+        Ok(Value::Str("ab".into()))
+    );
+    text.writable = false;
+    assert_eq!(
+        check_raw(&text, &Value::Str("ab".into())).map_err(|e| e.to_string()),
+        Err("not writable: point `t` is not writable".into())
+    );
+    let mut ro = point(ValueType::U16);
+    ro.writable = false;
+    assert!(matches!(
+        check_raw(&ro, &Value::Int(1)),
+        Err(CommandError::NotWritable(_))
+    ));
+}

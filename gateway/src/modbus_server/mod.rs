@@ -68,3 +68,32 @@ pub trait Backend: Send + Sync + 'static {
     /// Write `write` to served unit `unit` on behalf of `client` (logged at INFO).
     fn write(&self, unit: u8, write: Write, client: SocketAddr) -> WriteFuture;
 }
+
+// The gateway side (the snapshot, the backend) and the one entry the runtime calls.
+
+mod backend;
+mod snapshot;
+
+pub use backend::GatewayBackend;
+pub use snapshot::{DeviceSnapshot, Snapshots};
+
+/// Serve Modbus TCP on `listener` with `settings`, asking `backend`, until `shutdown`;
+/// `stats`: the gateway's counters. The runtime calls it when `modbus_server:` is
+/// configured and waits for the task at shutdown.
+pub fn start(
+    listener: tokio::net::TcpListener,
+    settings: std::sync::Arc<crate::model::ModbusServer>,
+    backend: std::sync::Arc<dyn Backend>,
+    stats: std::sync::Arc<crate::health::Stats>,
+    shutdown: crate::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let server_stats = stats.modbus_server().unwrap_or_else(|| {
+        let s = std::sync::Arc::new(ServerStats::new());
+        stats.set_modbus_server(Some(s.clone()));
+        s
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, units = settings.units.len(), writes = settings.writes, "Modbus server listening.");
+    }
+    tokio::spawn(serve(listener, settings, backend, server_stats, shutdown))
+}

@@ -89,6 +89,7 @@ async fn a_long_scan_takes_turns_with_the_polls() {
         control: mpsc::channel(1).1,
         stats: stats.clone(),
         shutdown: sd,
+        snapshots: None,
     };
     let reads: Arc<std::sync::Mutex<Vec<(u8, tokio::time::Instant)>>> = Arc::default();
     let line = Line {
