@@ -44,7 +44,14 @@ pub fn read(
     count: u16,
 ) -> Result<Vec<i64>, String> {
     let out = std::process::Command::new(bin)
-        .args(["-m", "tcp", "-p", &port.to_string(), "-a", &unit.to_string()])
+        .args([
+            "-m",
+            "tcp",
+            "-p",
+            &port.to_string(),
+            "-a",
+            &unit.to_string(),
+        ])
         .args(["-t", table_arg(table), "-0", "-r", &address.to_string()])
         .args(["-c", &count.to_string(), "-o", "2", "-1", "127.0.0.1"])
         .output()
@@ -53,17 +60,22 @@ pub fn read(
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    // Lines `[<address>]: \t<value>`.
+    // Lines `[<address>]: \t<value>`, a register above 32767 followed by its signed
+    // reading: `40961 (-24575)`.
     let values: Vec<i64> = stdout
         .lines()
         .filter_map(|l| l.split_once("]:"))
-        .map(|(_, v)| {
-            v.trim()
-                .parse()
+        .map(|(_, v)| v.split_whitespace().next().unwrap_or_default())
+        .map(|v| {
+            v.parse()
                 .unwrap_or_else(|e| panic!("mbpoll value {v:?}: {e}"))
         })
         .collect();
-    assert_eq!(values.len(), usize::from(count), "mbpoll printed:\n{stdout}");
+    assert_eq!(
+        values.len(),
+        usize::from(count),
+        "mbpoll printed:\n{stdout}"
+    );
     Ok(values)
 }
 
@@ -79,7 +91,14 @@ pub fn write(
     values: &[i64],
 ) -> Result<(), String> {
     let out = std::process::Command::new(bin)
-        .args(["-m", "tcp", "-p", &port.to_string(), "-a", &unit.to_string()])
+        .args([
+            "-m",
+            "tcp",
+            "-p",
+            &port.to_string(),
+            "-a",
+            &unit.to_string(),
+        ])
         .args(["-t", table_arg(table), "-0", "-r", &address.to_string()])
         .args(["-o", "5", "127.0.0.1", "--"])
         .args(values.iter().map(ToString::to_string))
