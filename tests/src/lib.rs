@@ -456,3 +456,40 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
     cond()
 }
+
+/// The Modbus task of `model`'s first bus over TCP to the simulator on 127.0.0.1:`port`
+/// (5 s timeout), without commands or reloads, keeping what it reads in `snapshots` (the
+/// Modbus server's): its published batches, its shutdown trigger and its task.
+pub fn modbus_bus(
+    model: &Arc<Model>,
+    port: u16,
+    snapshots: Option<fieldlink::modbus_server::Snapshots>,
+) -> (
+    mpsc::Receiver<Vec<fieldlink::Outgoing>>,
+    shutdown::ShutdownTrigger,
+    JoinHandle<()>,
+) {
+    let (out, rx) = mpsc::channel(1024);
+    let (stop, sd) = shutdown::channel();
+    let io = fieldlink::buses::BusIo {
+        out,
+        commands: mpsc::channel(1).1,
+        control: mpsc::channel(1).1,
+        stats: Arc::new(Stats::new(model)),
+        shutdown: sd,
+        snapshots,
+    };
+    let transport = fieldlink_drivers::modbus::tcp::TcpTransport::new(
+        "127.0.0.1",
+        port,
+        Duration::from_secs(5),
+    );
+    let task = tokio::spawn(fieldlink::buses::run_modbus(
+        model.clone(),
+        model.buses[0].clone(),
+        0,
+        transport,
+        io,
+    ));
+    (rx, stop, task)
+}

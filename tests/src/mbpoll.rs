@@ -33,6 +33,27 @@ pub fn table_arg(table: fieldlink_drivers::modbus::Table) -> &'static str {
     }
 }
 
+/// mbpoll at `port` on 127.0.0.1, unit `unit`, `table` from `address` (0-based).
+fn command(
+    bin: &Path,
+    port: u16,
+    unit: u8,
+    table: fieldlink_drivers::modbus::Table,
+    address: u16,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(bin);
+    c.args([
+        "-m",
+        "tcp",
+        "-p",
+        &port.to_string(),
+        "-a",
+        &unit.to_string(),
+    ])
+    .args(["-t", table_arg(table), "-0", "-r", &address.to_string()]);
+    c
+}
+
 /// Read `count` values of `table` at `address` (0-based, as on the wire) of `unit`; `Err`
 /// carries mbpoll's error line (e.g. `... failed: Illegal data address`).
 pub fn read(
@@ -43,16 +64,7 @@ pub fn read(
     address: u16,
     count: u16,
 ) -> Result<Vec<i64>, String> {
-    let out = std::process::Command::new(bin)
-        .args([
-            "-m",
-            "tcp",
-            "-p",
-            &port.to_string(),
-            "-a",
-            &unit.to_string(),
-        ])
-        .args(["-t", table_arg(table), "-0", "-r", &address.to_string()])
+    let out = command(bin, port, unit, table, address)
         .args(["-c", &count.to_string(), "-o", "2", "-1", "127.0.0.1"])
         .output()
         .unwrap_or_else(|e| panic!("run mbpoll: {e}"));
@@ -90,16 +102,7 @@ pub fn write(
     address: u16,
     values: &[i64],
 ) -> Result<(), String> {
-    let out = std::process::Command::new(bin)
-        .args([
-            "-m",
-            "tcp",
-            "-p",
-            &port.to_string(),
-            "-a",
-            &unit.to_string(),
-        ])
-        .args(["-t", table_arg(table), "-0", "-r", &address.to_string()])
+    let out = command(bin, port, unit, table, address)
         .args(["-o", "5", "127.0.0.1", "--"])
         .args(values.iter().map(ToString::to_string))
         .output()

@@ -21,17 +21,15 @@ use std::{
 };
 
 use fieldlink::{
-    buses,
     modbus_server::{Backend, Exception, ReadData, ServerStats, Snapshots, Write, WriteFuture},
-    shutdown, Hooks, Outgoing, Stats,
+    shutdown, Hooks,
 };
 use fieldlink_drivers::{
-    modbus::{tcp::TcpTransport, Table},
+    modbus::Table,
     sim::{SimDevice, SimServer},
 };
-use fieldlink_tests::{mbpoll, model, Gateway, Observer};
+use fieldlink_tests::{mbpoll, modbus_bus, model, Gateway, Observer};
 use rumqttc::QoS;
-use tokio::sync::mpsc;
 use tokio_modbus::{
     client::{Reader, Writer},
     ExceptionCode, Slave,
@@ -340,7 +338,7 @@ async fn polls_keep_their_cadence_while_clients_hammer_the_server() {
     ));
     let snapshots = Snapshots::new(&model).expect("served");
     // When (virtual time) each poll's reading of `m/mode` (published every poll) came.
-    let (out, mut rx) = mpsc::channel::<Vec<Outgoing>>(1024);
+    let (mut rx, stop, bus) = modbus_bus(&model, port, Some(snapshots.clone()));
     let polled = Arc::new(std::sync::Mutex::new(Vec::new()));
     let p = polled.clone();
     tokio::spawn(async move {
@@ -350,23 +348,7 @@ async fn polls_keep_their_cadence_while_clients_hammer_the_server() {
             }
         }
     });
-    let (stop, sd) = shutdown::channel();
-    let io = buses::BusIo {
-        out,
-        commands: mpsc::channel(1).1,
-        control: mpsc::channel(1).1,
-        stats: Arc::new(Stats::new(&model)),
-        shutdown: sd.clone(),
-        snapshots: Some(snapshots.clone()),
-    };
-    let transport = TcpTransport::new("127.0.0.1", port, Duration::from_secs(5));
-    let bus = tokio::spawn(buses::run_modbus(
-        model.clone(),
-        model.buses[0].clone(),
-        0,
-        transport,
-        io,
-    ));
+    let (server_stop, sd) = shutdown::channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -444,6 +426,7 @@ async fn polls_keep_their_cadence_while_clients_hammer_the_server() {
     }
     assert_eq!(server_stats.exceptions(0x0B), 0, "every read served fresh");
     stop.trigger();
+    server_stop.trigger();
     bus.await.expect("bus task");
     server.await.expect("server");
 }

@@ -19,17 +19,16 @@ use std::{
 };
 
 use fieldlink::{
-    buses,
     modbus_server::{Backend, Exception, ReadData, Snapshots, Table, Write},
     model::{Allow, ModbusServer, Model},
-    shutdown, Hooks, Outgoing, Reloads, Stats,
+    Hooks, Outgoing, Reloads,
 };
 use fieldlink_drivers::{
-    modbus::{codec, tcp::TcpTransport, WordOrder},
+    modbus::{codec, WordOrder},
     sim::{SimDevice, SimServer},
     value::{Value, ValueType},
 };
-use fieldlink_tests::{eventually, model_from, Gateway, Observer};
+use fieldlink_tests::{eventually, modbus_bus, model_from, Gateway, Observer};
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
@@ -270,8 +269,7 @@ async fn a_value_past_its_age_is_not_served() {
     let mapping = "buses:\n  - { id: b, kind: modbus_tcp, host: 127.0.0.1, port: 1, timeout: 5s }\ndevices:\n  - id: m\n    bus: b\n    poll_interval: 1s\n    points:\n      - { topic: m/a, table: holding, address: 0, type: u32 }\n";
     let model = Arc::new(served(mapping, &[(1, "m")], false));
     let snapshots = Snapshots::new(&model).expect("served");
-    let stats = Arc::new(Stats::new(&model));
-    let (out, mut rx) = mpsc::channel::<Vec<Outgoing>>(1024);
+    let (mut rx, stop, task) = modbus_bus(&model, port, Some(snapshots.clone()));
     let log: Log = Arc::default();
     let l = log.clone();
     tokio::spawn(async move {
@@ -279,23 +277,6 @@ async fn a_value_past_its_age_is_not_served() {
             l.lock().expect("lock").extend(b);
         }
     });
-    let (stop, sd) = shutdown::channel();
-    let io = buses::BusIo {
-        out,
-        commands: mpsc::channel(1).1,
-        control: mpsc::channel(1).1,
-        stats: stats.clone(),
-        shutdown: sd,
-        snapshots: Some(snapshots.clone()),
-    };
-    let transport = TcpTransport::new("127.0.0.1", port, Duration::from_secs(5));
-    let task = tokio::spawn(buses::run_modbus(
-        model.clone(),
-        model.buses[0].clone(),
-        0,
-        transport,
-        io,
-    ));
     let snap = snapshots.get("m").expect("snapshot");
     let now = tokio::time::Instant::now;
     for _ in 0..10_000 {

@@ -128,15 +128,7 @@ impl<T: ModbusTransport + Send> Driver for Modbus<T> {
                 Ok(data) => {
                     answered = true;
                     if let Some(s) = cx.snapshot(d) {
-                        let cadence = longest(&unit.cadences, &req.members, &device);
-                        s.record(
-                            req.table,
-                            req.start,
-                            req.count,
-                            &data,
-                            cadence,
-                            Instant::now(),
-                        );
+                        record(s, &unit.cadences, &req, &data, &device);
                     }
                     unit.publish_reply(&device, d, &req, &data, started, wall, cx);
                 }
@@ -372,6 +364,26 @@ fn item_cadences(
     out
 }
 
+/// Keep the reply `data` to `req` in the device's snapshot (the Modbus server serves it),
+/// with the age the longest cadence among the read's points allows.
+fn record(
+    snapshot: &crate::modbus_server::DeviceSnapshot,
+    cadences: &[Duration],
+    req: &ReadRequest,
+    data: &ReadData,
+    device: &Device,
+) {
+    let cadence = longest(cadences, &req.members, device);
+    snapshot.record(
+        req.table,
+        req.start,
+        req.count,
+        data,
+        cadence,
+        Instant::now(),
+    );
+}
+
 /// The longest cadence among planner items `members` (`cadences` by item).
 fn longest(cadences: &[Duration], members: &[usize], device: &Device) -> Duration {
     members
@@ -461,15 +473,7 @@ impl<T: ModbusTransport + Send> Modbus<T> {
             match reply {
                 Ok(data) => {
                     if let Some(s) = &snapshot {
-                        let cadence = longest(&cadences, &req.members, &device);
-                        s.record(
-                            req.table,
-                            req.start,
-                            req.count,
-                            &data,
-                            cadence,
-                            Instant::now(),
-                        );
+                        record(s, &cadences, &req, &data, &device);
                     }
                     let n = at.len();
                     for &m in req.members.iter().filter(|m| **m >= n) {
