@@ -134,18 +134,17 @@ const POLLED: [(Table, u16, u16); 4] = [
     (Table::Discrete, 0, 3),
 ];
 
-async fn served(addr: SocketAddr) {
-    for (t, s, n) in POLLED {
-        let mut ok = false;
-        for _ in 0..100 {
-            if read(addr, 3, t, s, n).await.is_ok() {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ok, "{t} {s}+{n} served within 10 s");
-    }
+const AVAILABILITY: &str = "fieldlink/t/m/availability";
+
+/// Wait until `m` is `online`: the bus task publishes that after a poll's reads, all of
+/// which it recorded for the server before. The observer sees what comes next.
+async fn online(gw: &Gateway) -> Observer {
+    let mut obs = Observer::connect(gw.broker_port(), AVAILABILITY, QoS::AtLeastOnce).await;
+    assert!(
+        obs.wait_payload(AVAILABILITY, "online", T).await,
+        "online within 10 s"
+    );
+    obs
 }
 
 // mbpoll runs to its end on a worker thread; the other one serves it.
@@ -153,7 +152,7 @@ async fn served(addr: SocketAddr) {
 async fn other_masters_read_what_the_device_holds_in_every_table() {
     let (dev, port) = device().await;
     let (gw, addr) = start(&mapping(port), "").await;
-    served(addr).await;
+    let mut obs = online(&gw).await;
     let bin = mbpoll::mbpoll();
     for (table, start, count) in POLLED {
         let want = held(&dev, table, start, count);
@@ -194,17 +193,8 @@ async fn other_masters_read_what_the_device_holds_in_every_table() {
         assert!(e.contains("Gateway path unavailable"), "{e}");
     }
     // Offline: 0x0B, never the last values; served again once it answers.
-    let mut obs = Observer::connect(
-        gw.broker_port(),
-        "fieldlink/t/m/availability",
-        QoS::AtLeastOnce,
-    )
-    .await;
     dev.set_responding(false);
-    assert!(
-        obs.wait_payload("fieldlink/t/m/availability", "offline", T)
-            .await
-    );
+    assert!(obs.wait_payload(AVAILABILITY, "offline", T).await);
     assert_eq!(
         read(addr, 3, Table::Holding, 0, 1).await,
         Err(ExceptionCode::GatewayTargetDevice)
@@ -214,7 +204,11 @@ async fn other_masters_read_what_the_device_holds_in_every_table() {
         assert!(e.contains("Target device failed to respond"), "{e}");
     }
     dev.set_responding(true);
-    served(addr).await;
+    assert!(obs.wait_payload(AVAILABILITY, "online", T).await);
+    for (table, start, count) in POLLED {
+        let want = held(&dev, table, start, count);
+        assert_eq!(read(addr, 3, table, start, count).await, Ok(want));
+    }
     // The counters are in the diagnostics document.
     let diag = gw.stats.to_json();
     assert!(
@@ -244,7 +238,7 @@ async fn mbpoll_writes_take_the_road_of_set() {
     let (dev, port) = device().await;
     let (gw, addr) = start(&mapping(port), "  writes: true\n").await;
     let mut obs = Observer::connect(gw.broker_port(), "m/+/set/result", QoS::AtLeastOnce).await;
-    served(addr).await;
+    online(&gw).await;
     let p = addr.port();
     // 25.0 on the scaled setpoint: 250 at the device, answered on /set/result.
     assert_eq!(mbpoll::write(&bin, p, 3, Table::Holding, 0, &[250]), Ok(()));
